@@ -1,0 +1,5 @@
+"""tinypact: learn, and do, low-precision neural networks (PACT, DoReFa, SAWB) in pure NumPy."""
+from tinypact.tensor import Tensor, is_grad_enabled, no_grad, tensor
+
+__version__ = "0.1.0"
+__all__ = ["Tensor", "tensor", "no_grad", "is_grad_enabled"]
