@@ -1,0 +1,155 @@
+"""Numba loops behind the convolution, pooling and batch-norm ops (plain Python first).
+
+Every kernel works on NHWC-contiguous float arrays (channels innermost), the layout the
+functional ops keep their activations in, and is parallel over the batch (or over row chunks).
+Each is plain Python that Numba compiles; with NUMBA_DISABLE_JIT=1 they run as written (slowly).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(parallel=True, cache=True)
+def col2im_nhwc(dcols: np.ndarray, out: np.ndarray, stride_h: int, stride_w: int) -> None:
+    """Scatter-add im2col gradients back into the (padded) input.
+
+    dcols: (N, OH, OW, KH, KW, C), out: (N, Hp, Wp, C) zero-initialised;
+    out[n, oh*sh + i, ow*sw + j, c] += dcols[n, oh, ow, i, j, c].
+    """
+    n_batch, out_h, out_w, kernel_h, kernel_w, channels = dcols.shape
+    for n in prange(n_batch):
+        for oh in range(out_h):
+            for i in range(kernel_h):
+                row = oh * stride_h + i
+                for ow in range(out_w):
+                    for j in range(kernel_w):
+                        col = ow * stride_w + j
+                        for c in range(channels):
+                            out[n, row, col, c] += dcols[n, oh, ow, i, j, c]
+
+
+@njit(parallel=True, cache=True)
+def max_pool_forward_nhwc(x: np.ndarray, kernel_h: int, kernel_w: int, stride_h: int,
+                          stride_w: int, pad_h: int, pad_w: int, out: np.ndarray,
+                          argmax: np.ndarray) -> None:
+    """out[n, oh, ow, c] = max over the window; argmax = flat input index h*W + w of the first max.
+
+    Positions outside the input (padding) count as -inf, so they are never selected as long as
+    a window overlaps the input (which PyTorch's output-size rule guarantees).
+    """
+    n_batch, height, width, channels = x.shape
+    out_h, out_w = out.shape[1], out.shape[2]
+    for n in prange(n_batch):
+        for oh in range(out_h):
+            h0 = oh * stride_h - pad_h
+            for ow in range(out_w):
+                w0 = ow * stride_w - pad_w
+                for c in range(channels):
+                    best = -np.inf
+                    best_index = -1
+                    for i in range(kernel_h):
+                        h = h0 + i
+                        if h < 0 or h >= height:
+                            continue
+                        for j in range(kernel_w):
+                            w = w0 + j
+                            if w < 0 or w >= width:
+                                continue
+                            v = x[n, h, w, c]
+                            if v > best or best_index < 0:
+                                best = v
+                                best_index = h * width + w
+                    out[n, oh, ow, c] = best
+                    argmax[n, oh, ow, c] = best_index
+
+
+@njit(parallel=True, cache=True)
+def max_pool_backward_nhwc(grad_out: np.ndarray, argmax: np.ndarray, grad_in: np.ndarray) -> None:
+    """grad_in[n, argmax // W, argmax % W, c] += grad_out[n, oh, ow, c] (grad_in zeroed)."""
+    n_batch, out_h, out_w, channels = grad_out.shape
+    width = grad_in.shape[2]
+    for n in prange(n_batch):
+        for oh in range(out_h):
+            for ow in range(out_w):
+                for c in range(channels):
+                    index = argmax[n, oh, ow, c]
+                    grad_in[n, index // width, index % width, c] += grad_out[n, oh, ow, c]
+
+
+def _chunks(rows: int, parts: int) -> np.ndarray:
+    bounds = np.linspace(0, rows, parts + 1).astype(np.int64)
+    return bounds
+
+
+@njit(parallel=True, cache=True)
+def channel_mean_var(x: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and biased variance of x (M, C), accumulated in float64.
+
+    Two passes (mean, then squared deviations) over row chunks `bounds`, one chunk per task.
+    """
+    rows, channels = x.shape
+    parts = bounds.shape[0] - 1
+    partial = np.zeros((parts, channels))
+    for p in prange(parts):
+        for r in range(bounds[p], bounds[p + 1]):
+            for c in range(channels):
+                partial[p, c] += x[r, c]
+    mean = partial.sum(axis=0) / rows
+    partial2 = np.zeros((parts, channels))
+    for p in prange(parts):
+        for r in range(bounds[p], bounds[p + 1]):
+            for c in range(channels):
+                d = x[r, c] - mean[c]
+                partial2[p, c] += d * d
+    var = partial2.sum(axis=0) / rows
+    return mean, var
+
+
+@njit(parallel=True, cache=True)
+def affine_columns(x: np.ndarray, scale: np.ndarray, shift: np.ndarray, out: np.ndarray,
+                   bounds: np.ndarray) -> None:
+    """out[r, c] = x[r, c] * scale[c] + shift[c]."""
+    channels = x.shape[1]
+    for p in prange(bounds.shape[0] - 1):
+        for r in range(bounds[p], bounds[p + 1]):
+            for c in range(channels):
+                out[r, c] = x[r, c] * scale[c] + shift[c]
+
+
+@njit(parallel=True, cache=True)
+def batch_norm_grad_sums(grad: np.ndarray, x: np.ndarray, mean: np.ndarray, inv_std: np.ndarray,
+                         bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """sum_r g[r, c] and sum_r g[r, c] * xhat[r, c] with xhat = (x - mean) * inv_std (float64)."""
+    channels = x.shape[1]
+    parts = bounds.shape[0] - 1
+    sum_g = np.zeros((parts, channels))
+    sum_gx = np.zeros((parts, channels))
+    for p in prange(parts):
+        for r in range(bounds[p], bounds[p + 1]):
+            for c in range(channels):
+                g = grad[r, c]
+                sum_g[p, c] += g
+                sum_gx[p, c] += g * (x[r, c] - mean[c]) * inv_std[c]
+    return sum_g.sum(axis=0), sum_gx.sum(axis=0)
+
+
+@njit(parallel=True, cache=True)
+def batch_norm_grad_input(grad: np.ndarray, x: np.ndarray, mean: np.ndarray, inv_std: np.ndarray,
+                          scale: np.ndarray, mean_g: np.ndarray, mean_gx: np.ndarray,
+                          out: np.ndarray, bounds: np.ndarray) -> None:
+    """dx = weight * inv_std * (g - mean(g) - xhat * mean(g * xhat)), per column.
+
+    `scale` = weight * inv_std; `mean_g`, `mean_gx` are the column means of g and g * xhat.
+    """
+    channels = x.shape[1]
+    for p in prange(bounds.shape[0] - 1):
+        for r in range(bounds[p], bounds[p + 1]):
+            for c in range(channels):
+                xhat = (x[r, c] - mean[c]) * inv_std[c]
+                out[r, c] = scale[c] * (grad[r, c] - mean_g[c] - xhat * mean_gx[c])
+
+
+def row_chunks(rows: int, parts: int = 16) -> np.ndarray:
+    """Row bounds splitting `rows` into about `parts` chunks (tasks for prange)."""
+    return _chunks(rows, max(1, min(parts, rows)))

@@ -1,0 +1,80 @@
+"""Dense layer, activation, dropout, padding and flattening, forward beside backward."""
+from __future__ import annotations
+
+import numpy as np
+
+from tinypact import ops, random
+from tinypact.tensor import Tensor
+
+
+def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:  # noqa: A002
+    """y = x @ W^T + b with W of shape (out, in), x of shape (..., in).
+
+    Backward:  dx = g @ W,  dW = g^T @ x,  db = sum of g over all but the last axis.
+    """
+    x = input.data
+    if x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"linear: input has {x.shape[-1]} features but the weight expects "
+                         f"{weight.shape[1]}")
+    x2 = x.reshape(-1, x.shape[-1])
+    out = x2 @ weight.data.T
+    if bias is not None:
+        out += bias.data
+
+    def backward(g):
+        g2 = g.reshape(-1, g.shape[-1])
+        grad_x = (g2 @ weight.data).reshape(x.shape) if input.requires_grad else None
+        grad_w = g2.T @ x2 if weight.requires_grad else None
+        if bias is None:
+            return grad_x, grad_w
+        return grad_x, grad_w, g2.sum(axis=0)
+
+    parents = (input, weight) if bias is None else (input, weight, bias)
+    return Tensor.from_op(out.reshape(x.shape[:-1] + (weight.shape[0],)), parents, backward,
+                          "linear")
+
+
+def relu(input: Tensor) -> Tensor:  # noqa: A002
+    """max(x, 0);  dx = g where x > 0."""
+    return ops.relu(input)
+
+
+def dropout(input: Tensor, p: float = 0.5, training: bool = True,  # noqa: A002
+            generator: np.random.Generator | None = None) -> Tensor:
+    """Inverted dropout: zero each value with probability p, scale the rest by 1/(1-p);
+    identity when not training.  dx = g * mask / (1 - p)."""
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+    if not training or p == 0.0:
+        return input
+    x = input.data
+    rng = random.default_generator() if generator is None else generator
+    # Draw the mask in x's memory order (NHWC-backed activations stay NHWC-backed).
+    order = np.argsort(x.strides)[::-1] if x.ndim > 1 else np.arange(x.ndim)
+    draws = rng.random(tuple(x.shape[i] for i in order), dtype=np.float32)
+    keep = np.transpose(draws >= p, np.argsort(order))
+    mask = keep * x.dtype.type(1.0 / (1.0 - p))
+    return Tensor.from_op(x * mask, (input,), lambda g: (g * mask,), "dropout")
+
+
+def pad(input: Tensor, pad: tuple[int, ...], value: float = 0.0) -> Tensor:  # noqa: A002
+    """Constant padding, PyTorch's order: (left, right) of the last axis, then (top, bottom)
+    of the one before, and so on.  dx = g cropped back."""
+    if len(pad) % 2 or len(pad) // 2 > input.ndim:
+        raise ValueError(f"pad needs (before, after) pairs for at most {input.ndim} axes, "
+                         f"got {pad}")
+    widths = [(0, 0)] * input.ndim
+    for k in range(len(pad) // 2):
+        before, after = int(pad[2 * k]), int(pad[2 * k + 1])
+        if before < 0 or after < 0:
+            raise ValueError(f"pad widths must be non-negative, got {pad}")
+        widths[input.ndim - 1 - k] = (before, after)
+    out = np.pad(input.data, widths, constant_values=value)
+    crop = tuple(slice(b, b + size) for (b, _), size in zip(widths, input.shape))
+    return Tensor.from_op(out, (input,), lambda g: (g[crop],), "pad")
+
+
+def flatten(input: Tensor, start_dim: int = 1) -> Tensor:  # noqa: A002
+    """Merge axes start_dim.. into one, in C order (x.reshape(N, -1))."""
+    shape = input.shape[:start_dim] + (-1,)
+    return ops.reshape(input, shape)

@@ -1,0 +1,88 @@
+"""2-D convolution lowered to one BLAS matmul (im2col), forward beside backward."""
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from tinypact import _kernels
+from tinypact.functional._layout import pair, to_nchw, to_nhwc
+from tinypact.tensor import Tensor
+
+
+def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    """floor((size + 2 padding - kernel) / stride) + 1."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def _pad_nhwc(x: np.ndarray, pad_h: int, pad_w: int) -> np.ndarray:
+    """NCHW-shaped x as a zero-padded NHWC-contiguous array (one copy, or none without padding)."""
+    if pad_h == 0 and pad_w == 0:
+        return to_nhwc(x)
+    n, c, h, w = x.shape
+    padded = np.zeros((n, h + 2 * pad_h, w + 2 * pad_w, c), dtype=x.dtype)
+    padded[:, pad_h:pad_h + h, pad_w:pad_w + w, :] = x.transpose(0, 2, 3, 1)
+    return padded
+
+
+def _windows(padded: np.ndarray, kernel_h: int, kernel_w: int, stride_h: int, stride_w: int,
+             out_h: int, out_w: int) -> np.ndarray:
+    """View (N, OH, OW, KH, KW, C) of the windows of NHWC-contiguous `padded` (no copy)."""
+    sn, sh, sw, sc = padded.strides
+    return as_strided(padded, shape=(padded.shape[0], out_h, out_w, kernel_h, kernel_w,
+                                     padded.shape[3]),
+                      strides=(sn, sh * stride_h, sw * stride_w, sh, sw, sc), writeable=False)
+
+
+def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1,  # noqa: A002
+           padding=0) -> Tensor:
+    """Cross-correlation (PyTorch's conv2d), NCHW input (N, C, H, W), weight (O, C, KH, KW).
+
+        out[n, o, y, x] = b[o] + sum_{c,i,j} w[o, c, i, j] * xpad[n, c, y*s + i, x*s + j]
+
+    Lowered to one matmul: the windows of the padded NHWC input become the rows of
+    cols (N*OH*OW, KH*KW*C) and out = cols @ W^T with W reshaped to (O, KH*KW*C).
+    Backward:  dW = g^T @ cols,  db = sum g,  dcols = g @ W  scattered back (col2im) into dx.
+    """
+    x = input.data
+    if x.ndim != 4 or weight.ndim != 4:
+        raise ValueError(f"conv2d expects a 4-D input and weight, got {x.shape} and {weight.shape}")
+    n, c, h, w = x.shape
+    out_ch, c_w, kernel_h, kernel_w = weight.shape
+    if c != c_w:
+        raise ValueError(f"conv2d: input has {c} channels but the weight expects {c_w}")
+    stride_h, stride_w = pair(stride, "stride")
+    pad_h, pad_w = pair(padding, "padding")
+    out_h = conv_output_size(h, kernel_h, stride_h, pad_h)
+    out_w = conv_output_size(w, kernel_w, stride_w, pad_w)
+    if out_h < 1 or out_w < 1:
+        raise ValueError(f"conv2d: kernel {kernel_h}x{kernel_w} larger than the padded input "
+                         f"{h + 2 * pad_h}x{w + 2 * pad_w}")
+
+    padded = _pad_nhwc(x, pad_h, pad_w)
+    rows = n * out_h * out_w
+    cols = _windows(padded, kernel_h, kernel_w, stride_h, stride_w, out_h, out_w).reshape(rows, -1)
+    w_mat = weight.data.transpose(0, 2, 3, 1).reshape(out_ch, -1)  # (O, KH*KW*C), small copy
+    out = cols @ w_mat.T
+    if bias is not None:
+        out += bias.data
+    out_nchw = to_nchw(out.reshape(n, out_h, out_w, out_ch))
+    padded_shape = padded.shape
+    del padded  # cols holds what backward needs
+
+    def backward(g):
+        g_rows = to_nhwc(g).reshape(rows, out_ch)
+        grad_x = grad_w = grad_b = None
+        if weight.requires_grad:
+            grad_w = np.ascontiguousarray(
+                (g_rows.T @ cols).reshape(out_ch, kernel_h, kernel_w, c).transpose(0, 3, 1, 2))
+        if bias is not None and bias.requires_grad:
+            grad_b = g_rows.sum(axis=0)
+        if input.requires_grad:
+            dcols = (g_rows @ w_mat).reshape(n, out_h, out_w, kernel_h, kernel_w, c)
+            grad_padded = np.zeros(padded_shape, dtype=x.dtype)
+            _kernels.col2im_nhwc(dcols, grad_padded, stride_h, stride_w)
+            grad_x = to_nchw(grad_padded[:, pad_h:pad_h + h, pad_w:pad_w + w, :])
+        return (grad_x, grad_w) if bias is None else (grad_x, grad_w, grad_b)
+
+    parents = (input, weight) if bias is None else (input, weight, bias)
+    return Tensor.from_op(out_nchw, parents, backward, "conv2d")
