@@ -1,0 +1,296 @@
+"""Quantizers as autodiff ops: PACT (and PACT+), DoReFa, quantized ReLU, SAWB.
+
+Notation: `k` bits, `n = 2**k - 1` steps, `round` is the project's rule `round_half_up`
+(floor(v + 1/2), see `tinypact.quant.rounding`). `bits=32` means full precision: the quantizer
+is skipped and only the clip (if any) remains.
+
+Activations are quantized to `n + 1` levels `{0, a/n, 2a/n, ..., a}` of a range `a` (PACT's learned
+alpha, DoReFa's 1, a quantized ReLU's running max); their integer code is `q = round(y * n / a)`.
+
+Weights are quantized to `w_q = scale * (2j - n) / n` with an unsigned code `j` in `[0, n]`, i.e.
+odd integers `c = 2j - n` over `n` for DoReFa and SAWB (`n = 2**k - 1`, no zero level), and
+`c = j - n/2` over `n/2` for zero-aligned SAWB (`n = 2**k - 2`: `2**k - 1` levels including 0).
+Weight codes are computed in float64 from the (float32) weights, so that integer_engine's exporter,
+following the same formulas in float64, gets exactly the same codes.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from tinypact.ops import as_tensor
+from tinypact.quant.rounding import round_half_up
+from tinypact.tensor import Tensor, sum_to
+
+VALID_BITS = (1, 2, 3, 4, 5, 6, 7, 8, 16, 32)
+FULL_PRECISION = 32
+
+# SAWB: alpha_w = c1 * sqrt(E[w^2]) - c2 * E[|w|]  (IBM fms-model-optimizer's coefficients).
+# 1 bit: (0, -1) gives alpha_w = E|w|, the MSE-optimal scale of a binary {-a, a} grid (DoReFa's E).
+SAWB_COEFFICIENTS: dict[int, tuple[float, float]] = {
+    1: (0.0, -1.0), 2: (3.12, 2.064), 3: (7.509, 6.892), 4: (12.68, 12.80), 5: (17.74, 18.64),
+    8: (31.76, 35.04),
+}
+# Zero-aligned grid (2**k - 1 levels, includes 0): 2 bits is ternary {-a, 0, a}.
+SAWB_ZERO_ALIGNED_COEFFICIENTS: dict[int, tuple[float, float]] = {
+    2: (2.6, 1.71), 4: (12.035, 12.03), 8: (31.76, 35.04),
+}
+
+
+def check_bits(bits: int, what: str = "bits") -> int:
+    """`bits` if it is one of 1..8, 16 or 32, else a one-line ValueError."""
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or int(bits) not in VALID_BITS:
+        raise ValueError(f"{what} must be one of 1..8, 16 or 32, got {bits!r}")
+    return int(bits)
+
+
+def levels(bits: int) -> int:
+    """n = 2**k - 1, the number of quantization steps of a k-bit unsigned grid."""
+    return 2 ** check_bits(bits) - 1
+
+
+# ================================================================================ activations
+def _clip_quantize(x: Tensor, alpha: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """(y, y_q): y = clip(x, 0, alpha), y_q = round(y * n / alpha) * alpha / n (y_q = y at 32 bits)."""
+    y = np.minimum(np.maximum(x.data, 0), alpha)
+    if bits == FULL_PRECISION:
+        return y, y
+    n = levels(bits)
+    return y, (_codes_of_clipped(y, alpha, n) * (alpha / n)).astype(x.dtype, copy=False)
+
+
+def _codes_of_clipped(y: np.ndarray, alpha: np.ndarray, n: int) -> np.ndarray:
+    """round(y * n / alpha): the one expression forward values and exported codes both use."""
+    return round_half_up(y * n / alpha)
+
+
+def _positive_range(alpha, like: Tensor, what: str) -> np.ndarray:
+    value = np.asarray(alpha.data if isinstance(alpha, Tensor) else alpha, dtype=like.dtype)
+    if not np.all(value > 0):
+        raise ValueError(f"{what} must be > 0, got {value.tolist()}")
+    return value
+
+
+def pact(x, alpha, bits: int, variant: str = "pact") -> Tensor:
+    """PACT activation (arXiv 1805.06085, Eq. 1-3) with one learnable clip level alpha.
+
+        Eq. 1   y   = clip(x, 0, alpha) = 0.5 * (|x| - |x - alpha| + alpha)
+        Eq. 2   y_q = round(y * n / alpha) * alpha / n,             n = 2**k - 1
+        Eq. 3   dy_q/dalpha = 1 if x >= alpha else 0                (STE on round)
+                dy_q/dx     = 1 if 0 <= x < alpha else 0
+
+    so `grad_alpha = sum(upstream grad where x >= alpha)`.
+    variant="pact+" (IBM's later LSQ-like alpha gradient) keeps dy_q/dx and uses
+        dy_q/dalpha = (y_q - y) / alpha for 0 <= x < alpha,  1 for x >= alpha,  0 for x < 0.
+    bits=32: y_q = y (a clipped ReLU with a learned clip). `alpha` must be > 0 (a Tensor of shape
+    () to learn it, or a number).
+    """
+    if variant not in ("pact", "pact+"):
+        raise ValueError(f"PACT variant must be 'pact' or 'pact+', got {variant!r}")
+    bits = check_bits(bits)
+    x = as_tensor(x)
+    alpha_t = as_tensor(alpha, like=x)
+    a = _positive_range(alpha_t, x, "PACT alpha")
+    y, y_q = _clip_quantize(x, a, bits)
+    inside = (x.data >= 0) & (x.data < a)
+    above = x.data >= a
+
+    def backward(g):
+        grad_x = g * inside
+        if not alpha_t.requires_grad:
+            return grad_x, None
+        per_element = g * above
+        if variant == "pact+":
+            per_element = per_element + g * inside * ((y_q - y) / a)
+        return grad_x, sum_to(per_element, alpha_t.shape)
+
+    return Tensor.from_op(y_q, (x, alpha_t), backward, variant)
+
+
+def quantized_relu(x, bits: int, max_value: float) -> Tensor:
+    """A quantized ReLU with a fixed (not learned) range `max_value`:
+
+        y_q = round(clip(x, 0, m) * n / m) * m / n,   dy_q/dx = 1 if 0 <= x < m else 0 (STE).
+
+    bits=32: a plain ReLU, max(x, 0) (the range only matters for quantization).
+    """
+    bits = check_bits(bits)
+    x = as_tensor(x)
+    if bits == FULL_PRECISION:
+        return x.relu()
+    m = _positive_range(max_value, x, "quantized ReLU max_value")
+    _, y_q = _clip_quantize(x, m, bits)
+    inside = (x.data >= 0) & (x.data < m)
+    return Tensor.from_op(y_q, (x,), lambda g: (g * inside,), "quantized_relu")
+
+
+def dorefa_activation(x, bits: int) -> Tensor:
+    """DoReFa-Net's activation (the PACT paper's baseline): clip to [0, 1], then quantize:
+
+        y_q = round(clip(x, 0, 1) * n) / n,   dy_q/dx = 1 if 0 <= x < 1 else 0 (STE).
+
+    bits=32: clip(x, 0, 1).
+    """
+    bits = check_bits(bits)
+    x = as_tensor(x)
+    one = np.asarray(1.0, dtype=x.dtype)
+    _, y_q = _clip_quantize(x, one, bits)
+    inside = (x.data >= 0) & (x.data < 1)
+    return Tensor.from_op(y_q, (x,), lambda g: (g * inside,), "dorefa_activation")
+
+
+def activation_codes(x, alpha, bits: int) -> np.ndarray:
+    """Integer codes q = round(clip(x, 0, alpha) * n / alpha) in [0, n] (int32); y_q = q * alpha / n.
+
+    The same expression the activation quantizers use, so `codes * alpha / n` equals their output.
+    """
+    bits = check_bits(bits)
+    if bits == FULL_PRECISION:
+        raise ValueError("32-bit (float) activations have no integer codes")
+    x = as_tensor(x)
+    a = _positive_range(alpha, x, "activation range")
+    y = np.minimum(np.maximum(x.data, 0), a)
+    return _codes_of_clipped(y, a, levels(bits)).astype(np.int32)
+
+
+def pact_codes(x, alpha, bits: int) -> np.ndarray:
+    """PACT's integer codes q = round(clip(x, 0, alpha) * n / alpha) (see `activation_codes`)."""
+    return activation_codes(x, alpha, bits)
+
+
+# ==================================================================================== weights
+def _weights64(w) -> np.ndarray:
+    return np.asarray(w.data if isinstance(w, Tensor) else w, dtype=np.float64)
+
+
+def dorefa_weight_codes(w, bits: int) -> tuple[np.ndarray, float]:
+    """DoReFa weight codes (tensorpack's dorefa.py), in float64: (j, scale), w_q = scale*(2j - n)/n.
+
+        k > 1:  t = tanh(w),  u = t / max|t| * 0.5 + 0.5,  j = round(u * n),   scale = 1
+        k = 1:  j = 1 if w >= 0 else 0 (sign(0) = +1),      n = 1,             scale = E|w|
+    """
+    bits = check_bits(bits)
+    if bits == FULL_PRECISION:
+        raise ValueError("32-bit (float) weights have no integer codes")
+    w64 = _weights64(w)
+    if bits == 1:
+        return (w64 >= 0).astype(np.int32), float(np.mean(np.abs(w64)))
+    t = np.tanh(w64)
+    peak = np.max(np.abs(t)) if t.size else 0.0
+    u = t / (peak if peak > 0 else 1.0) * 0.5 + 0.5
+    return round_half_up(u * levels(bits)).astype(np.int32), 1.0
+
+
+def dorefa_weight(w, bits: int) -> Tensor:
+    """DoReFa weights: w_q = 2 * quantize_k(tanh(w) / (2 max|tanh(w)|) + 1/2) - 1, in [-1, 1].
+
+    k = 1: w_q = sign(w) * E|w| (sign(0) = +1). Codes: `dorefa_weight_codes`.
+    Gradient (STE on quantize_k): k > 1 flows through tanh and the max, i.e. it is the gradient of
+    tanh(w) / max|tanh(w)|; k = 1 is the identity (E is a constant, as tensorpack's stop_gradient).
+    bits=32: w unchanged.
+    """
+    bits = check_bits(bits)
+    w = as_tensor(w)
+    if bits == FULL_PRECISION:
+        return w
+    j, scale = dorefa_weight_codes(w, bits)
+    n = levels(bits)
+    w_q = (scale * (2 * j.astype(np.float64) - n) / n).astype(w.dtype)
+    if bits == 1:
+        return Tensor.from_op(w_q, (w,), lambda g: (g,), "dorefa_weight")
+
+    def backward(g):
+        t = np.tanh(w.data.astype(np.float64))
+        magnitude = np.abs(t)
+        peak = magnitude.max()
+        if peak == 0:
+            return (g * (1 - t * t),)
+        # d(t / M) = dt / M - (t / M^2) dM,  M = max|t| (split between ties, like ops.max).
+        at_peak = magnitude == peak
+        grad_peak = -np.sum(g * t) / peak ** 2
+        grad_t = g / peak + grad_peak * np.sign(t) * at_peak / at_peak.sum()
+        return ((grad_t * (1 - t * t)).astype(w.dtype),)
+
+    return Tensor.from_op(w_q, (w,), backward, "dorefa_weight")
+
+
+def sawb_scale(w, bits: int, zero_aligned: bool = False) -> float:
+    """SAWB's clip scale (arXiv 1807.06964), from two statistics of w, in float64:
+
+        alpha_w = c1 * sqrt(mean(w^2)) - c2 * mean(|w|)
+
+    with (c1, c2) from `SAWB_COEFFICIENTS[bits]` (zero-aligned: `SAWB_ZERO_ALIGNED_COEFFICIENTS`).
+    Falls back to max|w| if alpha_w <= 0 (and to 1 for an all-zero w). On N(0, 1) weights the
+    2-bit scale is 3.12 - 2.064 * sqrt(2/pi) = 1.473 (MSE-optimal: 1.500).
+    """
+    table = SAWB_ZERO_ALIGNED_COEFFICIENTS if zero_aligned else SAWB_COEFFICIENTS
+    bits = check_bits(bits)
+    if bits not in table:
+        grid = "zero-aligned SAWB" if zero_aligned else "SAWB"
+        raise ValueError(f"{grid} has coefficients for {sorted(table)} bits, got {bits}")
+    c1, c2 = table[bits]
+    w64 = _weights64(w)
+    alpha = c1 * np.sqrt(np.mean(w64 * w64)) - c2 * np.mean(np.abs(w64))
+    if not alpha > 0:
+        alpha = np.max(np.abs(w64)) if w64.size else 0.0
+    return float(alpha) if alpha > 0 else 1.0
+
+
+def sawb_levels(bits: int, zero_aligned: bool = False) -> int:
+    """n of the SAWB grid: 2**k - 1 steps, or 2**k - 2 when zero-aligned (2**k - 1 levels)."""
+    return levels(bits) - 1 if zero_aligned else levels(bits)
+
+
+def sawb_weight_codes(w, bits: int, zero_aligned: bool = False) -> tuple[np.ndarray, float]:
+    """SAWB weight codes, in float64: (j, alpha_w) with w_q = alpha_w * (2j - n) / n, where
+
+        u = clip(w / alpha_w, -1, 1) * 0.5 + 0.5,   j = round(u * n)   (n: `sawb_levels`).
+
+    2 bits: levels {-a, -a/3, a/3, a}; zero-aligned 2 bits: {-a, 0, a}.
+    """
+    alpha = sawb_scale(w, bits, zero_aligned)
+    u = np.clip(_weights64(w) / alpha, -1.0, 1.0) * 0.5 + 0.5
+    return round_half_up(u * sawb_levels(bits, zero_aligned)).astype(np.int32), alpha
+
+
+def sawb_weight(w, bits: int, zero_aligned: bool = False) -> Tensor:
+    """SAWB weights: w_q = alpha_w * (2 * round(u * n) / n - 1), u = clip(w/alpha_w, -1, 1)/2 + 1/2.
+
+    alpha_w (`sawb_scale`) is recomputed from w at every call and treated as a constant; the
+    gradient is the straight-through identity (every weight gets the upstream gradient).
+    bits=32: w unchanged.
+    """
+    bits = check_bits(bits)
+    w = as_tensor(w)
+    if bits == FULL_PRECISION:
+        return w
+    j, alpha = sawb_weight_codes(w, bits, zero_aligned)
+    n = sawb_levels(bits, zero_aligned)
+    w_q = (alpha * (2 * j.astype(np.float64) - n) / n).astype(w.dtype)
+    return Tensor.from_op(w_q, (w,), lambda g: (g,), "sawb_weight")
+
+
+# ========================================================================== by graph "wq" kind
+WEIGHT_QUANT_KINDS = ("dorefa", "sawb", "sawb0", "float")
+
+
+def quantize_weight(w, kind: str, bits: int) -> Tensor:
+    """Dispatch on the checkpoint graph's `wq` kind: "dorefa", "sawb", "sawb0" (zero-aligned
+    SAWB) or "float" (w unchanged, whatever the bits)."""
+    if kind == "float" or check_bits(bits) == FULL_PRECISION:
+        return as_tensor(w)
+    if kind == "dorefa":
+        return dorefa_weight(w, bits)
+    if kind in ("sawb", "sawb0"):
+        return sawb_weight(w, bits, zero_aligned=kind == "sawb0")
+    raise ValueError(f"weight quantizer must be one of {', '.join(WEIGHT_QUANT_KINDS)}, got {kind!r}")
+
+
+def weight_codes(w, kind: str, bits: int) -> tuple[np.ndarray, int, float]:
+    """(j, n, scale) with w_q = scale * (2j - n) / n, for the `wq` kinds that have codes."""
+    if kind == "dorefa":
+        j, scale = dorefa_weight_codes(w, bits)
+        return j, levels(bits), scale
+    if kind in ("sawb", "sawb0"):
+        j, scale = sawb_weight_codes(w, bits, zero_aligned=kind == "sawb0")
+        return j, sawb_levels(bits, zero_aligned=kind == "sawb0"), scale
+    raise ValueError(f"weight quantizer {kind!r} has no integer codes")
