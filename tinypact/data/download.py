@@ -1,0 +1,128 @@
+"""Downloads into the data cache: official URL, progress bar, MD5 check, atomic writes.
+
+Where data lives (first match wins):
+1. the `data_dir` argument (the training CLI's `--data-dir`),
+2. the `TINYPACT_DATA` environment variable,
+3. `$XDG_CACHE_HOME/tinypact`, i.e. `~/.cache/tinypact` by default.
+
+A file is fetched to a temporary file next to its destination and moved into place with
+`os.replace` only after its MD5 matched, so the cache never holds a partial or corrupt file
+written by us. A cached file whose MD5 does not match (a copy interrupted outside tinypact, a
+truncated hand-made copy) is downloaded again from scratch; there is no resuming.
+Every failure raises `DataError` with one line saying what to do.
+"""
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Sequence
+
+from tqdm import tqdm
+
+ENV_VAR = "TINYPACT_DATA"
+_CHUNK = 1 << 20
+
+
+class DataError(Exception):
+    """A data set is missing, corrupt or malformed; the message (one line) says what to do."""
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    """The data cache directory: `data_dir` > `$TINYPACT_DATA` > `~/.cache/tinypact`."""
+    if data_dir is not None and str(data_dir) != "":
+        return Path(data_dir).expanduser()
+    if os.environ.get(ENV_VAR):
+        return Path(os.environ[ENV_VAR]).expanduser()
+    cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
+    return Path(cache_home).expanduser() / "tinypact"
+
+
+def md5_of(path: str | os.PathLike) -> str:
+    """Hex MD5 digest of a file, read in 1 MiB chunks."""
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fetch(url: str, dest: Path, md5: str | None, progress: bool | None, timeout: float) -> None:
+    """Download `url` to `dest` atomically; raise DataError (bad data) or OSError (no network)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
+    tmp = Path(tmp_name)
+    try:
+        digest = hashlib.md5()
+        received = 0
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+            length = response.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+            # disable=None: a bar on a terminal, silence in logs and tests.
+            bar_disabled = None if progress is None else not progress
+            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
+                      desc=dest.name, disable=bar_disabled, leave=False) as bar:
+                while True:
+                    try:
+                        chunk = response.read(_CHUNK)
+                    except http.client.IncompleteRead as e:
+                        received += len(e.partial)
+                        chunk = b""
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                    digest.update(chunk)
+                    received += len(chunk)
+                    bar.update(len(chunk))
+            out.flush()
+            os.fsync(out.fileno())
+        if total is not None and received != total:
+            raise DataError(
+                f"download of {url} was truncated ({received} of {total} bytes); "
+                f"nothing was kept, run again to retry")
+        if md5 is not None and digest.hexdigest() != md5:
+            raise DataError(
+                f"download of {url} has md5 {digest.hexdigest()}, expected {md5}; "
+                f"nothing was kept, run again to retry or place a good copy at {dest}")
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def ensure_file(filename: str, urls: Sequence[str], md5: str | None,
+                data_dir: str | os.PathLike | None = None, *, subdir: str = "",
+                download: bool = True, progress: bool | None = None,
+                timeout: float = 30.0) -> Path:
+    """Path of a verified copy of `filename` in the cache, downloading it if needed.
+
+    The file is `resolve_data_dir(data_dir) / subdir / filename`. A cached copy with the right
+    MD5 is used as is; a missing or mismatching one is (re)downloaded from `urls` in order
+    (mirrors). Raises DataError naming the first URL and the destination path when no copy can
+    be had (offline, `download=False`, every mirror bad).
+    """
+    dest = resolve_data_dir(data_dir) / subdir / filename
+    stale = dest.exists() and (md5 is not None and md5_of(dest) != md5)
+    if dest.exists() and not stale:
+        return dest
+    state = "is corrupt or partial" if stale else "is missing"
+    if not download:
+        raise DataError(
+            f"{dest} {state} and downloads are off; download {urls[0]} (md5 {md5}) "
+            f"and place it at {dest}")
+    problems = []
+    for url in urls:
+        try:
+            _fetch(url, dest, md5, progress, timeout)
+            return dest
+        except DataError as e:
+            problems.append(str(e))
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+            reason = getattr(e, "reason", None) or e
+            problems.append(f"cannot reach {url} ({reason})")
+    raise DataError(
+        f"{dest} {state} and could not be downloaded: {'; '.join(problems)}; "
+        f"download {urls[0]} by hand and place it at {dest}")
