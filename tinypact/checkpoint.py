@@ -166,6 +166,13 @@ def load_checkpoint(run_or_file: str | os.PathLike) -> Checkpoint:
         raise CheckpointError(f"no checkpoint at {path}" if not where.is_dir()
                               else f"{where} has no {CHECKPOINT_NAME} (did the run finish an epoch?)")
     try:
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+    except OSError as err:
+        raise CheckpointError(f"cannot read {path} ({_one_line(err)})") from None
+    if magic != b"PK\x03\x04":  # npz is a zip archive
+        raise CheckpointError(f"{path} is not a checkpoint (not an npz/zip file)")
+    try:
         with np.load(path, allow_pickle=False) as npz:
             # Read everything now: a truncated or corrupted member only fails when it is read.
             arrays = {name: npz[name] for name in npz.files}

@@ -1,0 +1,193 @@
+"""`python -m tinypact.train [DATASET] [options]`: quantization-aware training from the command line.
+
+With no arguments it trains a 2-bit PACT network (W2A2, 8-bit first/last layer weights) on the
+Fashion-MNIST sample bundled with the package, in a few minutes on a laptop. `svhn` and `cifar10`
+default to the paper's recipes (tinypact.recipes). The loop itself is `tinypact.trainer.fit`.
+
+Exit status: 0 done; 1 data or training failure; 2 bad arguments, checkpoint or run directory;
+130 interrupted (the last epoch's checkpoint stays intact; rerun with --resume).
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from tinypact.checkpoint import CHECKPOINT_NAME, METRICS_NAME, CheckpointError, is_run_dir
+from tinypact.recipes import ACT_QUANTS, DATASETS, OPTIMIZERS, SCHEDULES, WEIGHT_QUANTS, recipe
+from tinypact.recipes import AUGMENTATIONS, TrainConfig
+
+PROG = "python -m tinypact.train"
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line on stderr (and exit status 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog=PROG,
+        description="Train a low-precision network (PACT / DoReFa / SAWB) with tinypact. With no "
+        "dataset: 2-bit PACT on the bundled Fashion-MNIST sample (a few minutes).",
+        epilog="Examples: `python -m tinypact.train` | `python -m tinypact.train fashion-mnist "
+        "--bits 4` | `python -m tinypact.train cifar10 --wbits 2 --abits 2 --weight-quant sawb`. "
+        "Afterwards: `python -m tinypact.evaluate RUN`, `python -m integer_engine export RUN -o "
+        "model.tpq`.")
+    parser.add_argument("dataset", nargs="?", default="sample", choices=DATASETS,
+                        help="data set (default: sample, the bundled Fashion-MNIST subset)")
+    quant = parser.add_argument_group("quantization")
+    quant.add_argument("--bits", type=int, metavar="K",
+                       help="weight and activation bits of interior layers (1-8, 16; 32 = float)")
+    quant.add_argument("--wbits", type=int, metavar="K", help="weight bits (overrides --bits)")
+    quant.add_argument("--abits", type=int, metavar="K", help="activation bits (overrides --bits)")
+    quant.add_argument("--first-last-bits", type=int, metavar="K",
+                       help="weight bits of the first conv and the last linear layer (default 8)")
+    quant.add_argument("--weight-quant", choices=WEIGHT_QUANTS, help="weight quantizer (dorefa)")
+    quant.add_argument("--act-quant", choices=ACT_QUANTS, help="activation quantizer (pact)")
+    quant.add_argument("--alpha-init", type=float, metavar="A",
+                       help="initial PACT clipping level (default 10, as in the paper's Fig. 2)")
+    train = parser.add_argument_group("training (defaults: the data set's recipe)")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--lr", type=float, help="initial learning rate")
+    train.add_argument("--optimizer", choices=OPTIMIZERS)
+    train.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule")
+    train.add_argument("--weight-decay", type=float, help="L2 on weights (and PACT alphas)")
+    train.add_argument("--augment", choices=AUGMENTATIONS)
+    train.add_argument("--val-size", type=int, metavar="N",
+                       help="training images held out for validation error")
+    train.add_argument("--limit-train", type=int, metavar="N",
+                       help="train on only N images (quick runs)")
+    train.add_argument("--limit-test", type=int, metavar="N", help="test on only N images")
+    train.add_argument("--seed", type=int)
+    run = parser.add_argument_group("run")
+    run.add_argument("--out", metavar="RUN", help="run directory (default: runs/DATASET-POLICY)")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the run in --out from its last checkpoint")
+    run.add_argument("--data-dir", metavar="DIR", help="where data sets are stored/downloaded")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--no-export", action="store_true",
+                     help="skip the integer-engine export and verification at the end")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The dataset's recipe with the options given on the command line; ValueError if invalid."""
+    for name in ("bits", "wbits", "abits", "first_last_bits"):
+        value = getattr(args, name)
+        if value is not None and not 1 <= value <= 32:
+            raise ValueError(f"--{name.replace('_', '-')} must be between 1 and 32, got {value}")
+    overrides = {
+        "wbits": args.wbits if args.wbits is not None else args.bits,
+        "abits": args.abits if args.abits is not None else args.bits,
+        "first_last_bits": args.first_last_bits, "weight_quant": args.weight_quant,
+        "act_quant": args.act_quant, "alpha_init": args.alpha_init, "epochs": args.epochs,
+        "batch_size": args.batch_size, "lr": args.lr, "optimizer": args.optimizer,
+        "schedule": args.schedule, "weight_decay": args.weight_decay, "augment": args.augment,
+        "val_size": args.val_size, "limit_train": args.limit_train,
+        "limit_test": args.limit_test, "seed": args.seed, "data_dir": args.data_dir,
+    }
+    if args.optimizer is not None and args.optimizer != recipe(args.dataset).optimizer \
+            and args.lr is None:
+        # Another optimizer needs another learning rate than the recipe's.
+        overrides["lr"] = {"adam": 1e-3, "sgd": 0.1}[args.optimizer]
+    config = recipe(args.dataset, **overrides)
+    config.validate()
+    _check_policy(config)
+    return config
+
+
+def _check_policy(config: TrainConfig) -> None:
+    """Let tinypact.quant reject bit widths it cannot represent (e.g. 12), as a ValueError."""
+    from tinypact.quant import Policy
+
+    Policy(**config.policy_kwargs())
+
+
+def policy_tag(config: TrainConfig) -> str:
+    if config.is_float:
+        return "float"
+    return f"w{config.wbits}a{config.abits}-{config.act_quant.replace('+', 'plus')}" + (
+        "-sawb" if config.weight_quant == "sawb" else "")
+
+
+def default_run_dir(config: TrainConfig, resume: bool) -> Path:
+    """runs/DATASET-POLICY, or -2, -3, ... for a new run; the latest existing one to resume."""
+    base = Path("runs") / f"{config.dataset}-{policy_tag(config)}"
+    candidates = [base] + [base.with_name(f"{base.name}-{i}") for i in range(2, 1000)]
+    existing = [path for path in candidates if is_run_dir(path)]
+    if resume:
+        return existing[-1] if existing else base
+    return next(path for path in candidates if not is_run_dir(path))
+
+
+def resume_command(argv: list[str], run_dir: Path) -> str:
+    args = list(argv)
+    if "--out" not in args and not any(a.startswith("--out=") for a in args):
+        args += ["--out", str(run_dir)]
+    if "--resume" not in args:
+        args.append("--resume")
+    return shlex.join(["python", "-m", "tinypact.train", *args])
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    run_dir = Path(args.out) if args.out else default_run_dir(config, args.resume)
+
+    from tinypact.data import DataError
+    from tinypact.trainer import ALPHA_PLOT, ERROR_PLOT, RESULT_NAME, fit
+
+    try:
+        result = fit(config, run_dir, resume=args.resume, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; resume with `{resume_command(argv, run_dir)}`", file=sys.stderr)
+        return 130
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (DataError, FloatingPointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+    print(f"test accuracy {100 * result.test_accuracy:.2f}% (error {100 * result.test_error:.2f}%)"
+          f" on {result.test_images} test images")
+    written = [CHECKPOINT_NAME, METRICS_NAME, ERROR_PLOT, ALPHA_PLOT, RESULT_NAME, "config.json"]
+    print(f"wrote    {run_dir}/{{{','.join(written)}}}")
+    if not args.no_export:
+        _export_and_verify(run_dir, config)
+    print("next     python -m tinypact.evaluate " + shlex.quote(str(run_dir)))
+    if not config.is_float:
+        print(f"         python -m integer_engine export {shlex.quote(str(run_dir))} -o model.tpq")
+    return 0
+
+
+def _export_and_verify(run_dir: Path, config: TrainConfig) -> None:
+    """Export the trained model to RUN/model.tpq with integer_engine and verify it agrees.
+
+    Single call site of the end-of-training hand-off (docs/ARCHITECTURE.md): tinypact calls
+    integer_engine as a user would. Skipped for policies with float layers.
+    """
+    if config.wbits >= 32 or config.abits >= 32 or config.first_last_bits >= 32:
+        print("export   skipped: float layers are not exportable to the integer engine")
+        return
+    try:
+        from integer_engine import export as ie_export  # noqa: F401
+    except ImportError:
+        print("export   skipped: integer_engine.export is not available in this installation")
+        return
+    # TODO(lead): wire integer_engine's export + verify API here once it lands.
+    print("export   skipped: integer_engine export API not wired yet")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
