@@ -25,7 +25,8 @@ Transform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
 def to_float(images: np.ndarray) -> np.ndarray:
     """uint8 pixels -> float32 model input x = p / 255 in [0, 1] (no mean subtraction)."""
-    return images.astype(np.float32) * np.float32(1.0 / 255.0)
+    # A true division: x is the float32 nearest to p / 255 (multiplying by 1/255 is not).
+    return images.astype(np.float32) / np.float32(255.0)
 
 
 def _round_to_uint8(values: np.ndarray) -> np.ndarray:
