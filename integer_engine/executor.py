@@ -1,15 +1,17 @@
 """The integer engine: runs a `.tpq` model with integer arithmetic only.
 
-Activations flow as unsigned integer codes in NHWC layout (channels last, so an image patch is
-contiguous). A conv is im2col on codes followed by a GEMM against the weight codes j:
+Activations flow as unsigned integer codes in NCHW layout. A conv is im2col on codes followed by
+a GEMM against the weight codes j (levels c = 2j - n_w):
 
     acc[m, o] = sum_k a[m, k] * (2 j[o, k] - n_w) = 2 * (a . j)[m, o] - n_w * rowsum(a)[m]
 
-where `a . j` is computed on bit-planes with AND + popcount (`bitserial`) for narrow layers, or as
-an integer GEMM for wide ones (8-bit first/last layers). The accumulator then goes through the
-layer's integer thresholds (`requant.apply_thresholds`), the residual fixed-point add, or gets
-the integer bias (logits). No float touches the data path. Each layer's MACs and wall time are
-counted; `reference.py` is the float64 check.
+Narrow layers (abits * wbits <= BITSERIAL_MAX_PASSES) pack the patches straight into bit-planes
+(`kernels.conv_bit_planes`) and compute `a . j` with AND + popcount (`kernels.affine_weight_gemm`);
+wide ones (the 8-bit first and last layers) use the exact integer GEMM `kernels.int_gemm` on the
+signed levels. The int64 accumulator then goes through the layer's integer thresholds
+(`requant.apply_thresholds`), the residual fixed-point add, or gets the integer bias (logits).
+No float touches the data path. Each layer's MACs (as performed: rows x depth x columns of its
+GEMM) and wall time are counted; `reference.py` is the float64 check.
 """
 from __future__ import annotations
 
@@ -18,30 +20,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from integer_engine import bitpack, kernels
 from integer_engine.errors import EngineError
 from integer_engine.format import IntegerModel, Layer
 from integer_engine.requant import apply_thresholds, fixed_point_add_apply
 
-# Bit-serial popcount GEMM costs abits * wbits passes; beyond this many it loses to an int GEMM.
+# Bit-serial popcount GEMM costs abits * wbits AND+POPCNT passes per 64 MACs; beyond about this
+# many it loses to the BLAS-backed integer GEMM.
 BITSERIAL_MAX_PASSES = 9
-
-
-def im2col_nhwc(x: np.ndarray, kh: int, kw: int, stride: int, padding: int) -> np.ndarray:
-    """(N, H, W, C) -> (N*OH*OW, kh*kw*C) patches, zero padded, in (i, j, c) order."""
-    if padding:
-        x = np.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-    n, h, w, c = x.shape
-    oh, ow = (h - kh) // stride + 1, (w - kw) // stride + 1
-    s = x.strides
-    view = np.lib.stride_tricks.as_strided(
-        x, shape=(n, oh, ow, kh, kw, c), strides=(s[0], s[1] * stride, s[2] * stride, s[1], s[2], s[3]),
-        writeable=False)
-    return view.reshape(n * oh * ow, kh * kw * c)
-
-
-def _int_dot_fallback(a: np.ndarray, j: np.ndarray) -> np.ndarray:
-    """a . j^T exactly: float64 BLAS on integers (exact: export bounds every sum below 2**31)."""
-    return (a.astype(np.float64) @ j.astype(np.float64).T).astype(np.int64)
 
 
 @dataclass
@@ -59,7 +45,7 @@ class LayerStats:
 @dataclass
 class EngineResult:
     logits: np.ndarray  # int32 (N, classes)
-    outputs: dict[str, np.ndarray] = field(default_factory=dict)  # NCHW, when collected
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)  # every layer's output, when collected
     stats: list[LayerStats] = field(default_factory=list)
 
     @property
@@ -68,41 +54,35 @@ class EngineResult:
 
 
 class _Compute:
-    """Per-layer state prepared once: weight matrix in patch order, packed planes, thresholds."""
+    """Per-layer state prepared once: weight matrix (OIHW order), its bit-planes or signed levels."""
 
     def __init__(self, layer: Layer):
         a = layer.attrs
         self.layer = layer
         w = layer.arrays["weight"]
-        if a["kind"] == "conv":
-            w = w.transpose(0, 2, 3, 1)  # (O, kh, kw, C) to match im2col_nhwc's (i, j, c) order
         self.j = np.ascontiguousarray(w.reshape(w.shape[0], -1))
         self.n_w = int(a["n_w"])
         self.abits, self.wbits = int(a["abits"]), int(a["wbits"])
-        self.method = "bitserial" if self.abits * self.wbits <= BITSERIAL_MAX_PASSES else "int"
-        self.kernels = None
-        try:  # the bit-packed kernels live in their own module; without them use the exact fallback
-            from integer_engine import kernels  # noqa: WPS433
-            self.kernels = kernels
-        except ImportError:
-            self.method = "int-fallback"
-        if self.method == "bitserial":
-            from integer_engine import bitpack
+        narrow = self.abits <= bitpack.MAX_BITS and self.abits * self.wbits <= BITSERIAL_MAX_PASSES
+        self.method = "bitserial" if narrow else "int"
+        if narrow:
             self.w_planes = bitpack.bit_planes(self.j, self.wbits)
+        else:
+            self.levels = (2 * self.j.astype(np.int16) - self.n_w).astype(np.int16)
 
-    def dot(self, cols: np.ndarray) -> np.ndarray:
-        """(M, K) codes -> (M, O) int64 `cols . j^T`."""
+    def accumulate(self, x: np.ndarray) -> np.ndarray:
+        """Codes (N, C, H, W) or (N, F) -> int64 accumulators (M, O), M = N*OH*OW or N."""
+        a = self.layer.attrs
+        conv = a["kind"] == "conv"
         if self.method == "bitserial":
-            from integer_engine import bitpack
-            return np.asarray(self.kernels.bitserial_gemm(bitpack.bit_planes(cols, self.abits),
-                                                          self.w_planes), dtype=np.int64)
-        if self.method == "int":
-            return np.asarray(self.kernels.int_gemm(cols, self.j), dtype=np.int64)
-        return _int_dot_fallback(cols, self.j)
-
-    def accumulate(self, cols: np.ndarray) -> np.ndarray:
-        rowsum = cols.sum(axis=1, dtype=np.int64)
-        return 2 * self.dot(cols) - self.n_w * rowsum[:, None]
+            codes = x if x.dtype == np.uint8 else x.astype(np.uint8)
+            if conv:
+                planes = kernels.conv_bit_planes(codes, *a["kernel"], a["stride"], a["padding"], self.abits)
+            else:
+                planes = bitpack.bit_planes(codes, self.abits)
+            return kernels.affine_weight_gemm(planes, self.w_planes, 2, self.n_w)
+        cols = kernels.im2col_codes(x, *a["kernel"], a["stride"], a["padding"]) if conv else x
+        return kernels.int_gemm(cols, self.levels)
 
 
 class Engine:
@@ -113,12 +93,13 @@ class Engine:
         self.compute = {layer.name: _Compute(layer) for layer in model.layers if layer.is_compute}
 
     def run(self, images: np.ndarray, collect: bool = False) -> EngineResult:
+        """uint8 images (N, C, H, W) -> int32 logits; `collect` keeps every layer's output."""
         images = np.asarray(images)
         shape = tuple(self.model.input_shape)
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != shape:
             raise EngineError(f"engine input must be uint8 images of shape (N, {', '.join(map(str, shape))}), "
                               f"got {images.dtype} {images.shape}")
-        values = {"input": np.ascontiguousarray(images.transpose(0, 2, 3, 1))}
+        values = {"input": np.ascontiguousarray(images)}
         result = EngineResult(logits=np.zeros((0, 0), np.int32))
         for layer in self.model.layers:
             a = layer.attrs
@@ -129,7 +110,7 @@ class Engine:
             values[layer.name] = out
             result.stats.append(stats)
             if collect:
-                result.outputs[layer.name] = out.transpose(0, 3, 1, 2) if out.ndim == 4 else out
+                result.outputs[layer.name] = out
         result.logits = values[self.model.layers[-1].name].astype(np.int32)
         return result
 
@@ -139,14 +120,9 @@ class Engine:
         x = inputs[0]
         if kind in ("conv", "linear"):
             comp = self.compute[layer.name]
-            if kind == "conv":
-                kh, kw = a["kernel"]
-                cols = im2col_nhwc(x, kh, kw, a["stride"], a["padding"])
-                out_shape = (x.shape[0], a["out_shape"][1], a["out_shape"][2], a["out_channels"])
-            else:
-                cols, out_shape = x, (x.shape[0], a["out_channels"])
-            acc = comp.accumulate(cols)
-            stats.macs = cols.shape[0] * cols.shape[1] * comp.j.shape[0]
+            acc = comp.accumulate(x)
+            fan_in = comp.j.shape[1]
+            stats.macs = acc.shape[0] * fan_in * acc.shape[1]
             stats.method = comp.method
             if a["output"] == "threshold":
                 out = apply_thresholds(acc, layer.arrays["thresholds"], layer.arrays["direction"], 1)
@@ -154,45 +130,35 @@ class Engine:
                 out = (acc + layer.arrays["bias"][None, :]).astype(np.int32)
             else:
                 out = acc.astype(np.int32)
-            return out.reshape(out_shape)
+            if kind == "conv":  # GEMM rows are (n, oh, ow): back to NCHW
+                _, oh, ow = a["out_shape"]
+                out = np.ascontiguousarray(out.reshape(x.shape[0], oh, ow, -1).transpose(0, 3, 1, 2))
+            return out
         if kind == "requant":
-            flat = x.reshape(-1, 1)
-            return apply_thresholds(flat, layer.arrays["thresholds"], layer.arrays["direction"], 1).reshape(x.shape)
+            return apply_thresholds(x.reshape(-1, 1), layer.arrays["thresholds"],
+                                    layer.arrays["direction"], 1).reshape(x.shape)
         if kind == "maxpool":
-            # Codes are >= 0 and every window holds a real pixel, so zero padding acts as -inf.
-            k, s, p = a["kernel"], a["stride"], a["padding"]
-            return _pool_nhwc(x, k, s, p, np.max)
-        if kind == "avgpool":
+            return kernels.max_pool_codes(x, a["kernel"], a["stride"], a["padding"])
+        if kind == "avgpool":  # a window sum; the 1/area is folded into the next layer's scale
             if a["kernel"] == "global":
-                return x.sum(axis=(1, 2), keepdims=True, dtype=np.int32)
-            return _pool_nhwc(x.astype(np.int32), a["kernel"], a["stride"], 0, np.sum)
+                return x.sum(axis=(2, 3), keepdims=True, dtype=np.int32)
+            return _window_sum(x, a["kernel"], a["stride"])
         if kind == "flatten":
-            if x.ndim == 4:
-                x = x.transpose(0, 3, 1, 2)  # C-major, as the float model's reshape
-            return np.ascontiguousarray(x).reshape(x.shape[0], -1)
+            return x.reshape(x.shape[0], -1)
         if kind == "shortcut":
             s = a["stride"]
-            if a["mode"] == "avgpool":
-                y = _pool_nhwc(x.astype(np.int32), s, s, 0, np.sum)
-            else:
-                y = x[:, ::s, ::s, :]
-            return np.pad(y, ((0, 0), (0, 0), (0, 0), (a["pad_before"], a["pad_after"])))
+            y = _window_sum(x, s, s) if a["mode"] == "avgpool" else x[:, :, ::s, ::s]
+            return np.pad(y, ((0, 0), (a["pad_before"], a["pad_after"]), (0, 0), (0, 0)))
         if kind == "add":
             return fixed_point_add_apply(inputs, layer.arrays["multipliers"], layer.arrays["offset"],
-                                         a["shift"], a["out_max"], channel_axis=-1)
+                                         a["shift"], a["out_max"], channel_axis=1)
         raise EngineError(f"layer {layer.name!r}: unknown kind {kind!r}")
 
 
-def _pool_nhwc(x: np.ndarray, k: int, s: int, p: int, reduce) -> np.ndarray:
-    if p:
-        x = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
-    n, h, w, c = x.shape
-    oh, ow = (h - k) // s + 1, (w - k) // s + 1
-    st = x.strides
-    view = np.lib.stride_tricks.as_strided(
-        x, shape=(n, oh, ow, k, k, c), strides=(st[0], st[1] * s, st[2] * s, st[1], st[2], st[3]),
-        writeable=False)
-    return reduce(view, axis=(3, 4))
+def _window_sum(x: np.ndarray, k: int, s: int) -> np.ndarray:
+    """Sum of each k x k window (stride s, no padding) of NCHW integers, as int32."""
+    windows = np.lib.stride_tricks.sliding_window_view(x, (k, k), axis=(2, 3))[:, :, ::s, ::s]
+    return windows.sum(axis=(4, 5), dtype=np.int32)
 
 
 def run_model(model: IntegerModel, images: np.ndarray, batch_size: int = 256, collect: bool = False

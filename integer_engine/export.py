@@ -362,9 +362,13 @@ class _Lowering:
         src = self.codes_input(node)
         c, h, w = src.shape
         stride = int(node.get("stride", 1))
+        # tinypact's option-A shortcut: avg-pool stride x stride, then `pad_channels` zero channels
+        # appended after the existing ones. [before, after] and mode "subsample" are also accepted.
         pad = node.get("pad_channels", 0)
-        before, after = (int(pad[0]), int(pad[1])) if isinstance(pad, list) else (int(pad), int(pad))
-        mode = node.get("mode", "subsample")
+        before, after = (int(pad[0]), int(pad[1])) if isinstance(pad, list) else (0, int(pad))
+        mode = node.get("mode", "avgpool")
+        if mode not in ("avgpool", "subsample"):
+            raise EngineError(f"node {node['id']!r}: unknown shortcut mode {mode!r}")
         if mode == "avgpool":
             shape, area = (c + before + after, h // stride, w // stride), stride * stride
         else:

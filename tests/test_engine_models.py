@@ -100,7 +100,7 @@ def svhn_like(rng, wbits=2, abits=2, fl=8, wq="dorefa", size=32, width=8):
 
 
 def resnet_like(rng, wbits=2, abits=2, fl=8, wq="dorefa", size=16, widths=(4, 8), blocks=1,
-                shortcut_bits=4, shortcut_mode="subsample"):
+                shortcut_bits=4, shortcut_mode="avgpool"):
     """ResNet20's structure (3x3 convs, BasicBlocks, option-A shortcuts, global avg pool), small."""
     g = GraphBuilder((3, size, size), rng, wq)
     g.conv(3, widths[0], bits=fl); g.bn(widths[0]); x = g.act(shortcut_bits)
@@ -112,8 +112,8 @@ def resnet_like(rng, wbits=2, abits=2, fl=8, wq="dorefa", size=16, widths=(4, 8)
             g.conv(cin, cout, stride=stride, bits=wbits, inputs=[conv_in]); g.bn(cout); g.act(abits)
             g.conv(cout, cout, bits=wbits); branch = g.bn(cout, scale=0.5)
             if stride != 1 or cin != cout:
-                pad = (cout - cin) // 2
-                sc = g.node("shortcut", [x], stride=stride, pad_channels=pad, mode=shortcut_mode)
+                extra = {} if shortcut_mode == "avgpool" else {"mode": shortcut_mode}
+                sc = g.node("shortcut", [x], stride=stride, pad_channels=cout - cin, **extra)
             else:
                 sc = x
             g.node("add", [branch, sc])
@@ -189,7 +189,12 @@ def fake_quant_forward(graph, params, images):
             y = x.reshape(x.shape[0], -1)
         elif op == "shortcut":
             s, pad = node["stride"], node["pad_channels"]
-            y = np.pad(x[:, :, ::s, ::s], ((0, 0), (pad, pad), (0, 0), (0, 0)))
+            if node.get("mode", "avgpool") == "avgpool":
+                h, w = x.shape[2] // s * s, x.shape[3] // s * s
+                y = x[:, :, :h, :w].reshape(x.shape[0], x.shape[1], h // s, s, w // s, s).mean(axis=(3, 5))
+            else:
+                y = x[:, :, ::s, ::s]
+            y = np.pad(y, ((0, 0), (0, pad), (0, 0), (0, 0)))
         elif op == "add":
             y = vals[node["inputs"][0]] + vals[node["inputs"][1]]
         else:
