@@ -46,7 +46,7 @@ ALIASES = {"fmnist": "fashion-mnist", "fashion_mnist": "fashion-mnist", "cifar-1
 NAMES = ("fashion-mnist", "cifar10", "svhn", "sample")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays: compare contents explicitly
 class Dataset:
     """One split of a data set: images uint8 (N, C, H, W), labels int64 (N,)."""
 
@@ -328,9 +328,10 @@ def load_svhn(split: str = "train", data_dir: str | os.PathLike | None = None,
         raise DataError(f"{path} has labels in [{labels.min()}, {labels.max()}], expected "
                         f"[1, 10]; delete it and download it again")
     labels[labels == 10] = 0
-    images = np.ascontiguousarray(x.transpose(3, 2, 0, 1))  # (32, 32, 3, N) -> (N, 3, 32, 32)
-    if size is not None and size != 32:
-        images = resize_bilinear(images, size)
+    images = x.transpose(3, 2, 0, 1)  # (32, 32, 3, N) -> (N, 3, 32, 32), a view
+    # Resizing straight from the view saves a full-size copy (225 MB for the training split).
+    images = (resize_bilinear(images, size) if size not in (None, 32)
+              else np.ascontiguousarray(images))
     return Dataset("svhn", split, images, labels, SVHN_CLASSES, source=str(path))
 
 
