@@ -11,6 +11,7 @@ import io
 import json
 import os
 import pickle
+import struct
 import tarfile
 from pathlib import Path
 
@@ -74,6 +75,32 @@ def cifar_batch_pickle(images: np.ndarray, labels: np.ndarray, name: str) -> byt
              b"data": images.reshape(len(images), 3072),
              b"filenames": [f"img_{i}.png".encode() for i in range(len(images))]}
     return pickle.dumps(batch, protocol=2)
+
+
+def cifar_batch_python2(images: np.ndarray, labels: np.ndarray) -> bytes:
+    """The bytes Python 2's cPickle.dump(batch, f, 2) writes for an official CIFAR-10 batch.
+
+    Written opcode by opcode (Python 3 cannot produce py2 `str` objects): str keys, the array
+    reduced through numpy.core.multiarray._reconstruct with its data as a py2 str (BINSTRING).
+    """
+    def short(b: bytes) -> bytes:  # SHORT_BINSTRING
+        return b"U" + bytes([len(b)]) + b
+
+    def integer(v: int) -> bytes:  # BININT1 / BININT2
+        return b"K" + bytes([v]) if v < 256 else b"M" + struct.pack("<H", v)
+
+    data = images.reshape(len(images), 3072)
+    raw = data.tobytes()
+    array = (b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n" + integer(0) + b"\x85"
+             + short(b"b") + b"\x87R"
+             + b"(" + integer(1) + integer(data.shape[0]) + integer(3072) + b"\x86"
+             + b"cnumpy\ndtype\n" + short(b"u1") + integer(0) + integer(1) + b"\x87R"
+             + b"(" + integer(3) + short(b"|") + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xff"
+             + integer(0) + b"tb"
+             + b"\x89T" + struct.pack("<I", len(raw)) + raw + b"tb")
+    label_list = b"](" + b"".join(integer(int(v)) for v in labels) + b"e"
+    return (b"\x80\x02}(" + short(b"batch_label") + short(b"testing batch 1 of 1")
+            + short(b"data") + array + short(b"labels") + label_list + b"u.")
 
 
 def cifar_tar(per_batch: int = 4, seed: int = 0, override: dict[str, bytes] | None = None
@@ -202,6 +229,17 @@ def test_cifar10_from_official_tar(tmp_path, monkeypatch):
     assert train.images[2, 1, 5, 7] == raw_row[1024 + 32 * 5 + 7]
     test = load_dataset("cifar10", "test", data_dir=tmp_path, download=False)
     np.testing.assert_array_equal(test.labels, arrays["test_batch"][1])
+
+
+def test_cifar10_python2_pickle_as_in_the_official_file(tmp_path, monkeypatch):
+    _, arrays = cifar_tar()
+    images, labels = arrays["test_batch"]
+    tar, _ = cifar_tar(override={"test_batch": cifar_batch_python2(images, labels)})
+    monkeypatch.setattr(ds, "CIFAR10_MD5", hashlib.md5(tar).hexdigest())
+    write(tmp_path / "cifar10" / "cifar-10-python.tar.gz", tar)
+    d = load_cifar10("test", data_dir=tmp_path, download=False)
+    np.testing.assert_array_equal(d.images, images)
+    np.testing.assert_array_equal(d.labels, labels)
 
 
 def test_cifar10_extracted_directory(tmp_path):

@@ -81,13 +81,9 @@ def _fetch(url: str, dest: Path, md5: str | None, progress: bool | None, timeout
             out.flush()
             os.fsync(out.fileno())
         if total is not None and received != total:
-            raise DataError(
-                f"download of {url} was truncated ({received} of {total} bytes); "
-                f"nothing was kept, run again to retry")
+            raise DataError(f"{url} was truncated at {received} of {total} bytes")
         if md5 is not None and digest.hexdigest() != md5:
-            raise DataError(
-                f"download of {url} has md5 {digest.hexdigest()}, expected {md5}; "
-                f"nothing was kept, run again to retry or place a good copy at {dest}")
+            raise DataError(f"{url} has md5 {digest.hexdigest()}, expected {md5}")
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
@@ -124,5 +120,5 @@ def ensure_file(filename: str, urls: Sequence[str], md5: str | None,
             reason = getattr(e, "reason", None) or e
             problems.append(f"cannot reach {url} ({reason})")
     raise DataError(
-        f"{dest} {state} and could not be downloaded: {'; '.join(problems)}; "
-        f"download {urls[0]} by hand and place it at {dest}")
+        f"{dest} {state} and could not be downloaded ({'; '.join(problems)}); nothing was "
+        f"kept: run again to retry, or download {urls[0]} by hand and place it at {dest}")
