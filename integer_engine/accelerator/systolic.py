@@ -259,7 +259,9 @@ def evaluate(table: Mapping[str, np.ndarray], array: SystolicArray) -> dict[str,
     else:
         cycles_per_fold = t_eff + 2 * R + C - 2
         util_window = cycles_per_fold + C - 1
-    compute_cycles = folds * cycles_per_fold - 1
+    # SCALE-Sim reports the index of the last cycle (hence -1); the floor only matters for a 1x1
+    # OS array, where there is no fill or drain and -1 would undercut one MAC per PE per cycle.
+    compute_cycles = np.maximum(folds * cycles_per_fold - 1, _ceil_div(sr * sc * t_eff, R * C))
     # Sum over folds of used PEs is exactly Sr*Sc, so the per-fold means have closed forms.
     mapping_eff = sr * sc / (folds * R * C)
     compute_util = sr * sc * t_eff / (folds * R * C * util_window)
