@@ -477,6 +477,22 @@ def test_loader_covers_each_sample_once_per_epoch():
     np.testing.assert_array_equal(np.concatenate(xs), d.images[:20])
 
 
+@given(st.integers(0, 60), st.integers(1, 16), st.booleans(), st.booleans(), st.integers(0, 3))
+def test_loader_batches_partition_the_epoch(n, batch_size, shuffle, drop_last, epoch):
+    d = _toy(n)
+    loader = DataLoader(d, batch_size, shuffle=shuffle, seed=epoch, drop_last=drop_last)
+    loader.set_epoch(epoch)
+    batches = list(loader)
+    sizes = [len(y) for _, y in batches]
+    served = loader.epoch_order(epoch)[:sum(sizes)]
+    got = np.concatenate([x for x, _ in batches]) if batches else np.zeros((0, 1, 2, 2))
+    np.testing.assert_array_equal(got, to_float(d.images[served]))
+    kept = n - n % batch_size if drop_last else n
+    assert len(sizes) == len(loader) and sum(sizes) == kept and len(set(served.tolist())) == kept, (
+        f"n={n} batch_size={batch_size} drop_last={drop_last}: batch sizes {sizes}")
+    assert all(s == batch_size for s in sizes[:-1])
+
+
 def test_epoch_order_depends_only_on_seed_and_epoch():
     d = _toy(40)
     a = DataLoader(d, batch_size=8, seed=7)
