@@ -1,0 +1,361 @@
+"""Integer kernels of the engine: bit-serial popcount GEMM, an exact 8-bit GEMM, im2col, max-pool.
+
+Conventions (all kernels):
+- A GEMM multiplies activations `a` of shape (M, K) by weights `w` of shape (N, K) and returns
+  `a @ w.T` as int64 (M, N): rows of `w` are output channels, as in `weight.reshape(O, -1)`.
+- Bit-serial kernels take the uint64 planes of `integer_engine.bitpack.bit_planes`:
+  activations (abits, M, ceil(K/64)), weights (wbits, N, ceil(K/64)), both zero-padded past K.
+- Activation codes are unsigned (PACT/ReLU outputs after a non-negative clip).
+
+Bit-serial dot product, with a = sum_i 2^i a_i and w = sum_j 2^j w_j (binary planes):
+
+    dot(a, w) = sum_{i,j} 2^(i+j) * popcount(a_i AND w_j)
+
+summed over the 64-bit words of the reduction dimension. One 64-bit AND+POPCNT performs
+64 / (abits * wbits) multiply-accumulates, which is where the speed comes from at 1-2 bits.
+"""
+import numpy as np
+from numba import njit, prange
+from numpy.lib.stride_tricks import sliding_window_view
+
+from integer_engine.bitpack import MAX_BITS, check_bits, words_for
+from integer_engine.errors import EngineError
+from integer_engine.popcount import popcount64
+
+# Columns of `w` handled together by one pass over an activation row: each loaded activation
+# word is reused for 4 output columns while the 4 accumulators stay in registers.
+_COLS = 4
+# Weight planes are processed in column blocks of about this many bytes so the block stays in
+# the L2 cache while every activation row streams past it.
+_W_BLOCK_BYTES = 192 * 1024
+
+_LSB_OF_EACH_BYTE = np.uint64(0x0101010101010101)
+_LOW_BYTE = np.uint64(0xFF)
+
+
+# --------------------------------------------------------------------------------------------
+# bit-serial GEMM
+# --------------------------------------------------------------------------------------------
+def _make_bitserial_kernel(abits: int, wbits: int):
+    """Compile-time specialisation of the popcount GEMM for one (abits, wbits) pair.
+
+    `abits`/`wbits` are closure constants, so LLVM fully unrolls the plane loops, turns the
+    shifts into constant scales (lea) and keeps the 4 column accumulators in registers.
+    Numba caches one compiled kernel per pair on disk (cache=True keys closures by value).
+    """
+
+    @njit(parallel=True, cache=True)
+    def kernel(a, w, n_start, n_stop, out):  # pragma: no cover - compiled
+        # a: (abits, M, KW) uint64; w: (wbits, Npad, KW) uint64 with Npad % 4 == 0;
+        # out: (M, N) int64 -- columns n_start..n_stop-1 are written.
+        m_rows = a.shape[1]
+        kw = a.shape[2]
+        n_cols = out.shape[1]
+        for m in prange(m_rows):
+            for n in range(n_start, n_stop, 4):
+                acc0 = np.uint64(0)
+                acc1 = np.uint64(0)
+                acc2 = np.uint64(0)
+                acc3 = np.uint64(0)
+                for k in range(kw):
+                    for i in range(abits):
+                        ai = a[i, m, k]
+                        for j in range(wbits):
+                            sh = np.uint64(i + j)
+                            acc0 += popcount64(ai & w[j, n, k]) << sh
+                            acc1 += popcount64(ai & w[j, n + 1, k]) << sh
+                            acc2 += popcount64(ai & w[j, n + 2, k]) << sh
+                            acc3 += popcount64(ai & w[j, n + 3, k]) << sh
+                out[m, n] = acc0
+                if n + 1 < n_cols:
+                    out[m, n + 1] = acc1
+                if n + 2 < n_cols:
+                    out[m, n + 2] = acc2
+                if n + 3 < n_cols:
+                    out[m, n + 3] = acc3
+
+    return kernel
+
+
+_BITSERIAL_KERNELS: dict = {}
+
+
+def _bitserial_kernel(abits: int, wbits: int):
+    key = (abits, wbits)
+    if key not in _BITSERIAL_KERNELS:
+        _BITSERIAL_KERNELS[key] = _make_bitserial_kernel(abits, wbits)
+    return _BITSERIAL_KERNELS[key]
+
+
+def _check_planes(planes: np.ndarray, name: str) -> np.ndarray:
+    planes = np.asarray(planes)
+    if planes.ndim != 3 or planes.dtype != np.uint64:
+        raise EngineError(
+            f"{name} must be uint64 bit-planes (bits, rows, words) from bit_planes, "
+            f"got {planes.dtype} array of shape {planes.shape}"
+        )
+    check_bits(planes.shape[0])
+    return np.ascontiguousarray(planes)
+
+
+def bitserial_gemm(a_planes: np.ndarray, w_planes: np.ndarray) -> np.ndarray:
+    """Unsigned code GEMM from bit-planes: int64 (M, N) with out[m, n] = sum_k a[m,k] * w[n,k].
+
+    a_planes: uint64 (abits, M, KW); w_planes: uint64 (wbits, N, KW), KW = ceil(K/64), both
+    zero-padded past K (as `bit_planes` makes them). Computes
+    `sum_{i,j} 2^(i+j) popcount(a_i AND w_j)` with Numba, parallel over M.
+    Exact: the largest result, K * (2^8-1)^2 < 2^63, fits the uint64 accumulators.
+    """
+    a_planes = _check_planes(a_planes, "a_planes")
+    w_planes = _check_planes(w_planes, "w_planes")
+    abits, m_rows, kw = a_planes.shape
+    wbits, n_cols, kw_w = w_planes.shape
+    if kw != kw_w:
+        raise EngineError(
+            f"activation and weight planes disagree on the reduction length: {kw} vs {kw_w} words"
+        )
+    out = np.zeros((m_rows, n_cols), dtype=np.int64)
+    if m_rows == 0 or n_cols == 0 or kw == 0:
+        return out
+    n_pad = -n_cols % _COLS
+    if n_pad:  # zero weight rows contribute 0; the kernel skips writing their columns
+        w_planes = np.concatenate([w_planes, np.zeros((wbits, n_pad, kw), np.uint64)], axis=1)
+    block = max(_COLS, _W_BLOCK_BYTES // (wbits * kw * 8) // _COLS * _COLS)
+    kernel = _bitserial_kernel(abits, wbits)
+    for n_start in range(0, w_planes.shape[1], block):
+        kernel(a_planes, w_planes, n_start, min(n_start + block, w_planes.shape[1]), out)
+    return out
+
+
+@njit(parallel=True, cache=True)
+def _plane_row_sums(planes, out):  # pragma: no cover - compiled
+    bits, rows, kw = planes.shape
+    for m in prange(rows):
+        total = np.uint64(0)
+        for i in range(bits):
+            count = np.uint64(0)
+            for k in range(kw):
+                count += popcount64(planes[i, m, k])
+            total += count << np.uint64(i)
+        out[m] = total
+
+
+def plane_row_sums(planes: np.ndarray) -> np.ndarray:
+    """Row sums of the codes held in bit-planes: int64 (M,) = sum_i 2^i sum_k popcount(p_i[m, k])."""
+    planes = _check_planes(planes, "planes")
+    out = np.zeros(planes.shape[1], dtype=np.int64)
+    _plane_row_sums(planes, out)
+    return out
+
+
+def affine_weight_gemm(
+    a_planes: np.ndarray,
+    w_planes: np.ndarray,
+    scale: int,
+    offset: int,
+    a_row_sums: np.ndarray | None = None,
+) -> np.ndarray:
+    """Signed GEMM for weights stored as unsigned codes j with value `w = scale * j - offset`.
+
+        sum_k a[m,k] * (scale * j[n,k] - offset) = scale * dot(a_m, j_n) - offset * rowsum(a_m)
+
+    so one unsigned popcount GEMM plus a per-activation-row correction gives the exact signed
+    result. a_row_sums: optional precomputed int64 (M,) sums of the activation codes.
+    Returns int64 (M, N).
+    """
+    dot = bitserial_gemm(a_planes, w_planes)
+    if a_row_sums is None:
+        a_row_sums = plane_row_sums(a_planes)
+    a_row_sums = np.asarray(a_row_sums, dtype=np.int64)
+    if a_row_sums.shape != (dot.shape[0],):
+        raise EngineError(f"a_row_sums must have shape ({dot.shape[0]},), got {a_row_sums.shape}")
+    dot *= int(scale)
+    dot -= int(offset) * a_row_sums[:, None]
+    return dot
+
+
+def odd_weight_gemm(
+    a_planes: np.ndarray, w_planes: np.ndarray, a_row_sums: np.ndarray | None = None
+) -> np.ndarray:
+    """GEMM with odd-level weights (DoReFa/SAWB): w = 2j - n, n = 2^wbits - 1, j unsigned codes.
+
+    `dot(a, w) = 2 dot(a, j) - n * rowsum(a)`; wbits is `w_planes.shape[0]`. With wbits = 1 the
+    weights are {-1, +1} (binary, j = 1 means +1). Returns int64 (M, N) of odd-integer dots.
+    """
+    w_planes = np.asarray(w_planes)
+    wbits = w_planes.shape[0] if w_planes.ndim == 3 else 0
+    return affine_weight_gemm(a_planes, w_planes, 2, 2**wbits - 1, a_row_sums)
+
+
+# --------------------------------------------------------------------------------------------
+# plain integer GEMM (8-bit layers)
+# --------------------------------------------------------------------------------------------
+def int_gemm(a: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Exact integer GEMM: int64 (M, N) = a @ w.T for integer a (M, K) and w (N, K).
+
+    Meant for 8-bit layers (uint8 activations x int16/int32 weight codes), where bit-serial
+    would cost 64 popcounts per 64 MACs. Runs as a BLAS float matmul when that is provably
+    exact: every product and every partial sum, in whatever order BLAS adds them (blocking, FMA),
+    is an integer of magnitude at most B = max_m sum_k |a[m,k]| * max|w|, and a float format
+    with a p-bit significand represents every integer up to 2^p exactly, so no rounding ever
+    happens if B <= 2^p. float32 (p = 24) is used when B <= 2^24 (e.g. a 3x3x3 conv on pixels:
+    27 * 255 * 255 < 2^24), float64 (p = 53) when B <= 2^53 (any 8-bit layer: K < 1.3e11),
+    and an int64 matmul otherwise (B < 2^63 required).
+    """
+    a = np.asarray(a)
+    w = np.asarray(w)
+    if a.ndim != 2 or w.ndim != 2 or a.shape[1] != w.shape[1]:
+        raise EngineError(f"int_gemm needs a (M, K) and w (N, K), got {a.shape} and {w.shape}")
+    if a.dtype.kind not in "iub" or w.dtype.kind not in "iub":
+        raise EngineError(f"int_gemm needs integer arrays, got {a.dtype} and {w.dtype}")
+    if a.size == 0 or w.size == 0:
+        return np.zeros((a.shape[0], w.shape[0]), dtype=np.int64)
+    a_abs_row = np.abs(a.astype(np.int64)).sum(axis=1).max()
+    w_abs = np.abs(w.astype(np.int64)).max()
+    bound = int(a_abs_row) * int(w_abs)  # Python int: cannot overflow
+    if bound <= 2**24:
+        return np.matmul(a.astype(np.float32), w.T.astype(np.float32)).astype(np.int64)
+    if bound <= 2**53:
+        return np.matmul(a.astype(np.float64), w.T.astype(np.float64)).astype(np.int64)
+    if bound < 2**63:
+        return np.matmul(a.astype(np.int64), w.T.astype(np.int64))
+    raise EngineError(f"int_gemm result could reach {bound}, beyond int64")
+
+
+# --------------------------------------------------------------------------------------------
+# convolution lowering and pooling on codes
+# --------------------------------------------------------------------------------------------
+def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    """Output length of a convolution/pool window: floor((size + 2p - kernel) / stride) + 1."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def _check_window(x: np.ndarray, kh: int, kw: int, stride: int, padding: int, what: str):
+    x = np.asarray(x)
+    if x.ndim != 4:
+        raise EngineError(f"{what} expects NCHW codes (4-D), got shape {x.shape}")
+    if x.dtype.kind not in "iub":
+        raise EngineError(f"{what} expects integer codes, got dtype {x.dtype}")
+    for name, value, low in (("kernel height", kh, 1), ("kernel width", kw, 1),
+                             ("stride", stride, 1), ("padding", padding, 0)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise EngineError(f"{what}: {name} must be an integer >= {low}, got {value!r}")
+    _, _, h, w = x.shape
+    oh = conv_output_size(h, kh, stride, padding)
+    ow = conv_output_size(w, kw, stride, padding)
+    if oh < 1 or ow < 1:
+        raise EngineError(
+            f"{what}: a {kh}x{kw} window with padding {padding} does not fit a {h}x{w} input"
+        )
+    return x, oh, ow
+
+
+def _pad_hw(x: np.ndarray, padding: int) -> np.ndarray:
+    if padding == 0:
+        return x
+    return np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+
+
+def im2col_codes(x: np.ndarray, kh: int, kw: int, stride: int = 1, padding: int = 0) -> np.ndarray:
+    """Integer im2col: codes x (N, C, H, W) -> patches (N*OH*OW, C*kh*kw), same dtype.
+
+    Row r = (n*OH + oh)*OW + ow; column (c*kh + i)*kw + j holds x[n, c, oh*s - p + i, ow*s - p + j]
+    (zero outside the image), matching `weight.reshape(O, -1)` of an OIHW weight, so a
+    convolution is `im2col_codes(x) @ weight.reshape(O, -1).T` reshaped to (N, OH, OW, O).
+    """
+    x, oh, ow = _check_window(x, kh, kw, stride, padding, "im2col_codes")
+    n, c = x.shape[:2]
+    windows = sliding_window_view(_pad_hw(x, padding), (kh, kw), axis=(2, 3))
+    windows = windows[:, :, : oh * stride : stride, : ow * stride : stride]  # (N,C,OH,OW,kh,kw)
+    return windows.transpose(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, c * kh * kw)
+
+
+@njit(parallel=True, cache=True)
+def _conv_pack_kernel(xp, kh, kw, stride, oh_count, ow_count, out):  # pragma: no cover
+    # xp: zero-padded uint8 codes (N, C, Hp, Wp); out: uint64 (bits, N*OH*OW, KW).
+    n_images, channels = xp.shape[0], xp.shape[1]
+    bits, _, words = out.shape
+    for r in prange(n_images * oh_count):
+        img = r // oh_count
+        h0 = (r % oh_count) * stride
+        patch = np.zeros(words * 64, dtype=np.uint8)  # bytes past C*kh*kw stay zero
+        groups = patch.view(np.uint64)  # 8 codes per uint64, code t in byte t (little-endian)
+        for owi in range(ow_count):
+            w0 = owi * stride
+            col = 0
+            for c in range(channels):
+                for i in range(kh):
+                    for j in range(kw):
+                        patch[col] = xp[img, c, h0 + i, w0 + j]
+                        col += 1
+            row = r * ow_count + owi
+            for b in range(bits):
+                shift = np.uint64(b)
+                for q in range(words):
+                    word = np.uint64(0)
+                    for g in range(8):
+                        # Bit b of each of the 8 bytes, gathered into the low byte by folding:
+                        # after the three or-shifts, bit t of byte 0 is bit b of byte t.
+                        y = (groups[q * 8 + g] >> shift) & _LSB_OF_EACH_BYTE
+                        y |= y >> np.uint64(7)
+                        y |= y >> np.uint64(14)
+                        y |= y >> np.uint64(28)
+                        word |= (y & _LOW_BYTE) << np.uint64(8 * g)
+                    out[b, row, q] = word
+
+
+def conv_bit_planes(
+    x: np.ndarray, kh: int, kw: int, stride: int, padding: int, bits: int
+) -> np.ndarray:
+    """Fused im2col + packing: codes x (N, C, H, W) in [0, 2^bits) -> uint64 planes
+    (bits, N*OH*OW, ceil(C*kh*kw/64)), equal to `bit_planes(im2col_codes(x, ...), bits)` but
+    without materialising the (N*OH*OW, C*kh*kw) code matrix.
+    """
+    bits = check_bits(bits)
+    x, oh, ow = _check_window(x, kh, kw, stride, padding, "conv_bit_planes")
+    if x.size and (x.min() < 0 or x.max() >= 2**bits):
+        raise EngineError(
+            f"codes must lie in [0, {2**bits - 1}] for {bits}-bit packing, "
+            f"got values in [{x.min()}, {x.max()}]"
+        )
+    n, c = x.shape[:2]
+    xp = np.ascontiguousarray(_pad_hw(x.astype(np.uint8, copy=False), padding))
+    out = np.empty((bits, n * oh * ow, words_for(c * kh * kw)), dtype=np.uint64)
+    if out.size:
+        _conv_pack_kernel(xp, kh, kw, stride, oh, ow, out)
+    return out
+
+
+def max_pool_codes(
+    x: np.ndarray, kernel: int, stride: int | None = None, padding: int = 0
+) -> np.ndarray:
+    """Max-pool on non-negative integer codes (N, C, H, W) -> (N, C, OH, OW), same dtype.
+
+    Padding uses 0 where the float model pads with -inf. That is exact: codes come after a
+    non-negative activation (clip to [0, alpha]), so every code is >= 0 = the pad value, and with
+    padding <= kernel // 2 every window holds at least one real element, whose max is >= 0;
+    adding zeros to a set whose max is >= 0 cannot change the max. Both conditions are checked.
+    """
+    stride = kernel if stride is None else stride
+    x, oh, ow = _check_window(x, kernel, kernel, stride, padding, "max_pool_codes")
+    if padding > kernel // 2:
+        raise EngineError(f"max_pool_codes: padding {padding} exceeds kernel // 2 = {kernel // 2}")
+    if x.size and x.min() < 0:
+        raise EngineError("max_pool_codes needs non-negative codes (zero padding stands for -inf)")
+    windows = sliding_window_view(_pad_hw(x, padding), (kernel, kernel), axis=(2, 3))
+    windows = windows[:, :, : oh * stride : stride, : ow * stride : stride]
+    return windows.max(axis=(4, 5))
+
+
+__all__ = [
+    "MAX_BITS",
+    "affine_weight_gemm",
+    "bitserial_gemm",
+    "conv_bit_planes",
+    "conv_output_size",
+    "im2col_codes",
+    "int_gemm",
+    "max_pool_codes",
+    "odd_weight_gemm",
+    "plane_row_sums",
+]
