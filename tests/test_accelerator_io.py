@@ -1,0 +1,279 @@
+"""SCALE-Sim files, shipped topologies, the iso-area sweep, the .tpq adapter and the CLI."""
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from integer_engine.accelerator import cli
+from integer_engine.accelerator.area import density, iso_area_array, mac_area
+from integer_engine.accelerator.from_model import layers_from_shapes
+from integer_engine.accelerator.scalesim import (COMPUTE_REPORT_COLUMNS, read_compute_report, read_config,
+                                                 read_topology, write_compute_report, write_topology)
+from integer_engine.accelerator.sweep import precision_layers, sweep_precision
+from integer_engine.accelerator.systolic import DATAFLOWS, Layer, SystolicArray, simulate_network
+from integer_engine.errors import EngineError
+
+CFG = """[general]
+run_name = t
+
+[architecture_presets]
+ArrayHeight:    {rows}
+ArrayWidth:     32
+IfmapSramSzkB:  64
+FilterSramSzkB: 128
+OfmapSramSzkB:  32
+IfmapOffset:    0
+Bandwidth : 10
+Dataflow : os
+{extra}
+[run_presets]
+InterfaceBandwidth: {mode}
+"""
+
+
+def write_cfg(tmp_path, rows="16", mode="USER", extra=""):
+    path = tmp_path / "a.cfg"
+    path.write_text(CFG.format(rows=rows, mode=mode, extra=extra))
+    return path
+
+
+def test_read_config_user_and_calc(tmp_path):
+    a = read_config(write_cfg(tmp_path))
+    assert (a.rows, a.cols, a.dataflow) == (16, 32, "os")
+    assert (a.ifmap_sram_kb, a.filter_sram_kb, a.ofmap_sram_kb, a.dram_bytes_per_cycle) == (64, 128, 32, 10)
+    assert read_config(write_cfg(tmp_path, mode="CALC")).dram_bytes_per_cycle is None
+    # keys are case-insensitive, '=' works too
+    text = CFG.format(rows="8", mode="CALC", extra="").replace("ArrayWidth:     32", "arraywidth = 4")
+    (tmp_path / "b.cfg").write_text(text)
+    assert read_config(tmp_path / "b.cfg").cols == 4
+
+
+def test_shipped_config_reproduces_the_worked_example():
+    a = read_config(cli.__file__.replace("accelerator/cli.py", "topologies/scale.cfg"))
+    r = simulate_network(read_topology("alexnet"), a).layers[0]
+    assert (a.dram_bytes_per_cycle, r.total_cycles, r.stall_cycles) == (None, 112283, 0)
+
+
+@pytest.mark.parametrize("rows, mode, message", [
+    ("0", "USER", "ArrayHeight must be positive"),
+    ("-4", "USER", "ArrayHeight must be positive"),
+    ("abc", "USER", "ArrayHeight must be an integer"),
+    ("16", "MAYBE", "InterfaceBandwidth must be USER or CALC"),
+])
+def test_bad_configs_give_one_line_errors(tmp_path, rows, mode, message):
+    with pytest.raises(EngineError, match=message) as err:
+        read_config(write_cfg(tmp_path, rows=rows, mode=mode))
+    assert "\n" not in str(err.value)
+
+
+def test_config_missing_keys(tmp_path):
+    path = tmp_path / "m.cfg"
+    path.write_text(CFG.format(rows="16", mode="USER", extra="").replace("FilterSramSzkB: 128\n", ""))
+    with pytest.raises(EngineError, match="missing FilterSramSzkB"):
+        read_config(path)
+    path.write_text(CFG.format(rows="16", mode="USER", extra="").replace("Bandwidth : 10\n", ""))
+    with pytest.raises(EngineError, match="no Bandwidth"):
+        read_config(path)
+    path.write_text("ArrayHeight: 3\n")
+    with pytest.raises(EngineError, match="not a SCALE-Sim config"):
+        read_config(path)
+    path.write_text("[general]\nrun_name = x\n")
+    with pytest.raises(EngineError, match=r"missing section \[architecture_presets\]"):
+        read_config(path)
+    with pytest.raises(EngineError, match="cannot read config"):
+        read_config(tmp_path / "nope.cfg")
+
+
+def test_topology_conv_and_gemm_forms(tmp_path):
+    conv = tmp_path / "c.csv"
+    # SCALE-Sim's own files carry blank separator rows and extra columns; both are ignored.
+    conv.write_text("Layer name, IFMAP Height, IFMAP Width, Filter Height, Filter Width, Channels, "
+                    "Num Filter, Strides,,,Eh\n,,,,,,,,,,\nConv1, 224, 224, 11, 11, 3, 96, 4,,,55\n"
+                    "Conv2,27,27,5,5,96,256,1,\n")
+    layers = read_topology(conv, wbits=4, abits=2)
+    assert [(l.name, l.ofmap_h, l.macs) for l in layers] == [
+        ("Conv1", 55, 55 * 55 * 363 * 96), ("Conv2", 23, 23 * 23 * 2400 * 256)]
+    assert (layers[0].wbits, layers[0].abits, layers[0].obits) == (4, 2, 2)
+    gemm = tmp_path / "g.csv"
+    gemm.write_text("Layer Name, M, N, K,\nTest 1, 256, 128, 256,")
+    (g,) = read_topology(gemm)
+    assert (g.ofmap_pixels, g.window, g.num_filters, g.macs) == (256, 256, 128, 256 * 128 * 256)
+    out = write_topology(tmp_path / "rt.csv", layers)
+    assert read_topology(out, wbits=4, abits=2) == layers
+
+
+@pytest.mark.parametrize("row, message", [
+    ("L1, -224, 224, 11, 11, 3, 96, 4,", r"line 2 \(L1\): IFMAP Height must be positive"),
+    ("L1, 224, 224, 11, 11, 3, 0, 4,", "Num Filter must be positive"),
+    ("L1, 224, 224, 11, x, 3, 96, 4,", "Filter Width must be an integer"),
+    ("L1, 8, 8, 11, 11, 3, 96, 4,", "larger than the IFMAP"),
+    ("L1, 224, 224, 11, 11,", "expected 7 conv fields"),
+    ("G, 3, 0, 4,", "N must be positive"),
+])
+def test_bad_topologies_give_one_line_errors(tmp_path, row, message):
+    path = tmp_path / "t.csv"
+    path.write_text("header\n" + row + "\n")
+    with pytest.raises(EngineError, match=message) as err:
+        read_topology(path)
+    assert "\n" not in str(err.value)
+    path.write_text("header only\n")
+    with pytest.raises(EngineError, match="no layers"):
+        read_topology(path)
+    with pytest.raises(EngineError, match="not found"):
+        read_topology(tmp_path / "missing.csv")
+
+
+@pytest.mark.parametrize("name, n_layers, macs, last_conv_out", [
+    ("resnet50", 54, 4_089_184_256, 7),   # torchvision ResNet-50 (v1.5): 4.09 GMACs
+    ("svhn", 8, 41_735_424, 1),           # networks-and-data.md: about 42 M
+    ("resnet20", 20, 40_551_040, 8),      # about 41 M
+    ("alexnet", 5, 805_118_496, 11),      # SCALE-Sim's (unpadded) AlexNet
+])
+def test_shipped_topologies(name, n_layers, macs, last_conv_out):
+    layers = read_topology(name)
+    assert (len(layers), sum(l.macs for l in layers)) == (n_layers, macs), name
+    convs = [l for l in layers if l.ofmap_h > 1 or l.filter_h > 1]
+    assert convs[-1].ofmap_h == last_conv_out, (name, convs[-1])
+
+
+def test_svhn_topology_matches_the_reference_table():
+    outs = [(l.ofmap_h, l.num_filters) for l in read_topology("svhn")]
+    # conv0 is 36x36 before its 2x2 max-pool (-> 18), conv2 18x18 before its pool (-> 9)
+    assert outs == [(36, 48), (18, 64), (18, 64), (7, 128), (7, 128), (5, 128), (1, 512), (1, 10)]
+
+
+def test_compute_report_columns_and_values(tmp_path):
+    report = simulate_network(read_topology("alexnet"), SystolicArray())
+    path = write_compute_report(report, tmp_path / "out")
+    header = path.read_text().splitlines()[0]
+    assert header.startswith(", ".join(COMPUTE_REPORT_COLUMNS) + ",")
+    rows = read_compute_report(path)
+    assert rows[0]["LayerID"] == "0" and rows[0]["Total Cycles"] == "112283"
+    assert float(rows[0]["Mapping Efficiency %"]) == 94.53125
+    assert [int(r["Total Cycles"]) for r in rows] == [l.total_cycles for l in report.layers]
+    assert rows[1]["Weight Bits"] == "8" and int(rows[1]["OFMAP DRAM Bytes"]) == report.layers[1].dram_bytes["ofmap"]
+
+
+# --- area and sweep -----------------------------------------------------------------------------
+
+
+def test_area_model_calibration_and_monotonicity():
+    assert density(2) == pytest.approx(14.0)
+    assert density(16) == 1.0
+    areas = [mac_area(b) for b in range(1, 33)]
+    assert all(a < b for a, b in zip(areas, areas[1:]))
+    assert mac_area(4, 8) == mac_area(8, 4) < mac_area(8)
+    for bits in (16, 8, 4, 2, 1):
+        rows, cols = iso_area_array(32, 32, bits)
+        assert rows * cols <= 32 * 32 * density(bits) + 1e-9, bits
+        assert (rows + 1) * (cols + 1) > 32 * 32 * density(bits), bits  # not needlessly small
+    assert iso_area_array(32, 32, 16) == (32, 32)
+
+
+def test_precision_layers_keep_first_and_last_at_8_bits():
+    layers = read_topology("svhn")
+    at2 = precision_layers(layers, 2)
+    assert [(l.wbits, l.abits, l.obits) for l in at2] == [(8, 8, 2)] + [(2, 2, 2)] * 6 + [(8, 8, 8)]
+    assert [l.wbits for l in precision_layers(layers, 16)] == [16] * 8
+    assert [l.wbits for l in precision_layers(layers, 2, first_last_bits=None)] == [2] * 8
+
+
+def test_sweep_matches_simulate_network_point_by_point():
+    layers = read_topology("resnet20")
+    base = SystolicArray(16, 16, ifmap_sram_kb=8, filter_sram_kb=8, ofmap_sram_kb=8)
+    result = sweep_precision(layers, base, (8, 4, 2), (None, 16.0))
+    assert np.all(result.speedup[:, 0, :] == 1.0)
+    for d, df in enumerate(DATAFLOWS):
+        for p, bits in enumerate(result.bits):
+            rows, cols = result.shapes[p]
+            for w, gbps in enumerate(result.bandwidths_gbps):
+                array = replace(base, rows=rows, cols=cols, dataflow=df, pe_bits=bits).with_bandwidth_gbps(gbps)
+                want = simulate_network(precision_layers(layers, bits), array).total_cycles
+                assert result.cycles[d, p, w] == want, (df, bits, gbps)
+
+
+def test_sweep_is_superlinear_only_when_bandwidth_bound():
+    """The paper's claim in the model: with bandwidth to spare the speedup stays below the PE
+    ratio (mapping losses); with little bandwidth, shrinking data beats the PE ratio."""
+    result = sweep_precision(read_topology("resnet50"), SystolicArray(32, 32, "os"), (16, 8, 4),
+                             (None, 32.0), dataflows=("os",))
+    unlimited, scarce = result.speedup[0, :, 0], result.speedup[0, :, 1]
+    assert np.all(unlimited[1:] < result.peak[1:]), (unlimited, result.peak)
+    assert np.all(scarce[1:] > result.peak[1:]), (scarce, result.peak)
+    assert np.all(np.diff(result.dram_bytes[0]) < 0)
+
+
+# --- the link to exported models ----------------------------------------------------------------
+
+
+def test_layers_from_model_shapes_trim_padding_and_check_macs():
+    # format.layer_shapes rows: a stride-2 3x3 conv, pad 1, on 32x32 (padded to 34) -> 16x16
+    rows = [
+        {"name": "conv", "kind": "conv", "ifmap_h": 34, "ifmap_w": 34, "filter_h": 3, "filter_w": 3,
+         "channels": 16, "num_filters": 32, "stride": 2, "wbits": 4, "abits": 3, "macs": 16 * 16 * 144 * 32},
+        {"name": "fc", "kind": "linear", "ifmap_h": 1, "ifmap_w": 1, "filter_h": 1, "filter_w": 1,
+         "channels": 64, "num_filters": 10, "stride": 1, "wbits": 8, "abits": 5, "macs": 640},
+    ]
+    conv, fc = layers_from_shapes(rows)
+    assert (conv.ifmap_h, conv.ofmap_h, conv.macs, conv.obits) == (33, 16, rows[0]["macs"], 5)
+    assert (fc.macs, fc.obits, fc.wbits) == (640, 5, 8)
+    with pytest.raises(EngineError, match="disagree"):
+        layers_from_shapes([dict(rows[0], macs=1)])
+
+
+# --- CLI ----------------------------------------------------------------------------------------
+
+
+def run_cli(argv):
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+    args = parser.parse_args(["simulate", *argv])
+    return args.func(args)
+
+
+def test_cli_simulate_topology_writes_report(tmp_path, capsys):
+    assert run_cli(["--topology", "alexnet", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "112283" in out and "total:" in out
+    assert read_compute_report(tmp_path / "COMPUTE_REPORT.csv")[0]["Total Cycles"] == "112283"
+
+
+def test_cli_flags_override_config(tmp_path, capsys):
+    cfg = write_cfg(tmp_path)
+    run_cli(["--topology", "svhn", "--config", str(cfg), "--array", "8x4", "--dataflow", "ws",
+             "--sram-kb", "2,4,8", "--bandwidth-gbps", "16", "--clock-ghz", "2", "--bits", "4,2",
+             "--out", str(tmp_path / "o")])
+    out = capsys.readouterr().out
+    assert "8x4 WS array, SRAM KB ifmap/filter/ofmap 2/4/8, DRAM 8 B/cycle" in out
+    rows = read_compute_report(tmp_path / "o" / "COMPUTE_REPORT.csv")
+    assert (rows[1]["Weight Bits"], rows[1]["Activation Bits"]) == ("4", "2")
+
+
+def test_cli_sweep_writes_table_csv_and_plot(tmp_path, capsys):
+    assert run_cli(["--topology", "resnet50", "--sweep-bits", "16,8,4,2", "--iso-area",
+                    "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "unlimited" in out and "64 GB/s" in out and "32 GB/s" in out and "119x119" in out
+    assert (tmp_path / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    lines = (tmp_path / "SWEEP_REPORT.csv").read_text().splitlines()
+    assert len(lines) == 1 + 3 * 4 * 3
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "either a model file or --topology"),
+    (["--topology", "svhn", "--array", "0x32"], "--array values must be positive"),
+    (["--topology", "svhn", "--array", "32"], "--array needs 2 values"),
+    (["--topology", "svhn", "--bits", "4"], "--bits needs 2 or 3 values"),
+    (["--topology", "svhn", "--sram-kb", "-1"], "--sram-kb values must be positive"),
+    (["--topology", "svhn", "--bandwidth-gbps", "0"], "--bandwidth-gbps must be positive"),
+    (["--topology", "nosuchnet"], "not found"),
+    (["missing.tpq"], "not found"),
+    (["--topology", "svhn", "--sweep-bits", "8,4", "--sweep-bandwidths", "fast"], "sweep-bandwidths"),
+])
+def test_cli_user_errors_are_one_line(tmp_path, argv, message):
+    with pytest.raises(EngineError, match=message) as err:
+        run_cli([*argv, "--out", str(tmp_path)])
+    assert "\n" not in str(err.value)
