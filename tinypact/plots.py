@@ -13,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 (the backend must be chosen first)
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
@@ -35,6 +36,7 @@ def plot_error_curves(history: Sequence[dict], path: str | os.PathLike,
         if points:
             ax.plot(*zip(*points), style, marker="o", markersize=3, label=label)
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("error (%)")
     ax.set_title(title or "training curves")
     ax.grid(alpha=0.3)
@@ -52,6 +54,7 @@ def plot_alphas(history: Sequence[dict], path: str | os.PathLike, title: str = "
         points = [(r["epoch"], r["alphas"][name]) for r in history if name in r.get("alphas", {})]
         ax.plot(*zip(*points), marker="o", markersize=3, label=name)
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("alpha (clipping level)")
     ax.set_title(title or "PACT alpha per layer")
     ax.grid(alpha=0.3)
@@ -64,16 +67,29 @@ def plot_alphas(history: Sequence[dict], path: str | os.PathLike, title: str = "
 
 
 def plot_study(rows: Sequence[dict], path: str | os.PathLike, title: str = "") -> Path:
-    """Bar chart of test error (%) per configuration (rows with `label` and `test_error`)."""
-    fig, ax = plt.subplots(figsize=(7, 4))
+    """Left: test error (%) per configuration; right: each configuration's validation error per
+    epoch. `rows` have `label`, `test_error` and `history` (metrics records)."""
+    fig, (bars_ax, curves_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
     labels = [row["label"] for row in rows]
     errors = [100 * row["test_error"] for row in rows]
-    bars = ax.bar(range(len(rows)), errors, color="tab:blue")
+    bars = bars_ax.bar(range(len(rows)), errors, color="tab:blue")
     for bar, error in zip(bars, errors):
-        ax.annotate(f"{error:.2f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                    ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right")
-    ax.set_ylabel("test error (%)")
-    ax.set_title(title or "accuracy study")
-    ax.grid(axis="y", alpha=0.3)
+        bars_ax.annotate(f"{error:.2f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                         ha="center", va="bottom", fontsize=8)
+    bars_ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right")
+    bars_ax.set_ylabel("test error (%)")
+    bars_ax.set_title("test error")
+    bars_ax.grid(axis="y", alpha=0.3)
+    for row in rows:
+        points = [(r["epoch"], 100 * r["val_error"]) for r in row.get("history", [])
+                  if r.get("val_error") is not None]
+        if points:
+            curves_ax.plot(*zip(*points), marker="o", markersize=3, label=row["label"])
+    curves_ax.set_xlabel("epoch")
+    curves_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    curves_ax.set_ylabel("validation error (%)")
+    curves_ax.set_title("validation error during training")
+    curves_ax.grid(alpha=0.3)
+    curves_ax.legend(fontsize="small")
+    fig.suptitle(title or "accuracy study")
     return _save(fig, path)

@@ -14,6 +14,8 @@ import shlex
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from tinypact.checkpoint import CHECKPOINT_NAME, METRICS_NAME, CheckpointError, is_run_dir
 from tinypact.recipes import ACT_QUANTS, DATASETS, OPTIMIZERS, SCHEDULES, WEIGHT_QUANTS, recipe
 from tinypact.recipes import AUGMENTATIONS, TrainConfig
@@ -41,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="data set (default: sample, the bundled Fashion-MNIST subset)")
     quant = parser.add_argument_group("quantization")
     quant.add_argument("--bits", type=int, metavar="K",
-                       help="weight and activation bits of interior layers (1-8, 16; 32 = float)")
+                       help="weight and activation bits of interior layers (1-8, 16; 32 = a float "
+                       "network: also float first/last layers and plain ReLU)")
     quant.add_argument("--wbits", type=int, metavar="K", help="weight bits (overrides --bits)")
     quant.add_argument("--abits", type=int, metavar="K", help="activation bits (overrides --bits)")
     quant.add_argument("--first-last-bits", type=int, metavar="K",
@@ -91,6 +94,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         "val_size": args.val_size, "limit_train": args.limit_train,
         "limit_test": args.limit_test, "seed": args.seed, "data_dir": args.data_dir,
     }
+    if overrides["abits"] == 32 and args.act_quant is None:
+        overrides["act_quant"] = "relu"  # a float network is a plain ReLU network
+    if args.bits == 32 and args.first_last_bits is None:
+        overrides["first_last_bits"] = 32
     if args.optimizer is not None and args.optimizer != recipe(args.dataset).optimizer \
             and args.lr is None:
         # Another optimizer needs another learning rate than the recipe's.
@@ -164,29 +171,49 @@ def main(argv: list[str] | None = None) -> int:
     written = [CHECKPOINT_NAME, METRICS_NAME, ERROR_PLOT, ALPHA_PLOT, RESULT_NAME, "config.json"]
     print(f"wrote    {run_dir}/{{{','.join(written)}}}")
     if not args.no_export:
-        _export_and_verify(run_dir, config)
+        _export_and_verify(result)
     print("next     python -m tinypact.evaluate " + shlex.quote(str(run_dir)))
     if not config.is_float:
         print(f"         python -m integer_engine export {shlex.quote(str(run_dir))} -o model.tpq")
     return 0
 
 
-def _export_and_verify(run_dir: Path, config: TrainConfig) -> None:
-    """Export the trained model to RUN/model.tpq with integer_engine and verify it agrees.
+def _export_and_verify(result) -> None:
+    """Export the trained model to RUN/model.tpq with integer_engine and check it agrees.
 
-    Single call site of the end-of-training hand-off (docs/ARCHITECTURE.md): tinypact calls
-    integer_engine as a user would. Skipped for policies with float layers.
+    The single call site of the end-of-training hand-off (docs/ARCHITECTURE.md): tinypact uses
+    integer_engine as a user would. Runs the integer model on the test images and prints its
+    accuracy and how often its predictions equal the float (fake-quantized) model's. Skipped for
+    policies with float layers; an export failure is reported, it does not undo the training.
     """
+    config, run_dir = result.config, result.run_dir
     if config.wbits >= 32 or config.abits >= 32 or config.first_last_bits >= 32:
         print("export   skipped: float layers are not exportable to the integer engine")
         return
     try:
-        from integer_engine import export as ie_export  # noqa: F401
-    except ImportError:
-        print("export   skipped: integer_engine.export is not available in this installation")
+        from integer_engine.errors import EngineError
+        from integer_engine.executor import run_model
+        from integer_engine.export import export_checkpoint
+        from integer_engine.format import save_model
+    except ImportError as err:
+        print(f"export   skipped: integer_engine is not available ({err})")
         return
-    # TODO(lead): wire integer_engine's export + verify API here once it lands.
-    print("export   skipped: integer_engine export API not wired yet")
+    from tinypact.trainer import predict
+
+    path = run_dir / "model.tpq"
+    try:
+        integer_model = export_checkpoint(run_dir)
+        save_model(integer_model, path)
+        test = result.test_set
+        integer_pred = run_model(integer_model, test.images).predictions
+    except EngineError as err:
+        print(f"export   failed: {err}")
+        return
+    float_pred = predict(result.model, test)
+    agree = float(np.mean(integer_pred == float_pred))
+    accuracy = float(np.mean(integer_pred == test.labels))
+    print(f"export   {path}: integer-only accuracy {100 * accuracy:.2f}%; predictions equal the "
+          f"trained model's on {100 * agree:.2f}% of {len(test)} test images")
 
 
 if __name__ == "__main__":

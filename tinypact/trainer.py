@@ -191,6 +191,20 @@ def evaluate(model, dataset, batch_size: int = 256, progress: bool = False,
     return total_loss / max(len(dataset), 1), wrong / max(len(dataset), 1)
 
 
+def predict(model, dataset, batch_size: int = 256) -> np.ndarray:
+    """Predicted classes (argmax of the logits) for every image of a Dataset, in eval mode."""
+    from tinypact.data import DataLoader
+
+    was_training = model.training
+    model.eval()
+    try:
+        with no_grad():
+            return np.concatenate([model(Tensor(x)).data.argmax(axis=1) for x, _ in
+                                   DataLoader(dataset, batch_size=batch_size, shuffle=False)])
+    finally:
+        model.train(was_training)
+
+
 # -------------------------------------------------------------------------------------- training
 @dataclass
 class FitResult:
@@ -202,6 +216,7 @@ class FitResult:
     test_loss: float | None = None
     test_images: int = 0
     finished: bool = False
+    test_set: object = None
 
     @property
     def test_accuracy(self) -> float | None:
@@ -333,7 +348,7 @@ def fit(config: TrainConfig, run_dir: str | Path, resume: bool = False, progress
               "train_time": round(sum(r["epoch_time"] for r in history), 3)}
     write_json_atomic(run_dir / RESULT_NAME, result)
     return FitResult(run_dir, config, model, history, test_error, test_loss, len(test),
-                     finished=True)
+                     finished=True, test_set=test)
 
 
 def _train_one_epoch(model, optimizer, loader, config: TrainConfig, epoch: int,

@@ -1,0 +1,179 @@
+"""The training CLI end to end on tiny data: files written, exact resume, bad inputs."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tinypact import trainer
+from tinypact.checkpoint import load_checkpoint
+from tinypact.evaluate import main as evaluate_main
+from tinypact.recipes import recipe
+from tinypact.train import main as train_main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--limit-train", "48", "--val-size", "24", "--limit-test", "40", "--batch-size", "16",
+        "--no-progress"]
+
+
+def tiny_config(**changes):
+    values = dict(limit_train=48, val_size=24, limit_test=40, batch_size=16, epochs=2,
+                  augment="crop-flip")
+    values.update(changes)
+    return recipe("sample", **values)
+
+
+def quiet(_message):
+    pass
+
+
+def test_cli_end_to_end(tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "tinypact.train", "--epochs", "2", *TINY,
+                           "--out", str(run)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    out = proc.stdout
+    for expected in ("dataset  sample", "parameters", "W2A2", "estimate", "test accuracy",
+                     "python -m tinypact.evaluate", "python -m integer_engine export"):
+        assert expected in out, f"{expected!r} missing from the CLI output:\n{out}"
+    for name in ("checkpoint.npz", "metrics.jsonl", "config.json", "result.json",
+                 "error_curves.png", "alphas.png", "model.tpq"):
+        assert (run / name).exists(), f"{name} not written; run dir has {sorted(p.name for p in run.iterdir())}"
+    for name in ("error_curves.png", "alphas.png"):
+        assert (run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{name} is not a PNG"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    for key in ("loss", "train_error", "val_error", "alphas", "lr", "epoch_time"):
+        assert key in records[0], f"metrics record lacks {key!r}: {records[0]}"
+    assert set(records[0]["alphas"]) == {"act0", "act1", "act2"}, records[0]["alphas"]
+    assert "integer-only accuracy" in out and "predictions equal" in out, out
+
+    # The checkpoint honours the contract integer_engine reads.
+    with np.load(run / "checkpoint.npz", allow_pickle=False) as npz:
+        meta = json.loads(str(npz["meta"][()]))
+        assert meta["format"] == "tinypact-checkpoint" and meta["epoch"] == 2
+        assert meta["graph"][0]["op"] == "input"
+        for node in meta["graph"]:
+            for field in ("weight", "bias"):
+                if node.get(field):
+                    assert f"model/{node[field]}" in npz.files, f"graph names missing {node[field]}"
+
+
+def test_evaluate_matches_training_result(tmp_path, capsys):
+    result = trainer.fit(tiny_config(epochs=1), tmp_path / "run", progress=False, log=quiet)
+    capsys.readouterr()
+    assert evaluate_main([str(tmp_path / "run"), "--json", "--limit", "40", "--no-progress"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["images"] == 40 and report["epoch"] == 1
+    assert report["accuracy"] == pytest.approx(result.test_accuracy, abs=1e-12), (report, result)
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    config = tiny_config()
+    full = trainer.fit(config, tmp_path / "full", progress=False, log=quiet)
+    first = trainer.fit(config, tmp_path / "split", progress=False, log=quiet, stop_after=1)
+    assert not first.finished and load_checkpoint(tmp_path / "split").epoch == 1
+    resumed = trainer.fit(config, tmp_path / "split", resume=True, progress=False, log=quiet)
+
+    expected, got = full.model.state_dict(), resumed.model.state_dict()
+    assert list(expected) == list(got)
+    for key in expected:
+        assert np.array_equal(expected[key], got[key]), (
+            f"{key}: resumed run differs from the uninterrupted one by up to "
+            f"{np.max(np.abs(expected[key] - got[key]))}")
+    a, b = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "split")
+    for index, state in a.optimizer_state["state"].items():
+        for name, value in state.items():
+            assert np.array_equal(value, b.optimizer_state["state"][index][name]), (index, name)
+    strip = [{k: v for k, v in r.items() if k != "epoch_time"} for r in full.history]
+    assert strip == [{k: v for k, v in r.items() if k != "epoch_time"} for r in resumed.history]
+    assert resumed.test_error == full.test_error
+    lines = (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+
+
+def test_interrupt_keeps_checkpoint_and_prints_resume_command(tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    real_epoch = trainer._train_one_epoch
+
+    def interrupted_in_epoch_2(model, optimizer, loader, config, epoch, progress):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real_epoch(model, optimizer, loader, config, epoch, progress)
+
+    monkeypatch.setattr(trainer, "_train_one_epoch", interrupted_in_epoch_2)
+    argv = ["--epochs", "2", *TINY, "--no-export", "--out", str(run)]
+    assert train_main(argv) == 130
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("interrupted; resume with `python -m tinypact.train") and \
+        err.endswith("--resume`"), err
+    assert load_checkpoint(run).epoch == 1
+
+    monkeypatch.setattr(trainer, "_train_one_epoch", real_epoch)
+    assert train_main(argv + ["--resume"]) == 0
+    assert load_checkpoint(run).epoch == 2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["imagenet"], "invalid choice: 'imagenet'"),
+    (["--bits", "0"], "--bits must be between 1 and 32, got 0"),
+    (["--bits", "33"], "--bits must be between 1 and 32, got 33"),
+    (["--wbits", "12"], "wbits must be one of 1..8, 16 or 32"),
+    (["--epochs", "two"], "invalid int value: 'two'"),
+])
+def test_bad_arguments_are_one_line_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        code = train_main(argv)
+        raise SystemExit(code)
+    err = capsys.readouterr().err
+    assert info.value.code == 2, f"{argv}: exit {info.value.code}"
+    assert err.count("\n") == 1 and message in err, f"{argv}: stderr {err!r}"
+
+
+def test_existing_run_refused_and_resume_config_checked(tmp_path, capsys):
+    run = tmp_path / "run"
+    argv = ["--epochs", "1", *TINY, "--no-export", "--out", str(run)]
+    assert train_main(argv) == 0
+    capsys.readouterr()
+    before = (run / "checkpoint.npz").read_bytes()
+
+    assert train_main(argv) == 2
+    assert capsys.readouterr().err == f"error: {run} exists; pass --resume to continue or choose --out\n"
+    assert train_main(argv + ["--resume", "--lr", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "different config" in err and "lr=0.5" in err, err
+    assert (run / "checkpoint.npz").read_bytes() == before, "a refused run touched the checkpoint"
+
+    (run / "checkpoint.npz").write_bytes(before[: len(before) // 3])
+    assert train_main(argv + ["--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "corrupt or truncated" in err, err
+    assert evaluate_main([str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "corrupt or truncated" in err, err
+
+
+def test_data_error_is_one_line_exit_1(tmp_path, capsys, monkeypatch):
+    from tinypact.data import DataError
+
+    def missing(config):
+        raise DataError("fashion-mnist not found in /nowhere; install dataset-fashion-mnist")
+    monkeypatch.setattr(trainer, "load_splits", missing)
+    assert train_main(["fashion-mnist", "--out", str(tmp_path / "run"), "--no-progress"]) == 1
+    assert capsys.readouterr().err == ("error: fashion-mnist not found in /nowhere; install "
+                                       "dataset-fashion-mnist\n")
+
+
+def test_recipes_follow_the_paper():
+    svhn, cifar = recipe("svhn"), recipe("cifar10")
+    assert (svhn.optimizer, svhn.lr, svhn.adam_eps, svhn.schedule, svhn.step_size, svhn.gamma,
+            svhn.weight_decay, svhn.batch_size, svhn.epochs) == (
+        "adam", 1e-3, 1e-5, "step", 50, 0.5, 1e-7, 128, 200)
+    assert (cifar.optimizer, cifar.lr, cifar.momentum, cifar.milestones, cifar.gamma,
+            cifar.weight_decay, cifar.batch_size, cifar.epochs, cifar.augment) == (
+        "sgd", 0.1, 0.9, [60, 120], 0.1, 2e-4, 128, 200, "crop-flip")
+    assert (recipe("sample").wbits, recipe("sample").abits, recipe("sample").act_quant) == (
+        2, 2, "pact")
