@@ -126,6 +126,7 @@ def plot_sweep(result: SweepResult, path: str | Path, title: str = "") -> Path:
     x = np.arange(len(result.bits))
     for d, (ax, df) in enumerate(zip(axes[0], result.dataflows)):
         ax.plot(x, result.peak, "k--", label="peak (PE count)")
+        ax.plot(x, result.bits[0] / np.array(result.bits), ":", color="gray", label="linear in bits")
         for w, g in enumerate(result.bandwidths_gbps):
             ax.plot(x, result.speedup[d, :, w], marker="o", label=_bw_label(g))
         ax.set_xticks(x, [f"{b}-bit" for b in result.bits])
