@@ -6,11 +6,37 @@ Each is plain Python that Numba compiles; with NUMBA_DISABLE_JIT=1 they run as w
 """
 from __future__ import annotations
 
+import types
+
 import numpy as np
 from numba import njit, prange
 
+# Below this many elements a kernel runs on one thread: waking the thread pool costs more.
+PARALLEL_MIN_SIZE = 1 << 16
 
-@njit(parallel=True, cache=True)
+
+class _Kernel:
+    """One loop compiled twice, serial and parallel (prange); the call picks by the size of
+    its first argument. The serial copy gets its own name so Numba's on-disk caches differ."""
+
+    def __init__(self, function):
+        serial = types.FunctionType(function.__code__, function.__globals__,
+                                    function.__name__ + "_serial", function.__defaults__)
+        serial.__qualname__ = function.__qualname__ + "_serial"
+        self.serial = njit(cache=True)(serial)
+        self.parallel = njit(parallel=True, cache=True)(function)
+        self.__doc__, self.__name__ = function.__doc__, function.__name__
+
+    def __call__(self, *args):
+        big = args[0].size >= PARALLEL_MIN_SIZE
+        return (self.parallel if big else self.serial)(*args)
+
+
+def kernel(function) -> _Kernel:
+    return _Kernel(function)
+
+
+@kernel
 def col2im_nhwc(dcols: np.ndarray, out: np.ndarray, stride_h: int, stride_w: int) -> None:
     """Scatter-add im2col gradients back into the (padded) input.
 
@@ -29,7 +55,7 @@ def col2im_nhwc(dcols: np.ndarray, out: np.ndarray, stride_h: int, stride_w: int
                             out[n, row, col, c] += dcols[n, oh, ow, i, j, c]
 
 
-@njit(parallel=True, cache=True)
+@kernel
 def max_pool_forward_nhwc(x: np.ndarray, kernel_h: int, kernel_w: int, stride_h: int,
                           stride_w: int, pad_h: int, pad_w: int, out: np.ndarray,
                           argmax: np.ndarray) -> None:
@@ -64,7 +90,7 @@ def max_pool_forward_nhwc(x: np.ndarray, kernel_h: int, kernel_w: int, stride_h:
                     argmax[n, oh, ow, c] = best_index
 
 
-@njit(parallel=True, cache=True)
+@kernel
 def max_pool_backward_nhwc(grad_out: np.ndarray, argmax: np.ndarray, grad_in: np.ndarray) -> None:
     """grad_in[n, argmax // W, argmax % W, c] += grad_out[n, oh, ow, c] (grad_in zeroed)."""
     n_batch, out_h, out_w, channels = grad_out.shape
@@ -77,12 +103,7 @@ def max_pool_backward_nhwc(grad_out: np.ndarray, argmax: np.ndarray, grad_in: np
                     grad_in[n, index // width, index % width, c] += grad_out[n, oh, ow, c]
 
 
-def _chunks(rows: int, parts: int) -> np.ndarray:
-    bounds = np.linspace(0, rows, parts + 1).astype(np.int64)
-    return bounds
-
-
-@njit(parallel=True, cache=True)
+@kernel
 def channel_mean_var(x: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-column mean and biased variance of x (M, C), accumulated in float64.
 
@@ -106,7 +127,7 @@ def channel_mean_var(x: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, np.
     return mean, var
 
 
-@njit(parallel=True, cache=True)
+@kernel
 def affine_columns(x: np.ndarray, scale: np.ndarray, shift: np.ndarray, out: np.ndarray,
                    bounds: np.ndarray) -> None:
     """out[r, c] = x[r, c] * scale[c] + shift[c]."""
@@ -117,7 +138,7 @@ def affine_columns(x: np.ndarray, scale: np.ndarray, shift: np.ndarray, out: np.
                 out[r, c] = x[r, c] * scale[c] + shift[c]
 
 
-@njit(parallel=True, cache=True)
+@kernel
 def batch_norm_grad_sums(grad: np.ndarray, x: np.ndarray, mean: np.ndarray, inv_std: np.ndarray,
                          bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """sum_r g[r, c] and sum_r g[r, c] * xhat[r, c] with xhat = (x - mean) * inv_std (float64)."""
@@ -134,7 +155,7 @@ def batch_norm_grad_sums(grad: np.ndarray, x: np.ndarray, mean: np.ndarray, inv_
     return sum_g.sum(axis=0), sum_gx.sum(axis=0)
 
 
-@njit(parallel=True, cache=True)
+@kernel
 def batch_norm_grad_input(grad: np.ndarray, x: np.ndarray, mean: np.ndarray, inv_std: np.ndarray,
                           scale: np.ndarray, mean_g: np.ndarray, mean_gx: np.ndarray,
                           out: np.ndarray, bounds: np.ndarray) -> None:
@@ -152,4 +173,5 @@ def batch_norm_grad_input(grad: np.ndarray, x: np.ndarray, mean: np.ndarray, inv
 
 def row_chunks(rows: int, parts: int = 16) -> np.ndarray:
     """Row bounds splitting `rows` into about `parts` chunks (tasks for prange)."""
-    return _chunks(rows, max(1, min(parts, rows)))
+    parts = max(1, min(parts, rows))
+    return np.linspace(0, rows, parts + 1).astype(np.int64)

@@ -41,7 +41,7 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
 
     Lowered to one matmul: the windows of the padded NHWC input become the rows of
     cols (N*OH*OW, KH*KW*C) and out = cols @ W^T with W reshaped to (O, KH*KW*C).
-    Backward:  dW = g^T @ cols,  db = sum g,  dcols = g @ W  scattered back (col2im) into dx.
+    Backward:  dW = (cols^T @ g)^T,  db = sum g,  dcols = g @ W  scattered back (col2im) into dx.
     """
     x = input.data
     if x.ndim != 4 or weight.ndim != 4:
@@ -73,8 +73,9 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
         g_rows = to_nhwc(g).reshape(rows, out_ch)
         grad_x = grad_w = grad_b = None
         if weight.requires_grad:
+            # cols^T @ g, not g^T @ cols: NumPy's BLAS call is several times faster this way
             grad_w = np.ascontiguousarray(
-                (g_rows.T @ cols).reshape(out_ch, kernel_h, kernel_w, c).transpose(0, 3, 1, 2))
+                (cols.T @ g_rows).reshape(kernel_h, kernel_w, c, out_ch).transpose(3, 2, 0, 1))
         if bias is not None and bias.requires_grad:
             grad_b = g_rows.sum(axis=0)
         if input.requires_grad:
