@@ -277,3 +277,25 @@ def test_cli_user_errors_are_one_line(tmp_path, argv, message):
     with pytest.raises(EngineError, match=message) as err:
         run_cli([*argv, "--out", str(tmp_path)])
     assert "\n" not in str(err.value)
+
+
+def test_exported_model_macs_equal_what_the_executor_counted(tmp_path, capsys):
+    """The link to the engine: per-layer MACs of the model = MACs the executor performed."""
+    from test_engine_models import resnet_like  # the suite's synthetic-network builder
+
+    from integer_engine.accelerator.from_model import layers_from_model
+    from integer_engine.executor import run_model
+    from integer_engine.format import save_model
+    from integer_engine.export import lower_graph
+
+    rng = np.random.default_rng(0)
+    model = lower_graph(*resnet_like(rng, wbits=2, abits=3, size=16, widths=(4, 8)))
+    path = tmp_path / "resnet.tpq"
+    save_model(model, path)
+    layers = layers_from_model(path)
+    images = rng.integers(0, 256, (2, *model.input_shape), dtype=np.uint8)
+    performed = [s for s in run_model(model, images).stats if s.kind in ("conv", "linear")]
+    assert [(l.name, 2 * l.macs) for l in layers] == [(s.name, s.macs) for s in performed]
+    assert any(l.stride == 2 for l in layers), "the stride-2 (padded, odd-sized) case is covered"
+    assert run_cli([str(path), "--out", str(tmp_path / "o")]) == 0
+    assert "total:" in capsys.readouterr().out
