@@ -1,0 +1,209 @@
+"""Image ops against plain nested-loop references (tests/op_registry.py) over random shapes,
+strides and paddings; batch-norm train/eval semantics; the NHWC-backed layout; Numba kernels."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from op_registry import (avg_pool2d_reference, batch_norm_reference, conv2d_reference,
+                         max_pool2d_reference)
+from tinypact import Tensor, _kernels
+from tinypact import functional as F
+
+
+@st.composite
+def conv_problem(draw):
+    n, c, o = draw(st.integers(1, 3)), draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    k = draw(st.integers(1, 5))
+    stride, padding = draw(st.integers(1, 3)), draw(st.integers(0, 3))
+    h, w = draw(st.integers(max(1, k - 2 * padding), 9)), draw(st.integers(max(1, k - 2 * padding), 9))
+    rng = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
+    bias = rng.standard_normal(o) if draw(st.booleans()) else None
+    return (rng.standard_normal((n, c, h, w)), rng.standard_normal((o, c, k, k)), bias, stride,
+            padding)
+
+
+@given(conv_problem())
+def test_conv2d_matches_nested_loops(problem):
+    x, w, b, stride, padding = problem
+    got = F.conv2d(Tensor(x), Tensor(w), None if b is None else Tensor(b), stride, padding).data
+    expected = conv2d_reference(x, w, b, stride, padding)
+    np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-10, err_msg=(
+        f"conv2d x{x.shape} w{w.shape} stride {stride} padding {padding}"))
+
+
+def test_conv2d_rectangular_stride_and_padding():
+    rng = np.random.default_rng(1)
+    x, w = rng.standard_normal((2, 3, 7, 6)), rng.standard_normal((4, 3, 3, 2))
+    got = F.conv2d(Tensor(x), Tensor(w), stride=(2, 1), padding=(1, 0)).data
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (0, 0)))
+    full = conv2d_reference(xp, w, None, 1, 0)  # stride (2, 1) = every 2nd row of stride 1
+    np.testing.assert_allclose(got, full[:, :, ::2, :], rtol=1e-10, atol=1e-10)
+
+
+@st.composite
+def pool_problem(draw, ceil=True):
+    k = draw(st.integers(1, 4))
+    stride, padding = draw(st.integers(1, 4)), draw(st.integers(0, k // 2))
+    shape = (draw(st.integers(1, 3)), draw(st.integers(1, 4)), draw(st.integers(k, 10)),
+             draw(st.integers(k, 10)))
+    x = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1))).standard_normal(shape)
+    return x, k, stride, padding, (draw(st.booleans()) if ceil else False)
+
+
+@given(pool_problem())
+def test_max_pool2d_matches_nested_loops(problem):
+    x, k, stride, padding, ceil_mode = problem
+    got = F.max_pool2d(Tensor(x), k, stride, padding, ceil_mode).data
+    expected = max_pool2d_reference(x, k, stride, padding, ceil_mode)
+    np.testing.assert_array_equal(got, expected, err_msg=(
+        f"max_pool2d x{x.shape} k {k} stride {stride} padding {padding} ceil {ceil_mode}"))
+
+
+@pytest.mark.parametrize("size, ceil_mode, expected", [(36, False, 18), (18, False, 9),
+                                                       (9, True, 5), (9, False, 4), (7, True, 4)])
+def test_max_pool2d_same_sizes_of_the_svhn_network(size, ceil_mode, expected):
+    """TensorFlow's 'SAME' 2x2/2 pooling: 36 -> 18, 18 -> 9; odd sizes need ceil_mode."""
+    x = Tensor(np.random.default_rng(0).standard_normal((1, 2, size, size)))
+    assert F.max_pool2d(x, 2, ceil_mode=ceil_mode).shape == (1, 2, expected, expected)
+
+
+def test_max_pool2d_gradient_goes_to_the_first_maximum_of_a_tie():
+    x = Tensor(np.zeros((1, 1, 2, 2)), requires_grad=True)
+    F.max_pool2d(x, 2).backward(np.ones((1, 1, 1, 1)))
+    np.testing.assert_array_equal(x.grad[0, 0], [[1, 0], [0, 0]])
+
+
+@given(pool_problem(ceil=False))
+def test_avg_pool2d_matches_nested_loops(problem):
+    x, k, stride, padding, _ = problem
+    got = F.avg_pool2d(Tensor(x), k, stride, padding).data
+    np.testing.assert_allclose(got, avg_pool2d_reference(x, k, stride, padding), rtol=1e-12,
+                               atol=1e-12)
+
+
+def test_global_avg_pool2d():
+    x = np.random.default_rng(2).standard_normal((2, 3, 4, 5))
+    np.testing.assert_allclose(F.avg_pool2d(Tensor(x), "global").data,
+                               x.mean(axis=(2, 3), keepdims=True))
+    with pytest.raises(ValueError, match="'global'"):
+        F.avg_pool2d(Tensor(x), "everything")
+
+
+# --------------------------------------------------------------------------------- batch norm
+@settings(max_examples=20)
+@given(st.integers(2, 6), st.integers(1, 5), st.integers(1, 4),
+       st.sampled_from([np.float32, np.float64]))
+def test_batch_norm_training_normalises_and_updates_running_stats(n, c, hw, dtype):
+    rng = np.random.default_rng(n * 100 + c * 10 + hw)
+    x = (rng.standard_normal((n, c, hw, hw)) * 3 + 1000).astype(dtype)  # large offset: precision
+    running_mean, running_var = np.full(c, 0.5, dtype), np.full(c, 2.0, dtype)
+    weight, bias = rng.uniform(0.5, 2, c).astype(dtype), rng.standard_normal(c).astype(dtype)
+    y = F.batch_norm(Tensor(x), running_mean, running_var, Tensor(weight), Tensor(bias),
+                     training=True, momentum=0.1, eps=1e-4).data
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(y, batch_norm_reference(x64, weight, bias, eps=1e-4),
+                               rtol=1e-3 if dtype == np.float32 else 1e-9, atol=1e-3 if
+                               dtype == np.float32 else 1e-9)
+    count = n * hw * hw
+    batch_mean, batch_var = x64.mean(axis=(0, 2, 3)), x64.var(axis=(0, 2, 3))
+    np.testing.assert_allclose(running_mean, 0.9 * 0.5 + 0.1 * batch_mean, rtol=1e-6,
+                               err_msg="running_mean = 0.9 running + 0.1 batch mean")
+    np.testing.assert_allclose(running_var, 0.9 * 2.0 + 0.1 * batch_var * count / (count - 1),
+                               rtol=1e-5, err_msg="running_var uses the unbiased batch variance")
+
+
+def test_batch_norm_eval_uses_running_stats_and_leaves_them_alone():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4, 3, 2, 2))
+    running_mean, running_var = rng.standard_normal(3), rng.uniform(0.5, 2, 3)
+    saved = running_mean.copy(), running_var.copy()
+    y_eval = F.batch_norm(Tensor(x), running_mean, running_var, training=False, eps=1e-5).data
+    np.testing.assert_allclose(y_eval, batch_norm_reference(x, None, None, running_mean,
+                                                            running_var, 1e-5))
+    np.testing.assert_array_equal(running_mean, saved[0])
+    np.testing.assert_array_equal(running_var, saved[1])
+    y_train = F.batch_norm(Tensor(x), running_mean, running_var, training=True).data
+    assert not np.allclose(y_train, y_eval), "train mode must use the batch statistics"
+
+
+def test_batch_norm_rejects_a_single_value_per_channel_in_training():
+    with pytest.raises(ValueError, match="more than one value per channel"):
+        F.batch_norm(Tensor(np.ones((1, 3))), None, None, training=True)
+
+
+# --------------------------------------------------------------------- layout and kernels
+def test_nhwc_backed_activations_give_the_same_results_as_contiguous_ones():
+    """conv2d returns an NCHW view of an NHWC buffer; the next ops must not care."""
+    rng = np.random.default_rng(4)
+    x, w1, w2 = (rng.standard_normal((2, 3, 8, 8)), rng.standard_normal((4, 3, 3, 3)),
+                 rng.standard_normal((5, 4, 3, 3)))
+    h = F.conv2d(Tensor(x), Tensor(w1), padding=1)
+    assert h.data.transpose(0, 2, 3, 1).flags.c_contiguous
+    chain = F.max_pool2d(F.batch_norm(F.relu(h), None, None, training=True), 2)
+    out = F.conv2d(chain, Tensor(w2)).data
+    h_ref = np.ascontiguousarray(conv2d_reference(x, w1, None, 1, 1))
+    chain_ref = max_pool2d_reference(batch_norm_reference(np.maximum(h_ref, 0)), 2)
+    np.testing.assert_allclose(out, conv2d_reference(chain_ref, w2), rtol=1e-9, atol=1e-9)
+
+
+def test_parallel_and_serial_kernels_agree_on_large_inputs():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((8, 20, 20, 64)).astype(np.float32)  # 204800 >= PARALLEL_MIN_SIZE
+    dcols = rng.standard_normal((8, 9, 9, 3, 3, 16)).astype(np.float32)
+    outs = []
+    for variant in ("serial", "parallel"):
+        out = np.empty((8, 10, 10, 64), np.float32)
+        arg = np.empty((8, 10, 10, 64), np.int32)
+        getattr(_kernels.max_pool_forward_nhwc, variant)(x, 3, 3, 2, 2, 1, 1, out, arg)
+        rows = x.reshape(-1, 64)
+        bounds = _kernels.row_chunks(rows.shape[0])
+        stats = getattr(_kernels.channel_mean_var, variant)(rows, bounds)
+        padded = np.zeros((8, 11, 11, 16), np.float32)
+        getattr(_kernels.col2im_nhwc, variant)(dcols, padded, 1, 1)
+        outs.append((out, arg, stats[0], stats[1], padded))
+    for name, a, b in zip(["max", "argmax", "mean", "var", "col2im"], *outs):
+        np.testing.assert_allclose(a, b, rtol=1e-6, err_msg=f"{name}: serial vs parallel")
+
+
+def test_kernels_run_as_plain_python():
+    """What NUMBA_DISABLE_JIT=1 runs: the Python source gives the compiled kernel's answer."""
+    rng = np.random.default_rng(6)
+    dcols = rng.standard_normal((1, 3, 3, 2, 2, 2))
+    compiled, plain = np.zeros((1, 6, 6, 2)), np.zeros((1, 6, 6, 2))
+    _kernels.col2im_nhwc.serial(dcols, compiled, 2, 2)
+    _kernels.col2im_nhwc.serial.py_func(dcols, plain, 2, 2)
+    np.testing.assert_array_equal(compiled, plain)
+
+
+# --------------------------------------------------------------------- losses, dropout, errors
+def test_cross_entropy_of_uniform_logits_is_log_classes():
+    loss = F.cross_entropy(Tensor(np.zeros((4, 10))), np.array([0, 3, 9, 2]))
+    assert loss.item() == pytest.approx(np.log(10))
+
+
+@pytest.mark.parametrize("labels, error, message", [
+    (np.array([0, 5]), ValueError, r"labels must lie in \[0, 3\)"),
+    (np.array([0.0, 1.0]), TypeError, "must be integers"),
+    (np.array([0]), ValueError, "logits \\(N, classes\\) and labels \\(N,\\)")])
+def test_cross_entropy_rejects_bad_labels(labels, error, message):
+    with pytest.raises(error, match=message):
+        F.cross_entropy(Tensor(np.zeros((2, 3))), labels)
+
+
+def test_conv2d_rejects_channel_mismatch():
+    with pytest.raises(ValueError, match="input has 3 channels but the weight expects 4"):
+        F.conv2d(Tensor(np.zeros((1, 3, 5, 5))), Tensor(np.zeros((2, 4, 3, 3))))
+
+
+def test_dropout_scales_kept_values_and_is_identity_in_eval():
+    x = Tensor(np.ones((200, 100), np.float32))
+    y = F.dropout(x, 0.3, training=True, generator=np.random.default_rng(0)).data
+    kept = y != 0
+    assert abs(kept.mean() - 0.7) < 0.01, f"kept fraction {kept.mean()}, expected about 0.7"
+    np.testing.assert_allclose(y[kept], 1 / 0.7, rtol=1e-6)
+    assert F.dropout(x, 0.3, training=False) is x
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        F.dropout(x, 1.0)
