@@ -113,8 +113,10 @@ class Layer:
             values = {f: entry[f] for f in fields}
         except KeyError as err:
             raise EngineError(f"layer {name!r}: missing field {err.args[0]!r}") from None
+        kind = str(entry.get("kind", "conv"))
+        kind = "conv" if kind == "linear" else kind  # a linear layer is a 1x1 conv on a 1x1 map
         return cls(name, **values, stride=entry.get("stride", 1), stride_w=entry.get("stride_w"),  # type: ignore[arg-type]
-                   kind=str(entry.get("kind", "conv")), **bits)
+                   kind=kind, **bits)
 
     def with_bits(self, wbits: int, abits: int, obits: int | None = None) -> "Layer":
         return replace(self, wbits=wbits, abits=abits, obits=abits if obits is None else obits)
@@ -232,7 +234,7 @@ def evaluate(table: Mapping[str, np.ndarray], array: SystolicArray) -> dict[str,
 
     Cycles and counts are int64; bytes are float64 (a 3-bit operand takes 3/8 byte per element).
     """
-    R, C = array.rows, array.cols
+    R, C = array.rows, array.cols  # the array's rows and columns (not the filter's R x S)
     ih, iw, fh, fw = table["ifmap_h"], table["ifmap_w"], table["filter_h"], table["filter_w"]
     ch, nf = table["channels"], table["num_filters"]
     wb, ab, ob = (table[k].astype(np.float64) for k in ("wbits", "abits", "obits"))
@@ -414,9 +416,8 @@ def simulate_network(layers: Iterable[Layer | Mapping[str, object]], array: Syst
             total_cycles=int(res["total_cycles"][i]),
             mapping_efficiency=float(res["mapping_efficiency"][i]),
             compute_util=float(res["compute_util"][i]), overall_util=float(res["overall_util"][i]),
-            sram_bytes={k: b(f"{k.split('_')[0]}_sram_{k.split('_')[1]}") for k in
-                        ("ifmap_reads", "ifmap_writes", "filter_reads", "filter_writes",
-                         "ofmap_reads", "ofmap_writes")},
+            sram_bytes={f"{op}_{rw}": b(f"{op}_sram_{rw}") for op in ("ifmap", "filter", "ofmap")
+                        for rw in ("reads", "writes")},
             dram_bytes={k: b(f"{k}_dram_bytes") for k in ("ifmap", "filter", "ofmap")},
         ))
     return NetworkReport(array=array, layers=reports)
