@@ -157,6 +157,9 @@ def format_report(report: NetworkReport) -> str:
                  f"{report.seconds * 1e3:.3f} ms, utilization {100 * report.overall_util:.1f}%, DRAM "
                  f"{report.dram_bytes() / 1e6:.2f} MB (ifmap {report.dram_bytes('ifmap') / 1e6:.2f}, "
                  f"filter {report.dram_bytes('filter') / 1e6:.2f}, ofmap {report.dram_bytes('ofmap') / 1e6:.2f})")
+    sram = ", ".join(f"{op} {report.sram_bytes(op + '_reads') / 1e6:.2f}/{report.sram_bytes(op + '_writes') / 1e6:.2f}"
+                     for op in ("ifmap", "filter", "ofmap"))
+    lines.append(f"SRAM MB read/written: {sram}")
     return "\n".join(lines)
 
 

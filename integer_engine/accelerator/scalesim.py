@@ -32,6 +32,8 @@ COMPUTE_REPORT_COLUMNS = (
 OUR_COLUMNS = (
     "Layer Name", "MACs", "Folds", "Compute Cycles", "IFMAP DRAM Bytes", "Filter DRAM Bytes",
     "OFMAP DRAM Bytes", "Weight Bits", "Activation Bits", "Output Bits",
+    "IFMAP SRAM Read Bytes", "IFMAP SRAM Write Bytes", "Filter SRAM Read Bytes",
+    "Filter SRAM Write Bytes", "OFMAP SRAM Read Bytes", "OFMAP SRAM Write Bytes",
 )
 
 _REQUIRED_KEYS = ("ArrayHeight", "ArrayWidth", "IfmapSramSzkB", "FilterSramSzkB", "OfmapSramSzkB", "Dataflow")
@@ -180,6 +182,7 @@ def _row(index: int, r: LayerReport) -> list[str]:
         l.name, str(r.macs), str(r.folds), str(r.compute_cycles),
         str(r.dram_bytes["ifmap"]), str(r.dram_bytes["filter"]), str(r.dram_bytes["ofmap"]),
         str(l.wbits), str(l.abits), str(l.obits),
+        *(str(r.sram_bytes[f"{op}_{rw}"]) for op in ("ifmap", "filter", "ofmap") for rw in ("reads", "writes")),
     ]
 
 

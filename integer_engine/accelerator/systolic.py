@@ -328,9 +328,10 @@ def evaluate(table: Mapping[str, np.ndarray], array: SystolicArray) -> dict[str,
         "overall_util": macs / (total_cycles * float(R * C)),
         "ifmap_sram_reads": ifmap_sram_reads, "ifmap_sram_writes": ifmap_dram,
         "filter_sram_reads": filter_sram_reads, "filter_sram_writes": filter_dram,
-        # ofmap SRAM: the array writes every partial and final sum; reads are psum read-backs
-        # plus everything drained to DRAM.
-        "ofmap_sram_writes": psum_sram + ofmap_bytes, "ofmap_sram_reads": psum_sram + ofmap_bytes + psum_spill / 2,
+        # ofmap SRAM: written with every partial and final sum and with spilled sums coming back
+        # from DRAM; read for partial-sum accumulation and for everything drained to DRAM.
+        "ofmap_sram_writes": psum_sram + ofmap_bytes + psum_spill / 2,
+        "ofmap_sram_reads": psum_sram + ofmap_bytes + psum_spill / 2,
         "ifmap_dram_bytes": ifmap_dram, "filter_dram_bytes": filter_dram, "ofmap_dram_bytes": ofmap_dram,
         "psum_spill_bytes": psum_spill, "dram_bytes": dram_bytes,
     }
@@ -384,6 +385,10 @@ class NetworkReport:
     @property
     def overall_util(self) -> float:
         return self.macs / (self.total_cycles * self.array.num_pes) if self.layers else 0.0
+
+    def sram_bytes(self, key: str) -> int:
+        """Total of one SRAM counter, e.g. ``"ifmap_reads"``."""
+        return sum(r.sram_bytes[key] for r in self.layers)
 
     def dram_bytes(self, operand: str | None = None) -> int:
         if operand is None:
