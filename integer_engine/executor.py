@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import numba
 import numpy as np
 
 from integer_engine import bitpack, kernels
@@ -28,6 +29,8 @@ from integer_engine.requant import apply_thresholds, fixed_point_add_apply
 # Bit-serial popcount GEMM costs abits * wbits AND+POPCNT passes per 64 MACs; beyond about this
 # many it loses to the BLAS-backed integer GEMM.
 BITSERIAL_MAX_PASSES = 9
+# GEMMs smaller than this (rows x weights) run single-threaded.
+SMALL_GEMM_MACS = 1 << 20
 
 
 @dataclass
@@ -76,11 +79,19 @@ class _Compute:
         conv = a["kind"] == "conv"
         if self.method == "bitserial":
             codes = x if x.dtype == np.uint8 else x.astype(np.uint8)
-            if conv:
-                planes = kernels.conv_bit_planes(codes, *a["kernel"], a["stride"], a["padding"], self.abits)
-            else:
-                planes = bitpack.bit_planes(codes, self.abits)
-            return kernels.affine_weight_gemm(planes, self.w_planes, 2, self.n_w)
+            rows = x.shape[0] * (int(np.prod(a["out_shape"][1:])) if conv else 1)
+            # Waking the thread pool costs more than a small GEMM (and far more on a busy machine).
+            threads = 1 if rows * self.j.size < SMALL_GEMM_MACS else numba.config.NUMBA_NUM_THREADS
+            previous = numba.get_num_threads()
+            numba.set_num_threads(threads)
+            try:
+                if conv:
+                    planes = kernels.conv_bit_planes(codes, *a["kernel"], a["stride"], a["padding"], self.abits)
+                else:
+                    planes = bitpack.bit_planes(codes, self.abits)
+                return kernels.affine_weight_gemm(planes, self.w_planes, 2, self.n_w)
+            finally:
+                numba.set_num_threads(previous)
         cols = kernels.im2col_codes(x, *a["kernel"], a["stride"], a["padding"]) if conv else x
         return kernels.int_gemm(cols, self.levels)
 

@@ -60,6 +60,19 @@ def thresholds(mul: np.ndarray, add: np.ndarray, n: int, acc_lo: int, acc_hi: in
     # Bisection invariant: the answer lies in [low, high]; the sentinel end is "none reachable".
     low = np.where(up, acc_lo, acc_lo - 1).astype(np.int64)
     high = np.where(up, acc_hi + 1, acc_hi).astype(np.int64)
+    # Start from a narrow bracket around the real-number solution of acc*mul + add = t - 1/2 where
+    # the exact formula confirms it holds the answer; elsewhere keep the full range. Only speed.
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        guess = (t - 0.5 - b) / m
+    finite = np.isfinite(guess) & (np.abs(guess) < 2.0**62)
+    guess = np.clip(np.where(finite, np.floor(guess), 0), low, high).astype(np.int64)
+    lo_b, hi_b = np.maximum(guess - 2, low), np.minimum(guess + 2, high)
+    up_lower = (lo_b == low) | (code(lo_b - 1) < t)
+    up_upper = (hi_b == high) | (code(hi_b) >= t)
+    down_lower = (lo_b == low) | (code(lo_b) >= t)
+    down_upper = (hi_b == high) | (code(hi_b + 1) < t)
+    ok = finite & np.where(up, up_lower & up_upper, down_lower & down_upper)
+    low, high = np.where(ok, lo_b, low), np.where(ok, hi_b, high)
     while np.any(low < high):
         mid = np.where(up, (low + high) // 2, (low + high + 1) // 2)
         ok = code(mid) >= t

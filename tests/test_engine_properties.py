@@ -1,0 +1,133 @@
+"""Property tests: for random conv/linear layers the integer engine equals the float64 reference.
+
+Each example is a small network input -> act(abits) -> conv|linear(wbits) [-> bn] [-> maxpool]
+-> act(obits) -> flatten -> linear (8-bit logits), with random shapes, stride, padding, weight
+quantizer, bits 1..8, batch-norm statistics (negative and zero gammas included), alphas and
+pixels. Scales are drawn from a few exact binary fractions as well as arbitrary floats, so that
+many accumulators land exactly on rounding ties (the hardest case for thresholds).
+"""
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from integer_engine.executor import Engine
+from integer_engine.export import lower_graph
+from integer_engine.reference import run_reference
+from integer_engine.requant import apply_thresholds, requant_float, thresholds
+
+WEIGHT_KINDS = {"dorefa": range(1, 9), "sawb": (1, 2, 3, 4, 5, 8), "sawb0": (2, 4, 8)}
+
+
+def scale(draw, low: float, high: float) -> float:
+    """An exact binary fraction (ties likely) or an arbitrary float in [low, high]."""
+    if draw(st.booleans()):
+        return draw(st.sampled_from([x for x in (0.125, 0.25, 0.5, 1.0, 2.0, 4.0) if low <= x <= high]))
+    return draw(st.floats(low, high, allow_nan=False, allow_infinity=False))
+
+
+def _out(size, k, stride, padding):
+    return (size + 2 * padding - k) // stride + 1
+
+
+@st.composite
+def layer_network(draw):
+    """(graph, params, images) of a one-layer network under test, plus an 8-bit logits layer."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    conv = draw(st.booleans())
+    cin, cout = draw(st.integers(1, 5)), draw(st.integers(1, 6))
+    abits, obits = draw(st.integers(1, 8)), draw(st.integers(1, 8))
+    wkind = draw(st.sampled_from(sorted(WEIGHT_KINDS)))
+    wbits = draw(st.sampled_from(list(WEIGHT_KINDS[wkind])))
+    graph = [{"id": "input", "op": "input", "inputs": [], "shape": None, "scale": 1 / 255},
+             {"id": "a0", "op": "act", "inputs": ["input"], "kind": "pact", "bits": abits, "alpha": "a0.alpha"}]
+    params = {"a0.alpha": np.array(scale(draw, 0.1, 1.0), np.float32)}
+    if conv:
+        k = draw(st.integers(1, 4))
+        padding = draw(st.integers(0, 2))
+        h = draw(st.integers(max(1, k - 2 * padding), 9))
+        w = draw(st.integers(max(1, k - 2 * padding), 9))
+        stride = draw(st.integers(1, 3))
+        graph[0]["shape"] = [cin, h, w]
+        weight = rng.normal(0, 1, (cout, cin, k, k))
+        graph.append({"id": "L", "op": "conv", "inputs": ["a0"], "weight": "L.weight", "bias": None,
+                      "stride": stride, "padding": padding, "wq": {"kind": wkind, "bits": wbits}})
+        shape = (cout, _out(h, k, stride, padding), _out(w, k, stride, padding))
+    else:
+        fin = draw(st.integers(1, 40))
+        graph[0]["shape"] = [fin, 1, 1]
+        graph.append({"id": "f0", "op": "flatten", "inputs": ["a0"]})
+        weight = rng.normal(0, 1, (cout, fin))
+        graph.append({"id": "L", "op": "linear", "inputs": ["f0"], "weight": "L.weight", "bias": None,
+                      "wq": {"kind": wkind, "bits": wbits}})
+        shape = (cout,)
+    if draw(st.booleans()):  # exactly-zero and tied weights
+        weight = np.round(weight * 2) / 2
+    params["L.weight"] = weight.astype(np.float32)
+    if draw(st.booleans()):
+        params["L.bias"] = rng.normal(0, 1, cout).astype(np.float32)
+        graph[-1]["bias"] = "L.bias"
+    last = "L"
+    if draw(st.booleans()):
+        gamma = rng.normal(0, 1, cout) * scale(draw, 0.125, 4.0)
+        gamma[rng.random(cout) < 0.15] = 0.0
+        params.update({"bn.weight": gamma.astype(np.float32),
+                       "bn.bias": rng.normal(0, 1, cout).astype(np.float32),
+                       "bn.running_mean": rng.normal(0, 1, cout).astype(np.float32),
+                       "bn.running_var": (rng.random(cout) * scale(draw, 0.125, 4.0)).astype(np.float32)})
+        graph.append({"id": "bn", "op": "bn", "inputs": [last], "prefix": "bn", "eps": 1e-5})
+        last = "bn"
+    if conv and min(shape[1:]) >= 2 and draw(st.booleans()):
+        pk = draw(st.integers(2, min(3, *shape[1:])))
+        ps, pp = draw(st.integers(1, pk)), draw(st.integers(0, pk // 2))
+        graph.append({"id": "mp", "op": "maxpool", "inputs": [last], "kernel": pk, "stride": ps, "padding": pp})
+        shape = (cout, _out(shape[1], pk, ps, pp), _out(shape[2], pk, ps, pp))
+        last = "mp"
+    act_kind = draw(st.sampled_from(["pact", "relu", "dorefa"]))
+    graph.append({"id": "a1", "op": "act", "inputs": [last], "kind": act_kind, "bits": obits,
+                  "alpha": 1.0 if act_kind == "dorefa" else "a1.alpha"})
+    params["a1.alpha"] = np.array(scale(draw, 0.125, 8.0), np.float32)
+    graph.append({"id": "f1", "op": "flatten", "inputs": ["a1"]})
+    graph.append({"id": "fc", "op": "linear", "inputs": ["f1"], "weight": "fc.weight", "bias": "fc.bias",
+                  "wq": {"kind": "dorefa", "bits": 8}})
+    params["fc.weight"] = rng.normal(0, 1, (3, int(np.prod(shape)))).astype(np.float32)
+    params["fc.bias"] = rng.normal(0, 1, 3).astype(np.float32)
+    images = rng.integers(0, 256, size=(draw(st.integers(1, 4)), *graph[0]["shape"]), dtype=np.uint8)
+    if draw(st.booleans()):  # saturated pixels
+        images[..., :1] = draw(st.sampled_from([0, 255]))
+    return graph, params, images
+
+
+@settings(max_examples=1200)
+@given(layer_network())
+def test_engine_equals_reference_on_random_layers(case):
+    graph, params, images = case
+    model = lower_graph(graph, params)
+    got = Engine(model).run(images, collect=True).outputs
+    want = run_reference(model, images)
+    for layer in model.layers:
+        g, w = got[layer.name], want[layer.name]
+        bad = np.argwhere(g != w)
+        assert g.shape == w.shape and bad.size == 0, (
+            f"layer {layer.name} ({layer.attrs['kind']}, wbits={layer.attrs.get('wbits')}, "
+            f"abits={layer.attrs.get('abits')}, out_max={layer.attrs.get('out_max')}): "
+            f"{len(bad)} mismatches; first at {bad[0] if bad.size else None}: "
+            f"engine {g[tuple(bad[0])] if bad.size else g.shape} vs reference {w[tuple(bad[0])] if bad.size else w.shape}")
+
+
+@settings(max_examples=300)
+@given(st.floats(-1e3, 1e3), st.floats(-1e4, 1e4), st.integers(1, 255), st.integers(0, 5000),
+       st.sampled_from([0.5, 0.25, 1.0, 3.0]), st.booleans())
+def test_thresholds_match_the_float_formula_on_every_accumulator(mul, add, n, bound, tie_mul, tie):
+    """Exhaustively over [-bound, bound]: #thresholds reached == clip(floor(acc*mul + add + 1/2), 0, n)."""
+    if tie:  # binary-fraction scales put many accumulators exactly on a .5 tie
+        mul, add = tie_mul * np.sign(mul or 1.0), float(np.round(add))
+    m, b = np.array([mul]), np.array([add])
+    th, direction = thresholds(m, b, n, -bound, bound)
+    acc = np.arange(-bound, bound + 1, dtype=np.int64)[:, None]
+    want = requant_float(acc, m, b, n)
+    got = apply_thresholds(acc, th, direction, 1)
+    bad = np.flatnonzero(got[:, 0] != want[:, 0])
+    assert bad.size == 0, (f"mul={mul!r} add={add!r} n={n}: acc={acc[bad[0], 0]} gives {got[bad[0], 0]}, "
+                           f"formula {want[bad[0], 0]}")
