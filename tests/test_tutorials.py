@@ -51,7 +51,7 @@ def test_committed_notebook_matches_build_script(name):
 def test_notebook_runs_top_to_bottom(name):
     nb = nbformat.read(TUTORIALS / f"{name}.ipynb", as_version=4)
     try:
-        build.execute(nb, fast=True, timeout=300)
+        build.execute(nb, fast=True, timeout=300, single_thread=True)
     except build.NotebookFailed as error:
         pytest.fail(f"{name}.ipynb: {error}", pytrace=False)
     errors = [(index, output.get("ename"), output.get("evalue"))
