@@ -14,6 +14,9 @@ Bit-serial dot product, with a = sum_i 2^i a_i and w = sum_j 2^j w_j (binary pla
 summed over the 64-bit words of the reduction dimension. One 64-bit AND+POPCNT performs
 64 / (abits * wbits) multiply-accumulates, which is where the speed comes from at 1-2 bits.
 """
+import contextlib
+
+import numba
 import numpy as np
 from numba import njit, prange
 from numpy.lib.stride_tricks import sliding_window_view
@@ -29,25 +32,46 @@ _COLS = 4
 # the L2 cache while every activation row streams past it.
 _W_BLOCK_BYTES = 192 * 1024
 
+# Below this many inner-loop operations a kernel runs on one thread: waking the worker threads
+# costs more than the work (and, on a busy machine, OpenMP barriers can cost milliseconds).
+_PARALLEL_MIN_WORK = 1 << 17
+
 _LSB_OF_EACH_BYTE = np.uint64(0x0101010101010101)
 _LOW_BYTE = np.uint64(0xFF)
+
+
+@contextlib.contextmanager
+def _threads_for(work: int):
+    """Run the enclosed parallel kernels single-threaded when `work` is too small to split."""
+    if work >= _PARALLEL_MIN_WORK or numba.get_num_threads() == 1:
+        yield
+        return
+    previous = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)
 
 
 # --------------------------------------------------------------------------------------------
 # bit-serial GEMM
 # --------------------------------------------------------------------------------------------
-def _make_bitserial_kernel(abits: int, wbits: int):
-    """Compile-time specialisation of the popcount GEMM for one (abits, wbits) pair.
+def _make_bitserial_kernel(fixed_abits: int, fixed_wbits: int):
+    """The popcount GEMM kernel, specialised at compile time for one (abits, wbits) pair, or
+    generic (plane counts read from the arrays) when both are 0.
 
-    `abits`/`wbits` are closure constants, so LLVM fully unrolls the plane loops, turns the
-    shifts into constant scales (lea) and keeps the 4 column accumulators in registers.
-    Numba caches one compiled kernel per pair on disk (cache=True keys closures by value).
+    Specialised bit widths are closure constants, so LLVM fully unrolls the plane loops, turns
+    the shifts into constant scales (lea) and keeps the 4 column accumulators in registers;
+    Numba's cache keys closures by their values, so each pair is compiled once per machine.
     """
 
     @njit(parallel=True, cache=True)
     def kernel(a, w, n_start, n_stop, out):  # pragma: no cover - compiled
         # a: (abits, M, KW) uint64; w: (wbits, Npad, KW) uint64 with Npad % 4 == 0;
-        # out: (M, N) int64 -- columns n_start..n_stop-1 are written.
+        # out: (M, N) int64 -- columns n_start..min(n_stop, N)-1 are written.
+        abits = a.shape[0] if fixed_abits == 0 else fixed_abits
+        wbits = w.shape[0] if fixed_wbits == 0 else fixed_wbits
         m_rows = a.shape[1]
         kw = a.shape[2]
         n_cols = out.shape[1]
@@ -77,13 +101,16 @@ def _make_bitserial_kernel(abits: int, wbits: int):
     return kernel
 
 
+# (abits, wbits) pairs with their own compiled kernel; the rest share the generic one. Each
+# specialisation costs a few seconds of compilation once per machine (then the disk cache).
+SPECIALISED_PAIRS = frozenset({(1, 1), (2, 2), (3, 3), (4, 4)})
 _BITSERIAL_KERNELS: dict = {}
 
 
 def _bitserial_kernel(abits: int, wbits: int):
-    key = (abits, wbits)
+    key = (abits, wbits) if (abits, wbits) in SPECIALISED_PAIRS else (0, 0)
     if key not in _BITSERIAL_KERNELS:
-        _BITSERIAL_KERNELS[key] = _make_bitserial_kernel(abits, wbits)
+        _BITSERIAL_KERNELS[key] = _make_bitserial_kernel(*key)
     return _BITSERIAL_KERNELS[key]
 
 
@@ -122,8 +149,9 @@ def bitserial_gemm(a_planes: np.ndarray, w_planes: np.ndarray) -> np.ndarray:
         w_planes = np.concatenate([w_planes, np.zeros((wbits, n_pad, kw), np.uint64)], axis=1)
     block = max(_COLS, _W_BLOCK_BYTES // (wbits * kw * 8) // _COLS * _COLS)
     kernel = _bitserial_kernel(abits, wbits)
-    for n_start in range(0, w_planes.shape[1], block):
-        kernel(a_planes, w_planes, n_start, min(n_start + block, w_planes.shape[1]), out)
+    with _threads_for(m_rows * w_planes.shape[1] * kw * abits * wbits):
+        for n_start in range(0, w_planes.shape[1], block):
+            kernel(a_planes, w_planes, n_start, min(n_start + block, w_planes.shape[1]), out)
     return out
 
 
@@ -144,7 +172,8 @@ def plane_row_sums(planes: np.ndarray) -> np.ndarray:
     """Row sums of the codes held in bit-planes: int64 (M,) = sum_i 2^i sum_k popcount(p_i[m, k])."""
     planes = _check_planes(planes, "planes")
     out = np.zeros(planes.shape[1], dtype=np.int64)
-    _plane_row_sums(planes, out)
+    with _threads_for(planes.size):
+        _plane_row_sums(planes, out)
     return out
 
 
@@ -322,7 +351,8 @@ def conv_bit_planes(
     xp = np.ascontiguousarray(_pad_hw(x.astype(np.uint8, copy=False), padding))
     out = np.empty((bits, n * oh * ow, words_for(c * kh * kw)), dtype=np.uint64)
     if out.size:
-        _conv_pack_kernel(xp, kh, kw, stride, oh, ow, out)
+        with _threads_for(out.size * 64):
+            _conv_pack_kernel(xp, kh, kw, stride, oh, ow, out)
     return out
 
 

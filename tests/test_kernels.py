@@ -1,0 +1,272 @@
+"""Integer kernels against plain NumPy int64 references (and nested-loop references)."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from integer_engine import kernels
+from integer_engine.bitpack import bit_planes
+from integer_engine.errors import EngineError
+from integer_engine.kernels import (
+    affine_weight_gemm,
+    bitserial_gemm,
+    conv_bit_planes,
+    im2col_codes,
+    int_gemm,
+    max_pool_codes,
+    odd_weight_gemm,
+    plane_row_sums,
+)
+from integer_engine.popcount import popcount64
+
+K_VALUES = st.one_of(
+    st.integers(1, 200),
+    st.sampled_from([63, 64, 65, 128, 129, 192, 320]),
+)
+SIZES = st.one_of(st.just(1), st.integers(1, 9))
+SEEDS = st.integers(0, 2**32 - 1)
+
+
+def mismatch(got: np.ndarray, expected: np.ndarray, context: str) -> str:
+    """Failure message naming the first differing index, expected vs got."""
+    if got.shape != expected.shape:
+        return f"{context}: expected shape {expected.shape}, got {got.shape}"
+    idx = tuple(np.argwhere(got != expected)[0])
+    return f"{context}: first mismatch at {idx}: expected {expected[idx]}, got {got[idx]}"
+
+
+def assert_equal(got, expected, context):
+    assert got.shape == expected.shape and np.array_equal(got, expected), mismatch(
+        got, expected, context)
+
+
+@pytest.mark.parametrize("value", [0, 1, 2**63, 2**64 - 1, 0x0101010101010101, 12345678901234])
+def test_popcount64(value):
+    got = int(kernels.njit(lambda x: popcount64(x))(np.uint64(value)))
+    assert got == bin(value).count("1"), f"popcount({value:#x}): expected {bin(value).count('1')}, got {got}"
+
+
+@settings(max_examples=600)
+@given(abits=st.integers(1, 8), wbits=st.integers(1, 8), m=SIZES, n=SIZES, k=K_VALUES, seed=SEEDS)
+def test_bitserial_gemm_equals_int64_matmul(abits, wbits, m, n, k, seed):
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 2**abits, (m, k))
+    w = rng.integers(0, 2**wbits, (n, k))
+    got = bitserial_gemm(bit_planes(a, abits), bit_planes(w, wbits))
+    assert got.dtype == np.int64
+    assert_equal(got, a @ w.T, f"W{wbits}A{abits} M={m} N={n} K={k} seed={seed}")
+
+
+@settings(max_examples=50)
+@given(bits=st.sampled_from(sorted(kernels.SPECIALISED_PAIRS)), m=SIZES, n=SIZES, k=K_VALUES,
+       seed=SEEDS)
+def test_specialised_and_generic_kernels_agree(bits, m, n, k, seed):
+    abits, wbits = bits
+    rng = np.random.default_rng(seed)
+    a_planes = bit_planes(rng.integers(0, 2**abits, (m, k)), abits)
+    w_planes = bit_planes(rng.integers(0, 2**wbits, (4 * n, k)), wbits)
+    outs = []
+    for key in (bits, (0, 0)):
+        out = np.zeros((m, 4 * n), np.int64)
+        kernels._make_bitserial_kernel(*key)(a_planes, w_planes, 0, 4 * n, out)
+        outs.append(out)
+    assert_equal(outs[0], outs[1], f"specialised {bits} vs generic, M={m} N={4 * n} K={k}")
+
+
+def test_extreme_codes_and_weight_column_blocks(monkeypatch):
+    """All-max codes at K = 4097 (largest sums), with column blocks forced small."""
+    monkeypatch.setattr(kernels, "_W_BLOCK_BYTES", 1)
+    for abits, wbits in [(8, 8), (1, 1), (2, 2), (3, 5)]:
+        a = np.full((3, 4097), 2**abits - 1)
+        w = np.full((11, 4097), 2**wbits - 1)
+        got = bitserial_gemm(bit_planes(a, abits), bit_planes(w, wbits))
+        assert_equal(got, a @ w.T, f"W{wbits}A{abits} all-max codes, K=4097")
+
+
+@settings(max_examples=400)
+@given(abits=st.integers(1, 8), wbits=st.integers(1, 8), m=SIZES, n=SIZES, k=K_VALUES, seed=SEEDS)
+def test_odd_weight_gemm_equals_signed_matmul(abits, wbits, m, n, k, seed):
+    """Weights w = 2j - (2^wbits - 1): odd levels, {-1, +1} at one bit."""
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 2**abits, (m, k))
+    j = rng.integers(0, 2**wbits, (n, k))
+    expected = a @ (2 * j - (2**wbits - 1)).T
+    a_planes, w_planes = bit_planes(a, abits), bit_planes(j, wbits)
+    context = f"W{wbits}A{abits} M={m} N={n} K={k} seed={seed}"
+    assert_equal(odd_weight_gemm(a_planes, w_planes), expected, context)
+    assert_equal(odd_weight_gemm(a_planes, w_planes, a.sum(axis=1)), expected, context + " rowsum")
+
+
+@settings(max_examples=200)
+@given(abits=st.integers(1, 8), wbits=st.integers(1, 8), scale=st.integers(1, 3),
+       offset=st.integers(-5, 300), m=SIZES, n=SIZES, k=K_VALUES, seed=SEEDS)
+def test_affine_weight_gemm(abits, wbits, scale, offset, m, n, k, seed):
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 2**abits, (m, k))
+    j = rng.integers(0, 2**wbits, (n, k))
+    got = affine_weight_gemm(bit_planes(a, abits), bit_planes(j, wbits), scale, offset)
+    assert_equal(got, a @ (scale * j - offset).T,
+                 f"w = {scale}j - {offset}, W{wbits}A{abits} M={m} N={n} K={k}")
+
+
+@settings(max_examples=200)
+@given(bits=st.integers(1, 8), m=SIZES, k=K_VALUES, seed=SEEDS)
+def test_plane_row_sums(bits, m, k, seed):
+    codes = np.random.default_rng(seed).integers(0, 2**bits, (m, k))
+    assert_equal(plane_row_sums(bit_planes(codes, bits)), codes.sum(axis=1),
+                 f"bits={bits} M={m} K={k}")
+
+
+@settings(max_examples=300)
+@given(m=SIZES, n=SIZES, k=st.integers(1, 300), wmax=st.sampled_from([1, 255, 2**15 - 1, 2**31 - 1]),
+       amax=st.sampled_from([1, 255]), seed=SEEDS)
+def test_int_gemm_is_exact(m, n, k, wmax, amax, seed):
+    """Covers the float32, float64 and int64 paths (chosen by the magnitude bound)."""
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, amax + 1, (m, k)).astype(np.uint8)
+    w = rng.integers(-wmax, wmax + 1, (n, k)).astype(np.int32)
+    # Put the extremes in so the bound is reached, not just approached.
+    a[0, 0], w[0, 0] = amax, -wmax
+    got = int_gemm(a, w)
+    assert got.dtype == np.int64
+    assert_equal(got, a.astype(np.int64) @ w.astype(np.int64).T,
+                 f"M={m} N={n} K={k} |a|<={amax} |w|<={wmax}")
+
+
+def test_int_gemm_float32_boundary_is_exact():
+    """Sum exactly 2^24 + 1 would round in float32; the bound must route it to float64."""
+    a = np.full((1, 259), 255, np.uint8)
+    w = np.full((1, 259), 255, np.int16)
+    assert int_gemm(a, w)[0, 0] == 259 * 255 * 255
+
+
+def conv_patches_reference(x, kh, kw, stride, padding):
+    """Nested-loop im2col: row (n, oh, ow), column (c, i, j), zero outside the image."""
+    n_img, c_in, h, w = x.shape
+    oh = (h + 2 * padding - kh) // stride + 1
+    ow = (w + 2 * padding - kw) // stride + 1
+    out = np.zeros((n_img * oh * ow, c_in * kh * kw), dtype=x.dtype)
+    for n in range(n_img):
+        for y in range(oh):
+            for z in range(ow):
+                for c in range(c_in):
+                    for i in range(kh):
+                        for j in range(kw):
+                            hy, wz = y * stride - padding + i, z * stride - padding + j
+                            if 0 <= hy < h and 0 <= wz < w:
+                                out[(n * oh + y) * ow + z, (c * kh + i) * kw + j] = x[n, c, hy, wz]
+    return out
+
+
+@st.composite
+def conv_cases(draw):
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    stride, padding = draw(st.integers(1, 3)), draw(st.integers(0, 2))
+    h = draw(st.integers(max(1, kh - 2 * padding), 9))
+    w = draw(st.integers(max(1, kw - 2 * padding), 9))
+    n, c = draw(st.integers(1, 2)), draw(st.integers(1, 5))
+    bits = draw(st.integers(1, 8))
+    x = np.random.default_rng(draw(SEEDS)).integers(0, 2**bits, (n, c, h, w)).astype(np.uint8)
+    return x, kh, kw, stride, padding, bits
+
+
+@settings(max_examples=200)
+@given(case=conv_cases())
+def test_im2col_codes_matches_nested_loops(case):
+    x, kh, kw, stride, padding, _ = case
+    context = f"x {x.shape} kernel {kh}x{kw} stride {stride} padding {padding}"
+    assert_equal(im2col_codes(x, kh, kw, stride, padding),
+                 conv_patches_reference(x, kh, kw, stride, padding), context)
+
+
+@settings(max_examples=200)
+@given(case=conv_cases())
+def test_conv_bit_planes_equals_packed_im2col(case):
+    x, kh, kw, stride, padding, bits = case
+    context = f"x {x.shape} kernel {kh}x{kw} stride {stride} padding {padding} bits {bits}"
+    assert_equal(conv_bit_planes(x, kh, kw, stride, padding, bits),
+                 bit_planes(im2col_codes(x, kh, kw, stride, padding), bits), context)
+
+
+@settings(max_examples=100)
+@given(case=conv_cases(), o=st.integers(1, 6), seed=SEEDS)
+def test_conv_lowered_onto_odd_weight_gemm(case, o, seed):
+    """A convolution = packed patches x packed weights, against a direct nested-loop conv."""
+    x, kh, kw, stride, padding, abits = case
+    wbits = 2
+    c_in = x.shape[1]
+    j = np.random.default_rng(seed).integers(0, 2**wbits, (o, c_in, kh, kw))
+    weight = 2 * j - (2**wbits - 1)
+    got = odd_weight_gemm(conv_bit_planes(x, kh, kw, stride, padding, abits),
+                          bit_planes(j.reshape(o, -1), wbits))
+    patches = conv_patches_reference(x, kh, kw, stride, padding).astype(np.int64)
+    expected = np.einsum("rk,ok->ro", patches, weight.reshape(o, -1))
+    assert_equal(got, expected, f"x {x.shape} weight {weight.shape} s={stride} p={padding}")
+
+
+def max_pool_reference(x, kernel, stride, padding):
+    n_img, c_in, h, w = x.shape
+    oh = (h + 2 * padding - kernel) // stride + 1
+    ow = (w + 2 * padding - kernel) // stride + 1
+    out = np.zeros((n_img, c_in, oh, ow), dtype=x.dtype)
+    for n in range(n_img):
+        for c in range(c_in):
+            for y in range(oh):
+                for z in range(ow):
+                    best = -np.inf  # the float model's padding
+                    for i in range(kernel):
+                        for j in range(kernel):
+                            hy, wz = y * stride - padding + i, z * stride - padding + j
+                            if 0 <= hy < h and 0 <= wz < w:
+                                best = max(best, x[n, c, hy, wz])
+                    out[n, c, y, z] = best
+    return out
+
+
+@settings(max_examples=200)
+@given(kernel=st.integers(1, 4), stride=st.integers(1, 3), data=st.data(), seed=SEEDS,
+       dtype=st.sampled_from([np.uint8, np.int32]))
+def test_max_pool_codes_matches_minus_inf_padding_reference(kernel, stride, data, seed, dtype):
+    padding = data.draw(st.integers(0, kernel // 2))
+    h = data.draw(st.integers(max(1, kernel - 2 * padding), 9))
+    w = data.draw(st.integers(max(1, kernel - 2 * padding), 9))
+    x = np.random.default_rng(seed).integers(0, 16, (2, 3, h, w)).astype(dtype)
+    got = max_pool_codes(x, kernel, stride, padding)
+    assert got.dtype == x.dtype
+    assert_equal(got, max_pool_reference(x, kernel, stride, padding),
+                 f"x {x.shape} kernel {kernel} stride {stride} padding {padding}")
+
+
+def test_max_pool_default_stride_is_kernel():
+    x = np.arange(16, dtype=np.uint8).reshape(1, 1, 4, 4)
+    assert_equal(max_pool_codes(x, 2), np.array([[[[5, 7], [13, 15]]]], np.uint8), "2x2 pool")
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: bitserial_gemm(np.zeros((2, 3, 1), np.uint64), np.zeros((2, 3, 2), np.uint64)),
+     "disagree on the reduction length"),
+    (lambda: bitserial_gemm(np.zeros((2, 3, 1), np.int64), np.zeros((2, 3, 1), np.uint64)),
+     "uint64 bit-planes"),
+    (lambda: bitserial_gemm(np.zeros((9, 3, 1), np.uint64), np.zeros((2, 3, 1), np.uint64)),
+     "bit width"),
+    (lambda: int_gemm(np.zeros((2, 3), np.uint8), np.zeros((2, 4), np.int16)), "int_gemm needs"),
+    (lambda: int_gemm(np.zeros((2, 3)), np.zeros((2, 3), np.int16)), "integer arrays"),
+    (lambda: im2col_codes(np.zeros((1, 1, 2, 2), np.uint8), 3, 3), "does not fit"),
+    (lambda: im2col_codes(np.zeros((1, 2, 2), np.uint8), 1, 1), "4-D"),
+    (lambda: im2col_codes(np.zeros((1, 1, 2, 2), np.uint8), 1, 1, stride=0), "stride"),
+    (lambda: conv_bit_planes(np.full((1, 1, 2, 2), 4, np.uint8), 1, 1, 1, 0, 2), "\\[0, 3\\]"),
+    (lambda: max_pool_codes(np.zeros((1, 1, 4, 4), np.uint8), 2, 2, 2), "exceeds kernel // 2"),
+    (lambda: max_pool_codes(np.full((1, 1, 4, 4), -1), 2), "non-negative"),
+    (lambda: affine_weight_gemm(bit_planes(np.ones((2, 3), np.uint8), 1),
+                                bit_planes(np.ones((2, 3), np.uint8), 1),
+                                2, 1, np.ones(3)), "a_row_sums"),
+])
+def test_kernels_reject_bad_input(call, message):
+    with pytest.raises(EngineError, match=message):
+        call()
+
+
+def test_empty_shapes():
+    assert bitserial_gemm(bit_planes(np.zeros((0, 5), np.uint8), 2),
+                          bit_planes(np.zeros((3, 5), np.uint8), 2)).shape == (0, 3)
+    assert int_gemm(np.zeros((0, 5), np.uint8), np.zeros((3, 5), np.int16)).shape == (0, 3)
