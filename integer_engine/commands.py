@@ -1,0 +1,211 @@
+"""`python -m integer_engine` subcommands export, run, verify, inspect.
+
+    export RUN_OR_CHECKPOINT -o MODEL.tpq
+    run MODEL --data DATASET|FILE.npz [--split test] [--limit N]
+    verify MODEL [--data ...] [--limit N] [--checkpoint CKPT]
+    inspect MODEL
+User mistakes raise EngineError (printed as one line by cli.main, exit status 2); `verify` exits
+with status 1 when it finds a mismatch.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+
+from integer_engine.errors import EngineError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="checkpoint -> integer model file (.tpq)",
+                       description="Export a tinypact run or checkpoint.npz to an integer model file.")
+    p.add_argument("run", metavar="RUN_OR_CHECKPOINT")
+    p.add_argument("-o", "--output", required=True, metavar="MODEL", help="output file (.tpq)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("run", help="integer inference on a data set: accuracy, images/s, per-layer table")
+    p.add_argument("model", metavar="MODEL")
+    _data_args(p, required=True)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("verify", help="engine vs float64 reference, layer by layer (must be 0 mismatches)")
+    p.add_argument("model", metavar="MODEL")
+    _data_args(p, required=False)
+    p.add_argument("--random", type=int, default=64, metavar="N",
+                   help="without --data: verify on N random images (default 64)")
+    p.add_argument("--checkpoint", metavar="CKPT",
+                   help="tinypact checkpoint to compare predictions with (default: the export source)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("inspect", help="layers, bit widths, packed size vs float32")
+    p.add_argument("model", metavar="MODEL")
+    p.set_defaults(func=cmd_inspect)
+
+
+def _data_args(p: argparse.ArgumentParser, required: bool) -> None:
+    p.add_argument("--data", required=required, metavar="DATASET",
+                   help="a data set name (fashion-mnist, svhn, cifar10, sample; needs tinypact) "
+                        "or an .npz with uint8 'images' (N, C, H, W) and 'labels'")
+    p.add_argument("--split", default="test", choices=("train", "test"))
+    p.add_argument("--limit", type=int, metavar="N", help="use only the first N images")
+    p.add_argument("--data-dir", metavar="DIR", help="where tinypact keeps its data sets")
+
+
+def _load(path: str):
+    from integer_engine.format import load_model
+    return load_model(path)
+
+
+def _check_images(model, images: np.ndarray, description: str) -> None:
+    if tuple(images.shape[1:]) != tuple(model.input_shape):
+        raise EngineError(f"{description}: images are {tuple(images.shape[1:])}, the model takes "
+                          f"{tuple(model.input_shape)}")
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from integer_engine.export import export_checkpoint
+    from integer_engine.format import save_model
+
+    model = export_checkpoint(args.run)
+    directory = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(directory):
+        raise EngineError(f"output directory does not exist: {directory}")
+    save_model(model, args.output)
+    sizes = model_sizes(model)
+    print(f"wrote {args.output}: {len(model.compute_layers)} conv/linear layers, "
+          f"{sizes['params']:,} weights, packed {_human_bytes(sizes['packed_bytes'])} "
+          f"(float32 {_human_bytes(sizes['float32_bytes'])})")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from integer_engine.executor import run_model
+    from integer_engine.verify import load_images
+
+    model = _load(args.model)
+    images, labels, description = load_images(args.data, args.split, args.limit, args.data_dir)
+    _check_images(model, images, description)
+    if args.batch_size < 1:
+        raise EngineError("--batch-size must be at least 1")
+    run_model(model, images[:1])  # warm-up: compiles/loads the Numba kernels outside the timing
+    start = time.perf_counter()
+    result = run_model(model, images, batch_size=args.batch_size)
+    seconds = time.perf_counter() - start
+    accuracy = float(np.mean(result.predictions == labels))
+    print(f"{description}: {len(images)} images, accuracy {accuracy:.4f}, "
+          f"{len(images) / seconds:.1f} images/s ({seconds:.2f} s)")
+    print(format_layer_table(result.stats, len(images)))
+    return 0
+
+
+def format_layer_table(stats, images: int) -> str:
+    rows = [("layer", "kind", "output", "W/A bits", "MACs/image", "method", "time ms", "%")]
+    total = sum(s.seconds for s in stats) or 1.0
+    for s in stats:
+        bits = f"{s.wbits}/{s.abits}" if s.wbits is not None else "-"
+        macs = f"{s.macs // max(images, 1):,}" if s.macs else "-"
+        rows.append((s.name, s.kind, "x".join(map(str, s.out_shape)), bits, macs, s.method or "-",
+                     f"{1e3 * s.seconds:.1f}", f"{100 * s.seconds / total:.0f}"))
+    total_macs = sum(s.macs for s in stats) // max(images, 1)
+    rows.append(("total", "", "", "", f"{total_macs:,}", "", f"{1e3 * total:.1f}", "100"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+                     for r in rows)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from integer_engine.verify import agreement, load_images, random_images, tinypact_predictions, verify_model
+
+    model = _load(args.model)
+    labels = None
+    if args.data:
+        images, labels, description = load_images(args.data, args.split, args.limit, args.data_dir)
+        _check_images(model, images, description)
+    else:
+        if args.random < 1:
+            raise EngineError("--random must be at least 1")
+        images, description = random_images(model, args.random), f"{args.random} random images"
+    report = verify_model(model, images, batch_size=max(1, args.batch_size))
+    print(f"engine vs float64 reference on {description}:")
+    width = max(len(name) for name in report.mismatches)
+    for name, count in report.mismatches.items():
+        extra = f"  first {report.first_mismatch[name]}" if name in report.first_mismatch else ""
+        print(f"  {name.ljust(width)}  {count:>8} / {report.elements[name]:<10} mismatches{extra}")
+    print(f"total mismatches: {report.total_mismatches} ({'bit-exact' if report.ok else 'NOT bit-exact'})")
+    if labels is not None:
+        print(f"engine accuracy: {np.mean(report.engine_predictions == labels):.4f}")
+    checkpoint = args.checkpoint or (model.header.get("source") or {}).get("checkpoint")
+    if checkpoint and os.path.exists(checkpoint):
+        try:
+            theirs = tinypact_predictions(checkpoint, images)
+        except EngineError as err:
+            print(f"tinypact agreement: skipped ({err})")
+        else:
+            stats = agreement(report.engine_predictions, theirs, labels)
+            line = (f"agreement with tinypact fake-quant eval: {stats['agree']}/{stats['images']} "
+                    f"= {stats['agreement']:.4%}")
+            if labels is not None:
+                line += f" (tinypact accuracy {stats['other_accuracy']:.4f})"
+            print(line)
+    elif args.checkpoint:
+        raise EngineError(f"checkpoint not found: {args.checkpoint}")
+    else:
+        print("tinypact agreement: skipped (source checkpoint not found; pass --checkpoint)")
+    return 0 if report.ok else 1
+
+
+def model_sizes(model) -> dict:
+    """Weight count, packed bytes (codes at wbits + requant parameters), float32 bytes."""
+    params = packed_bits = requant = 0
+    for layer in model.compute_layers:
+        n = int(layer.arrays["weight"].size)
+        params += n
+        packed_bits += n * layer.attrs["wbits"]
+        for key in ("thresholds", "bias"):
+            if key in layer.arrays:
+                requant += 4 * layer.arrays[key].size  # int32 in hardware
+    for layer in model.layers:
+        if layer.attrs["kind"] in ("requant", "add"):
+            requant += 4 * sum(a.size for a in layer.arrays.values())
+    return {"params": params, "packed_bytes": packed_bits / 8 + requant, "weight_bytes": packed_bits / 8,
+            "requant_bytes": requant, "float32_bytes": 4 * params}
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from integer_engine.format import layer_shapes
+
+    model = _load(args.model)
+    source = model.header.get("source") or {}
+    name = (source.get("model") or {}).get("name", "?") if isinstance(source.get("model"), dict) else "?"
+    print(f"{args.model}: {model.header['format']} v{model.header['version']}, network {name}, "
+          f"input {'x'.join(map(str, model.input_shape))} uint8, {len(model.layers)} layers")
+    rows = [("layer", "kind", "input", "output", "W/A bits", "out max", "MACs/image")]
+    for layer in model.layers:
+        a = layer.attrs
+        bits = f"{a['wbits']}/{a['abits']}" if layer.is_compute else "-"
+        out = a.get("output", "")
+        out_max = "int32 logits" if out == "logits" else ("int32 acc" if out == "accumulator" else str(a.get("out_max")))
+        rows.append((layer.name, a["kind"], "x".join(map(str, a["in_shape"])), "x".join(map(str, a["out_shape"])),
+                     bits, out_max, f"{a['macs']:,}" if layer.is_compute else "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+    sizes = model_sizes(model)
+    total_macs = sum(r["macs"] for r in layer_shapes(model))
+    print(f"{sizes['params']:,} weights: packed {_human_bytes(sizes['weight_bytes'])} + requantization "
+          f"{_human_bytes(sizes['requant_bytes'])} = {_human_bytes(sizes['packed_bytes'])} vs float32 "
+          f"{_human_bytes(sizes['float32_bytes'])} ({sizes['float32_bytes'] / max(sizes['packed_bytes'], 1):.1f}x "
+          f"smaller); {total_macs:,} MACs/image")
+    return 0
