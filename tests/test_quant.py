@@ -322,6 +322,8 @@ def test_policy_round_trip_and_validation():
         Policy(weight_quant="xnor")
     with pytest.raises(ValueError, match="alpha_init"):
         Policy(alpha_init=0)
+    fp = Policy.full_precision()
+    assert (fp.wbits, fp.abits, fp.first_last_bits, fp.shortcut_bits) == (32, 32, 32, 32)
 
 
 # ========================================================================== quantized layers

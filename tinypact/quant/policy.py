@@ -51,6 +51,13 @@ class Policy:
             raise ValueError(f"alpha_init must be a number > 0, got {self.alpha_init!r}")
         self.alpha_init = float(self.alpha_init)
 
+    @classmethod
+    def full_precision(cls) -> "Policy":
+        """The float baseline: every weight and activation at 32 bits, plain ReLU activations.
+        (The default Policy() keeps 8-bit first/last layers and shortcuts, as the paper does.)"""
+        return cls(wbits=32, abits=32, first_last_bits=32, weight_quant="float", act_quant="relu",
+                   shortcut_bits=32)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
