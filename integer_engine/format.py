@@ -170,6 +170,9 @@ def load_model(path: str | os.PathLike) -> IntegerModel:
     try:
         file_size = os.path.getsize(path)
         with zipfile.ZipFile(path) as zf:
+            if "header.npy" not in zf.namelist():
+                raise EngineError(f"{path} is not a valid integer model file (no header; write one "
+                                  f"with `python -m integer_engine export`)")
             dtype, shape, data = _read_member(zf, "header", file_size)
             if dtype.kind != "U" or shape != () or dtype.itemsize > 4 * MAX_HEADER_CHARS:
                 raise EngineError("model header is not a JSON string")

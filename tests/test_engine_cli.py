@@ -1,0 +1,88 @@
+"""`python -m integer_engine` export / run / verify / inspect, and its one-line errors."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from integer_engine.cli import main
+from test_engine_models import svhn_like, write_checkpoint
+from test_engine_tinypact import make_checkpoint
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """(dir, model path, data npz) for a synthetic SVHN-like checkpoint."""
+    d = tmp_path_factory.mktemp("cli")
+    rng = np.random.default_rng(3)
+    write_checkpoint(d / "checkpoint.npz", *svhn_like(rng, size=16, width=4))
+    np.savez(d / "data.npz", images=rng.integers(0, 256, (40, 3, 16, 16), dtype=np.uint8),
+             labels=rng.integers(0, 10, 40))
+    assert main(["export", str(d), "-o", str(d / "m.tpq")]) == 0
+    return d, d / "m.tpq", d / "data.npz"
+
+
+def test_export_and_inspect(exported, capsys):
+    d, model, _ = exported
+    assert main(["inspect", str(model)]) == 0
+    out = capsys.readouterr().out
+    assert "tinypact-integer-model v1" in out and "int32 logits" in out and "smaller" in out, out
+
+
+def test_run_reports_accuracy_speed_and_layer_table(exported, capsys):
+    d, model, data = exported
+    assert main(["run", str(model), "--data", str(data), "--limit", "25", "--batch-size", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "25 images, accuracy" in out and "images/s" in out, out
+    assert "bitserial" in out and "MACs/image" in out and "total" in out, out
+
+
+def test_verify_bit_exact_on_data_and_random(exported, capsys):
+    d, model, data = exported
+    assert main(["verify", str(model), "--data", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert "total mismatches: 0 (bit-exact)" in out, out
+    assert main(["verify", str(model), "--random", "5"]) == 0
+    assert "5 random images" in capsys.readouterr().out
+
+
+def test_verify_reports_tinypact_agreement(tmp_path, capsys):
+    make_checkpoint(tmp_path / "checkpoint.npz", "fmnist", wbits=2, abits=2)
+    assert main(["export", str(tmp_path), "-o", str(tmp_path / "m.tpq")]) == 0
+    assert main(["verify", str(tmp_path / "m.tpq"), "--data", "sample", "--limit", "40"]) == 0
+    out = capsys.readouterr().out
+    assert "total mismatches: 0" in out and "agreement with tinypact fake-quant eval: 40/40" in out, out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["export", "{d}/nowhere", "-o", "{d}/x.tpq"], "checkpoint not found"),
+    (["inspect", "{d}/data.npz"], "not a valid integer model file"),
+    (["run", "{d}/m.tpq", "--data", "{d}/missing.npz"], "cannot read images/labels"),
+    (["run", "{d}/m.tpq", "--data", "{d}/m.tpq"], "cannot read images/labels"),
+    (["verify", "{d}/m.tpq", "--random", "0"], "--random must be at least 1"),
+    (["export", "{d}", "-o", "{d}/no/such/dir/m.tpq"], "output directory does not exist"),
+])
+def test_user_errors_are_one_line_exit_2(exported, capsys, argv, message):
+    d = exported[0]
+    assert main([a.format(d=d) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+
+
+def test_wrong_image_shape(exported, tmp_path, capsys):
+    _, model, _ = exported
+    np.savez(tmp_path / "small.npz", images=np.zeros((2, 3, 8, 8), np.uint8), labels=np.zeros(2, int))
+    assert main(["run", str(model), "--data", str(tmp_path / "small.npz")]) == 2
+    assert "the model takes (3, 16, 16)" in capsys.readouterr().err
+
+
+def test_module_entry_point_corrupt_file_no_traceback(exported, tmp_path):
+    bad = tmp_path / "bad.tpq"
+    raw = bytearray(exported[1].read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    bad.write_bytes(bytes(raw))
+    proc = subprocess.run([sys.executable, "-m", "integer_engine", "inspect", str(bad)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and proc.stderr.startswith("error: "), proc.stderr
