@@ -18,19 +18,16 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-import numba
 import numpy as np
 
 from integer_engine import bitpack, kernels
 from integer_engine.errors import EngineError
 from integer_engine.format import IntegerModel, Layer
-from integer_engine.requant import apply_thresholds, fixed_point_add_apply
+from integer_engine.requant import apply_thresholds, fixed_point_add_apply, threshold_codes
 
 # Bit-serial popcount GEMM costs abits * wbits AND+POPCNT passes per 64 MACs; beyond about this
 # many it loses to the BLAS-backed integer GEMM.
 BITSERIAL_MAX_PASSES = 9
-# GEMMs smaller than this (rows x weights) run single-threaded.
-SMALL_GEMM_MACS = 1 << 20
 
 
 @dataclass
@@ -72,6 +69,12 @@ class _Compute:
             self.w_planes = bitpack.bit_planes(self.j, self.wbits)
         else:
             self.levels = (2 * self.j.astype(np.int16) - self.n_w).astype(np.int16)
+        # int_gemm's own rule (kernels.py): a float with a p-bit significand is exact when every
+        # partial sum is an integer of magnitude <= 2**p; acc_bound is that bound for any input.
+        bound = int(a["acc_bound"])
+        self.exact_dtype = np.float32 if bound <= 2**24 else (np.float64 if bound <= 2**53 else None)
+        if not narrow and self.exact_dtype is not None:
+            self.levels_t = np.ascontiguousarray(self.levels.T.astype(self.exact_dtype))
 
     def accumulate(self, x: np.ndarray) -> np.ndarray:
         """Codes (N, C, H, W) or (N, F) -> int64 accumulators (M, O), M = N*OH*OW or N."""
@@ -79,19 +82,19 @@ class _Compute:
         conv = a["kind"] == "conv"
         if self.method == "bitserial":
             codes = x if x.dtype == np.uint8 else x.astype(np.uint8)
-            rows = x.shape[0] * (int(np.prod(a["out_shape"][1:])) if conv else 1)
-            # Waking the thread pool costs more than a small GEMM (and far more on a busy machine).
-            threads = 1 if rows * self.j.size < SMALL_GEMM_MACS else numba.config.NUMBA_NUM_THREADS
-            previous = numba.get_num_threads()
-            numba.set_num_threads(threads)
-            try:
-                if conv:
-                    planes = kernels.conv_bit_planes(codes, *a["kernel"], a["stride"], a["padding"], self.abits)
-                else:
-                    planes = bitpack.bit_planes(codes, self.abits)
-                return kernels.affine_weight_gemm(planes, self.w_planes, 2, self.n_w)
-            finally:
-                numba.set_num_threads(previous)
+            if conv:
+                planes = kernels.conv_bit_planes(codes, *a["kernel"], a["stride"], a["padding"], self.abits)
+            else:
+                planes = bitpack.bit_planes(codes, self.abits)
+            return kernels.affine_weight_gemm(planes, self.w_planes, 2, self.n_w)
+        if self.exact_dtype is not None:
+            # Export bounds every partial sum by acc_bound (a static fact of the model), so BLAS in
+            # this float type is exact (int_gemm's rule, without its scan of the data for the
+            # bound). Converting before im2col copies the small input, not the patch matrix.
+            # The result holds integers; the requantization casts them to int64.
+            xf = x.astype(self.exact_dtype)
+            cols = _im2col(xf, *a["kernel"], a["stride"], a["padding"]) if conv else xf
+            return np.matmul(cols, self.levels_t)
         cols = kernels.im2col_codes(x, *a["kernel"], a["stride"], a["padding"]) if conv else x
         return kernels.int_gemm(cols, self.levels)
 
@@ -102,6 +105,12 @@ class Engine:
     def __init__(self, model: IntegerModel):
         self.model = model
         self.compute = {layer.name: _Compute(layer) for layer in model.layers if layer.is_compute}
+        self.tables = {}
+        for layer in model.layers:
+            if layer.attrs["kind"] == "requant":
+                codes = np.arange(layer.attrs["in_max"] + 1, dtype=np.int64)[:, None]
+                self.tables[layer.name] = apply_thresholds(codes, layer.arrays["thresholds"],
+                                                           layer.arrays["direction"], 1)[:, 0]
 
     def run(self, images: np.ndarray, collect: bool = False) -> EngineResult:
         """uint8 images (N, C, H, W) -> int32 logits; `collect` keeps every layer's output."""
@@ -135,21 +144,18 @@ class Engine:
             fan_in = comp.j.shape[1]
             stats.macs = acc.shape[0] * fan_in * acc.shape[1]
             stats.method = comp.method
+            rows = acc.shape[0] // x.shape[0]  # output pixels per image (1 for linear)
             if a["output"] == "threshold":
-                out = apply_thresholds(acc, layer.arrays["thresholds"], layer.arrays["direction"], 1)
+                out = threshold_codes(acc, layer.arrays["thresholds"], layer.arrays["direction"], x.shape[0])
             elif a["output"] == "logits":
-                out = (acc + layer.arrays["bias"][None, :]).astype(np.int32)
+                out = (acc.astype(np.int64) + layer.arrays["bias"][None, :]).astype(np.int32)
             else:
-                out = acc.astype(np.int32)
-            if kind == "conv":  # GEMM rows are (n, oh, ow): back to NCHW
-                _, oh, ow = a["out_shape"]
-                out = np.ascontiguousarray(out.reshape(x.shape[0], oh, ow, -1).transpose(0, 3, 1, 2))
-            return out
-        if kind == "requant":
-            return apply_thresholds(x.reshape(-1, 1), layer.arrays["thresholds"],
-                                    layer.arrays["direction"], 1).reshape(x.shape)
+                out = acc.astype(np.int32).reshape(x.shape[0], rows, -1).transpose(0, 2, 1)
+            return np.ascontiguousarray(out).reshape(x.shape[0], *a["out_shape"])
+        if kind == "requant":  # a lookup table of the integer thresholds over all input codes
+            return self.tables[layer.name][x]
         if kind == "maxpool":
-            return kernels.max_pool_codes(x, a["kernel"], a["stride"], a["padding"])
+            return max_pool_slices(x, a["kernel"], a["stride"], a["padding"])
         if kind == "avgpool":  # a window sum; the 1/area is folded into the next layer's scale
             if a["kernel"] == "global":
                 return x.sum(axis=(2, 3), keepdims=True, dtype=np.int32)
@@ -164,6 +170,33 @@ class Engine:
             return fixed_point_add_apply(inputs, layer.arrays["multipliers"], layer.arrays["offset"],
                                          a["shift"], a["out_max"], channel_axis=1)
         raise EngineError(f"layer {layer.name!r}: unknown kind {kind!r}")
+
+
+def _im2col(x: np.ndarray, kh: int, kw: int, stride: int, padding: int) -> np.ndarray:
+    """(N, C, H, W) -> (N*OH*OW, C*kh*kw) patches in `kernels.im2col_codes`'s order, any dtype."""
+    if padding:
+        x = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    windows = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::stride, ::stride]
+    n, c, oh, ow = windows.shape[:4]
+    return windows.transpose(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, c * kh * kw)
+
+
+def max_pool_slices(x: np.ndarray, k: int, s: int, p: int) -> np.ndarray:
+    """Max-pool on codes (N, C, H, W) as k*k elementwise maxima of strided views.
+
+    Zero padding stands for the float model's -inf: codes are >= 0 and, with p <= k // 2 (checked
+    at load), every window holds a real element. Same result as `kernels.max_pool_codes`, faster
+    than its windowed reduction.
+    """
+    if p:
+        x = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
+    oh, ow = (x.shape[2] - k) // s + 1, (x.shape[3] - k) // s + 1
+    out = None
+    for i in range(k):
+        for j in range(k):
+            view = x[:, :, i:i + s * (oh - 1) + 1:s, j:j + s * (ow - 1) + 1:s]
+            out = view.copy() if out is None else np.maximum(out, view, out=out)
+    return out
 
 
 def _window_sum(x: np.ndarray, k: int, s: int) -> np.ndarray:

@@ -286,10 +286,30 @@ def validate_model(model: IntegerModel) -> None:
             _fail(name, f"out_shape {a.get('out_shape')} inconsistent with its parameters ({list(out_shape)})")
         if not _is_int(a.get("out_max"), 0, ACC_MAX) and a.get("output") not in ("accumulator", "logits"):
             _fail(name, "out_max must be a non-negative integer")
+        expected_max = _derived_max(a, in_shape, maxes[inputs[0]])
+        if expected_max is not None and a.get("out_max") != expected_max:
+            _fail(name, f"out_max {a.get('out_max')} should be {expected_max}")
+        if kind == "add" and a.get("input_bounds") != [maxes[i] for i in inputs]:
+            _fail(name, "input_bounds do not match the inputs' largest values")
         shapes[name] = tuple(out_shape)
         maxes[name] = a.get("out_max") if _is_int(a.get("out_max")) else ACC_MAX
     if model.layers[-1].attrs.get("output") != "logits":
         raise EngineError("the last layer must produce logits")
+
+
+def _derived_max(a: dict, in_shape: tuple, in_max: int) -> int | None:
+    """The largest output value of a layer that only moves or sums codes (None for others)."""
+    kind = a["kind"]
+    if kind in ("maxpool", "flatten"):
+        return in_max
+    if kind == "avgpool":
+        k = a.get("kernel")
+        area = in_shape[1] * in_shape[2] if k == "global" else (k * k if _is_int(k, 1) else 1)
+        return in_max * area
+    if kind == "shortcut":
+        s = a.get("stride")
+        return in_max * (s * s if a.get("mode") == "avgpool" and _is_int(s, 1) else 1)
+    return None
 
 
 def _check_arrays(layer: Layer, expected: dict[str, tuple[str, tuple]]) -> None:
@@ -357,6 +377,9 @@ def _check_layer(layer: Layer, in_shape: tuple, in_maxes: list[int], in_shapes: 
             _fail(name, "macs does not equal output elements x fan-in")
         if fan_in * int(in_max) * n_w > ACC_MAX:
             _fail(name, f"worst-case accumulator {fan_in * int(in_max) * n_w} overflows int32")
+        # The engine picks its exact GEMM type from acc_bound: it must be the true worst case.
+        if a.get("acc_bound") != fan_in * int(in_max) * n_w or a.get("in_max") != in_max:
+            _fail(name, "acc_bound/in_max do not match the input's largest code and the fan-in")
         output = a.get("output")
         if output not in _ARRAYS_BY_OUTPUT:
             _fail(name, f"unknown output mode {output!r}")
@@ -381,6 +404,8 @@ def _check_layer(layer: Layer, in_shape: tuple, in_maxes: list[int], in_shapes: 
         _check_arrays(layer, {"thresholds": ("int64", (1, n_out)), "direction": ("int8", (1,)),
                               "mul": ("float64", (1,)), "add": ("float64", (1,))})
         _check_thresholds(layer, 1, n_out)
+        if a.get("in_max") != in_max:  # the engine's lookup table has in_max + 1 entries
+            _fail(name, f"in_max {a.get('in_max')} does not match its input's largest code {in_max}")
         return in_shape
     if kind != "add":
         _check_arrays(layer, {})  # pooling, flatten and shortcut layers carry no arrays

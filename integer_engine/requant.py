@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
+from numba import njit, prange
 
 from integer_engine.errors import EngineError
 
@@ -104,6 +106,48 @@ def apply_thresholds(acc: np.ndarray, th: np.ndarray, direction: np.ndarray, cha
     for c in range(moved.shape[0]):
         out[c] = np.searchsorted(signed_th[c], moved[c], side="right")
     return np.moveaxis(out, 0, channel_axis)
+
+
+@njit(parallel=True, cache=True)
+def _threshold_kernel(acc, signed_th, direction, rows, out):  # pragma: no cover - compiled
+    # acc (M, O) integer-valued; signed_th (O, n) = direction * T, non-decreasing along t;
+    # out (images, O, rows) uint8. Binary search: code = #{t : signed_th[o, t] <= d * acc}.
+    m_total, channels = acc.shape
+    n = signed_th.shape[1]
+    for m in prange(m_total):
+        img = m // rows
+        pix = m - img * rows
+        for o in range(channels):
+            v = np.int64(acc[m, o]) * direction[o]
+            lo = 0
+            hi = n
+            while lo < hi:
+                mid = (lo + hi) >> 1
+                if signed_th[o, mid] <= v:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            out[img, o, pix] = lo
+
+
+def threshold_codes(acc: np.ndarray, th: np.ndarray, direction: np.ndarray, images: int) -> np.ndarray:
+    """`apply_thresholds` fused with the GEMM-to-NCHW transpose: acc (images*rows, O) -> uint8
+    codes (images, O, rows). `acc` holds integers (int64, or floats from an exact BLAS GEMM)."""
+    m_total, channels = acc.shape
+    rows = m_total // images
+    if numba.config.DISABLE_JIT:  # pure-Python loops would take minutes: same result via NumPy
+        codes = apply_thresholds(acc, th, direction, 1)
+        return np.ascontiguousarray(codes.reshape(images, rows, channels).transpose(0, 2, 1))
+    signed_th = np.ascontiguousarray(th * direction.astype(np.int64)[:, None])
+    out = np.empty((images, channels, rows), dtype=np.uint8)
+    previous = numba.get_num_threads()
+    if acc.size < 1 << 16:  # waking the thread pool costs more than a small layer
+        numba.set_num_threads(1)
+    try:
+        _threshold_kernel(acc, signed_th, direction.astype(np.int64), rows, out)
+    finally:
+        numba.set_num_threads(previous)
+    return out
 
 
 def round_half_up_int(x: np.ndarray | float) -> np.ndarray:

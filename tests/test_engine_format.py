@@ -72,6 +72,10 @@ def _rewrite(src, dst, edit_header=None, edit_arrays=None, fix_checksums=True):
         np.savez(handle, **members)
 
 
+def _kind(h, kind):
+    return next(layer for layer in h["layers"] if layer["kind"] == kind)
+
+
 def _first_conv(h):
     return next(layer for layer in h["layers"] if layer["kind"] == "conv")
 
@@ -84,6 +88,10 @@ def _first_conv(h):
     (lambda h: _first_conv(h).update(wbits=9), None, "wbits 9 outside 1..8"),
     (lambda h: _first_conv(h).update(inputs=["nowhere"]), None, "must name earlier layers"),
     (lambda h: h["layers"].pop(), None, "arrays that belong to no layer"),
+    (lambda h: _first_conv(h).update(acc_bound=1000), None, "acc_bound/in_max do not match"),
+    (lambda h: _kind(h, "requant").update(in_max=3), None, "in_max 3 does not match"),
+    (lambda h: _kind(h, "avgpool").update(out_max=1), None, "out_max 1 should be"),
+    (lambda h: _kind(h, "add").update(input_bounds=[1, 1]), None, "input_bounds do not match"),
     (None, lambda m: m.update({k: m[k].astype(np.int32) for k in m if k.endswith(".thresholds")}), "expected int64"),
     (None, lambda m: m.update({k: np.full_like(m[k], 255) for k in m if k.endswith(".weight")}), "exceed n_w"),
     (None, lambda m: m.update({k: m[k][:, ::-1].copy() for k in m if k.endswith(".thresholds")}), "thresholds must be ordered"),
