@@ -17,6 +17,9 @@ import numpy as np
 
 from integer_engine.errors import EngineError
 
+# The float64 reference is slow (tens of images/s on SVHN): verify a prefix unless told otherwise.
+VERIFY_DEFAULT_LIMIT = 1000
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="checkpoint -> integer model file (.tpq)",
@@ -131,8 +134,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
     model = _load(args.model)
     labels = None
     if args.data:
-        images, labels, description = load_images(args.data, args.split, args.limit, args.data_dir)
+        limit = VERIFY_DEFAULT_LIMIT if args.limit is None else args.limit
+        images, labels, description = load_images(args.data, args.split, limit, args.data_dir)
         _check_images(model, images, description)
+        if args.limit is None and len(images) == VERIFY_DEFAULT_LIMIT:
+            description += f" (first {VERIFY_DEFAULT_LIMIT} images; --limit N for more)"
     else:
         if args.random < 1:
             raise EngineError("--random must be at least 1")

@@ -6,12 +6,15 @@ a GEMM against the weight codes j (levels c = 2j - n_w):
     acc[m, o] = sum_k a[m, k] * (2 j[o, k] - n_w) = 2 * (a . j)[m, o] - n_w * rowsum(a)[m]
 
 Narrow layers (abits * wbits <= BITSERIAL_MAX_PASSES) pack the patches straight into bit-planes
-(`kernels.conv_bit_planes`) and compute `a . j` with AND + popcount (`kernels.affine_weight_gemm`);
-wide ones (the 8-bit first and last layers) use the exact integer GEMM `kernels.int_gemm` on the
-signed levels. The int64 accumulator then goes through the layer's integer thresholds
-(`requant.apply_thresholds`), the residual fixed-point add, or gets the integer bias (logits).
-No float touches the data path. Each layer's MACs (as performed: rows x depth x columns of its
-GEMM) and wall time are counted; `reference.py` is the float64 check.
+(`kernels.conv_bit_planes`) and compute `a . j` with AND + popcount (`kernels.affine_weight_gemm`).
+Wide ones (the 8-bit first and last layers) multiply the codes by the signed levels c with BLAS in
+float32 (or float64): every partial sum is an integer bounded by the layer's static `acc_bound`
+(<= 2**24, resp. 2**53), so the float GEMM is exact, as `kernels.int_gemm` argues (which is the
+fallback past 2**53). Requantization is integer-only: the accumulator goes through the layer's
+thresholds (`requant.threshold_codes`, fused with the transpose back to NCHW), the residual
+fixed-point add, or gets the integer bias (logits). Max-pool works on codes, average pooling sums
+them. Each layer's MACs (as performed: rows x depth x columns of its GEMM) and wall time are
+counted; `reference.py` is the float64 check.
 """
 from __future__ import annotations
 

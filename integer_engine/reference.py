@@ -41,7 +41,7 @@ def reference_layer(layer: Layer, inputs: list[np.ndarray]) -> np.ndarray:
             xp = _pad(x, a["padding"])
             acc = np.zeros((x.shape[0], a["out_channels"], oh, ow))
             for i, j, patch in _windows(xp, *a["kernel"], a["stride"], oh, ow):
-                acc += np.einsum("nchw,oc->nohw", patch, levels[:, :, i, j])
+                acc += np.einsum("nchw,oc->nohw", patch, levels[:, :, i, j], optimize=True)
             channel = (slice(None), None, None)
         else:
             acc = x @ levels.T
