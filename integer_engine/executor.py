@@ -6,12 +6,14 @@ a GEMM against the weight codes j (levels c = 2j - n_w):
     acc[m, o] = sum_k a[m, k] * (2 j[o, k] - n_w) = 2 * (a . j)[m, o] - n_w * rowsum(a)[m]
 
 Narrow layers (abits * wbits <= BITSERIAL_MAX_PASSES) pack the patches straight into bit-planes
-(`kernels.conv_bit_planes`) and compute `a . j` with AND + popcount (`kernels.affine_weight_gemm`).
+(`kernels.conv_bit_planes`) and compute `j . a` with AND + popcount (`kernels.bitserial_gemm`,
+weights as rows so the result is channel-major); the `- n_w * rowsum(a)` correction
+(`kernels.plane_row_sums`) is applied inside the threshold kernel.
 Wide ones (the 8-bit first and last layers) multiply the codes by the signed levels c with BLAS in
 float32 (or float64): every partial sum is an integer bounded by the layer's static `acc_bound`
-(<= 2**24, resp. 2**53), so the float GEMM is exact, as `kernels.int_gemm` argues (which is the
-fallback past 2**53). Requantization is integer-only: the accumulator goes through the layer's
-thresholds (`requant.threshold_codes`, fused with the transpose back to NCHW), the residual
+(<= 2**24 for float32; always <= 2**31 for float64), so the float GEMM is exact, as
+`kernels.int_gemm` argues. Requantization is integer-only: the accumulator goes through the layer's
+thresholds (`requant.threshold_codes`, writing NCHW codes directly), the residual
 fixed-point add, or gets the integer bias (logits). Max-pool works on codes, average pooling sums
 them. Each layer's MACs (as performed: rows x depth x columns of its GEMM) and wall time are
 counted; `reference.py` is the float64 check.
@@ -26,7 +28,7 @@ import numpy as np
 from integer_engine import bitpack, kernels
 from integer_engine.errors import EngineError
 from integer_engine.format import IntegerModel, Layer
-from integer_engine.requant import apply_thresholds, fixed_point_add_apply, threshold_codes
+from integer_engine.requant import apply_thresholds, fixed_point_add_apply, full_accumulator, threshold_codes
 
 # Bit-serial popcount GEMM costs abits * wbits AND+POPCNT passes per 64 MACs; beyond about this
 # many it loses to the BLAS-backed integer GEMM.
@@ -74,32 +76,34 @@ class _Compute:
             self.levels = (2 * self.j.astype(np.int16) - self.n_w).astype(np.int16)
         # int_gemm's own rule (kernels.py): a float with a p-bit significand is exact when every
         # partial sum is an integer of magnitude <= 2**p; acc_bound is that bound for any input.
-        bound = int(a["acc_bound"])
-        self.exact_dtype = np.float32 if bound <= 2**24 else (np.float64 if bound <= 2**53 else None)
-        if not narrow and self.exact_dtype is not None:
+        # Validation caps acc_bound at 2**31 - 1, so float64 is always exact.
+        self.exact_dtype = np.float32 if int(a["acc_bound"]) <= 2**24 else np.float64
+        if not narrow:
             self.levels_t = np.ascontiguousarray(self.levels.T.astype(self.exact_dtype))
 
-    def accumulate(self, x: np.ndarray) -> np.ndarray:
-        """Codes (N, C, H, W) or (N, F) -> int64 accumulators (M, O), M = N*OH*OW or N."""
+    def accumulate(self, x: np.ndarray) -> tuple[np.ndarray, str, int, int, np.ndarray | None]:
+        """Codes (N, C, H, W) or (N, F) -> (acc, layout, scale, offset, rowsum) for
+        `requant.threshold_codes`: accumulator = scale * acc - offset * rowsum, per image/pixel."""
         a = self.layer.attrs
         conv = a["kind"] == "conv"
+        images = x.shape[0]
         if self.method == "bitserial":
             codes = x if x.dtype == np.uint8 else x.astype(np.uint8)
             if conv:
                 planes = kernels.conv_bit_planes(codes, *a["kernel"], a["stride"], a["padding"], self.abits)
             else:
                 planes = bitpack.bit_planes(codes, self.abits)
-            return kernels.affine_weight_gemm(planes, self.w_planes, 2, self.n_w)
-        if self.exact_dtype is not None:
-            # Export bounds every partial sum by acc_bound (a static fact of the model), so BLAS in
-            # this float type is exact (int_gemm's rule, without its scan of the data for the
-            # bound). Converting before im2col copies the small input, not the patch matrix.
-            # The result holds integers; the requantization casts them to int64.
-            xf = x.astype(self.exact_dtype)
-            cols = _im2col(xf, *a["kernel"], a["stride"], a["padding"]) if conv else xf
-            return np.matmul(cols, self.levels_t)
-        cols = kernels.im2col_codes(x, *a["kernel"], a["stride"], a["padding"]) if conv else x
-        return kernels.int_gemm(cols, self.levels)
+            # Weights as the GEMM's rows: the result (O, N*P) is already channel-major, and the
+            # "- n_w * rowsum(a)" correction is applied inside the threshold kernel.
+            dot = kernels.bitserial_gemm(self.w_planes, planes)
+            rowsum = kernels.plane_row_sums(planes).reshape(images, -1)
+            return dot, "channels_first", 2, self.n_w, rowsum
+        # Every partial sum is an integer bounded by acc_bound (a static fact of the model), so
+        # BLAS in exact_dtype is exact: `kernels.int_gemm`'s argument, without its scan of the data
+        # for the bound. Converting before im2col copies the small input, not the patch matrix.
+        xf = x.astype(self.exact_dtype)
+        cols = _im2col(xf, *a["kernel"], a["stride"], a["padding"]) if conv else xf
+        return cols @ self.levels_t, "rows_first", 1, 0, None  # (N*P, O)
 
 
 class Engine:
@@ -143,18 +147,20 @@ class Engine:
         x = inputs[0]
         if kind in ("conv", "linear"):
             comp = self.compute[layer.name]
-            acc = comp.accumulate(x)
-            fan_in = comp.j.shape[1]
-            stats.macs = acc.shape[0] * fan_in * acc.shape[1]
+            images, channels = x.shape[0], a["out_channels"]
+            acc, layout, scale, offset, rowsum = comp.accumulate(x)
+            stats.macs = acc.size * comp.j.shape[1]  # (N*P) x O outputs, each a fan-in of MACs
             stats.method = comp.method
-            rows = acc.shape[0] // x.shape[0]  # output pixels per image (1 for linear)
             if a["output"] == "threshold":
-                out = threshold_codes(acc, layer.arrays["thresholds"], layer.arrays["direction"], x.shape[0])
-            elif a["output"] == "logits":
-                out = (acc.astype(np.int64) + layer.arrays["bias"][None, :]).astype(np.int32)
+                out = threshold_codes(acc, layer.arrays["thresholds"], layer.arrays["direction"], images,
+                                      layout, scale, offset, rowsum)
             else:
-                out = acc.astype(np.int32).reshape(x.shape[0], rows, -1).transpose(0, 2, 1)
-            return np.ascontiguousarray(out).reshape(x.shape[0], *a["out_shape"])
+                full = full_accumulator(acc, images, layout, scale, offset, rowsum, channels)
+                if a["output"] == "logits":
+                    out = (full[:, :, 0] + layer.arrays["bias"][None, :]).astype(np.int32)
+                else:
+                    out = full.astype(np.int32)
+            return out.reshape(images, *a["out_shape"])
         if kind == "requant":  # a lookup table of the integer thresholds over all input codes
             return self.tables[layer.name][x]
         if kind == "maxpool":

@@ -109,45 +109,80 @@ def apply_thresholds(acc: np.ndarray, th: np.ndarray, direction: np.ndarray, cha
 
 
 @njit(parallel=True, cache=True)
-def _threshold_kernel(acc, signed_th, direction, rows, out):  # pragma: no cover - compiled
-    # acc (M, O) integer-valued; signed_th (O, n) = direction * T, non-decreasing along t;
-    # out (images, O, rows) uint8. Binary search: code = #{t : signed_th[o, t] <= d * acc}.
-    m_total, channels = acc.shape
+def _threshold_kernel(acc, channels_first, scale, offset, rowsum, signed_th, direction, out):
+    # pragma: no cover - compiled
+    # The accumulator of (image, channel o, pixel p) is scale * A - offset * rowsum[img, p] with
+    # A = acc[o, img*P + p] (channels_first: popcount GEMM of weights x patches, (O, N*P)) or
+    # A = acc[img*P + p, o] (a patches x weights GEMM, (N*P, O)).
+    # code = #{t : signed_th[o, t] <= direction[o] * accumulator}; out (N, O, P) uint8.
+    images, channels, rows = out.shape
     n = signed_th.shape[1]
-    for m in prange(m_total):
-        img = m // rows
-        pix = m - img * rows
-        for o in range(channels):
-            v = np.int64(acc[m, o]) * direction[o]
-            lo = 0
-            hi = n
-            while lo < hi:
-                mid = (lo + hi) >> 1
-                if signed_th[o, mid] <= v:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            out[img, o, pix] = lo
+    for task in prange(images * channels):
+        img = task // channels
+        o = task - img * channels
+        d = np.int64(direction[o])
+        base = img * rows
+        for p in range(rows):
+            a = acc[o, base + p] if channels_first else acc[base + p, o]
+            v = (scale * np.int64(a) - offset * rowsum[img, p]) * d
+            if n <= 16:  # a short scan beats bisection for the usual 1-4 bit outputs
+                code = 0
+                for t in range(n):
+                    if signed_th[o, t] <= v:
+                        code += 1
+            else:  # bisection: the first t with signed_th[o, t] > v
+                code = 0
+                hi = n
+                while code < hi:
+                    mid = (code + hi) >> 1
+                    if signed_th[o, mid] <= v:
+                        code = mid + 1
+                    else:
+                        hi = mid
+            out[img, o, p] = code
 
 
-def threshold_codes(acc: np.ndarray, th: np.ndarray, direction: np.ndarray, images: int) -> np.ndarray:
-    """`apply_thresholds` fused with the GEMM-to-NCHW transpose: acc (images*rows, O) -> uint8
-    codes (images, O, rows). `acc` holds integers (int64, or floats from an exact BLAS GEMM)."""
-    m_total, channels = acc.shape
-    rows = m_total // images
+def threshold_codes(acc: np.ndarray, th: np.ndarray, direction: np.ndarray, images: int,
+                    layout: str = "rows_first", scale: int = 1, offset: int = 0,
+                    rowsum: np.ndarray | None = None) -> np.ndarray:
+    """Integer thresholds on a GEMM result, straight to NCHW codes (uint8 (N, O, P)).
+
+    The accumulator is `scale * acc - offset * rowsum` (the popcount GEMM's `2 a.j - n_w
+    rowsum(a)` correction, applied on the fly) with `acc` laid out as "rows_first" (N*P, O)
+    (patches x weights) or "channels_first" (O, N*P) (weights x patches). `acc` holds integers
+    (int64, or floats from an exact BLAS GEMM); rowsum: int64 (N, P) or None.
+    """
+    channels = th.shape[0]
+    rows = acc.size // channels // images
+    if rowsum is None:
+        rowsum = np.zeros((images, rows), dtype=np.int64)
     if numba.config.DISABLE_JIT:  # pure-Python loops would take minutes: same result via NumPy
-        codes = apply_thresholds(acc, th, direction, 1)
-        return np.ascontiguousarray(codes.reshape(images, rows, channels).transpose(0, 2, 1))
+        full = full_accumulator(acc, images, layout, scale, offset, rowsum, channels)
+        return apply_thresholds(full, th, direction, 1)
     signed_th = np.ascontiguousarray(th * direction.astype(np.int64)[:, None])
     out = np.empty((images, channels, rows), dtype=np.uint8)
     previous = numba.get_num_threads()
     if acc.size < 1 << 16:  # waking the thread pool costs more than a small layer
         numba.set_num_threads(1)
     try:
-        _threshold_kernel(acc, signed_th, direction.astype(np.int64), rows, out)
+        _threshold_kernel(acc, layout == "channels_first", np.int64(scale), np.int64(offset), rowsum,
+                          signed_th, direction, out)
     finally:
         numba.set_num_threads(previous)
     return out
+
+
+def full_accumulator(acc: np.ndarray, images: int, layout: str, scale: int, offset: int,
+                     rowsum: np.ndarray | None, channels: int) -> np.ndarray:
+    """The int64 accumulator (N, O, P) that `threshold_codes` thresholds (see there)."""
+    if layout == "channels_first":
+        full = acc.astype(np.int64).reshape(channels, images, -1).transpose(1, 0, 2)
+    else:
+        full = acc.astype(np.int64).reshape(images, -1, channels).transpose(0, 2, 1)
+    full = scale * full
+    if rowsum is not None and offset:
+        full = full - offset * rowsum[:, None, :]
+    return np.ascontiguousarray(full)
 
 
 def round_half_up_int(x: np.ndarray | float) -> np.ndarray:
