@@ -459,7 +459,8 @@ def layer_shapes(model: IntegerModel) -> list[dict[str, Any]]:
     """The conv/linear layers as the accelerator model wants them (SCALE-Sim topology style).
 
     A linear layer is a 1x1 convolution over a 1x1 feature map with `channels` = in features.
-    `ifmap_h/ifmap_w` include the zero padding; `macs` is per image.
+    `ifmap_h/ifmap_w` include the zero padding; `macs` is per image; `obits` is the width of
+    what the layer writes (its requantized codes; 32 for accumulators and logits).
     """
     rows = []
     for layer in model.compute_layers:
@@ -470,7 +471,11 @@ def layer_shapes(model: IntegerModel) -> list[dict[str, Any]]:
             ih, iw = h + 2 * a["padding"], w + 2 * a["padding"]
         else:
             c, ih, iw, kh, kw = a["in_shape"][0], 1, 1, 1, 1
+        # Bits of what the layer writes: its own output codes (before any pooling), the int32
+        # accumulator for a residual branch, int32 logits.
+        obits = max(1, int(a["out_max"]).bit_length()) if a["output"] == "threshold" else 32
         rows.append({"name": a["name"], "kind": a["kind"], "ifmap_h": ih, "ifmap_w": iw,
                      "filter_h": kh, "filter_w": kw, "channels": c, "num_filters": a["out_channels"],
-                     "stride": a["stride"], "wbits": a["wbits"], "abits": a["abits"], "macs": a["macs"]})
+                     "stride": a["stride"], "wbits": a["wbits"], "abits": a["abits"], "macs": a["macs"],
+                     "obits": obits})
     return rows

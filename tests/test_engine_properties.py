@@ -131,3 +131,22 @@ def test_thresholds_match_the_float_formula_on_every_accumulator(mul, add, n, bo
     bad = np.flatnonzero(got[:, 0] != want[:, 0])
     assert bad.size == 0, (f"mul={mul!r} add={add!r} n={n}: acc={acc[bad[0], 0]} gives {got[bad[0], 0]}, "
                            f"formula {want[bad[0], 0]}")
+
+
+@settings(max_examples=200)
+@given(st.integers(0, 2**32 - 1), st.sampled_from(sorted(WEIGHT_KINDS)), st.integers(1, 8), st.integers(1, 8),
+       st.integers(1, 8), st.sampled_from(["avgpool", "subsample"]), st.integers(1, 3))
+def test_engine_equals_reference_on_random_residual_networks(seed, wkind, wbits, abits, shortcut_bits, mode, n):
+    """ResNet blocks (requant of the stream, fixed-point residual add, shortcuts, global pooling)."""
+    from test_engine_models import resnet_like
+    wbits = wbits if wbits in WEIGHT_KINDS[wkind] else max(WEIGHT_KINDS[wkind])
+    rng = np.random.default_rng(seed)
+    model = lower_graph(*resnet_like(rng, wbits=wbits, abits=abits, wq=wkind, size=8, widths=(2, 4),
+                                     shortcut_bits=shortcut_bits, shortcut_mode=mode))
+    images = rng.integers(0, 256, size=(n, *model.input_shape), dtype=np.uint8)
+    got = Engine(model).run(images, collect=True).outputs
+    want = run_reference(model, images)
+    for layer in model.layers:
+        bad = np.argwhere(got[layer.name] != want[layer.name])
+        assert bad.size == 0, (f"seed={seed} {wkind} W{wbits}A{abits}S{shortcut_bits} {mode}: layer "
+                               f"{layer.name} ({layer.attrs['kind']}) differs at {bad[0]}")
