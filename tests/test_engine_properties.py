@@ -150,3 +150,24 @@ def test_engine_equals_reference_on_random_residual_networks(seed, wkind, wbits,
         bad = np.argwhere(got[layer.name] != want[layer.name])
         assert bad.size == 0, (f"seed={seed} {wkind} W{wbits}A{abits}S{shortcut_bits} {mode}: layer "
                                f"{layer.name} ({layer.attrs['kind']}) differs at {bad[0]}")
+
+
+@settings(max_examples=200)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 3), st.integers(1, 5), st.integers(1, 40), st.integers(1, 255),
+       st.sampled_from(["rows_first", "channels_first"]), st.booleans())
+def test_fused_threshold_kernel_equals_numpy_thresholds(seed, images, channels, rows, n, layout, affine):
+    """The Numba kernel (layouts, on-the-fly `2 acc - n_w rowsum`) == the NumPy path used without JIT."""
+    from integer_engine.requant import full_accumulator, threshold_codes
+    rng = np.random.default_rng(seed)
+    shape = (images * rows, channels) if layout == "rows_first" else (channels, images * rows)
+    acc = rng.integers(-400, 400, size=shape)
+    scale, offset = (2, int(rng.integers(1, 256))) if affine else (1, 0)
+    rowsum = rng.integers(0, 200, size=(images, rows)) if affine else None
+    th = np.sort(rng.integers(-800, 800, size=(channels, n)), axis=1)
+    direction = rng.choice(np.array([-1, 1], dtype=np.int8), size=channels)
+    th[direction < 0] = th[direction < 0, ::-1]  # non-increasing for d = -1
+    got = threshold_codes(acc, th, direction, images, layout, scale, offset, rowsum)
+    full = full_accumulator(acc, images, layout, scale, offset, rowsum, channels)
+    want = apply_thresholds(full, th, direction, 1)
+    bad = np.argwhere(got != want)
+    assert bad.size == 0, f"{layout} n={n}: at {bad[0]} kernel {got[tuple(bad[0])]} vs numpy {want[tuple(bad[0])]}"
