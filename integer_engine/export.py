@@ -436,7 +436,12 @@ def lower_graph(graph: list[dict], params: dict[str, np.ndarray], source: dict |
             lowering.values[node["id"]] = value
             lowering.values.setdefault("input", value)
             continue
-        value = lowering.lower(node)
+        try:
+            value = lowering.lower(node)
+        except (KeyError, TypeError, ValueError, IndexError, ZeroDivisionError) as err:
+            # A malformed node (wrong field type, parameter of the wrong shape): say which one.
+            reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+            raise EngineError(f"node {node.get('id')!r} ({node.get('op')}) is malformed: {reason}") from None
         if isinstance(value, (Pending, PendingAdd)) and consumers.get(node["id"], 0) > 1:
             raise EngineError(f"node {node['id']!r}: an un-quantized value feeds several nodes")
         lowering.values[node["id"]] = value

@@ -270,6 +270,9 @@ def test_export_refuses_accumulator_overflow():
     (lambda g, p: g[1]["wq"].update(bits=6, kind="sawb"), "no SAWB coefficients"),
     (lambda g, p: g[3].update(op="dropout"), "must be quantized activations"),
     (lambda g, p: g.append({"id": "x", "op": "softmax", "inputs": [g[-1]["id"]]}), "not supported"),
+    (lambda g, p: g[1].update(stride="two"), "'conv1' \\(conv\\) is malformed"),
+    (lambda g, p: p.update({"bn2.running_var": np.ones(3, np.float32)}), "'bn2' \\(bn\\) is malformed"),
+    (lambda g, p: p.update({"act3.alpha": np.array(-1.0, np.float32)}), "alpha must be positive"),
 ])
 def test_export_refuses_unsupported_with_clear_message(change, message):
     graph, params = fmnist_like(np.random.default_rng(2))
