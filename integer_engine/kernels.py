@@ -101,10 +101,55 @@ def _make_bitserial_kernel(fixed_abits: int, fixed_wbits: int):
     return kernel
 
 
+@njit(parallel=True, cache=True)
+def _binary_kernel(a, w, n_start, n_stop, out):  # pragma: no cover - compiled
+    """W1A1 case of the kernel above with a 2-row x 4-column register tile: each loaded weight
+    word serves two activation rows, which matters when one AND+POPCNT is a whole 64-MAC step
+    and the loop would otherwise be bound by loads."""
+    m_rows = a.shape[1]
+    kw = a.shape[2]
+    n_cols = out.shape[1]
+    for pair in prange((m_rows + 1) // 2):
+        m = 2 * pair
+        m2 = min(m + 1, m_rows - 1)  # an odd last row is computed twice and written once
+        for n in range(n_start, n_stop, 4):
+            c0 = np.uint64(0)
+            c1 = np.uint64(0)
+            c2 = np.uint64(0)
+            c3 = np.uint64(0)
+            d0 = np.uint64(0)
+            d1 = np.uint64(0)
+            d2 = np.uint64(0)
+            d3 = np.uint64(0)
+            for k in range(kw):
+                x = a[0, m, k]
+                y = a[0, m2, k]
+                v = w[0, n, k]
+                c0 += popcount64(x & v)
+                d0 += popcount64(y & v)
+                v = w[0, n + 1, k]
+                c1 += popcount64(x & v)
+                d1 += popcount64(y & v)
+                v = w[0, n + 2, k]
+                c2 += popcount64(x & v)
+                d2 += popcount64(y & v)
+                v = w[0, n + 3, k]
+                c3 += popcount64(x & v)
+                d3 += popcount64(y & v)
+            for row, r0, r1, r2, r3 in ((m, c0, c1, c2, c3), (m2, d0, d1, d2, d3)):
+                out[row, n] = r0
+                if n + 1 < n_cols:
+                    out[row, n + 1] = r1
+                if n + 2 < n_cols:
+                    out[row, n + 2] = r2
+                if n + 3 < n_cols:
+                    out[row, n + 3] = r3
+
+
 # (abits, wbits) pairs with their own compiled kernel; the rest share the generic one. Each
 # specialisation costs a few seconds of compilation once per machine (then the disk cache).
 SPECIALISED_PAIRS = frozenset({(1, 1), (2, 2), (3, 3), (4, 4)})
-_BITSERIAL_KERNELS: dict = {}
+_BITSERIAL_KERNELS: dict = {(1, 1): _binary_kernel}
 
 
 def _bitserial_kernel(abits: int, wbits: int):
@@ -333,6 +378,103 @@ def _conv_pack_kernel(xp, kh, kw, stride, oh_count, ow_count, out):  # pragma: n
                     out[b, row, q] = word
 
 
+@njit(cache=True, inline="always")
+def _swap_stage(block, s, mask):  # pragma: no cover - compiled
+    # The high s bits of each 2s-bit group of row k trade places with the low s bits of row k+s.
+    shift = np.uint64(s)
+    for base in range(0, 64, 2 * s):
+        for k in range(base, base + s):
+            t = ((block[k] >> shift) ^ block[k + s]) & mask
+            block[k] ^= t << shift
+            block[k + s] ^= t
+
+
+@njit(cache=True)
+def _transpose64(block):  # pragma: no cover - compiled
+    """In-place 64x64 bit-matrix transpose: afterwards bit p of block[t] is old bit t of block[p].
+
+    Recursive block swap (Hacker's Delight 7-3), six stages with constant shifts and masks.
+    """
+    _swap_stage(block, 32, np.uint64(0x00000000FFFFFFFF))
+    _swap_stage(block, 16, np.uint64(0x0000FFFF0000FFFF))
+    _swap_stage(block, 8, np.uint64(0x00FF00FF00FF00FF))
+    _swap_stage(block, 4, np.uint64(0x0F0F0F0F0F0F0F0F))
+    _swap_stage(block, 2, np.uint64(0x3333333333333333))
+    _swap_stage(block, 1, np.uint64(0x5555555555555555))
+
+
+@njit(parallel=True, cache=True)
+def _conv_pack_transpose_kernel(rowbits, kh, kw, oh_count, ow_count, out):  # pragma: no cover
+    # Stride-1 convolutions with padded width <= 64. rowbits: uint64 (bits, N, C, Hp), bit w of
+    # rowbits[b, n, c, h] = bit b of the padded code xp[n, c, h, w]; out: (bits, N*OH*OW, KW).
+    # For one image and `group` consecutive output rows, the bits of patch column (c, i, j) over
+    # all output pixels (r, ow) are `rowbits[b, n, c, oh0 + r + i] >> j` (stride 1: the window
+    # slides one bit per pixel), laid side by side in one word at offset r * OW. 64 such column
+    # words, transposed as a bit matrix, are the output words of up to 64 output pixels at once.
+    bits, n_images, channels, _ = rowbits.shape
+    words = out.shape[2]
+    k_total = channels * kh * kw
+    # Patch column -> (channel, kernel row, kernel column), tabulated once: integer division in
+    # the inner loop would cost more than the rest of the work.
+    col_c = np.empty(k_total, dtype=np.int64)
+    col_i = np.empty(k_total, dtype=np.int64)
+    col_j = np.empty(k_total, dtype=np.uint64)
+    for col in range(k_total):
+        col_c[col] = col // (kh * kw)
+        col_i[col] = (col // kw) % kh
+        col_j[col] = col % kw
+    group = 64 // ow_count
+    groups_per_image = (oh_count + group - 1) // group
+    ow_mask = np.uint64(0xFFFFFFFFFFFFFFFF) >> np.uint64(64 - ow_count)
+    for task in prange(n_images * groups_per_image):
+        img = task // groups_per_image
+        oh0 = (task % groups_per_image) * group
+        rows_here = min(group, oh_count - oh0)
+        block = np.zeros(64, dtype=np.uint64)
+        for b in range(bits):
+            for q in range(words):
+                for t in range(64):
+                    col = q * 64 + t
+                    word = np.uint64(0)
+                    if col < k_total:
+                        c = col_c[col]
+                        i = col_i[col]
+                        j = col_j[col]
+                        for r in range(rows_here):
+                            pixels = (rowbits[b, img, c, oh0 + r + i] >> j) & ow_mask
+                            word |= pixels << np.uint64(r * ow_count)
+                    block[t] = word
+                _transpose64(block)
+                for r in range(rows_here):
+                    first_row = (img * oh_count + oh0 + r) * ow_count
+                    for owi in range(ow_count):
+                        out[b, first_row + owi, q] = block[r * ow_count + owi]
+
+
+@njit(parallel=True, cache=True)
+def _row_bits_kernel(xp, out):  # pragma: no cover - compiled
+    bits = out.shape[0]
+    n_images, channels, hp, wp = xp.shape
+    for nc in prange(n_images * channels):
+        img = nc // channels
+        c = nc % channels
+        for h in range(hp):
+            for b in range(bits):
+                shift = np.uint64(b)
+                word = np.uint64(0)
+                for x in range(wp):
+                    word |= ((np.uint64(xp[img, c, h, x]) >> shift) & np.uint64(1)) << np.uint64(x)
+                out[b, img, c, h] = word
+
+
+def _row_bits(xp: np.ndarray, bits: int) -> np.ndarray:
+    """uint64 (bits, N, C, Hp): bit w of [b, n, c, h] is bit b of xp[n, c, h, w] (Wp <= 64)."""
+    n, c, hp, _ = xp.shape
+    out = np.empty((bits, n, c, hp), dtype=np.uint64)
+    _row_bits_kernel(xp, out)
+    return out
+
+
 def conv_bit_planes(
     x: np.ndarray, kh: int, kw: int, stride: int, padding: int, bits: int
 ) -> np.ndarray:
@@ -352,7 +494,10 @@ def conv_bit_planes(
     out = np.empty((bits, n * oh * ow, words_for(c * kh * kw)), dtype=np.uint64)
     if out.size:
         with _threads_for(out.size * 64):
-            _conv_pack_kernel(xp, kh, kw, stride, oh, ow, out)
+            if stride == 1 and xp.shape[3] <= 64:
+                _conv_pack_transpose_kernel(_row_bits(xp, bits), kh, kw, oh, ow, out)
+            else:
+                _conv_pack_kernel(xp, kh, kw, stride, oh, ow, out)
     return out
 
 
