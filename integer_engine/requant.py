@@ -108,13 +108,53 @@ def apply_thresholds(acc: np.ndarray, th: np.ndarray, direction: np.ndarray, cha
     return np.moveaxis(out, 0, channel_axis)
 
 
+@njit(cache=True)
+def _count_reached(v, signed_th, o):  # pragma: no cover - compiled
+    """#{t : signed_th[o, t] <= v} by bisection (signed_th[o] is non-decreasing)."""
+    lo = 0
+    hi = signed_th.shape[1]
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if signed_th[o, mid] <= v:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+# Both kernels: the accumulator of (image, channel o, pixel p) is
+#     scale * A - offset * rowsum[img, p],   code = #{t : signed_th[o, t] <= direction[o] * it},
+# written to out (N, O, P) uint8. Up to 16 thresholds are counted in passes that vectorise
+# over a contiguous run of values; more are found by bisection per value.
 @njit(parallel=True, cache=True)
-def _threshold_kernel(acc, channels_first, scale, offset, rowsum, signed_th, direction, out):
-    # pragma: no cover - compiled
-    # The accumulator of (image, channel o, pixel p) is scale * A - offset * rowsum[img, p] with
-    # A = acc[o, img*P + p] (channels_first: popcount GEMM of weights x patches, (O, N*P)) or
-    # A = acc[img*P + p, o] (a patches x weights GEMM, (N*P, O)).
-    # code = #{t : signed_th[o, t] <= direction[o] * accumulator}; out (N, O, P) uint8.
+def _threshold_rows_first(acc, scale, offset, rowsum, signed_th, direction, out):
+    # pragma: no cover - compiled.  A = acc[img*P + p, o]: a patches x weights GEMM (N*P, O).
+    images, channels, rows = out.shape
+    n = signed_th.shape[1]
+    by_t = np.ascontiguousarray(signed_th.T)
+    for img in prange(images):
+        base = img * rows
+        codes = np.zeros((rows, channels), np.uint8)
+        v = np.empty(channels, np.int64)
+        for p in range(rows):
+            corr = offset * rowsum[img, p]
+            for o in range(channels):
+                v[o] = (scale * np.int64(acc[base + p, o]) - corr) * direction[o]
+            if n <= 16:
+                for t in range(n):
+                    for o in range(channels):
+                        codes[p, o] += np.uint8(v[o] >= by_t[t, o])
+            else:
+                for o in range(channels):
+                    codes[p, o] = _count_reached(v[o], signed_th, o)
+        for o in range(channels):
+            for p in range(rows):
+                out[img, o, p] = codes[p, o]
+
+
+@njit(parallel=True, cache=True)
+def _threshold_channels_first(acc, scale, offset, rowsum, signed_th, direction, out):
+    # pragma: no cover - compiled.  A = acc[o, img*P + p]: a weights x patches GEMM (O, N*P).
     images, channels, rows = out.shape
     n = signed_th.shape[1]
     for task in prange(images * channels):
@@ -122,24 +162,19 @@ def _threshold_kernel(acc, channels_first, scale, offset, rowsum, signed_th, dir
         o = task - img * channels
         d = np.int64(direction[o])
         base = img * rows
+        v = np.empty(rows, np.int64)
         for p in range(rows):
-            a = acc[o, base + p] if channels_first else acc[base + p, o]
-            v = (scale * np.int64(a) - offset * rowsum[img, p]) * d
-            if n <= 16:  # a short scan beats bisection for the usual 1-4 bit outputs
-                code = 0
-                for t in range(n):
-                    if signed_th[o, t] <= v:
-                        code += 1
-            else:  # bisection: the first t with signed_th[o, t] > v
-                code = 0
-                hi = n
-                while code < hi:
-                    mid = (code + hi) >> 1
-                    if signed_th[o, mid] <= v:
-                        code = mid + 1
-                    else:
-                        hi = mid
-            out[img, o, p] = code
+            v[p] = (scale * np.int64(acc[o, base + p]) - offset * rowsum[img, p]) * d
+        codes = np.zeros(rows, np.uint8)
+        if n <= 16:
+            for t in range(n):
+                th = signed_th[o, t]
+                for p in range(rows):
+                    codes[p] += np.uint8(v[p] >= th)
+        else:
+            for p in range(rows):
+                codes[p] = _count_reached(v[p], signed_th, o)
+        out[img, o, :] = codes
 
 
 def threshold_codes(acc: np.ndarray, th: np.ndarray, direction: np.ndarray, images: int,
@@ -165,8 +200,8 @@ def threshold_codes(acc: np.ndarray, th: np.ndarray, direction: np.ndarray, imag
     if acc.size < 1 << 16:  # waking the thread pool costs more than a small layer
         numba.set_num_threads(1)
     try:
-        _threshold_kernel(acc, layout == "channels_first", np.int64(scale), np.int64(offset), rowsum,
-                          signed_th, direction, out)
+        kernel = _threshold_channels_first if layout == "channels_first" else _threshold_rows_first
+        kernel(acc, np.int64(scale), np.int64(offset), rowsum, signed_th, direction.astype(np.int64), out)
     finally:
         numba.set_num_threads(previous)
     return out
