@@ -479,8 +479,14 @@ def conv_bit_planes(
     x: np.ndarray, kh: int, kw: int, stride: int, padding: int, bits: int
 ) -> np.ndarray:
     """Fused im2col + packing: codes x (N, C, H, W) in [0, 2^bits) -> uint64 planes
-    (bits, N*OH*OW, ceil(C*kh*kw/64)), equal to `bit_planes(im2col_codes(x, ...), bits)` but
-    without materialising the (N*OH*OW, C*kh*kw) code matrix.
+    (bits, N*OH*OW, ceil(C*kh*kw/64)), equal to `bit_planes(im2col_codes(x, ...), bits)` (so the
+    weights pair with `bit_planes(weight.reshape(O, -1), wbits)`) but without materialising the
+    (N*OH*OW, C*kh*kw) code matrix.
+
+    Stride 1 with padded width <= 64 (the usual 3x3 convs): each padded input row becomes one
+    uint64 bitmask per plane; patch column (c, i, j) over a run of output pixels is that mask
+    shifted by j, and 64x64 bit transposes turn 64 such columns into output words. Otherwise
+    (strided or wide inputs): gather each patch into bytes and pack 8 codes per uint64 step.
     """
     bits = check_bits(bits)
     x, oh, ow = _check_window(x, kh, kw, stride, padding, "conv_bit_planes")

@@ -188,6 +188,13 @@ def test_conv_bit_planes_equals_packed_im2col(case):
                  bit_planes(im2col_codes(x, kh, kw, stride, padding), bits), context)
 
 
+def test_conv_bit_planes_wide_input_uses_byte_path_correctly():
+    """Padded width > 64 takes the byte-gather path even at stride 1 (hypothesis shapes are small)."""
+    x = np.random.default_rng(7).integers(0, 8, (1, 3, 4, 70)).astype(np.uint8)
+    assert_equal(conv_bit_planes(x, 3, 3, 1, 1, 3), bit_planes(im2col_codes(x, 3, 3, 1, 1), 3),
+                 "x (1, 3, 4, 70) 3x3 stride 1 padding 1")
+
+
 @settings(max_examples=100)
 @given(case=conv_cases(), o=st.integers(1, 6), seed=SEEDS)
 def test_conv_lowered_onto_odd_weight_gemm(case, o, seed):
