@@ -1,7 +1,8 @@
 """The tutorials are executed, not just rendered: every committed notebook runs top to bottom.
 
-Each notebook runs in a fresh `python3` kernel with cwd = tutorials/ and TINYPACT_TUTORIAL_FAST=1
-(tiny settings). A failure names the notebook, the cell index, its source and the error.
+Each notebook runs in a fresh `python3` kernel with cwd = tutorials/, TINYPACT_TUTORIAL_FAST=1
+(tiny settings) and one Numba/BLAS thread (predictable time on a shared machine). A failure names
+the notebook, the cell index, its source and the error.
 A second check keeps the committed notebooks in step with their source, `tutorials/build.py`.
 """
 from __future__ import annotations

@@ -53,6 +53,13 @@ SETUP = code('''
     np.set_printoptions(precision=4, suppress=True, linewidth=100)
 ''')
 
+# Notebooks that call tinypact.trainer.fit: tinypact.plots selects matplotlib's Agg backend when it
+# is imported, so import it first and let the notebook's inline backend win.
+SETUP_TRAINING = code(SETUP.source.replace(
+    "import matplotlib.pyplot as plt\n",
+    "import tinypact.plots  # selects the Agg backend on import: before `%matplotlib inline`\n"
+    "import matplotlib.pyplot as plt\n"))
+
 
 # =============================================================================== 01 autodiff
 AUTODIFF = [
@@ -650,6 +657,836 @@ CONVNET = [
 ]
 
 
+# ============================================================================== 03 PACT
+PACT_NB = [
+    md('''
+    # 3. Why quantizing ReLU fails, and PACT
+
+    To run a network with $k$-bit activations, every activation must take one of $2^k$ values.
+    For weights that is easy (they are bounded and fixed after training). Activations are the
+    hard part, and the PACT paper's starting point (its Fig. 1) is that the obvious approach,
+    quantizing the ReLU's output, trains badly at low precision, while *clipping* the activation
+    helps quantization but hurts full-precision accuracy. PACT makes the clipping level a
+    parameter $\\alpha$ that the network learns.
+
+    This notebook:
+    1. shows what goes wrong when an unbounded ReLU is quantized,
+    2. writes PACT's Eq. 1-3 and checks tinypact's gradients against them,
+    3. measures the trade-off between clipping error and quantization error,
+    4. reproduces Fig. 1 at small scale (training and test error of ReLU vs clipping, quantized
+       or not) and watches $\\alpha$ learn,
+    5. reproduces Fig. 3 at small scale (cross-entropy versus $\\alpha$, one layer at a time).
+
+    Code: `tinypact/quant/functional.py` (the quantizers as autodiff ops) and
+    `tinypact/quant/layers.py` (`ActQuant`, `PACT`).
+    '''),
+    SETUP,
+    md('''
+    ## Quantizing a ReLU: which range?
+
+    A $k$-bit unsigned quantizer over a range $[0, a]$ has $n = 2^k - 1$ steps of size $a/n$:
+    $$y_q = \\mathrm{round}\\!\\left(\\frac{y\\, n}{a}\\right) \\frac{a}{n}, \\qquad y = \\mathrm{clip}(x, 0, a),$$
+    with tinypact's one rounding rule, round half up: $\\mathrm{round}(v) = \\lfloor v + 1/2 \\rfloor$
+    (`tinypact.quant.round_half_up`; the integer engine uses the same rule, so its integer codes
+    match training exactly).
+
+    A ReLU has no upper bound, so $a$ has to come from the data: say a running average of the
+    largest activation, as TensorFlow's fake-quant does (`ActQuant("relu", bits)` in tinypact).
+    After batch-norm, pre-activations are roughly standard normal, and the largest of a large
+    batch sits between 4 and 5. At 2 bits the levels are then about $\\{0, 1.6, 3.2, 4.7\\}$ and
+    almost every positive value lands on 0 or 1.6. A smaller range resolves the bulk of the distribution, at the
+    price of *clipping* the rare large values:
+    '''),
+    code('''
+    from tinypact import Tensor
+    from tinypact.quant import pact, quantized_relu, round_half_up
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(100_000).astype(np.float32)        # pre-activations after batch-norm
+    relu = np.maximum(x, 0)
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2), sharey=True)
+    for ax, a in zip(axes, (float(x.max()), 1.5)):
+        y_q = quantized_relu(Tensor(x), 2, a).data
+        levels = np.arange(4) * a / 3
+        ax.hist(relu[relu > 0], bins=120, color="lightgray", label="ReLU output (x > 0)")
+        counts = np.bincount(np.floor(y_q * 3 / a + 0.5).astype(int), minlength=4)   # codes 0..3
+        ax.vlines(levels, 0, 2500, colors="tab:red", lw=2, label="2-bit levels")
+        ax.set_title(f"range a = {a:.2f}: mean squared error {np.mean((y_q - relu) ** 2):.4f}")
+        ax.set_xlabel("activation"); ax.legend()
+        print(f"a = {a:.2f}: share of all values on each level", np.round(counts / x.size, 3))
+    plt.show()
+    '''),
+    md('''
+    With $a$ = the maximum, 2-bit quantization throws away most of the information carried by the
+    positive activations; with $a = 1.5$ the error is several times smaller even though every value
+    above 1.5 is cut. The right range depends on the layer, the precision and the stage of
+    training, which is why PACT *learns* it.
+
+    ## PACT: a learned clipping level
+
+    PACT replaces ReLU by a clipped activation with one learnable scalar $\\alpha$ per layer, and
+    quantizes it (paper Eq. 1 and 2):
+    $$y = \\mathrm{PACT}(x) = 0.5\\,\\big(|x| - |x - \\alpha| + \\alpha\\big) =
+    \\begin{cases} 0 & x < 0 \\\\ x & 0 \\le x < \\alpha \\\\ \\alpha & x \\ge \\alpha \\end{cases}
+    \\qquad\\qquad
+    y_q = \\mathrm{round}\\!\\left(y\\, \\frac{2^k - 1}{\\alpha}\\right) \\frac{\\alpha}{2^k - 1}.$$
+    The rounding has zero gradient almost everywhere, so PACT uses the **straight-through
+    estimator** (STE): $\\partial y_q / \\partial y = 1$. Then (Eq. 3)
+    $$\\frac{\\partial y_q}{\\partial x} = \\begin{cases} 1 & 0 \\le x < \\alpha \\\\ 0 & \\text{otherwise} \\end{cases}
+    \\qquad\\qquad
+    \\frac{\\partial y_q}{\\partial \\alpha} = \\begin{cases} 1 & x \\ge \\alpha \\\\ 0 & \\text{otherwise.} \\end{cases}$$
+    So $\\alpha$'s gradient is the sum of the upstream gradients of the clipped elements: if the
+    loss would like the clipped outputs to be larger, $\\alpha$ grows. An L2 penalty
+    $\\lambda_\\alpha \\alpha^2$ pulls it down; the two settle where clipping stops paying.
+    '''),
+    code('''
+    alpha, bits = 2.0, 2
+    xs = Tensor(np.linspace(-1, 3, 801), requires_grad=True)
+    a = Tensor(np.float64(alpha), requires_grad=True)
+    y_q = pact(xs, a, bits)
+    y_q.backward(np.ones(xs.shape))                       # gradient of sum(y_q): the local derivatives
+
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(10, 3.2))
+    ax0.plot(xs.data, np.clip(xs.data, 0, alpha), "k--", lw=1, label="clip(x, 0, alpha)  (Eq. 1)")
+    ax0.plot(xs.data, y_q.data, lw=2, label=f"y_q, {bits} bits  (Eq. 2)")
+    ax0.set_xlabel("x"); ax0.legend(); ax0.set_title(f"PACT forward, alpha = {alpha}")
+    ax1.plot(xs.data, xs.grad, lw=2, label="dy_q/dx (STE)")
+    ax1.plot(xs.data, (xs.data >= alpha).astype(float), "--", lw=2, label="dy_q/dalpha")
+    ax1.set_xlabel("x"); ax1.legend(); ax1.set_title("PACT backward  (Eq. 3)")
+    plt.show()
+    print("alpha.grad = number of x >= alpha:", a.grad, "=", int((xs.data >= alpha).sum()))
+    '''),
+    md('''
+    The same rule with a random upstream gradient $g$, as the project's tests check it:
+    $\\partial L/\\partial x = g \\cdot [0 \\le x < \\alpha]$ and
+    $\\partial L/\\partial \\alpha = \\sum g \\cdot [x \\ge \\alpha]$.
+    '''),
+    code('''
+    x = Tensor(rng.normal(1.0, 1.5, 1000), requires_grad=True)
+    a = Tensor(np.float64(1.7), requires_grad=True)
+    g = rng.standard_normal(1000)
+    pact(x, a, bits=3).backward(g)
+    inside, above = (x.data >= 0) & (x.data < 1.7), x.data >= 1.7
+    print("dL/dx     matches g * [0 <= x < alpha]:", np.array_equal(x.grad, g * inside))
+    print("dL/dalpha =", a.grad, "  sum of g where x >= alpha =", g[above].sum())
+    '''),
+    md('''
+    ## Clipping error versus quantization error
+
+    For a given distribution of $x$, the mean squared difference between $y_q$ and the ReLU output
+    has two parts: the **clipping error** of the values above $\\alpha$ (grows as $\\alpha$ shrinks)
+    and the **quantization error** inside $[0, \\alpha]$, about $\\frac{1}{12}(\\alpha/n)^2$ per value
+    (grows with $\\alpha$). Their sum has a minimum that moves to larger $\\alpha$ as the bits
+    increase, and without quantization only the clipping error is left, which just keeps falling:
+    '''),
+    code('''
+    alphas_grid = np.linspace(0.2, 5, 97)
+    fig, ax = plt.subplots()
+    for bits in (2, 3, 4, 32):
+        errors = [np.mean((pact(Tensor(x_), a_, bits).data - np.maximum(x_, 0)) ** 2)
+                  for x_ in [rng.standard_normal(50_000)] for a_ in alphas_grid]
+        best = alphas_grid[int(np.argmin(errors))]
+        label = "no quantization (clipping only)" if bits == 32 else f"{bits} bits: best alpha {best:.2f}"
+        ax.semilogy(alphas_grid, errors, label=label)
+    ax.set_ylim(1e-5, 1); ax.set_xlabel("alpha"); ax.set_ylabel("mean squared error vs ReLU")
+    ax.set_title("x ~ N(0, 1)")
+    ax.legend(); plt.show()
+    '''),
+    md('''
+    Minimizing this error is *not* what PACT does: it minimizes the training loss, and a network
+    may prefer to clip more (or less) than the least-squares choice. But the picture explains the
+    behaviour we will see: at 2 bits the useful $\\alpha$ is small, at full precision anything
+    large enough is fine.
+
+    ## Fig. 1 at small scale: ReLU versus clipping, quantized or not
+
+    The paper's Fig. 1 trains CIFAR10-ResNet20 with four activation functions. We train tinypact's
+    Fashion-MNIST network (3 conv + BN + activation layers, 1.9 M MACs per image; `tinypact.models`)
+    on the bundled sample with full-precision weights everywhere, so only the activations differ:
+
+    | activation | `Policy(act_quant=..., abits=...)` |
+    |---|---|
+    | ReLU, full precision | `relu`, 32 |
+    | ReLU, 2-bit, range = running max | `relu`, 2 |
+    | clip to [0, 1], full precision | `dorefa`, 32 (DoReFa's activation: a fixed clipping level) |
+    | clip to [0, 1], 2-bit | `dorefa`, 2 |
+    | PACT, 2-bit (learned alpha) | `pact`, 2 |
+    | PACT, full precision (learned alpha) | `pact`, 32 (used for Fig. 3 below) |
+
+    Training is Adam with cosine learning-rate decay. PACT's $\\alpha$ starts at 10 (the paper's
+    choice) and has its own parameter group with L2 decay $\\lambda_\\alpha$. Because Adam moves
+    every parameter by about the learning rate per step whatever the size of its gradient, a
+    scalar $\\alpha$ needs a larger learning rate than the weights to travel from 10 to its
+    useful range within a few epochs (with SGD, as in the paper's CIFAR recipe, the summed
+    gradient is large and this is not needed).
+    '''),
+    code('''
+    import time
+    from tinypact import no_grad, optim
+    from tinypact import functional as F
+    from tinypact.data import DataLoader, load_dataset
+    from tinypact.models import build_model
+    from tinypact.quant import Policy, alpha_parameters, alphas, clamp_alphas
+    import tinypact.random
+
+    train_set, test_set = load_dataset("sample", "train"), load_dataset("sample", "test")
+    if SMALL:   # the test suite: 500 training and 250 test images, one epoch
+        train_set, test_set = train_set.subset(np.arange(0, 5000, 10)), test_set.subset(np.arange(0, 1000, 4))
+    EPOCHS = 1 if SMALL else 5   # otherwise all 5 000 training and 1 000 test images
+    LR, ALPHA_LR, ALPHA_DECAY = 2e-3, 0.2, 1e-3    # Adam; alpha: own learning rate and L2 decay
+
+    def error_rate(model, dataset):
+        model.eval()
+        with no_grad():
+            wrong = sum(int((model(Tensor(x)).data.argmax(1) != y).sum())
+                        for x, y in DataLoader(dataset, batch_size=500, shuffle=False))
+        model.train()
+        return wrong / len(dataset)
+
+    def train_run(policy, epochs=EPOCHS, lr=LR, alpha_lr=ALPHA_LR, alpha_decay=ALPHA_DECAY, seed=0):
+        """Train the fmnist network at `policy`; per-epoch training/test error and alphas."""
+        tinypact.random.manual_seed(seed)
+        model = build_model("fmnist", policy)
+        alpha_params = alpha_parameters(model)
+        others = [p for p in model.parameters() if all(p is not a for a in alpha_params)]
+        groups = [{"params": others}]
+        if alpha_params:
+            groups.append({"params": alpha_params, "lr": alpha_lr, "weight_decay": alpha_decay})
+        optimizer = optim.Adam(groups, lr=lr)
+        loader = DataLoader(train_set, batch_size=64, shuffle=True, seed=seed)
+        schedule = optim.CosineAnnealingLR(optimizer, T_max=epochs * len(loader))
+        history = {"train": [], "test": [], "alphas": [alphas(model)]}
+        for epoch in range(epochs):
+            wrong = 0
+            for x, y in loader:
+                logits = model(Tensor(x))
+                loss = F.cross_entropy(logits, y)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                clamp_alphas(model)                   # keep alpha > 0 (projection after the step)
+                schedule.step()
+                wrong += int((logits.data.argmax(1) != y).sum())
+                history["alphas"].append(alphas(model))
+            history["train"].append(wrong / len(train_set))
+            history["test"].append(error_rate(model, test_set))
+        return model, history
+    '''),
+    code('''
+    configs = {
+        "ReLU, full precision":    Policy(wbits=32, abits=32, first_last_bits=32, act_quant="relu"),
+        "ReLU, 2-bit":             Policy(wbits=32, abits=2, first_last_bits=32, act_quant="relu"),
+        "clip [0,1], full prec.":  Policy(wbits=32, abits=32, first_last_bits=32, act_quant="dorefa"),
+        "clip [0,1], 2-bit":       Policy(wbits=32, abits=2, first_last_bits=32, act_quant="dorefa"),
+        "PACT, 2-bit":             Policy(wbits=32, abits=2, first_last_bits=32, act_quant="pact"),
+        "PACT, full precision":    Policy(wbits=32, abits=32, first_last_bits=32, act_quant="pact"),
+    }
+    runs = {}
+    for name, policy in configs.items():
+        start = time.perf_counter()
+        runs[name] = train_run(policy)
+        h = runs[name][1]
+        print(f"{name:24s} train error {h['train'][-1]:6.1%}   test error {h['test'][-1]:6.1%}"
+              f"   ({time.perf_counter() - start:.0f} s)")
+    '''),
+    code('''
+    styles = {"ReLU": "tab:blue", "clip": "tab:orange", "PACT": "tab:green"}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
+    for name, (_, h) in runs.items():
+        color = styles[name.split(",")[0].split(" ")[0]]
+        dashes = "--" if "full" in name else "-"
+        epochs_axis = np.arange(1, len(h["train"]) + 1)
+        for ax, key in zip(axes, ("train", "test")):
+            ax.plot(epochs_axis, 100 * np.array(h[key]), dashes, color=color, marker="o", label=name)
+    axes[0].set_title("(a) training error"); axes[1].set_title("(b) test error")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+    axes[0].set_ylabel("error %"); axes[1].legend(fontsize=8); plt.show()
+    '''),
+    md('''
+    Solid lines: 2-bit activations; dashed: full precision. The two effects the paper's Fig. 1
+    separates can be read off as differences of final test errors:
+    '''),
+    code('''
+    final = {name: 100 * h["test"][-1] for name, (_, h) in runs.items()}
+    relu_q = final["ReLU, 2-bit"] - final["ReLU, full precision"]
+    clip_q = final["clip [0,1], 2-bit"] - final["clip [0,1], full prec."]
+    pact_q = final["PACT, 2-bit"] - final["PACT, full precision"]
+    print(f"cost of quantizing to 2 bits: ReLU {relu_q:+.1f} points, fixed clip {clip_q:+.1f}, PACT {pact_q:+.1f}")
+    print(f"cost of the fixed clip at 1 in full precision (vs ReLU): "
+          f"{final['clip [0,1], full prec.'] - final['ReLU, full precision']:+.1f} points")
+    print("best 2-bit activation:", min((v, k) for k, v in final.items() if "2-bit" in k)[1])
+    '''),
+    md('''
+    What to look for (the paper's observations; check them against the numbers above):
+
+    * **Quantizing the ReLU costs accuracy**: its range follows the largest activations, so the
+      four levels are too coarse for the bulk of them.
+    * **A fixed clip makes quantization nearly free** (a small range leaves a small quantization
+      error), **but the clip itself costs accuracy** in full precision: a clipping level that was
+      not chosen for the layer throws information away.
+    * **PACT gets both**: its full-precision version matches ReLU (a learned clip is harmless), and
+      its 2-bit version is the best of the 2-bit activations.
+
+    These are single runs on a 5 000-image sample for a few epochs, not the paper's 200-epoch
+    CIFAR10-ResNet20 runs: a difference of a point or two between two lines is within the noise
+    of a different seed.
+
+    ### Watching $\\alpha$ learn
+
+    Each PACT layer's $\\alpha$ over the training steps. It starts at 10, far above almost every
+    activation, where the L2 decay and the few values that reach it are the only forces on it; it
+    falls within a few dozen steps and settles at a level of its own for each layer, where the
+    pull of the clipped values' gradients balances the decay.
+    '''),
+    code('''
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.4), sharey=True)
+    for ax, name in zip(axes, ("PACT, 2-bit", "PACT, full precision")):
+        trace = runs[name][1]["alphas"]
+        for layer in trace[0]:
+            ax.plot([step[layer] for step in trace], label=layer)
+        ax.set_title(name); ax.set_xlabel("training step"); ax.set_yscale("log")
+    axes[0].set_ylabel("alpha"); axes[0].legend(); plt.show()
+    for name in ("PACT, 2-bit", "PACT, full precision"):
+        print(f"{name:22s} final alphas:", {k: round(v, 2) for k, v in alphas(runs[name][0]).items()})
+    '''),
+    md('''
+    ## Fig. 3 at small scale: cross-entropy versus $\\alpha$, layer by layer
+
+    The paper's Fig. 3 takes a trained network and sweeps one layer's $\\alpha$ while every other
+    layer stays as trained, recording the training loss. In full precision the loss falls as
+    $\\alpha$ grows and then stays flat (clipping only hurts when it cuts useful values); with
+    2-bit activations each layer has a clear minimum, because a large $\\alpha$ wastes the few
+    levels. We repeat it with the two PACT networks trained above, on 1 000 training images
+    (eval mode: batch-norm uses its running statistics).
+    '''),
+    code('''
+    probe = train_set.subset(np.arange(min(len(train_set), 1000)))
+    sweep = np.geomspace(0.1, 12, 9 if SMALL else 25)
+
+    def loss_on(model, dataset):
+        model.eval()
+        with no_grad():
+            total = sum(float(F.cross_entropy(model(Tensor(x)), y, reduction="sum").data)
+                        for x, y in DataLoader(dataset, batch_size=500, shuffle=False))
+        return total / len(dataset)
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    for ax, name in zip(axes, ("PACT, full precision", "PACT, 2-bit")):
+        model = runs[name][0]
+        for layer_name, act in [(n, m) for n, m in model.named_modules() if n.startswith("act")]:
+            trained = float(act.alpha.data)
+            losses = []
+            for value in sweep:
+                act.alpha.data[...] = value
+                losses.append(loss_on(model, probe))
+            act.alpha.data[...] = trained
+            line, = ax.semilogx(sweep, losses, label=layer_name)
+            ax.axvline(trained, color=line.get_color(), ls=":", lw=1)
+        model.train()
+        ax.set_title(name); ax.set_xlabel("alpha of one layer (others as trained)")
+        ax.set_ylim(top=min(ax.get_ylim()[1], 3))
+    axes[0].set_ylabel("training cross-entropy"); axes[1].legend(); plt.show()
+    '''),
+    md('''
+    Dotted lines mark the $\\alpha$ each layer learned. Left (full precision): the loss only rises
+    when $\\alpha$ becomes small enough to clip what the layer needs; beyond that, any $\\alpha$ is
+    as good. Right (2 bits): the curves are U-shaped, and the learned $\\alpha$ sits near the bottom
+    of each U, which is what PACT's gradient is designed to find; the best level differs from
+    layer to layer, which is why $\\alpha$ is per layer.
+
+    Next: notebook 4 quantizes the weights too (DoReFa and SAWB), at 2, 3 and 4 bits, and looks at
+    the first and last layers.
+
+    **Try:** `alpha_decay` (the paper's $\\lambda_\\alpha$) of 0 and of 0.05; `Policy(abits=3)`;
+    `act_quant="pact+"` (IBM's later variant that also gives $\\alpha$ a gradient from the
+    rounding error inside $[0, \\alpha)$).
+    '''),
+]
+
+
+# ======================================================================= 04 quantized training
+QTRAIN = [
+    md('''
+    # 4. Training quantized networks: DoReFa vs SAWB weights, 2/3/4 bits, first and last layers
+
+    Notebook 3 quantized the activations with PACT. Now the weights too. The PACT paper quantizes
+    weights with **DoReFa**'s scheme; its follow-up (PACT + SAWB, arXiv 1807.06964) replaces it
+    with **SAWB**, statistics-aware weight binning, which picks the quantization scale from two
+    statistics of the weights. This notebook:
+
+    1. writes both weight quantizers and compares how well each grid fits real weights,
+    2. trains the Fashion-MNIST network at 2, 3 and 4 bits (weights and activations) with each,
+    3. varies the precision of the first and last layers, a small-scale version of the paper's
+       Table 2, and prints the measured numbers next to the paper's.
+
+    Training uses the project's trainer, `tinypact.trainer.fit`, the function behind
+    `python -m tinypact.train`; each run leaves a run directory with `checkpoint.npz`,
+    `metrics.jsonl` and plots (notebook 5 exports one to the integer engine).
+    '''),
+    SETUP_TRAINING,
+    md('''
+    ## DoReFa weights
+
+    DoReFa squashes the weights with $\\tanh$, maps them to $[0, 1]$ with the largest magnitude
+    at the ends, quantizes uniformly and maps back to $[-1, 1]$ ($n = 2^k - 1$):
+    $$u = \\frac{\\tanh(w)}{2\\max|\\tanh(w)|} + \\frac12, \\qquad
+    w_q = 2\\,\\frac{\\mathrm{round}(u\\, n)}{n} - 1 \\in \\left\\{-1, -1 + \\tfrac{2}{n}, \\dots, 1\\right\\}.$$
+    At 2 bits the levels are $\\{-1, -\\tfrac13, \\tfrac13, 1\\}$: four *odd* levels and no zero. The
+    gradient is the straight-through estimator on the rounding, so it flows through $\\tanh$ and
+    the max. The grid's scale is set by the single largest weight, so one outlier squeezes every
+    other weight into the middle levels.
+
+    ## SAWB weights
+
+    SAWB clips the weights at a scale $\\alpha_w$ computed from two statistics, no search
+    (coefficients fitted once for each bit width over many distributions):
+    $$\\alpha_w = c_1 \\sqrt{\\mathrm{E}[w^2]} - c_2\\, \\mathrm{E}[|w|], \\qquad
+    w_q = \\alpha_w \\left(2\\,\\frac{\\mathrm{round}(u\\,n)}{n} - 1\\right), \\quad u = \\frac{\\mathrm{clip}(w/\\alpha_w, -1, 1) + 1}{2},$$
+    with $(c_1, c_2) = (3.12, 2.064)$ at 2 bits, $(7.509, 6.892)$ at 3 and $(12.68, 12.80)$ at 4.
+    $\\alpha_w$ is recomputed from the weights at every step and frozen at export; the gradient is
+    the identity (STE).
+
+    Both quantizers on the weights of one conv layer (Kaiming-initialized, so roughly normal):
+    '''),
+    code('''
+    from tinypact import Tensor
+    from tinypact.quant import (SAWB_COEFFICIENTS, dorefa_weight, dorefa_weight_codes, sawb_scale,
+                                sawb_weight)
+    from tinypact.nn import Conv2d
+    import tinypact.random
+
+    tinypact.random.manual_seed(0)
+    w = Conv2d(32, 64, 3).weight.data                       # 18 432 weights, std sqrt(2 / 288)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.2))
+    axes[0].hist(w.ravel(), bins=100, color="lightgray")
+    axes[0].vlines(np.unique(sawb_weight(w, 2).data), 0, 700, colors="tab:red", lw=2, label="SAWB 2-bit levels")
+    axes[0].set_title("weights, with SAWB's 2-bit levels"); axes[0].legend()
+    u = np.tanh(w) / (2 * np.abs(np.tanh(w)).max()) + 0.5
+    axes[1].hist(u.ravel(), bins=100, color="lightgray")
+    axes[1].vlines(np.arange(4) / 3, 0, 700, colors="tab:blue", lw=2, label="2-bit levels")
+    axes[1].vlines([1 / 6, 1 / 2, 5 / 6], 0, 700, colors="k", ls=":", label="rounding thresholds")
+    axes[1].set_title("DoReFa's u in [0, 1]: levels 0, 1/3, 2/3, 1"); axes[1].legend()
+    plt.show()
+
+    for bits in (2, 3, 4):
+        codes, _ = dorefa_weight_codes(w, bits)
+        share = np.bincount(codes.ravel(), minlength=2 ** bits) / codes.size
+        print(f"DoReFa {bits}-bit: share of weights per level", np.round(share, 3))
+    '''),
+    md('''
+    DoReFa's levels sit at fixed places in $[0, 1]$ while the weights crowd the centre: at 2 bits
+    almost all weights fall on the two inner levels, so the layer is nearly *binary*. SAWB's
+    scale follows the spread of the weights, so all four levels are used.
+
+    Since a batch-norm (or the next layer's scale) follows every conv, what matters is the
+    *pattern* of the quantized weights up to a scale. A fair measure is therefore the error after
+    the best rescaling, $\\min_s \\lVert w - s\\, w_q \\rVert^2 / \\lVert w \\rVert^2$. And on
+    $N(0, 1)$ weights, SAWB's closed-form scale can be compared with the best scale found by
+    search:
+    '''),
+    code('''
+    def relative_error(w, w_q):
+        """min over s of |w - s w_q|^2 / |w|^2  (s = <w, w_q> / |w_q|^2)."""
+        s = np.sum(w * w_q) / np.sum(w_q * w_q)
+        return np.sum((w - s * w_q) ** 2) / np.sum(w * w)
+
+    print(f"{'bits':>4s} {'DoReFa':>8s} {'SAWB':>8s}     relative error after the best rescaling (this layer)")
+    for bits in (2, 3, 4):
+        print(f"{bits:>4d} {relative_error(w, dorefa_weight(w, bits).data):>8.4f}"
+              f" {relative_error(w, sawb_weight(w, bits).data):>8.4f}")
+
+    gauss = np.random.default_rng(0).standard_normal(200_000)
+    fig, ax = plt.subplots()
+    scales = np.linspace(0.5, 4, 141)
+    for bits in (2, 3, 4):
+        n = 2 ** bits - 1
+        def mse(a):
+            u = np.clip(gauss / a, -1, 1) * 0.5 + 0.5
+            return np.mean((gauss - a * (2 * np.floor(u * n + 0.5) / n - 1)) ** 2)
+        errors = [mse(a) for a in scales]
+        line, = ax.semilogy(scales, errors, label=f"{bits} bits")
+        a_sawb = sawb_scale(gauss, bits)
+        ax.plot(a_sawb, mse(a_sawb), "o", color=line.get_color())
+        print(f"{bits}-bit on N(0,1): SAWB alpha_w = {a_sawb:.3f}, best by search = {scales[int(np.argmin(errors))]:.3f}")
+    ax.set_xlabel("clip scale alpha_w"); ax.set_ylabel("mean squared error"); ax.legend()
+    ax.set_title("N(0, 1) weights: dots = SAWB's closed-form scale"); plt.show()
+    '''),
+    md('''
+    SAWB lands next to the best scale without searching, at every bit width; DoReFa's grid fits
+    the weights worse at 2 bits. Whether that shows in accuracy is what training tells.
+
+    ## Training at 2, 3 and 4 bits
+
+    Each run trains the Fashion-MNIST network (`tinypact.models`, 3 conv layers + 1 linear) with
+    PACT activations and DoReFa or SAWB weights at $k$ bits for every interior layer, and 8-bit
+    weights for the first and last layers (the paper's choice, examined below). The recipe is the
+    project's `sample` recipe (Adam, cosine decay), with PACT's $\\alpha$ given its own learning
+    rate as in notebook 3. `fit(config, run_dir)` is exactly what
+    `python -m tinypact.train --dataset sample --wbits 2 --abits 2 --weight-quant sawb ...` runs.
+    '''),
+    code('''
+    import tempfile, time
+    from pathlib import Path
+    from tinypact.recipes import recipe
+    from tinypact.trainer import fit
+
+    RUNS = Path(tempfile.mkdtemp(prefix="tinypact-tutorial-4-"))
+    if SMALL:   # the test suite: 300 training images, one epoch
+        SIZE = dict(epochs=1, limit_train=300, val_size=100, limit_test=200)
+    else:       # 4 500 training images (held-out validation: 500), all 1 000 test images
+        SIZE = dict(epochs=6, limit_train=4500, val_size=500)
+
+    def run(name, **settings):
+        """Train one configuration; returns (test error, FitResult)."""
+        config = recipe("sample", alpha_lr=0.2, **SIZE, **settings)
+        start = time.perf_counter()
+        result = fit(config, RUNS / name, progress=False, log=lambda line: None)
+        print(f"{name:18s} test error {result.test_error:6.1%}   ({time.perf_counter() - start:.0f} s)")
+        return result.test_error, result
+
+    results = {"float": run("float", wbits=32, abits=32, first_last_bits=32)}
+    for bits in (2, 3, 4):
+        for quant in ("dorefa", "sawb"):
+            results[f"{quant} {bits}-bit"] = run(f"{quant}-{bits}bit", wbits=bits, abits=bits,
+                                                 weight_quant=quant)
+    '''),
+    code('''
+    fig, ax = plt.subplots()
+    x = np.arange(3)
+    for i, quant in enumerate(("dorefa", "sawb")):
+        errors = [100 * results[f"{quant} {b}-bit"][0] for b in (2, 3, 4)]
+        bars = ax.bar(x + (i - 0.5) * 0.35, errors, 0.35, label=f"{quant} weights, PACT activations")
+        ax.bar_label(bars, fmt="%.1f", fontsize=8)
+    ax.axhline(100 * results["float"][0], color="k", ls="--", label="float")
+    ax.set_xticks(x, ["W2/A2", "W3/A3", "W4/A4"]); ax.set_ylabel("test error %")
+    ax.set_title("Fashion-MNIST sample, first/last layer weights at 8 bits"); ax.legend(fontsize=8)
+    plt.show()
+    '''),
+    md('''
+    What to look for: the error should fall as the bits grow and come close to the float line by
+    4 bits, as in the paper's Table 1 (CIFAR10-ResNet20 with PACT: 0.897, 0.911, 0.913 top-1 at 2,
+    3, 4 bits against 0.916 in float). Whether DoReFa or SAWB weights do better at 2 bits is the
+    SAWB paper's question (it reports SAWB ahead, on ImageNet-scale networks). Here each bar is a
+    single run on 4 500 images for a few epochs, and a gap of a few points between two bars can
+    change sign with another seed: read the bars as this run's measurements, not as a verdict.
+    `benchmarks/accuracy_study.py` makes the comparison on the full Fashion-MNIST data set.
+
+    ## First and last layers (Table 2 at small scale)
+
+    The first layer sees the raw image and the last one produces the class scores; both are
+    small (here 0.11 M of the 1.9 M MACs), and both are sensitive. The PACT paper's Table 2
+    (CIFAR10-ResNet20, 2-bit interior layers) gives the validation error with the first and last
+    layers at 2, 4, 8 and 32 bits: **21.0, 12.9, 11.1, 10.9 %**. In tinypact `first_last_bits`
+    sets the *weight* precision of those two layers (the first layer's input is the 8-bit image,
+    and the input of the last layer is an ordinary interior activation).
+    '''),
+    code('''
+    paper = {2: 21.0, 4: 12.9, 8: 11.1, 32: 10.9}
+    first_last = {8: results["dorefa 2-bit"]}
+    for fl in (2, 4, 32):
+        first_last[fl] = run(f"dorefa-2bit-fl{fl}", wbits=2, abits=2, first_last_bits=fl)
+
+    print(f"{'first/last bits':>15s} {'tinypact test error %':>22s} {'paper (CIFAR10-ResNet20) %':>27s}")
+    for fl in (2, 4, 8, 32):
+        print(f"{fl:>15d} {100 * first_last[fl][0]:>22.1f} {paper[fl]:>27.1f}")
+
+    fig, ax = plt.subplots()
+    labels = ["2", "4", "8", "32 (float)"]
+    ax.plot(labels, [100 * first_last[fl][0] for fl in (2, 4, 8, 32)], "o-", label="tinypact, Fashion-MNIST sample")
+    ax.plot(labels, [paper[fl] for fl in (2, 4, 8, 32)], "s--", label="paper, CIFAR10-ResNet20")
+    ax.set_xlabel("first and last layer weight bits (interior: W2/A2, DoReFa + PACT)")
+    ax.set_ylabel("error %"); ax.legend(); plt.show()
+    '''),
+    md('''
+    In the paper, quantizing the first and last layers to 2 bits costs 10 points, while 8 bits is
+    within 0.2 of float; that is why 8 bits is tinypact's default (`first_last_bits=8`). This
+    network is small and the task easier, so expect smaller gaps, and the same noise as above: the
+    pattern to look for is that 2-bit first and last layers are clearly worse, while 8 bits and
+    float are about equal. Notebook 6 puts a price on the other side: on the accelerator the two
+    8-bit layers cost about 15-30 % of the run time at 2 bits.
+
+    Each run directory holds what `python -m tinypact.train` writes: the checkpoint, the metrics
+    and the plots. The per-epoch history is also in the `FitResult`:
+    '''),
+    code('''
+    error, result = results["sawb 2-bit"]
+    for record in result.history:
+        print(f"epoch {record['epoch']}: train error {record['train_error']:.1%}, "
+              f"validation error {record['val_error']:.1%}, alphas "
+              + ", ".join(f"{k} {v:.2f}" for k, v in record["alphas"].items()))
+    print("files:", sorted(p.name for p in result.run_dir.iterdir()))
+    '''),
+    md('''
+    Next: notebook 5 exports a trained 2-bit network to the integer engine and checks that integer
+    arithmetic alone reproduces it exactly.
+
+    **Try:** `weight_quant="sawb0"` (zero-aligned SAWB: a ternary $\\{-a, 0, a\\}$ grid at 2 bits);
+    `abits=4` with `wbits=2`; more epochs and the full data set (`recipe("fashion-mnist", ...)`).
+    '''),
+]
+
+
+# ========================================================================= 05 integer inference
+INTEGER = [
+    md('''
+    # 5. Integer inference: export, codes and scales, bit-planes and the popcount MAC
+
+    Quantization-aware training *simulates* low precision in float32 ("fake quantization"). The
+    point of it is to run the network with integers only. This notebook takes a 2-bit network
+    trained by tinypact and:
+
+    1. exports it to the integer engine's `.tpq` file (`integer_engine.export`),
+    2. looks at what is inside: weight codes and scales, and the integer thresholds into which
+       batch-norm, the scales and PACT's clip and rounding all fold,
+    3. computes a dot product the way the engine does, with bit-planes, AND and popcount,
+    4. checks that the engine is **bit-exact** against a float64 reference, layer by layer, and
+       how closely it follows tinypact's float32 model,
+    5. compares size and speed.
+
+    `integer_engine` never imports `tinypact`: the checkpoint file is the only contract
+    (`docs/ARCHITECTURE.md`). The same steps run from the command line with
+    `python -m integer_engine export RUN -o model.tpq`, then `verify` and `run`; the file format
+    and the folding are specified in `docs/model-format.md`.
+    '''),
+    SETUP_TRAINING,
+    md('''
+    ## A 2-bit network to export
+
+    PACT activations and SAWB weights at 2 bits, the first and last layers' weights at 8 bits,
+    trained on the bundled sample with the project's trainer (notebook 4).
+    '''),
+    code('''
+    import tempfile, time
+    from pathlib import Path
+    from tinypact import Tensor, no_grad
+    from tinypact.data import load_dataset
+    from tinypact.recipes import recipe
+    from tinypact.trainer import fit
+
+    RUNS = Path(tempfile.mkdtemp(prefix="tinypact-tutorial-5-"))
+    size = dict(epochs=1, limit_train=300, val_size=100) if SMALL else dict(epochs=4, limit_train=4500, val_size=500)
+    config = recipe("sample", wbits=2, abits=2, weight_quant="sawb", alpha_lr=0.2, **size)
+    result = fit(config, RUNS / "w2a2", progress=False, log=lambda line: None)
+    model = result.model.eval()
+    test_set = load_dataset("sample", "test")
+    print(config.describe_policy())
+    print(f"tinypact (float32 fake-quant) test error: {result.test_error:.1%}")
+    '''),
+    md('''
+    ## Export: from a checkpoint to integers
+
+    The checkpoint holds float32 parameters and the network as a graph (`conv`, `bn`, `act`,
+    `maxpool`, ...). Export lowers it to integer layers:
+
+    * **weights** become unsigned codes $j \\in [0, n_w]$, with $w_q = s_w\\,(2j - n_w)$ and one
+      scale per layer (SAWB: $s_w = \\alpha_w / n_w$): the same codes the training quantizer used,
+      recomputed in float64 from the checkpoint;
+    * **activations** are codes $q \\in [0, n]$ with value $q\\,\\alpha/n$ (PACT) or
+      $\\text{pixel}/255$ (the input image);
+    * a conv accumulates an **integer** $\\text{acc} = \\sum q \\cdot (2j - n_w)$; everything after it
+      (the scales $s_w$ and $\\alpha/n$, the conv bias, batch-norm, PACT's clip and rounding) is,
+      per output channel $c$, an increasing (or decreasing) affine map followed by round half up:
+      $$\\text{code} = \\mathrm{clip}\\big(\\lfloor \\text{acc}\\cdot m_c + a_c + \\tfrac12 \\rfloor,\\, 0,\\, n\\big),$$
+      which is exactly the number of **thresholds** $T_{c,1} \\le \\dots \\le T_{c,n}$ that the
+      accumulator reaches (FINN's *MultiThreshold*). The engine stores $n$ integers per channel
+      and compares; no float, no multiplier, no rounding at run time. This is where the
+      round-half-up rule pays off: $\\lfloor v + \\frac12 \\rfloor \\ge t \\iff v \\ge t - \\frac12$,
+      a threshold.
+    * A max-pool between batch-norm and the activation moves after the requantization (the
+      requantizer is monotone, so $\\max$ commutes with it) and runs on codes.
+    '''),
+    code('''
+    from integer_engine.export import export_checkpoint
+    from integer_engine.format import load_model, save_model
+
+    integer_model = export_checkpoint(result.run_dir)
+    save_model(integer_model, RUNS / "w2a2.tpq")
+    integer_model = load_model(RUNS / "w2a2.tpq")          # checksummed, validated on load
+
+    print(f"{'layer':8s} {'kind':8s} {'output shape':>13s} {'w bits':>6s} {'in bits':>7s} {'largest code':>12s}  arrays")
+    for layer in integer_model.layers:
+        a = layer.attrs
+        arrays = ", ".join(f"{k} {v.dtype}{list(v.shape)}" for k, v in layer.arrays.items())
+        print(f"{a['name']:8s} {a['kind']:8s} {str(tuple(a['out_shape'])):>13s} {str(a.get('wbits', '')):>6s}"
+              f" {str(a.get('abits', '')):>7s} {a['out_max']:>12d}  {arrays}")
+    '''),
+    md('''
+    Notice: `conv0` (the first layer) reads 8-bit pixels with 8-bit weights and writes 2-bit codes
+    (its output *is* the first PACT activation); `conv1` and `conv2` are 2-bit x 2-bit; the global
+    average pool becomes a sum of 49 codes (its $1/49$ folds into the next layer's scale); `fc`
+    produces integer logits (argmax needs no scale).
+
+    ### Codes and scales, checked against tinypact
+
+    The weight codes of `conv1` reproduce tinypact's quantized weights exactly, and the thresholds
+    of one channel turn accumulators into codes:
+    '''),
+    code('''
+    from tinypact.quant import sawb_weight_codes
+
+    conv1 = integer_model.layer("conv1")
+    j, n_w, s_w = conv1.arrays["weight"].astype(np.int64), conv1.attrs["n_w"], conv1.attrs["w_scale"]
+    tp_codes, tp_scale = sawb_weight_codes(model.conv1.weight.data, 2)
+    w_q_engine = s_w * (2 * j - n_w)                    # one scale per layer: s_w = alpha_w / n_w
+    print("weight codes equal tinypact's:", np.array_equal(j, tp_codes),
+          f"  s_w * n_w = {s_w * n_w:.6f}, tinypact's SAWB alpha_w = {tp_scale:.6f}")
+    print("levels used:", np.unique(w_q_engine).round(4), " (2-bit SAWB: -a, -a/3, a/3, a)")
+    print("tinypact's quantized weights equal s_w (2j - n_w):",
+          np.allclose(model.conv1.quantized_weight_array(), w_q_engine, rtol=1e-6, atol=0))
+
+    c = 0
+    T, d = conv1.arrays["thresholds"][c], conv1.arrays["direction"][c]
+    print(f"channel {c}: thresholds {T.tolist()}, direction {int(d):+d}")
+    for acc in (T[0] - 1, T[0], T[1], T[2] - 1, T[2]):
+        print(f"   accumulator {int(acc):6d} -> code {int(np.sum(d * acc >= d * T))}")
+    '''),
+    md('''
+    ## Bit-planes and the popcount MAC
+
+    How does a machine multiply 2-bit numbers fast? Write each code in binary,
+    $a = \\sum_i 2^i a_i$ and $j = \\sum_k 2^k j_k$, and store each bit position of a whole row
+    as a bit-vector (a **bit-plane**, 64 elements per `uint64` word). A dot product of two rows
+    becomes
+    $$a \\cdot j = \\sum_{i, k} 2^{i + k}\\; \\mathrm{popcount}(a_i \\,\\&\\, j_k),$$
+    so one 64-bit AND + POPCNT does 64 one-bit multiply-accumulates, and a $2 \\times 2$-bit dot
+    product costs 4 of them per 64 elements. The weights' odd levels $2j - n_w$ need one more
+    term: $a \\cdot (2j - n_w) = 2\\,(a \\cdot j) - n_w \\sum a$.
+
+    By hand on a small example, then with the engine's kernel:
+    '''),
+    code('''
+    from integer_engine import bitpack, kernels
+
+    rng = np.random.default_rng(0)
+    K = 150
+    a = rng.integers(0, 4, size=(3, K))            # 2-bit activation codes, 3 rows
+    jw = rng.integers(0, 4, size=(5, K))           # 2-bit weight codes, 5 output channels
+    a_planes, w_planes = bitpack.bit_planes(a, 2), bitpack.bit_planes(jw, 2)
+    print("activation planes:", a_planes.shape, a_planes.dtype, " (bits, rows, ceil(K/64) words)")
+    print("row 0, plane 0, word 0:", format(int(a_planes[0, 0, 0]), "064b")[::-1][:32], "...")
+    print("row 0 codes, low bit:  ", "".join(str(v & 1) for v in a[0, :32]), "...")
+
+    def popcount_dot(ap, wp):
+        """sum over planes i, k of 2^(i+k) * popcount(a_i AND w_k), one row pair."""
+        return sum((1 << (i + k)) * int(np.bitwise_count(ap[i] & wp[k]).sum())
+                   for i in range(ap.shape[0]) for k in range(wp.shape[0]))
+
+    by_hand = popcount_dot(a_planes[:, 0], w_planes[:, 0])
+    engine = kernels.bitserial_gemm(a_planes, w_planes)
+    print("a . j by hand:", by_hand, "  engine kernel:", engine[0, 0], "  integer matmul:", (a @ jw.T)[0, 0])
+    print("whole GEMM equals a @ j.T:", np.array_equal(engine, a @ jw.T))
+    odd = kernels.affine_weight_gemm(a_planes, w_planes, 2, 3)      # a . (2j - 3)
+    print("odd levels 2j - 3:", np.array_equal(odd, a @ (2 * jw - 3).T))
+    '''),
+    md('''
+    ## The bit-exact check
+
+    "Bit-exact" means the engine (bit-planes, popcounts, thresholds) and a plain float64 NumPy
+    reference that evaluates the requantization formula directly (`integer_engine.reference`)
+    produce the **same integers in every layer, for every image**. Float64 holds every
+    accumulator exactly (export bounds them below $2^{31}$), so there is no tolerance: equal or
+    not.
+    '''),
+    code('''
+    from integer_engine.executor import run_model
+    from integer_engine.reference import run_reference
+
+    images = test_set.images[:200 if SMALL else 1000]          # uint8 pixels: the engine's input
+    labels = test_set.labels[:len(images)]
+    engine_out = run_model(integer_model, images, collect=True)
+    reference = run_reference(integer_model, images)
+    for name, out in engine_out.outputs.items():
+        same = np.array_equal(out.astype(np.int64), reference[name].astype(np.int64))
+        print(f"{name:8s} {str(out.shape):18s} identical to the float64 reference: {same}")
+    assert all(np.array_equal(out.astype(np.int64), reference[k].astype(np.int64))
+               for k, out in engine_out.outputs.items())
+    '''),
+    md('''
+    And against the network as tinypact trained it? tinypact's forward pass runs the same
+    quantizers in float32. The first activation's codes and the predictions can be compared
+    directly. They agree on every code, or nearly: a difference can only come from an activation
+    that sits within float32 rounding of a threshold, where float32 and exact arithmetic may round
+    to different codes (this is why the engine is specified against float64 and integers, not
+    against the float32 training graph).
+    '''),
+    code('''
+    from tinypact.quant import activation_codes
+
+    with no_grad():
+        x = Tensor(images.astype(np.float32) / np.float32(255))
+        logits_float = model(x).data
+        act0 = activation_codes(model.bn0(model.conv0(x)), model.act0.alpha.data, 2)
+    same_codes = np.mean(act0 == engine_out.outputs["conv0"])
+    same_predictions = np.mean(logits_float.argmax(1) == engine_out.predictions)
+    print(f"first-layer activation codes equal to tinypact's: {same_codes:.4%}")
+    print(f"predictions equal to tinypact's:                  {same_predictions:.2%}")
+    print(f"test error: tinypact float32 {np.mean(logits_float.argmax(1) != labels):.1%}, "
+          f"integer engine {np.mean(engine_out.predictions != labels):.1%}")
+    '''),
+    md('''
+    ## Size and speed
+
+    The `.tpq` file stores one byte per weight code (simple, not bit-packed on disk) and the
+    thresholds; the float checkpoint stores float32 weights plus the optimizer state. In memory
+    the engine packs the 2-bit weights into bit-planes: 2 bits per weight.
+    '''),
+    code('''
+    import os
+    checkpoint_bytes = os.path.getsize(result.run_dir / "checkpoint.npz")
+    tpq_bytes = os.path.getsize(RUNS / "w2a2.tpq")
+    float_weight_bytes = sum(p.size * 4 for p in model.parameters())
+    packed_bytes = sum(layer.arrays["weight"].size * layer.attrs["wbits"] / 8 for layer in integer_model.compute_layers)
+    print(f"checkpoint.npz (float32 + optimizer state): {checkpoint_bytes / 1024:7.1f} KiB")
+    print(f"float32 parameters alone:                  {float_weight_bytes / 1024:7.1f} KiB")
+    print(f"model.tpq (codes as uint8, thresholds):    {tpq_bytes / 1024:7.1f} KiB")
+    print(f"weight codes bit-packed at their widths:   {packed_bytes / 1024:7.1f} KiB")
+    '''),
+    md('''
+    Speed, measured here side by side on the same images (after a warm-up run, since Numba
+    compiles the kernels on first use). These are *this machine, now* figures: the ratios are the
+    information, and the repository's benchmark scripts (`benchmarks/`) are where speed claims are
+    made.
+    '''),
+    code('''
+    def best_time(fn, repeat=3):
+        times = []
+        for _ in range(repeat):
+            start = time.perf_counter(); fn(); times.append(time.perf_counter() - start)
+        return min(times)
+
+    batch = images[:200]
+    run_model(integer_model, batch[:8])                           # warm-up: compile the kernels
+    t_engine = best_time(lambda: run_model(integer_model, batch))
+    t_reference = best_time(lambda: run_reference(integer_model, batch), repeat=1)
+    with no_grad():
+        t_float = best_time(lambda: model(Tensor(batch.astype(np.float32) / np.float32(255))))
+    print(f"{len(batch)} images: integer engine {t_engine * 1e3:7.1f} ms,"
+          f" tinypact float32 fake-quant {t_float * 1e3:7.1f} ms, float64 reference {t_reference * 1e3:7.1f} ms")
+
+    stats = run_model(integer_model, batch).stats
+    print(f"{'layer':8s} {'method':10s} {'MACs':>12s} {'ms':>8s}")
+    for s in stats:
+        print(f"{s.name:8s} {s.method:10s} {s.macs:>12,d} {s.seconds * 1e3:>8.2f}")
+    '''),
+    md('''
+    The 2x2-bit layers run as popcount GEMMs (`bitserial`), the 8-bit first and last layers as
+    integer GEMMs (`int`), which the engine hands to BLAS in float32: exact here, because every
+    partial sum is an integer below $2^{24}$ (the layer's accumulator bound, known at export). On a network this small, per-layer overheads (im2col, packing,
+    pooling) weigh as much as the MACs; the bit-serial kernels pay off on large GEMMs, where one
+    64-bit AND+POPCNT does 16 two-bit MACs (see `benchmarks/bitgemm.py` for measured GMAC/s).
+
+    Next: notebook 6 asks the same question for custom hardware: what does 2-bit arithmetic buy on
+    a systolic-array accelerator?
+
+    **Try:** export a DoReFa network (`weight_quant="dorefa"`) and compare its weight scale with
+    SAWB's; `python -m integer_engine inspect` on the `.tpq` file; train at 4 bits and watch the
+    engine switch the 4x4-bit layers to the integer GEMM (more than 9 popcount passes).
+    '''),
+]
+
+
 # ============================================================================ 06 accelerator
 ACCELERATOR = [
     md('''
@@ -944,6 +1781,9 @@ ACCELERATOR = [
 NOTEBOOKS: dict[str, list] = {
     "01_autodiff": AUTODIFF,
     "02_convnet": CONVNET,
+    "03_pact": PACT_NB,
+    "04_quantized_training": QTRAIN,
+    "05_integer_inference": INTEGER,
     "06_accelerator": ACCELERATOR,
 }
 
