@@ -6,20 +6,25 @@ Each is plain Python that Numba compiles; with NUMBA_DISABLE_JIT=1 they run as w
 """
 from __future__ import annotations
 
+import os
 import types
 
 import numpy as np
 from numba import njit, prange
 
 # Below this many elements a kernel runs on one thread: waking the thread pool costs more.
+# TINYPACT_PARALLEL_KERNELS=0 keeps every kernel on one thread (on a machine shared by several
+# jobs, waiting for a descheduled worker thread costs more than the second core gains).
 PARALLEL_MIN_SIZE = 1 << 16
+PARALLEL = os.environ.get("TINYPACT_PARALLEL_KERNELS", "1") != "0"
 
 
 class _Kernel:
     """One loop compiled twice, serial and parallel (prange); the call picks by the size of
     its first argument. The serial copy gets its own name so Numba's on-disk caches differ."""
 
-    def __init__(self, function):
+    def __init__(self, function, parallel: bool = True):
+        self.allow_parallel = parallel
         serial = types.FunctionType(function.__code__, function.__globals__,
                                     function.__name__ + "_serial", function.__defaults__)
         serial.__qualname__ = function.__qualname__ + "_serial"
@@ -28,12 +33,17 @@ class _Kernel:
         self.__doc__, self.__name__ = function.__doc__, function.__name__
 
     def __call__(self, *args):
-        big = args[0].size >= PARALLEL_MIN_SIZE
+        big = PARALLEL and self.allow_parallel and args[0].size >= PARALLEL_MIN_SIZE
         return (self.parallel if big else self.serial)(*args)
 
 
 def kernel(function) -> _Kernel:
     return _Kernel(function)
+
+
+def serial_kernel(function) -> _Kernel:
+    """A memory-bound loop: one core already saturates memory, so it stays on one thread."""
+    return _Kernel(function, parallel=False)
 
 
 @kernel
@@ -56,13 +66,29 @@ def col2im_nhwc(dcols: np.ndarray, out: np.ndarray, stride_h: int, stride_w: int
 
 
 @kernel
+def im2col_nhwc(padded: np.ndarray, stride_h: int, stride_w: int, cols: np.ndarray) -> None:
+    """cols[n, oh, ow, i, j, c] = padded[n, oh*sh + i, ow*sw + j, c]  (cols: N, OH, OW, KH, KW, C)."""
+    n_batch, out_h, out_w, kernel_h, kernel_w, channels = cols.shape
+    for n in prange(n_batch):
+        for oh in range(out_h):
+            for ow in range(out_w):
+                for i in range(kernel_h):
+                    row = oh * stride_h + i
+                    for j in range(kernel_w):
+                        col = ow * stride_w + j
+                        for c in range(channels):
+                            cols[n, oh, ow, i, j, c] = padded[n, row, col, c]
+
+
+@kernel
 def max_pool_forward_nhwc(x: np.ndarray, kernel_h: int, kernel_w: int, stride_h: int,
                           stride_w: int, pad_h: int, pad_w: int, out: np.ndarray,
                           argmax: np.ndarray) -> None:
     """out[n, oh, ow, c] = max over the window; argmax = flat input index h*W + w of the first max.
 
-    Positions outside the input (padding) count as -inf, so they are never selected as long as
-    a window overlaps the input (which PyTorch's output-size rule guarantees).
+    Positions outside the input (padding) count as -inf: they are skipped, and PyTorch's
+    output-size rule guarantees every window overlaps the input. The channel loop is innermost
+    so that it vectorises.
     """
     n_batch, height, width, channels = x.shape
     out_h, out_w = out.shape[1], out.shape[2]
@@ -71,23 +97,27 @@ def max_pool_forward_nhwc(x: np.ndarray, kernel_h: int, kernel_w: int, stride_h:
             h0 = oh * stride_h - pad_h
             for ow in range(out_w):
                 w0 = ow * stride_w - pad_w
-                for c in range(channels):
-                    best = -np.inf
-                    best_index = -1
-                    for i in range(kernel_h):
-                        h = h0 + i
-                        if h < 0 or h >= height:
+                first = True
+                for i in range(kernel_h):
+                    h = h0 + i
+                    if h < 0 or h >= height:
+                        continue
+                    for j in range(kernel_w):
+                        w = w0 + j
+                        if w < 0 or w >= width:
                             continue
-                        for j in range(kernel_w):
-                            w = w0 + j
-                            if w < 0 or w >= width:
-                                continue
-                            v = x[n, h, w, c]
-                            if v > best or best_index < 0:
-                                best = v
-                                best_index = h * width + w
-                    out[n, oh, ow, c] = best
-                    argmax[n, oh, ow, c] = best_index
+                        index = h * width + w
+                        if first:
+                            for c in range(channels):
+                                out[n, oh, ow, c] = x[n, h, w, c]
+                                argmax[n, oh, ow, c] = index
+                            first = False
+                        else:
+                            for c in range(channels):
+                                v = x[n, h, w, c]
+                                if v > out[n, oh, ow, c]:
+                                    out[n, oh, ow, c] = v
+                                    argmax[n, oh, ow, c] = index
 
 
 @kernel
@@ -103,7 +133,7 @@ def max_pool_backward_nhwc(grad_out: np.ndarray, argmax: np.ndarray, grad_in: np
                     grad_in[n, index // width, index % width, c] += grad_out[n, oh, ow, c]
 
 
-@kernel
+@serial_kernel
 def channel_mean_var(x: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-column mean and biased variance of x (M, C), accumulated in float64.
 
@@ -127,7 +157,7 @@ def channel_mean_var(x: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, np.
     return mean, var
 
 
-@kernel
+@serial_kernel
 def affine_columns(x: np.ndarray, scale: np.ndarray, shift: np.ndarray, out: np.ndarray,
                    bounds: np.ndarray) -> None:
     """out[r, c] = x[r, c] * scale[c] + shift[c]."""
@@ -138,7 +168,7 @@ def affine_columns(x: np.ndarray, scale: np.ndarray, shift: np.ndarray, out: np.
                 out[r, c] = x[r, c] * scale[c] + shift[c]
 
 
-@kernel
+@serial_kernel
 def batch_norm_grad_sums(grad: np.ndarray, x: np.ndarray, mean: np.ndarray, inv_std: np.ndarray,
                          bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """sum_r g[r, c] and sum_r g[r, c] * xhat[r, c] with xhat = (x - mean) * inv_std (float64)."""
@@ -155,7 +185,7 @@ def batch_norm_grad_sums(grad: np.ndarray, x: np.ndarray, mean: np.ndarray, inv_
     return sum_g.sum(axis=0), sum_gx.sum(axis=0)
 
 
-@kernel
+@serial_kernel
 def batch_norm_grad_input(grad: np.ndarray, x: np.ndarray, mean: np.ndarray, inv_std: np.ndarray,
                           scale: np.ndarray, mean_g: np.ndarray, mean_gx: np.ndarray,
                           out: np.ndarray, bounds: np.ndarray) -> None:

@@ -60,7 +60,9 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
 
     padded = _pad_nhwc(x, pad_h, pad_w)
     rows = n * out_h * out_w
-    cols = _windows(padded, kernel_h, kernel_w, stride_h, stride_w, out_h, out_w).reshape(rows, -1)
+    cols = np.empty((n, out_h, out_w, kernel_h, kernel_w, c), dtype=x.dtype)
+    _kernels.im2col_nhwc(padded, stride_h, stride_w, cols)  # the one copy of the windows
+    cols = cols.reshape(rows, -1)
     w_mat = weight.data.transpose(0, 2, 3, 1).reshape(out_ch, -1)  # (O, KH*KW*C), small copy
     out = cols @ w_mat.T
     if bias is not None:
