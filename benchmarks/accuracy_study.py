@@ -51,7 +51,7 @@ CONFIGS: dict[str, dict] = {
 }
 
 # The one schedule every configuration trains with (sized for < 90 min for all seven).
-STUDY_SCHEDULE = dict(dataset="fashion-mnist", epochs=4, batch_size=128, optimizer="adam",
+STUDY_SCHEDULE = dict(dataset="fashion-mnist", epochs=2, batch_size=128, optimizer="adam",
                       lr=2e-3, schedule="cosine", val_size=5000, seed=0)
 QUICK_SCHEDULE = dict(dataset="fashion-mnist", epochs=1, batch_size=64, optimizer="adam",
                       lr=2e-3, schedule="cosine", val_size=200, limit_train=400,

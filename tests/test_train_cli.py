@@ -1,5 +1,6 @@
 """The training CLI end to end on tiny data: files written, exact resume, bad inputs."""
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from tinypact.train import main as train_main
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--limit-train", "48", "--val-size", "24", "--limit-test", "40", "--batch-size", "16",
-        "--no-progress"]
+        "--augment", "crop-flip", "--no-progress"]
 
 
 def tiny_config(**changes):
@@ -29,9 +30,16 @@ def quiet(_message):
     pass
 
 
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    """One uninterrupted 2-epoch tiny run, shared (read-only) by several tests."""
+    run = tmp_path_factory.mktemp("full") / "run"
+    return trainer.fit(tiny_config(), run, progress=False, log=quiet)
+
+
 def test_cli_end_to_end(tmp_path):
     run = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "tinypact.train", "--epochs", "2", *TINY,
+    proc = subprocess.run([sys.executable, "-m", "tinypact.train", "--epochs", "1", *TINY,
                            "--out", str(run)], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
@@ -45,7 +53,7 @@ def test_cli_end_to_end(tmp_path):
     for name in ("error_curves.png", "alphas.png"):
         assert (run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{name} is not a PNG"
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records] == [1, 2]
+    assert [r["epoch"] for r in records] == [1]
     for key in ("loss", "train_error", "val_error", "alphas", "lr", "epoch_time"):
         assert key in records[0], f"metrics record lacks {key!r}: {records[0]}"
     assert set(records[0]["alphas"]) == {"act0", "act1", "act2"}, records[0]["alphas"]
@@ -54,7 +62,7 @@ def test_cli_end_to_end(tmp_path):
     # The checkpoint honours the contract integer_engine reads.
     with np.load(run / "checkpoint.npz", allow_pickle=False) as npz:
         meta = json.loads(str(npz["meta"][()]))
-        assert meta["format"] == "tinypact-checkpoint" and meta["epoch"] == 2
+        assert meta["format"] == "tinypact-checkpoint" and meta["epoch"] == 1
         assert meta["graph"][0]["op"] == "input"
         for node in meta["graph"]:
             for field in ("weight", "bias"):
@@ -62,35 +70,33 @@ def test_cli_end_to_end(tmp_path):
                     assert f"model/{node[field]}" in npz.files, f"graph names missing {node[field]}"
 
 
-def test_evaluate_matches_training_result(tmp_path, capsys):
-    result = trainer.fit(tiny_config(epochs=1), tmp_path / "run", progress=False, log=quiet)
-    capsys.readouterr()
-    assert evaluate_main([str(tmp_path / "run"), "--json", "--limit", "40", "--no-progress"]) == 0
+def test_evaluate_matches_training_result(full_run, capsys):
+    assert evaluate_main([str(full_run.run_dir), "--json", "--limit", "40", "--no-progress"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["images"] == 40 and report["epoch"] == 1
-    assert report["accuracy"] == pytest.approx(result.test_accuracy, abs=1e-12), (report, result)
+    assert report["images"] == 40 and report["epoch"] == 2
+    assert report["accuracy"] == pytest.approx(full_run.test_accuracy, abs=1e-12), (
+        report, full_run.test_accuracy)
 
 
-def test_resume_equals_uninterrupted(tmp_path):
+def test_resume_equals_uninterrupted(full_run, tmp_path):
     config = tiny_config()
-    full = trainer.fit(config, tmp_path / "full", progress=False, log=quiet)
     first = trainer.fit(config, tmp_path / "split", progress=False, log=quiet, stop_after=1)
     assert not first.finished and load_checkpoint(tmp_path / "split").epoch == 1
     resumed = trainer.fit(config, tmp_path / "split", resume=True, progress=False, log=quiet)
 
-    expected, got = full.model.state_dict(), resumed.model.state_dict()
+    expected, got = full_run.model.state_dict(), resumed.model.state_dict()
     assert list(expected) == list(got)
     for key in expected:
         assert np.array_equal(expected[key], got[key]), (
             f"{key}: resumed run differs from the uninterrupted one by up to "
             f"{np.max(np.abs(expected[key] - got[key]))}")
-    a, b = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "split")
+    a, b = load_checkpoint(full_run.run_dir), load_checkpoint(tmp_path / "split")
     for index, state in a.optimizer_state["state"].items():
         for name, value in state.items():
             assert np.array_equal(value, b.optimizer_state["state"][index][name]), (index, name)
-    strip = [{k: v for k, v in r.items() if k != "epoch_time"} for r in full.history]
+    strip = [{k: v for k, v in r.items() if k != "epoch_time"} for r in full_run.history]
     assert strip == [{k: v for k, v in r.items() if k != "epoch_time"} for r in resumed.history]
-    assert resumed.test_error == full.test_error
+    assert resumed.test_error == full_run.test_error
     lines = (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
 
@@ -133,11 +139,10 @@ def test_bad_arguments_are_one_line_errors(argv, message, capsys):
     assert err.count("\n") == 1 and message in err, f"{argv}: stderr {err!r}"
 
 
-def test_existing_run_refused_and_resume_config_checked(tmp_path, capsys):
+def test_existing_run_refused_and_resume_config_checked(full_run, tmp_path, capsys):
     run = tmp_path / "run"
-    argv = ["--epochs", "1", *TINY, "--no-export", "--out", str(run)]
-    assert train_main(argv) == 0
-    capsys.readouterr()
+    shutil.copytree(full_run.run_dir, run)
+    argv = ["--epochs", "2", *TINY, "--no-export", "--out", str(run)]
     before = (run / "checkpoint.npz").read_bytes()
 
     assert train_main(argv) == 2
@@ -165,6 +170,7 @@ def test_data_error_is_one_line_exit_1(tmp_path, capsys, monkeypatch):
     assert train_main(["fashion-mnist", "--out", str(tmp_path / "run"), "--no-progress"]) == 1
     assert capsys.readouterr().err == ("error: fashion-mnist not found in /nowhere; install "
                                        "dataset-fashion-mnist\n")
+    assert not (tmp_path / "run").exists(), "a failed data load left a run directory behind"
 
 
 def test_recipes_follow_the_paper():

@@ -36,7 +36,7 @@ METRICS_NAME = "metrics.jsonl"
 
 # Config fields that may differ between a run and its resumption (where data lives, how many
 # test images to score at the end, ...): they do not change the weights a run ends with.
-RESUME_FREE_FIELDS = frozenset({"data_dir", "limit_test", "progress"})
+RESUME_FREE_FIELDS = frozenset({"data_dir", "limit_test"})
 
 
 class CheckpointError(Exception):
@@ -257,8 +257,9 @@ def is_run_dir(path: str | os.PathLike) -> bool:
     return (path / CONFIG_NAME).exists() or (path / CHECKPOINT_NAME).exists()
 
 
-def prepare_run_dir(out: str | os.PathLike, resume: bool) -> Path:
-    """Create `out` for a new run, or check it holds a run to resume. Never overwrites a run."""
+def prepare_run_dir(out: str | os.PathLike, resume: bool, create: bool = True) -> Path:
+    """Create `out` for a new run (only check, if not `create`), or check it holds a run to
+    resume. Never overwrites a run."""
     out = Path(out)
     if resume:
         if not is_run_dir(out):
@@ -269,7 +270,8 @@ def prepare_run_dir(out: str | os.PathLike, resume: bool) -> Path:
         raise CheckpointError(f"{out} exists; pass --resume to continue or choose --out")
     if out.exists() and not out.is_dir():
         raise CheckpointError(f"{out} exists and is not a directory; choose --out")
-    out.mkdir(parents=True, exist_ok=True)
+    if create:
+        out.mkdir(parents=True, exist_ok=True)
     return out
 
 

@@ -2,7 +2,7 @@
 
 One epoch: shuffle (seeded by (seed, epoch)), augment, forward, cross-entropy, backward, optimizer
 step, clamp PACT alphas positive; then step the LR schedule, measure validation error, and save
-an atomic checkpoint, `metrics.jsonl` and the plots.
+an atomic checkpoint and `metrics.jsonl`, and redraw the plots.
 
 Exact resumption. Everything random in epoch e is drawn from generators seeded with
 (seed, e): the shuffling order, the augmentation, and tinypact's global generator (dropout). So a
@@ -42,6 +42,9 @@ from tinypact.tensor import Tensor, no_grad
 ERROR_PLOT = "error_curves.png"
 ALPHA_PLOT = "alphas.png"
 RESULT_NAME = "result.json"
+# Plots are redrawn after every epoch that took at least this long (seconds; drawing costs about
+# a second), and always at the end of a run; tiny runs (tests) so draw them once.
+PLOT_EVERY_EPOCH_AFTER = 5.0
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -230,12 +233,12 @@ def current_lr(optimizer) -> float:
 def time_one_step(model, optimizer, loader) -> float:
     """Seconds for one training batch (forward + backward + step), state restored afterwards.
 
-    The first call warms up (Numba compilation, caches); the second is timed.
+    The first call warms up (Numba compilation, caches); the best of the next two is taken.
     """
     state, rng_state = model.state_dict(), tp_random.get_state()
     x, labels = loader.batch(0, 0)
     seconds = []
-    for _ in range(2):
+    for _ in range(3):
         start = time.perf_counter()
         loss = F.cross_entropy(model(Tensor(x)), labels)
         optimizer.zero_grad()
@@ -244,7 +247,7 @@ def time_one_step(model, optimizer, loader) -> float:
     model.load_state_dict(state)
     optimizer.zero_grad()
     tp_random.set_state(rng_state)
-    return seconds[-1] * loader.batch_size / len(labels)
+    return min(seconds[1:]) * loader.batch_size / len(labels)
 
 
 def _format_duration(seconds: float) -> str:
@@ -272,7 +275,7 @@ def fit(config: TrainConfig, run_dir: str | Path, resume: bool = False, progress
     `config.epochs` epochs are done.
     """
     config.validate()
-    run_dir = prepare_run_dir(run_dir, resume)
+    run_dir = prepare_run_dir(run_dir, resume, create=False)
     checkpoint = None
     if resume:
         if (run_dir / CONFIG_NAME).exists():
@@ -280,9 +283,11 @@ def fit(config: TrainConfig, run_dir: str | Path, resume: bool = False, progress
         if (run_dir / CHECKPOINT_NAME).exists():
             checkpoint = load_checkpoint(run_dir)
             check_resume_config(checkpoint.config, config.to_dict(), str(run_dir))
-    write_json_atomic(run_dir / CONFIG_NAME, config.to_dict())
 
+    # Data first: a missing data set must not leave behind a run directory that blocks a rerun.
     train, val, test = load_splits(config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(run_dir / CONFIG_NAME, config.to_dict())
     loader = train_loader(train, config)
     model, model_meta = build(config)
     optimizer, scheduler = build_optimizer(model, config)
@@ -335,6 +340,9 @@ def fit(config: TrainConfig, run_dir: str | Path, resume: bool = False, progress
         record["epoch_time"] = round(time.perf_counter() - record.pop("_start"), 3)
         history.append(record)
         _save_epoch(run_dir, model, model_meta, optimizer, scheduler, config, epoch + 1, history)
+        last = epoch + 1 == config.epochs or (stop_after is not None and epoch + 1 >= stop_after)
+        if last or record["epoch_time"] >= PLOT_EVERY_EPOCH_AFTER:
+            write_plots(run_dir, config, history)
         val_text = "" if record["val_error"] is None else f", val error {100 * record['val_error']:.2f}%"
         log(f"epoch {epoch + 1}/{config.epochs}: loss {record['loss']:.4f}, train error "
             f"{100 * record['train_error']:.2f}%{val_text}, {record['epoch_time']:.1f} s")
@@ -388,17 +396,21 @@ def _train_one_epoch(model, optimizer, loader, config: TrainConfig, epoch: int,
             "train_error": wrong / max(seen, 1), "lr": lr, "_start": start}
 
 
-def _save_epoch(run_dir: Path, model, model_meta: dict, optimizer, scheduler, config: TrainConfig,
-                epoch: int, history: list[dict]) -> None:
-    """Checkpoint first (atomic), then metrics.jsonl and plots, which a resume can rebuild."""
+def write_plots(run_dir: Path, config: TrainConfig, history: list[dict]) -> None:
+    """RUN/error_curves.png (the paper's Fig. 4) and RUN/alphas.png (Fig. 2) from `history`."""
     from tinypact import plots
 
+    title = f"{config.dataset} {config.describe_policy().split(' (')[0]}"
+    plots.plot_error_curves(history, run_dir / ERROR_PLOT, title=title)
+    plots.plot_alphas(history, run_dir / ALPHA_PLOT, title=f"PACT alpha per layer, {title}")
+
+
+def _save_epoch(run_dir: Path, model, model_meta: dict, optimizer, scheduler, config: TrainConfig,
+                epoch: int, history: list[dict]) -> None:
+    """Checkpoint first (atomic), then metrics.jsonl, which a resume rebuilds from it."""
     meta = {"config": config.to_dict(), "model": model_meta, "epoch": epoch,
             "graph": model.graph(), "alphas": model_alphas(model), "history": history}
     save_checkpoint(run_dir / CHECKPOINT_NAME, meta, model.state_dict(), optimizer.state_dict(),
                     None if scheduler is None else scheduler.state_dict(),
                     {"tinypact": tp_random.get_state()})
     write_metrics(run_dir, history)
-    title = f"{config.dataset} {config.describe_policy().split(' (')[0]}"
-    plots.plot_error_curves(history, run_dir / ERROR_PLOT, title=title)
-    plots.plot_alphas(history, run_dir / ALPHA_PLOT, title=f"PACT alpha per layer, {title}")
