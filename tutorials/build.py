@@ -831,8 +831,8 @@ PACT_NB = [
     import tinypact.random
 
     train_set, test_set = load_dataset("sample", "train"), load_dataset("sample", "test")
-    if SMALL:   # the test suite: 500 training and 250 test images, one epoch
-        train_set, test_set = train_set.subset(np.arange(0, 5000, 10)), test_set.subset(np.arange(0, 1000, 4))
+    if SMALL:   # the test suite: 250 training and 200 test images, one epoch
+        train_set, test_set = train_set.subset(np.arange(0, 5000, 20)), test_set.subset(np.arange(0, 1000, 5))
     EPOCHS = 1 if SMALL else 5   # otherwise all 5 000 training and 1 000 test images
     LR, ALPHA_LR, ALPHA_DECAY = 2e-3, 0.2, 1e-3    # Adam; alpha: own learning rate and L2 decay
 
@@ -901,7 +901,7 @@ PACT_NB = [
             ax.plot(epochs_axis, 100 * np.array(h[key]), dashes, color=color, marker="o", label=name)
     axes[0].set_title("(a) training error"); axes[1].set_title("(b) test error")
     for ax in axes:
-        ax.set_xlabel("epoch")
+        ax.set_xlabel("epoch"); ax.set_xticks(epochs_axis)
     axes[0].set_ylabel("error %"); axes[1].legend(fontsize=8); plt.show()
     '''),
     md('''
@@ -1133,8 +1133,8 @@ QTRAIN = [
     from tinypact.trainer import fit
 
     RUNS = Path(tempfile.mkdtemp(prefix="tinypact-tutorial-4-"))
-    if SMALL:   # the test suite: 300 training images, one epoch
-        SIZE = dict(epochs=1, limit_train=300, val_size=100, limit_test=200)
+    if SMALL:   # the test suite: 200 training images, one epoch
+        SIZE = dict(epochs=1, limit_train=200, val_size=50, limit_test=200)
     else:       # 4 500 training images (held-out validation: 500), all 1 000 test images
         SIZE = dict(epochs=6, limit_train=4500, val_size=500)
 
