@@ -132,6 +132,10 @@ def _threshold_rows_first(acc, scale, offset, rowsum, signed_th, direction, out)
     images, channels, rows = out.shape
     n = signed_th.shape[1]
     by_t = np.ascontiguousarray(signed_th.T)
+    # d * x as (x XOR m) - m with m = 0 or -1: vectorises where an int64 multiply does not.
+    negate = np.empty(channels, np.int64)
+    for o in range(channels):
+        negate[o] = -1 if direction[o] < 0 else 0
     for img in prange(images):
         base = img * rows
         codes = np.zeros((rows, channels), np.uint8)
@@ -139,7 +143,10 @@ def _threshold_rows_first(acc, scale, offset, rowsum, signed_th, direction, out)
         for p in range(rows):
             corr = offset * rowsum[img, p]
             for o in range(channels):
-                v[o] = (scale * np.int64(acc[base + p, o]) - corr) * direction[o]
+                # |acc| <= acc_bound < 2**31 (validated), so the int32 step is exact; it converts
+                # a float GEMM's result with one vector instruction.
+                x = scale * np.int64(np.int32(acc[base + p, o])) - corr
+                v[o] = (x ^ negate[o]) - negate[o]
             if n <= 16:
                 for t in range(n):
                     for o in range(channels):

@@ -58,6 +58,7 @@ def test_cli_end_to_end(tmp_path):
         assert key in records[0], f"metrics record lacks {key!r}: {records[0]}"
     assert set(records[0]["alphas"]) == {"act0", "act1", "act2"}, records[0]["alphas"]
     assert "integer-only accuracy" in out and "predictions equal" in out, out
+    assert "0 mismatching codes" in out and "bit-exact" in out, out
 
     # The checkpoint honours the contract integer_engine reads.
     with np.load(run / "checkpoint.npz", allow_pickle=False) as npz:

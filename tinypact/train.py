@@ -178,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+VERIFY_IMAGES = 1000  # as `python -m integer_engine verify` (the float64 reference is slow)
+
+
 def _export_and_verify(result) -> None:
     """Export the trained model to RUN/model.tpq with integer_engine and check it agrees.
 
@@ -195,6 +198,7 @@ def _export_and_verify(result) -> None:
         from integer_engine.executor import run_model
         from integer_engine.export import export_checkpoint
         from integer_engine.format import save_model
+        from integer_engine.verify import verify_model
     except ImportError as err:
         print(f"export   skipped: integer_engine is not available ({err})")
         return
@@ -214,6 +218,12 @@ def _export_and_verify(result) -> None:
     accuracy = float(np.mean(integer_pred == test.labels))
     print(f"export   {path}: integer-only accuracy {100 * accuracy:.2f}%; predictions equal the "
           f"trained model's on {100 * agree:.2f}% of {len(test)} test images")
+    # Layer by layer against the float64 reference, as `python -m integer_engine verify` does.
+    report = verify_model(integer_model, test.images[:VERIFY_IMAGES])
+    verdict = "bit-exact" if report.ok else "MISMATCH (please report this as a bug)"
+    print(f"verify   engine vs float64 reference on {report.images} test images: "
+          f"{report.total_mismatches} mismatching codes in {len(report.mismatches)} layers, "
+          f"{verdict}")
 
 
 if __name__ == "__main__":
