@@ -1343,6 +1343,49 @@ INTEGER = [
         print(f"   accumulator {int(acc):6d} -> code {int(np.sum(d * acc >= d * T))}")
     '''),
     md('''
+    Every output channel has its own staircase: batch-norm's scale and shift, the weight scale and
+    alpha differ per channel, and a negative batch-norm scale turns the staircase around
+    (direction $-1$: larger accumulators give *smaller* codes). The plot draws the staircases of a
+    few channels of `conv1` over the range of accumulator values they actually see on 200 test
+    images (the shaded histogram: channel 0's accumulators):
+    '''),
+    code('''
+    import matplotlib.pyplot as plt
+    from integer_engine.executor import run_model
+
+    # conv1's accumulators on real images: its integer input codes (the engine's output of the
+    # layer before it), lowered to windows, times the odd weight levels 2j - n_w.
+    outs = run_model(integer_model, test_set.images[:200], collect=True).outputs
+    before = conv1.attrs["inputs"][0]
+    x_codes = outs[before].astype(np.int64)
+    pad, k = conv1.attrs["padding"], j.shape[-1]
+    xp = np.pad(x_codes, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    windows = np.lib.stride_tricks.sliding_window_view(xp, (k, k), axis=(2, 3))   # N, C, H, W, k, k
+    accs = np.einsum("nchwij,ocij->nohw", windows, 2 * j - n_w, optimize=True)
+
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    first = conv1.arrays["thresholds"][:4]                       # every threshold on the plot
+    lo = min(np.percentile(accs[:, :4], 0.5), first.min() - 3)
+    hi = max(np.percentile(accs[:, :4], 99.5), first.max() + 3)
+    grid = np.arange(int(lo), int(hi) + 1)
+    ax2 = ax.twinx()
+    ax2.hist(accs[:, 0].ravel(), bins=60, color="0.85"); ax2.set_yticks([])
+    ax.set_zorder(ax2.get_zorder() + 1); ax.patch.set_visible(False)
+    for ch in range(4):
+        T, d = conv1.arrays["thresholds"][ch], conv1.arrays["direction"][ch]
+        code = (d * grid[:, None] >= d * T[None, :]).sum(1)
+        ax.step(grid, code + 0.04 * ch, where="post", label=f"channel {ch} (direction {int(d):+d})")
+    ax.set_xlabel("integer accumulator of conv1"); ax.set_ylabel("output code")
+    ax.set_yticks(range(4)); ax.legend(fontsize=8, loc="upper left")
+    ax.set_title("requantization = counting thresholds, one staircase per channel"); plt.show()
+
+    # The staircase is the engine's: applied to these accumulators it gives the engine's codes.
+    T0, d0 = conv1.arrays["thresholds"][0], conv1.arrays["direction"][0]
+    codes0 = (d0 * accs[:, 0, ..., None] >= d0 * T0).sum(-1)
+    print("channel 0's staircase on these accumulators == the engine's conv1 codes:",
+          np.array_equal(codes0, outs["conv1"][:, 0]))
+    '''),
+    md('''
     ## Bit-planes and the popcount MAC
 
     How does a machine multiply 2-bit numbers fast? Write each code in binary,
