@@ -44,14 +44,18 @@ def plot_error_curves(history: Sequence[dict], path: str | os.PathLike,
     return _save(fig, path)
 
 
-def plot_alphas(history: Sequence[dict], path: str | os.PathLike, title: str = "") -> Path:
-    """One line per layer: its PACT alpha at the end of each epoch (records' `alphas` dicts)."""
+def plot_alphas(history: Sequence[dict], path: str | os.PathLike, title: str = "",
+                initial: float | None = None) -> Path:
+    """One line per layer: its PACT alpha at the end of each epoch (records' `alphas` dicts),
+    starting from `initial` at epoch 0 when given (the paper's Fig. 2 starts at alpha = 10)."""
     fig, ax = plt.subplots(figsize=(6, 4))
     layers: list[str] = []
     for record in history:
         layers += [name for name in record.get("alphas", {}) if name not in layers]
     for name in layers:
         points = [(r["epoch"], r["alphas"][name]) for r in history if name in r.get("alphas", {})]
+        if initial is not None:
+            points.insert(0, (0, initial))
         ax.plot(*zip(*points), marker="o", markersize=3, label=name)
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))

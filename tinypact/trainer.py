@@ -402,7 +402,9 @@ def write_plots(run_dir: Path, config: TrainConfig, history: list[dict]) -> None
 
     title = f"{config.dataset} {config.describe_policy().split(' (')[0]}"
     plots.plot_error_curves(history, run_dir / ERROR_PLOT, title=title)
-    plots.plot_alphas(history, run_dir / ALPHA_PLOT, title=f"PACT alpha per layer, {title}")
+    learned = config.act_quant in ("pact", "pact+") and config.abits < 32
+    plots.plot_alphas(history, run_dir / ALPHA_PLOT, title=f"PACT alpha per layer, {title}",
+                      initial=config.alpha_init if learned else None)
 
 
 def _save_epoch(run_dir: Path, model, model_meta: dict, optimizer, scheduler, config: TrainConfig,
