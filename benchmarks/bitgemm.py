@@ -5,8 +5,7 @@
 
 For each shape M x N x K (MACs = M*N*K) it times float32 `a @ w.T`, the bit-serial popcount
 GEMM on pre-packed planes at W1A1, W2A2, W4A4, and `int_gemm` (uint8 activations x 8-bit odd
-weight codes in int16), interleaving the repetitions and keeping each kernel's best time so
-background load hits all kernels alike. Prints GMAC/s and the ratio to float32 matmul's
+weight codes in int16), keeping each kernel's best time over several rounds (see `best_times`). Prints GMAC/s and the ratio to float32 matmul's
 throughput (ratio > 1: faster than float32). Targets: W2A2 >= 1.5x, W1A1 >= 4x.
 """
 import argparse
@@ -35,16 +34,22 @@ SHAPES = [
 QUICK = ["conv2", "conv4", "gemm"]
 
 
-def best_times(fns: dict, reps: int) -> dict:
-    """Best wall time of each callable over `reps` interleaved rounds (after one warm-up call)."""
-    for fn in fns.values():
-        fn()
+def best_times(fns: dict, reps: int, rounds: int = 3) -> dict:
+    """Best wall time of each callable: `rounds` rounds, each running every callable `reps` times
+    in a row after one untimed call.
+
+    Runs are grouped per kernel, not alternated call by call: after a BLAS call OpenBLAS's worker
+    threads keep spinning for a while, and a Numba kernel started in that window shares the two
+    cores with them (measured here: bit-serial GEMMs about 1.7x slower right after np.matmul).
+    Repeating the rounds still spreads slow drifts in background load over all kernels."""
     best = {name: float("inf") for name in fns}
-    for _ in range(reps):
+    for _ in range(rounds):
         for name, fn in fns.items():
-            start = time.perf_counter()
             fn()
-            best[name] = min(best[name], time.perf_counter() - start)
+            for _ in range(reps):
+                start = time.perf_counter()
+                fn()
+                best[name] = min(best[name], time.perf_counter() - start)
     return best
 
 

@@ -45,7 +45,8 @@ def test_cli_end_to_end(tmp_path):
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     out = proc.stdout
     for expected in ("dataset  sample", "parameters", "W2A2", "estimate", "test accuracy",
-                     "python -m tinypact.evaluate", "python -m integer_engine export"):
+                     "python -m tinypact.evaluate", "python -m integer_engine run",
+                     "python -m integer_engine simulate"):
         assert expected in out, f"{expected!r} missing from the CLI output:\n{out}"
     for name in ("checkpoint.npz", "metrics.jsonl", "config.json", "result.json",
                  "error_curves.png", "alphas.png", "model.tpq"):

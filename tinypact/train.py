@@ -170,10 +170,13 @@ def main(argv: list[str] | None = None) -> int:
           f" on {result.test_images} test images")
     written = [CHECKPOINT_NAME, METRICS_NAME, ERROR_PLOT, ALPHA_PLOT, RESULT_NAME, "config.json"]
     print(f"wrote    {run_dir}/{{{','.join(written)}}}")
-    if not args.no_export:
-        _export_and_verify(result)
+    exported = None if args.no_export else _export_and_verify(result)
     print("next     python -m tinypact.evaluate " + shlex.quote(str(run_dir)))
-    if not config.is_float:
+    if exported is not None:
+        model_arg = shlex.quote(str(exported))
+        print(f"         python -m integer_engine run {model_arg} --data {config.dataset}")
+        print(f"         python -m integer_engine simulate {model_arg}")
+    elif not config.is_float:
         print(f"         python -m integer_engine export {shlex.quote(str(run_dir))} -o model.tpq")
     return 0
 
@@ -181,18 +184,19 @@ def main(argv: list[str] | None = None) -> int:
 VERIFY_IMAGES = 1000  # as `python -m integer_engine verify` (the float64 reference is slow)
 
 
-def _export_and_verify(result) -> None:
+def _export_and_verify(result) -> Path | None:
     """Export the trained model to RUN/model.tpq with integer_engine and check it agrees.
 
     The single call site of the end-of-training hand-off (docs/ARCHITECTURE.md): tinypact uses
     integer_engine as a user would. Runs the integer model on the test images and prints its
     accuracy and how often its predictions equal the float (fake-quantized) model's. Skipped for
     policies with float layers; an export failure is reported, it does not undo the training.
+    Returns the model file's path, or None if nothing was exported.
     """
     config, run_dir = result.config, result.run_dir
     if config.wbits >= 32 or config.abits >= 32 or config.first_last_bits >= 32:
         print("export   skipped: float layers are not exportable to the integer engine")
-        return
+        return None
     try:
         from integer_engine.errors import EngineError
         from integer_engine.executor import run_model
@@ -201,7 +205,7 @@ def _export_and_verify(result) -> None:
         from integer_engine.verify import verify_model
     except ImportError as err:
         print(f"export   skipped: integer_engine is not available ({err})")
-        return
+        return None
     from tinypact.trainer import predict
 
     path = run_dir / "model.tpq"
@@ -212,7 +216,7 @@ def _export_and_verify(result) -> None:
         integer_pred = run_model(integer_model, test.images).predictions
     except EngineError as err:
         print(f"export   failed: {err}")
-        return
+        return None
     float_pred = predict(result.model, test)
     agree = float(np.mean(integer_pred == float_pred))
     accuracy = float(np.mean(integer_pred == test.labels))
@@ -224,6 +228,7 @@ def _export_and_verify(result) -> None:
     print(f"verify   engine vs float64 reference on {report.images} test images: "
           f"{report.total_mismatches} mismatching codes in {len(report.mismatches)} layers, "
           f"{verdict}")
+    return path
 
 
 if __name__ == "__main__":
