@@ -12,11 +12,18 @@ images/s for both, the ratio (target >= 2x), prediction agreement, and the engin
 table. Both run on all cores (NumPy's BLAS threads, Numba's thread pool).
 """
 import argparse
+import os
 import sys
-import time
-from pathlib import Path
 
-import numpy as np
+# What importing tinypact or integer_engine first would do (see integer_engine/__init__.py):
+# OpenBLAS threads sleep soon after a call instead of spinning on the cores the next Numba
+# kernel needs. Set before NumPy loads; it applies to both sides of the comparison.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 

@@ -11,12 +11,18 @@ against PyTorch's on the SVHN shapes.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-import time
-import tracemalloc
-from pathlib import Path
 
-import numpy as np
+# What importing tinypact first would do (see tinypact/__init__.py): OpenBLAS threads sleep soon
+# after a call instead of spinning on the cores the next Numba kernel needs. Set before NumPy
+# loads. PyTorch runs on its own thread pool and is not affected.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+import time  # noqa: E402
+import tracemalloc  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 

@@ -4,6 +4,17 @@ Reads the integer model file written by `integer_engine.export` (format: docs/mo
 runs it with bit-packed popcount kernels, checks it bit-for-bit against a float64 reference, and
 models what a systolic-array accelerator would spend on it. Never imports tinypact.
 """
+import os
+
+# The engine alternates NumPy's BLAS (its 8-bit layers) with parallel Numba kernels (bit-serial
+# layers, requantization) on the same cores. OpenBLAS's idle threads spin for about 0.1 s
+# (2**28 cycles) after every call before sleeping; on this project's 2-core machine they made
+# the bit-serial layer after the 8-bit first layer about 3x slower (benchmarks/engine.py, SVHN
+# conv1: 127 ms vs 42 ms with OpenBLAS's minimum spin, 2**4 cycles). Only effective when
+# integer_engine is imported before NumPy (as in `python -m integer_engine`); a value the user
+# set wins. tinypact/__init__.py does the same.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
 from integer_engine.errors import EngineError
 
 __all__ = ["EngineError"]

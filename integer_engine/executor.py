@@ -100,9 +100,11 @@ class _Compute:
             return dot, "channels_first", 2, self.n_w, rowsum
         # Every partial sum is an integer bounded by acc_bound (a static fact of the model), so
         # BLAS in exact_dtype is exact: `kernels.int_gemm`'s argument, without its scan of the data
-        # for the bound. Converting before im2col copies the small input, not the patch matrix.
-        xf = x.astype(self.exact_dtype)
-        cols = _im2col(xf, *a["kernel"], a["stride"], a["padding"]) if conv else xf
+        # for the bound. im2col converts while it gathers: one pass over the patch matrix.
+        if conv:
+            cols = kernels.im2col_codes(x, *a["kernel"], a["stride"], a["padding"], dtype=self.exact_dtype)
+        else:
+            cols = x.astype(self.exact_dtype)
         return cols @ self.levels_t, "rows_first", 1, 0, None  # (N*P, O)
 
 
@@ -179,15 +181,6 @@ class Engine:
             return fixed_point_add_apply(inputs, layer.arrays["multipliers"], layer.arrays["offset"],
                                          a["shift"], a["out_max"], channel_axis=1)
         raise EngineError(f"layer {layer.name!r}: unknown kind {kind!r}")
-
-
-def _im2col(x: np.ndarray, kh: int, kw: int, stride: int, padding: int) -> np.ndarray:
-    """(N, C, H, W) -> (N*OH*OW, C*kh*kw) patches in `kernels.im2col_codes`'s order, any dtype."""
-    if padding:
-        x = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
-    windows = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::stride, ::stride]
-    n, c, oh, ow = windows.shape[:4]
-    return windows.transpose(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, c * kh * kw)
 
 
 def max_pool_slices(x: np.ndarray, k: int, s: int, p: int) -> np.ndarray:

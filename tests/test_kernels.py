@@ -175,8 +175,11 @@ def conv_cases(draw):
 def test_im2col_codes_matches_nested_loops(case):
     x, kh, kw, stride, padding, _ = case
     context = f"x {x.shape} kernel {kh}x{kw} stride {stride} padding {padding}"
-    assert_equal(im2col_codes(x, kh, kw, stride, padding),
-                 conv_patches_reference(x, kh, kw, stride, padding), context)
+    want = conv_patches_reference(x, kh, kw, stride, padding)
+    assert_equal(im2col_codes(x, kh, kw, stride, padding), want, context)
+    as_float = im2col_codes(x, kh, kw, stride, padding, dtype=np.float32)
+    assert as_float.dtype == np.float32
+    assert_equal(as_float, want.astype(np.float32), context + " (float32)")
 
 
 @settings(max_examples=200)
