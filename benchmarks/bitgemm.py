@@ -9,11 +9,18 @@ weight codes in int16), keeping each kernel's best time over several rounds (see
 throughput (ratio > 1: faster than float32). Targets: W2A2 >= 1.5x, W1A1 >= 4x.
 """
 import argparse
+import os
 import sys
-import time
-from pathlib import Path
 
-import numpy as np
+# What importing integer_engine first would do (see integer_engine/__init__.py): OpenBLAS threads
+# sleep soon after a call instead of spinning on the cores the next Numba kernel needs (a spin
+# lasts ~0.1 s, longer than several timed runs of a fast kernel). Set before NumPy loads.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
@@ -39,9 +46,10 @@ def best_times(fns: dict, reps: int, rounds: int = 3) -> dict:
     in a row after one untimed call.
 
     Runs are grouped per kernel, not alternated call by call: after a BLAS call OpenBLAS's worker
-    threads keep spinning for a while, and a Numba kernel started in that window shares the two
-    cores with them (measured here: bit-serial GEMMs about 1.7x slower right after np.matmul).
-    Repeating the rounds still spreads slow drifts in background load over all kernels."""
+    threads may keep spinning for a while (see OPENBLAS_THREAD_TIMEOUT above), and a Numba kernel
+    started in that window shares the two cores with them (measured here: bit-serial GEMMs about
+    1.7x slower right after np.matmul). Repeating the rounds still spreads slow drifts in
+    background load over all kernels."""
     best = {name: float("inf") for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
