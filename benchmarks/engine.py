@@ -30,25 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from integer_engine.commands import format_layer_table
 from integer_engine.executor import Engine
 from integer_engine.export import lower_graph
-from tinypact.models import build_model
+from tinypact.models import build_model, randomize_statistics
 from tinypact.quant import Policy
 from tinypact.tensor import Tensor, no_grad
-
-
-def build_svhn(seed: int = 0):
-    model = build_model("svhn", Policy(wbits=2, abits=2))
-    rng = np.random.default_rng(seed)
-    state = model.state_dict()
-    for key, value in state.items():
-        if key.endswith("running_var"):
-            state[key] = rng.uniform(0.2, 2.0, value.shape).astype(np.float32)
-        elif key.endswith("running_mean"):
-            state[key] = rng.normal(0, 0.5, value.shape).astype(np.float32)
-        elif key.endswith(".alpha"):
-            state[key] = np.array(rng.uniform(0.5, 2.0), dtype=np.float32).reshape(value.shape)
-    model.load_state_dict(state)
-    model.eval()
-    return model, state
 
 
 def main() -> int:
@@ -61,8 +45,8 @@ def main() -> int:
     if args.quick:
         args.images, args.rounds = 128, 2
 
-    model, state = build_svhn()
-    engine = Engine(lower_graph(model.graph(), state))
+    model = randomize_statistics(build_model("svhn", Policy(wbits=2, abits=2)), biases=False)
+    engine = Engine(lower_graph(model.graph(), model.state_dict()))
     images = np.random.default_rng(1).integers(0, 256, (args.images, *model.input_shape), dtype=np.uint8)
     batches = [images[i:i + args.batch_size] for i in range(0, len(images), args.batch_size)]
 

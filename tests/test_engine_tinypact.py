@@ -20,19 +20,8 @@ from tinypact.quant import Policy
 
 def make_checkpoint(path, name, seed=0, **policy):
     """A tinypact checkpoint of an untrained `name` network with randomised BN stats and alphas."""
-    model = tinypact_models.build_model(name, Policy(**policy))
-    rng = np.random.default_rng(seed)
-    state = model.state_dict()
-    for key, value in state.items():
-        if key.endswith("running_var"):
-            state[key] = rng.uniform(0.2, 2.0, value.shape).astype(np.float32)
-        elif key.endswith("running_mean"):
-            state[key] = rng.normal(0, 0.5, value.shape).astype(np.float32)
-        elif key.endswith(".alpha"):
-            state[key] = np.array(rng.uniform(0.5, 2.0), dtype=np.float32).reshape(value.shape)
-        elif key.endswith("bias"):
-            state[key] = rng.normal(0.3, 0.3, value.shape).astype(np.float32)
-    model.load_state_dict(state)
+    model = tinypact_models.randomize_statistics(
+        tinypact_models.build_model(name, Policy(**policy)), seed)
     meta = {"config": {}, "model": model.spec(), "epoch": 0, "graph": model.graph()}
     save_checkpoint(path, meta, model.state_dict())
     return model

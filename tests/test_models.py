@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
-from tinypact.models import MODEL_FOR_DATASET, MODELS, build_model, graph_shapes
+from tinypact.models import (MODEL_FOR_DATASET, MODELS, build_model, graph_shapes,
+                             randomize_statistics)
 from tinypact.quant import (SAWB_COEFFICIENTS, SAWB_ZERO_ALIGNED_COEFFICIENTS, ActQuant, Policy,
                             alpha_parameters)
 from tinypact.tensor import Tensor, no_grad
@@ -220,3 +221,17 @@ def test_build_model_by_dataset_spec_and_errors():
     assert build_model("fmnist", **wide.spec()["kwargs"]).conv0.out_channels == 8
     with pytest.raises(ValueError, match="unknown model"):
         build_model("vgg16")
+
+
+def test_randomize_statistics_spreads_an_untrained_model():
+    model = randomize_statistics(build_model("fmnist", Policy(wbits=2, abits=2)), seed=3)
+    state = model.state_dict()
+    assert not model.training
+    variances = np.concatenate([v.ravel() for k, v in state.items() if k.endswith("running_var")])
+    alphas = [float(v) for k, v in state.items() if k.endswith(".alpha")]
+    assert variances.size and np.all((variances >= 0.2) & (variances <= 2.0)), variances
+    assert alphas and all(0.5 <= a <= 2.0 for a in alphas), alphas
+    assert np.any(state["fc.bias"] != 0), "biases were left at their initial zeros"
+    again = randomize_statistics(build_model("fmnist", Policy(wbits=2, abits=2)), seed=3)
+    randomized = [k for k in state if k.endswith(("running_var", "running_mean", ".alpha", "bias"))]
+    assert all(np.array_equal(state[k], again.state_dict()[k]) for k in randomized), "not reproducible"

@@ -369,3 +369,24 @@ def build_model(name: str, policy: Policy | dict | None = None, num_classes: int
     elif isinstance(policy, dict):
         policy = Policy.from_dict(policy)
     return MODELS[name](policy, num_classes, **options)
+
+
+def randomize_statistics(model: Network, seed: int = 0, biases: bool = True) -> Network:
+    """Give an untrained `model` the spread of a trained one, in place: batch-norm running
+    statistics (mean ~ N(0, 0.5), variance ~ U(0.2, 2)), PACT alphas ~ U(0.5, 2) and, with
+    `biases`, layer biases ~ N(0.3, 0.3). Then every activation uses all its quantization
+    levels, which is what export tests and speed benchmarks of an untrained network need.
+    Returns the model, in eval mode."""
+    rng = np.random.default_rng(seed)
+    state = model.state_dict()
+    for key, value in state.items():
+        if key.endswith("running_var"):
+            state[key] = rng.uniform(0.2, 2.0, value.shape).astype(np.float32)
+        elif key.endswith("running_mean"):
+            state[key] = rng.normal(0, 0.5, value.shape).astype(np.float32)
+        elif key.endswith(".alpha"):
+            state[key] = np.array(rng.uniform(0.5, 2.0), dtype=np.float32).reshape(value.shape)
+        elif biases and key.endswith("bias"):
+            state[key] = rng.normal(0.3, 0.3, value.shape).astype(np.float32)
+    model.load_state_dict(state)
+    return model.eval()
