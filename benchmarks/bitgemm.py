@@ -9,20 +9,15 @@ weight codes in int16), keeping each kernel's best time over several rounds (see
 throughput (ratio > 1: faster than float32). Targets: W2A2 >= 1.5x, W1A1 >= 4x.
 """
 import argparse
-import os
 import sys
-
-# What importing integer_engine first would do (see integer_engine/__init__.py): OpenBLAS threads
-# sleep soon after a call instead of spinning on the cores the next Numba kernel needs (a spin
-# lasts ~0.1 s, longer than several timed runs of a fast kernel). Set before NumPy loads.
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
-
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
+import time
+from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
+# integer_engine first: importing it before NumPy shortens OpenBLAS's idle spin
+# (integer_engine/__init__.py), which would otherwise take the cores from the next Numba kernel.
+import integer_engine  # noqa: E402,F401,I001
+import numpy as np  # noqa: E402
 
 from integer_engine.bitpack import bit_planes
 from integer_engine.kernels import bitserial_gemm, conv_bit_planes, int_gemm
@@ -46,7 +41,7 @@ def best_times(fns: dict, reps: int, rounds: int = 3) -> dict:
     in a row after one untimed call.
 
     Runs are grouped per kernel, not alternated call by call: after a BLAS call OpenBLAS's worker
-    threads may keep spinning for a while (see OPENBLAS_THREAD_TIMEOUT above), and a Numba kernel
+    threads may keep spinning for a while (see the import of integer_engine above), and a Numba kernel
     started in that window shares the two cores with them (measured here: bit-serial GEMMs about
     1.7x slower right after np.matmul). Repeating the rounds still spreads slow drifts in
     background load over all kernels."""

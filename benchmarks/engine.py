@@ -12,20 +12,15 @@ images/s for both, the ratio (target >= 2x), prediction agreement, and the engin
 table. Both run on all cores (NumPy's BLAS threads, Numba's thread pool).
 """
 import argparse
-import os
 import sys
-
-# What importing tinypact or integer_engine first would do (see integer_engine/__init__.py):
-# OpenBLAS threads sleep soon after a call instead of spinning on the cores the next Numba
-# kernel needs. Set before NumPy loads; it applies to both sides of the comparison.
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
-
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
+import time
+from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
+# integer_engine first: importing it before NumPy shortens OpenBLAS's idle spin
+# (integer_engine/__init__.py), which would otherwise take the cores from the next Numba kernel.
+import integer_engine  # noqa: E402,F401,I001
+import numpy as np  # noqa: E402
 
 from integer_engine.commands import format_layer_table
 from integer_engine.executor import Engine

@@ -11,22 +11,17 @@ against PyTorch's on the SVHN shapes.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-
-# What importing tinypact first would do (see tinypact/__init__.py): OpenBLAS threads sleep soon
-# after a call instead of spinning on the cores the next Numba kernel needs. Set before NumPy
-# loads. PyTorch runs on its own thread pool and is not affected.
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
-import time  # noqa: E402
-import tracemalloc  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
+import time
+import tracemalloc
+from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# tinypact first: importing it before NumPy shortens OpenBLAS's idle spin (tinypact/__init__.py),
+# which would otherwise take the cores from the Numba kernel after each BLAS call.
+import tinypact  # noqa: E402,I001
+import numpy as np  # noqa: E402
 
-import tinypact  # noqa: E402
 from tinypact import functional as F  # noqa: E402
 from tinypact import nn, optim  # noqa: E402
 

@@ -181,9 +181,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-VERIFY_IMAGES = 1000  # as `python -m integer_engine verify` (the float64 reference is slow)
-
-
 def _export_and_verify(result) -> Path | None:
     """Export the trained model to RUN/model.tpq with integer_engine and check it agrees.
 
@@ -202,6 +199,7 @@ def _export_and_verify(result) -> Path | None:
         from integer_engine.executor import run_model
         from integer_engine.export import export_checkpoint
         from integer_engine.format import save_model
+        from integer_engine.commands import VERIFY_DEFAULT_LIMIT
         from integer_engine.verify import verify_model
     except ImportError as err:
         print(f"export   skipped: integer_engine is not available ({err})")
@@ -223,7 +221,7 @@ def _export_and_verify(result) -> Path | None:
     print(f"export   {path}: integer-only accuracy {100 * accuracy:.2f}%; predictions equal the "
           f"trained model's on {100 * agree:.2f}% of {len(test)} test images")
     # Layer by layer against the float64 reference, as `python -m integer_engine verify` does.
-    report = verify_model(integer_model, test.images[:VERIFY_IMAGES])
+    report = verify_model(integer_model, test.images[:VERIFY_DEFAULT_LIMIT])
     verdict = "bit-exact" if report.ok else "MISMATCH (please report this as a bug)"
     print(f"verify   engine vs float64 reference on {report.images} test images: "
           f"{report.total_mismatches} mismatching codes in {len(report.mismatches)} layers, "
