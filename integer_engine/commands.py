@@ -2,7 +2,7 @@
 
     export RUN_OR_CHECKPOINT -o MODEL.tpq
     run MODEL --data DATASET|FILE.npz [--split test] [--limit N]
-    verify MODEL [--data ...] [--limit N] [--checkpoint CKPT]
+    verify MODEL [--data ...] [--limit N] [--checkpoint CKPT [--any-checkpoint]]
     inspect MODEL
 User mistakes raise EngineError (printed as one line by cli.main, exit status 2); `verify` exits
 with status 1 when it finds a mismatch.
@@ -34,13 +34,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("verify", help="engine vs float64 reference, layer by layer (must be 0 mismatches)")
+    p = sub.add_parser("verify", help="engine vs the trained model and vs the NumPy reference, "
+                                      "layer by layer (must be 0 mismatches)",
+                       description="Check the integer model layer by layer: against the trained "
+                                   "tinypact model it was exported from (its checkpoint; needs "
+                                   "tinypact) and against the plain NumPy reference of the engine. "
+                                   "Exits 1 on any mismatch.")
     p.add_argument("model", metavar="MODEL")
     _data_args(p, required=False)
     p.add_argument("--random", type=int, default=64, metavar="N",
                    help="without --data: verify on N random images (default 64)")
     p.add_argument("--checkpoint", metavar="CKPT",
-                   help="tinypact checkpoint to compare predictions with (default: the export source)")
+                   help="the tinypact run or checkpoint.npz to compare with (default: the one the "
+                        "model was exported from, if it is still there)")
+    p.add_argument("--any-checkpoint", action="store_true",
+                   help="compare with --checkpoint even if it is not the model's source (its "
+                        "SHA-256 differs from the one recorded at export)")
     p.add_argument("--batch-size", type=int, default=64)
     p.set_defaults(func=cmd_verify)
 
@@ -129,7 +138,8 @@ def format_layer_table(stats, images: int) -> str:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from integer_engine.verify import agreement, load_images, random_images, tinypact_predictions, verify_model
+    from integer_engine.verify import (agreement, check_source, load_images, random_images,
+                                       verify_against_checkpoint, verify_model)
 
     model = _load(args.model)
     labels = None
@@ -143,33 +153,35 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if args.random < 1:
             raise EngineError("--random must be at least 1")
         images, description = random_images(model, args.random), f"{args.random} random images"
-    report = verify_model(model, images, batch_size=max(1, args.batch_size))
-    print(f"engine vs float64 reference on {description}:")
-    width = max(len(name) for name in report.mismatches)
+    batch = max(1, args.batch_size)
+    checkpoint = args.checkpoint or (model.header.get("source") or {}).get("checkpoint")
+    trained = None
+    if args.checkpoint or (checkpoint and os.path.exists(checkpoint)):
+        if not args.any_checkpoint:
+            check_source(model, checkpoint)
+        trained = verify_against_checkpoint(model, checkpoint, images, batch_size=batch)
+        print(f"engine vs trained model ({checkpoint}) on {description}:")
+        print_report(trained)
+        stats = agreement(trained.engine_predictions, trained.other_predictions, labels)
+        print(f"predictions equal on {stats['agreement']:.2%} of {stats['images']} images")
+    else:
+        print("engine vs trained model: skipped (the source checkpoint is gone; pass --checkpoint RUN)")
+    report = verify_model(model, images, batch_size=batch)
+    print(f"engine vs NumPy reference on {description}:")
+    print_report(report)
+    if labels is not None:
+        print(f"engine accuracy: {np.mean(report.engine_predictions == labels):.4f}")
+    return 0 if report.ok and (trained is None or trained.ok) else 1
+
+
+def print_report(report) -> None:
+    """Per-layer mismatch counts, then the total and the verdict."""
+    width = max((len(name) for name in report.mismatches), default=0)
     for name, count in report.mismatches.items():
         extra = f"  first {report.first_mismatch[name]}" if name in report.first_mismatch else ""
         print(f"  {name.ljust(width)}  {count:>8} / {report.elements[name]:<10} mismatches{extra}")
-    print(f"total mismatches: {report.total_mismatches} ({'bit-exact' if report.ok else 'NOT bit-exact'})")
-    if labels is not None:
-        print(f"engine accuracy: {np.mean(report.engine_predictions == labels):.4f}")
-    checkpoint = args.checkpoint or (model.header.get("source") or {}).get("checkpoint")
-    if checkpoint and os.path.exists(checkpoint):
-        try:
-            theirs = tinypact_predictions(checkpoint, images)
-        except EngineError as err:
-            print(f"tinypact agreement: skipped ({err})")
-        else:
-            stats = agreement(report.engine_predictions, theirs, labels)
-            line = (f"agreement with tinypact fake-quant eval: {stats['agree']}/{stats['images']} "
-                    f"= {stats['agreement']:.4%}")
-            if labels is not None:
-                line += f" (tinypact accuracy {stats['other_accuracy']:.4f})"
-            print(line)
-    elif args.checkpoint:
-        raise EngineError(f"checkpoint not found: {args.checkpoint}")
-    else:
-        print("tinypact agreement: skipped (source checkpoint not found; pass --checkpoint)")
-    return 0 if report.ok else 1
+    print(f"  total: {report.total_mismatches} mismatches in {len(report.mismatches)} layers "
+          f"({'bit-exact' if report.ok else 'NOT bit-exact'})")
 
 
 def model_sizes(model) -> dict:
@@ -202,7 +214,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         a = layer.attrs
         bits = f"{a['wbits']}/{a['abits']}" if layer.is_compute else "-"
         out = a.get("output", "")
-        out_max = "int32 logits" if out == "logits" else ("int32 acc" if out == "accumulator" else str(a.get("out_max")))
+        out_max = "f32 logits" if out == "logits" else ("int32 acc" if out == "accumulator" else str(a.get("out_max")))
         rows.append((layer.name, a["kind"], "x".join(map(str, a["in_shape"])), "x".join(map(str, a["out_shape"])),
                      bits, out_max, f"{a['macs']:,}" if layer.is_compute else "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

@@ -12,11 +12,13 @@ weights as rows so the result is channel-major); the `- n_w * rowsum(a)` correct
 Wide ones (the 8-bit first and last layers) multiply the codes by the signed levels c with BLAS in
 float32 (or float64): every partial sum is an integer bounded by the layer's static `acc_bound`
 (<= 2**24 for float32; always <= 2**31 for float64), so the float GEMM is exact, as
-`kernels.int_gemm` argues. Requantization is integer-only: the accumulator goes through the layer's
-thresholds (`requant.threshold_codes`, writing NCHW codes directly), the residual
-fixed-point add, or gets the integer bias (logits). Max-pool works on codes, average pooling sums
-them. Each layer's MACs (as performed: rows x depth x columns of its GEMM) and wall time are
-counted; `reference.py` is the float64 check.
+`kernels.int_gemm` argues. Requantization between layers is integer-only: the accumulator goes
+through the layer's thresholds (`requant.threshold_codes`, writing NCHW codes directly), found at
+export from the layer's float epilogue. Two places evaluate the float32 epilogue itself
+(`epilogue.py`), elementwise: a residual add, whose two integer inputs admit no thresholds on one
+integer, and the logits. Max-pool works on codes, average pooling sums them. Each layer's MACs
+(as performed: rows x depth x columns of its GEMM) and wall time are counted; `reference.py` is
+the plain NumPy check.
 """
 from __future__ import annotations
 
@@ -26,9 +28,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from integer_engine import bitpack, kernels
+from integer_engine.epilogue import activation_code, affine
 from integer_engine.errors import EngineError
 from integer_engine.format import IntegerModel, Layer
-from integer_engine.requant import apply_thresholds, fixed_point_add_apply, full_accumulator, threshold_codes
+from integer_engine.requant import apply_thresholds, full_accumulator, threshold_codes
 
 # Bit-serial popcount GEMM costs abits * wbits AND+POPCNT passes per 64 MACs; beyond about this
 # many it loses to the BLAS-backed integer GEMM.
@@ -49,7 +52,7 @@ class LayerStats:
 
 @dataclass
 class EngineResult:
-    logits: np.ndarray  # int32 (N, classes)
+    logits: np.ndarray  # float32 (N, classes): the trained model's logits, bit for bit
     outputs: dict[str, np.ndarray] = field(default_factory=dict)  # every layer's output, when collected
     stats: list[LayerStats] = field(default_factory=list)
 
@@ -122,14 +125,14 @@ class Engine:
                                                            layer.arrays["direction"], 1)[:, 0]
 
     def run(self, images: np.ndarray, collect: bool = False) -> EngineResult:
-        """uint8 images (N, C, H, W) -> int32 logits; `collect` keeps every layer's output."""
+        """uint8 images (N, C, H, W) -> float32 logits; `collect` keeps every layer's output."""
         images = np.asarray(images)
         shape = tuple(self.model.input_shape)
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != shape:
             raise EngineError(f"engine input must be uint8 images of shape (N, {', '.join(map(str, shape))}), "
                               f"got {images.dtype} {images.shape}")
         values = {"input": np.ascontiguousarray(images)}
-        result = EngineResult(logits=np.zeros((0, 0), np.int32))
+        result = EngineResult(logits=np.zeros((0, 0), np.float32))
         for layer in self.model.layers:
             a = layer.attrs
             stats = LayerStats(layer.name, a["kind"], tuple(a["out_shape"]), a.get("wbits"), a.get("abits"))
@@ -140,7 +143,7 @@ class Engine:
             result.stats.append(stats)
             if collect:
                 result.outputs[layer.name] = out
-        result.logits = values[self.model.layers[-1].name].astype(np.int32)
+        result.logits = values[self.model.layers[-1].name]
         return result
 
     def _layer(self, layer: Layer, inputs: list[np.ndarray], stats: LayerStats) -> np.ndarray:
@@ -159,7 +162,7 @@ class Engine:
             else:
                 full = full_accumulator(acc, images, layout, scale, offset, rowsum, channels)
                 if a["output"] == "logits":
-                    out = (full[:, :, 0] + layer.arrays["bias"][None, :]).astype(np.int32)
+                    out = epilogue_affine(layer, full[:, :, 0])
                 else:
                     out = full.astype(np.int32)
             return out.reshape(images, *a["out_shape"])
@@ -178,9 +181,27 @@ class Engine:
             y = _window_sum(x, s, s) if a["mode"] == "avgpool" else x[:, :, ::s, ::s]
             return np.pad(y, ((0, 0), (a["pad_before"], a["pad_after"]), (0, 0), (0, 0)))
         if kind == "add":
-            return fixed_point_add_apply(inputs, layer.arrays["multipliers"], layer.arrays["offset"],
-                                         a["shift"], a["out_max"], channel_axis=1)
+            return residual_add(layer, inputs).astype(np.uint8)
         raise EngineError(f"layer {layer.name!r}: unknown kind {kind!r}")
+
+
+def epilogue_affine(layer: Layer, acc: np.ndarray, term: int | None = None) -> np.ndarray:
+    """The layer's float32 affine (`epilogue.affine`) on integer `acc`, channels on axis 1;
+    `term` picks an add layer's row of constants."""
+    arrays = layer.arrays
+    pick = (lambda v: v) if term is None else (lambda v: v[term])
+    scale = arrays["scale"][0 if term is None else term]
+    return affine(acc, scale, pick(arrays["bias"]), pick(arrays["bn_scale"]), pick(arrays["bn_shift"]))
+
+
+def residual_add(layer: Layer, inputs: list[np.ndarray]) -> np.ndarray:
+    """An add layer's codes (float32 holding integers): z = sum of each input's affine, in input
+    order, then the activation, all in float32 (`epilogue.py`)."""
+    z = epilogue_affine(layer, inputs[0], 0)
+    for i in range(1, len(inputs)):
+        z = z + epilogue_affine(layer, inputs[i], i)
+    a = layer.attrs
+    return activation_code(z, layer.arrays["alpha"][0], a["out_max"], a.get("rounding", "half_up"))
 
 
 def max_pool_slices(x: np.ndarray, k: int, s: int, p: int) -> np.ndarray:

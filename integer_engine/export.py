@@ -1,12 +1,16 @@
 """Export: a tinypact checkpoint (arrays + JSON graph) -> an integer model (docs/model-format.md).
 
 The checkpoint's `graph` (ARCHITECTURE.md) is lowered node by node. A conv/linear output stays
-*pending* as a float64 per-channel affine of its integer accumulator, `value = acc*mul + add`,
-while bias, batch norm and max-pools are absorbed; the activation that follows turns it into
-integer thresholds (`requant.thresholds`). Max-pooling between BN and the activation moves after
-the requantization: the requantizer is non-decreasing in the value, so max(q(v)) = q(max(v)).
-Weights are re-quantized here exactly as the training quantizers do, in float64 from the float32
-checkpoint. Nothing here imports tinypact: the checkpoint file is the contract.
+*pending* as its integer accumulator plus the float epilogue constants that tinypact's forward
+applies to it (`epilogue.affine`: the float32 scale s_in * s_w, the bias, batch norm's eval
+constants), while max-pools are absorbed; the activation that follows turns it into integer
+thresholds found by exact search over the same float32 sequence (`requant.epilogue_thresholds`).
+Max-pooling between BN and the activation moves after the requantization: the code is
+non-decreasing in the value z, so max(code(z)) = code(max(z)).
+Every constant is computed here with the same IEEE operations, in the same order, as tinypact
+computes it (weights re-quantized in float64 from the float32 checkpoint, scales in float32, batch
+norm's constants in float64 rounded once), so the integer model equals the trained model bit for
+bit. Nothing here imports tinypact: the checkpoint file is the contract.
 """
 from __future__ import annotations
 
@@ -19,9 +23,10 @@ from typing import Any
 
 import numpy as np
 
+from integer_engine.epilogue import round_half_up
 from integer_engine.errors import EngineError
 from integer_engine.format import ACC_MAX, IntegerModel, Layer, validate_model
-from integer_engine.requant import fixed_point_add, round_half_up_int, thresholds
+from integer_engine.requant import epilogue_thresholds
 
 # SAWB (c1, c2): alpha_w = c1*sqrt(mean(w^2)) - c2*mean(|w|). The same tables as tinypact's
 # quant/functional.py (1 bit: (0, -1) gives alpha_w = mean|w|); duplicated because the checkpoint
@@ -33,7 +38,8 @@ SAWB0_COEFFS = {2: (2.6, 1.71), 4: (12.035, 12.03), 8: (31.76, 35.04)}
 
 @dataclass
 class QuantWeight:
-    """Weight codes j in [0, n] (uint8) meaning integer levels c = 2j - n, real value c * scale.
+    """Weight codes j in [0, n] (uint8) meaning integer levels c = 2j - n, real value c * scale,
+    with the float32 scale tinypact's quantized weight uses: float32(step), step in float64.
 
     n = 2**bits - 1 (odd levels, DoReFa and SAWB) or 2**bits - 2 (zero-aligned SAWB, even levels).
     """
@@ -41,12 +47,12 @@ class QuantWeight:
     codes: np.ndarray
     bits: int
     n: int
-    scale: float
+    step: float
     kind: str
 
-
-def round_half_up(x: np.ndarray) -> np.ndarray:
-    return np.floor(x + 0.5)
+    @property
+    def scale(self) -> np.float32:
+        return np.float32(self.step)
 
 
 def _sawb_scale(w: np.ndarray, bits: int, table: dict, where: str) -> float:
@@ -100,23 +106,44 @@ def quantize_weight(w: np.ndarray, kind: str, bits: int, where: str = "weight") 
 
 @dataclass
 class Codes:
-    """A materialised integer tensor of the integer model: value = code * scale, 0 <= code <= max."""
+    """A materialised integer tensor of the integer model: value = code * scale (float32, exactly
+    as tinypact computes it), 0 <= code <= max."""
 
     name: str
     shape: tuple[int, ...]
     max: int
-    scale: float
+    scale: np.float32
+
+
+@dataclass
+class Affine:
+    """The epilogue's affine part, z = ((float32(x) * scale + bias) * bn_scale) + bn_shift."""
+
+    scale: np.float32
+    bias: np.ndarray
+    bn_scale: np.ndarray
+    bn_shift: np.ndarray
+    has_bn: bool = False
+
+    @classmethod
+    def of_codes(cls, scale: np.float32, channels: int) -> "Affine":
+        """x * scale: the value of codes (identity bias and batch norm, which are exact)."""
+        return cls(np.float32(scale), np.zeros(channels, np.float32), np.ones(channels, np.float32),
+                   np.zeros(channels, np.float32))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"scale": np.array([self.scale], np.float32), "bias": self.bias,
+                "bn_scale": self.bn_scale, "bn_shift": self.bn_shift}
 
 
 @dataclass
 class Pending:
-    """A conv/linear output not yet requantized: real value = acc * mul[c] + add[c]."""
+    """A conv/linear output not yet requantized: its accumulator and the affine that follows."""
 
     node: dict
     source: Codes
     weight: QuantWeight
-    mul: np.ndarray
-    add: np.ndarray
+    affine: Affine
     conv_shape: tuple[int, ...]
     pools: list[dict] = field(default_factory=list)
     shape: tuple[int, ...] = ()
@@ -124,11 +151,10 @@ class Pending:
 
 @dataclass
 class PendingAdd:
-    """A residual sum not yet requantized: value = sum_i x_i * scale_i[c] + offset[c]."""
+    """A residual sum not yet requantized: z = sum_i affine_i(x_i), in input order."""
 
     node: dict
-    terms: list[tuple[Codes, np.ndarray, int]]  # (integer tensor, per-channel scale, max |x|)
-    offset: np.ndarray
+    terms: list[tuple[Codes, Affine]]
     shape: tuple[int, ...]
 
 
@@ -186,7 +212,8 @@ class _Lowering:
         scale = float(node.get("scale", 1 / 255))
         if abs(scale * 255 - 1) > 1e-9:
             raise EngineError(f"input scale {scale} unsupported: the engine takes pixels/255")
-        return Codes("input", tuple(int(s) for s in shape), 255, 1.0 / 255)
+        # tinypact's InputQuant: codes = pixels, one unit = float32(1/255).
+        return Codes("input", tuple(int(s) for s in shape), 255, np.float32(1 / 255))
 
     def _weight_layer(self, node: dict, kind: str) -> Pending:
         src = self.codes_input(node)
@@ -207,9 +234,10 @@ class _Lowering:
                 raise EngineError(f"node {where!r}: weight {w.shape} does not fit input {src.shape}")
             shape = (out_c,)
         bias = node.get("bias")
-        add = self.param(bias, where).reshape(out_c) if bias is not None else np.zeros(out_c)
-        mul = np.full(out_c, src.scale * q.scale)
-        return Pending(node, src, q, mul, add.copy(), shape, [], shape)
+        affine = Affine.of_codes(np.float32(src.scale) * q.scale, out_c)  # float32 s_in * s_w
+        if bias is not None:
+            affine.bias = self.param(bias, where).reshape(out_c).astype(np.float32)
+        return Pending(node, src, q, affine, shape, [], shape)
 
     def op_conv(self, node: dict) -> Pending:
         return self._weight_layer(node, "conv")
@@ -219,7 +247,7 @@ class _Lowering:
 
     def op_bn(self, node: dict) -> Pending:
         src = self.input_value(node)
-        if not isinstance(src, Pending) or src.pools:
+        if not isinstance(src, Pending) or src.pools or src.affine.has_bn:
             raise EngineError(f"node {node['id']!r}: batch norm must directly follow a conv/linear")
         prefix = node.get("prefix")
         gamma = self.param(f"{prefix}.weight", node["id"])
@@ -229,9 +257,13 @@ class _Lowering:
         eps = float(node.get("eps", 1e-5))
         if np.any(var + eps <= 0):
             raise EngineError(f"node {node['id']!r}: batch-norm variance + eps must be positive")
-        g = gamma / np.sqrt(var + eps)
-        return Pending(src.node, src.source, src.weight, src.mul * g, (src.add - mean) * g + beta,
-                       src.conv_shape, [], src.shape)
+        # tinypact's batch_norm in eval mode, operation for operation: the constants in float64
+        # from the float32 parameters, rounded to float32 once; then z * scale + shift in float32.
+        inv_std = 1.0 / np.sqrt(var + eps)
+        bn_scale = (gamma * inv_std).astype(np.float32)
+        bn_shift = (beta - mean * gamma * inv_std).astype(np.float32)
+        affine = Affine(src.affine.scale, src.affine.bias, bn_scale, bn_shift, has_bn=True)
+        return Pending(src.node, src.source, src.weight, affine, src.conv_shape, [], src.shape)
 
     def op_maxpool(self, node: dict) -> Any:
         src = self.input_value(node)
@@ -239,22 +271,25 @@ class _Lowering:
         if isinstance(src, Pending):
             c, h, w = src.shape
             shape = (c, _out_size(h, k, s, p), _out_size(w, k, s, p))
-            return Pending(src.node, src.source, src.weight, src.mul, src.add, src.conv_shape,
+            return Pending(src.node, src.source, src.weight, src.affine, src.conv_shape,
                            src.pools + [node], shape)
         src = self.codes_input(node)
-        return self.emit_pool(node, src)
+        return self.emit_pool(node, src, node["id"])
 
-    def emit_pool(self, node: dict, src: Codes) -> Codes:
+    def emit_pool(self, node: dict, src: Codes, graph_node: str | None) -> Codes:
         k, s, p = int(node.get("kernel", 2)), int(node.get("stride", node.get("kernel", 2))), int(node.get("padding", 0))
         c, h, w = src.shape
         shape = (c, _out_size(h, k, s, p), _out_size(w, k, s, p))
         name = self.unique(node["id"])
-        self.layers.append(Layer({"name": name, "kind": "maxpool", "inputs": [src.name],
-                                  "in_shape": list(src.shape), "out_shape": list(shape), "kernel": k,
-                                  "stride": s, "padding": p, "out_max": src.max, "out_scale": src.scale}))
+        attrs = {"name": name, "kind": "maxpool", "inputs": [src.name], "in_shape": list(src.shape),
+                 "out_shape": list(shape), "kernel": k, "stride": s, "padding": p,
+                 "out_max": src.max, "out_scale": float(src.scale)}
+        if graph_node is not None:
+            attrs["graph_node"] = graph_node
+        self.layers.append(Layer(attrs))
         return Codes(name, shape, src.max, src.scale)
 
-    def act_params(self, node: dict) -> tuple[int, float]:
+    def act_params(self, node: dict) -> tuple[int, np.float32]:
         kind, bits = node.get("kind"), int(node.get("bits", 32))
         if kind == "float" or bits >= 32:
             raise EngineError(f"node {node['id']!r}: float activations cannot run on the integer engine")
@@ -266,10 +301,12 @@ class _Lowering:
         alpha = float(alpha) if isinstance(alpha, (int, float)) else float(self.param(alpha, node["id"]).reshape(-1)[0])
         if not (np.isfinite(alpha) and alpha > 0):
             raise EngineError(f"node {node['id']!r}: activation clip alpha must be positive, got {alpha}")
-        return 2**bits - 1, alpha
+        return 2**bits - 1, np.float32(alpha)
 
-    def emit_compute(self, pending: Pending, output: str, name: str | None = None,
-                     n: int = 0, alpha: float = 1.0, extra: dict | None = None) -> Layer:
+    def emit_compute(self, pending: Pending, output: str, n: int = 0,
+                     alpha: np.float32 = np.float32(1), act: dict | None = None) -> Layer:
+        """A conv/linear layer whose accumulator goes to thresholds (`act` given), to a residual
+        add ("accumulator") or out as the float32 logits."""
         node, src, q = pending.node, pending.source, pending.weight
         kind = node["op"]
         out_c = q.codes.shape[0]
@@ -278,57 +315,59 @@ class _Lowering:
         if acc_hi > ACC_MAX:
             raise EngineError(f"layer {node['id']!r}: worst-case accumulator {fan_in} x {src.max} x {q.n} "
                               f"= {acc_hi} overflows int32; lower first_last_bits or the input range")
-        attrs = {"name": self.unique(name or node["id"]), "kind": kind, "inputs": [src.name],
+        attrs = {"name": self.unique(node["id"]), "kind": kind, "inputs": [src.name],
                  "in_shape": list(src.shape), "out_shape": list(pending.conv_shape),
                  "kernel": [int(q.codes.shape[2]), int(q.codes.shape[3])] if kind == "conv" else [1, 1],
                  "stride": int(node.get("stride", 1)) if kind == "conv" else 1,
                  "padding": int(node.get("padding", 0)) if kind == "conv" else 0,
                  "out_channels": out_c, "wbits": q.bits, "n_w": q.n, "weight_quant": q.kind,
-                 "w_scale": q.scale, "abits": max(1, int(src.max).bit_length()), "in_max": src.max,
-                 "in_scale": src.scale, "macs": int(np.prod(pending.conv_shape)) * fan_in,
+                 "w_scale": float(q.scale), "abits": max(1, int(src.max).bit_length()),
+                 "in_max": src.max, "in_scale": float(src.scale),
+                 "macs": int(np.prod(pending.conv_shape)) * fan_in,
                  "acc_bound": acc_hi, "output": output, "source_node": node["id"]}
         arrays: dict[str, np.ndarray] = {"weight": q.codes}
+        affine = pending.affine
         if output == "threshold":
-            mul, add = pending.mul * n / alpha, pending.add * n / alpha
-            th, direction = thresholds(mul, add, n, -acc_hi, acc_hi)
-            arrays.update(thresholds=th, direction=direction, mul=mul, add=add)
-            attrs.update(out_max=n, out_scale=alpha / n)
+            th, direction = epilogue_thresholds(affine.scale, affine.bias, affine.bn_scale,
+                                                affine.bn_shift, alpha, n, "half_up", -acc_hi, acc_hi)
+            arrays.update(affine.arrays(), alpha=np.array([alpha], np.float32), thresholds=th,
+                          direction=direction)
+            attrs.update(out_max=n, out_scale=float(alpha / np.float32(n)), rounding="half_up")
+            if not pending.pools:  # with pools, the last pool's output is the activation's
+                attrs["graph_node"] = act["id"]
         elif output == "logits":
-            if np.ptp(pending.mul) != 0 or not pending.mul[0] > 0:
-                raise EngineError(f"layer {node['id']!r}: the final layer needs one positive scale for "
-                                  f"all outputs (no batch norm after it) so integer logits keep the argmax")
-            bias = round_half_up_int(pending.add / pending.mul[0])
-            if acc_hi + int(np.abs(bias).max(initial=0)) > ACC_MAX:
-                raise EngineError(f"layer {node['id']!r}: logits could overflow int32 (bias too large)")
-            arrays["bias"] = bias
-            attrs.update(out_max=acc_hi + int(np.abs(bias).max(initial=0)), out_scale=float(pending.mul[0]))
+            arrays.update(affine.arrays())
+            attrs.update(out_max=acc_hi, out_scale=1.0, graph_node=node["id"])
         else:
             attrs.update(out_max=acc_hi, out_scale=1.0)
-        attrs.update(extra or {})
         layer = Layer(attrs, arrays)
         self.layers.append(layer)
         return layer
 
     def op_act(self, node: dict) -> Codes:
         n, alpha = self.act_params(node)
+        scale = alpha / np.float32(n)  # tinypact's alpha / n in float32: one code's value
         src = self.input_value(node)
         if isinstance(src, Pending):
-            layer = self.emit_compute(src, "threshold", n=n, alpha=alpha)
-            out = Codes(layer.name, tuple(src.conv_shape), n, alpha / n)
-            for pool in src.pools:
-                out = self.emit_pool(pool, out)
+            layer = self.emit_compute(src, "threshold", n=n, alpha=alpha, act=node)
+            out = Codes(layer.name, tuple(src.conv_shape), n, scale)
+            for i, pool in enumerate(src.pools):
+                out = self.emit_pool(pool, out, node["id"] if i == len(src.pools) - 1 else None)
             return out
         if isinstance(src, PendingAdd):
             return self.emit_add(node, src, n, alpha)
         src = self.codes_input(node)
-        mul, add = np.array([src.scale * n / alpha]), np.zeros(1)
-        th, direction = thresholds(mul, add, n, 0, src.max)
+        affine = Affine.of_codes(src.scale, 1)
+        th, direction = epilogue_thresholds(affine.scale, affine.bias, affine.bn_scale,
+                                            affine.bn_shift, alpha, n, "half_up", 0, src.max)
         name = self.unique(node["id"])
         self.layers.append(Layer(
             {"name": name, "kind": "requant", "inputs": [src.name], "in_shape": list(src.shape),
-             "out_shape": list(src.shape), "in_max": src.max, "out_max": n, "out_scale": alpha / n},
-            {"thresholds": th, "direction": direction, "mul": mul, "add": add}))
-        return Codes(name, src.shape, n, alpha / n)
+             "out_shape": list(src.shape), "in_max": src.max, "out_max": n,
+             "out_scale": float(scale), "rounding": "half_up", "graph_node": node["id"]},
+            {"thresholds": th, "direction": direction, "scale": np.array([src.scale], np.float32),
+             "alpha": np.array([alpha], np.float32)}))
+        return Codes(name, src.shape, n, scale)
 
     def op_avgpool(self, node: dict) -> Codes:
         src = self.codes_input(node)
@@ -340,11 +379,12 @@ class _Lowering:
             s = int(node.get("stride", k))
             shape, area = (c, _out_size(h, k, s, 0), _out_size(w, k, s, 0)), k * k
         name = self.unique(node["id"])
+        scale = src.scale / np.float32(area)  # tinypact: codes summed, scale / area in float32
         self.layers.append(Layer({"name": name, "kind": "avgpool", "inputs": [src.name],
                                   "in_shape": list(src.shape), "out_shape": list(shape), "kernel": k,
                                   "stride": s, "padding": 0, "out_max": src.max * area,
-                                  "out_scale": src.scale / area}))
-        return Codes(name, shape, src.max * area, src.scale / area)
+                                  "out_scale": float(scale), "graph_node": node["id"]}))
+        return Codes(name, shape, src.max * area, scale)
 
     def op_flatten(self, node: dict) -> Codes:
         src = self.codes_input(node)
@@ -352,7 +392,8 @@ class _Lowering:
         shape = (int(np.prod(src.shape)),)
         self.layers.append(Layer({"name": name, "kind": "flatten", "inputs": [src.name],
                                   "in_shape": list(src.shape), "out_shape": list(shape),
-                                  "out_max": src.max, "out_scale": src.scale}))
+                                  "out_max": src.max, "out_scale": float(src.scale),
+                                  "graph_node": node["id"]}))
         return Codes(name, shape, src.max, src.scale)
 
     def op_dropout(self, node: dict) -> Any:
@@ -374,46 +415,52 @@ class _Lowering:
         else:
             shape, area = (c + before + after, (h + stride - 1) // stride, (w + stride - 1) // stride), 1
         name = self.unique(node["id"])
+        scale = src.scale / np.float32(area)
         self.layers.append(Layer({"name": name, "kind": "shortcut", "inputs": [src.name],
                                   "in_shape": list(src.shape), "out_shape": list(shape), "stride": stride,
                                   "mode": mode, "pad_before": before, "pad_after": after,
-                                  "out_max": src.max * area, "out_scale": src.scale / area}))
-        return Codes(name, shape, src.max * area, src.scale / area)
+                                  "out_max": src.max * area, "out_scale": float(scale)}))
+        return Codes(name, shape, src.max * area, scale)
 
     def op_add(self, node: dict) -> PendingAdd:
-        terms, offset, shape = [], 0.0, None
+        """tinypact's residual add, y + shortcut in float32: each input's value by its affine."""
+        terms, shape = [], None
         for i in range(2):
             value = self.input_value(node, i)
             if isinstance(value, Pending):
                 if value.pools:
                     raise EngineError(f"node {node['id']!r}: max-pool before a residual add is not supported")
                 layer = self.emit_compute(value, "accumulator")
-                codes = Codes(layer.name, tuple(value.conv_shape), layer.attrs["acc_bound"], 1.0)
-                terms.append((codes, value.mul, layer.attrs["acc_bound"]))
-                offset = offset + value.add
+                terms.append((Codes(layer.name, tuple(value.conv_shape), layer.attrs["acc_bound"],
+                                    np.float32(1)), value.affine))
             elif isinstance(value, Codes):
-                terms.append((value, np.full(value.shape[0], value.scale), value.max))
+                terms.append((value, Affine.of_codes(value.scale, value.shape[0])))
             else:
                 raise EngineError(f"node {node['id']!r}: unsupported input to a residual add")
             if shape is not None and shape != terms[-1][0].shape:
                 raise EngineError(f"node {node['id']!r}: add inputs differ in shape "
                                   f"{shape} vs {terms[-1][0].shape}")
             shape = terms[-1][0].shape
-        offset = np.broadcast_to(np.asarray(offset, dtype=np.float64), (shape[0],)).copy()
-        return PendingAdd(node, terms, offset, shape)
+        return PendingAdd(node, terms, shape)
 
-    def emit_add(self, act: dict, pending: PendingAdd, n: int, alpha: float) -> Codes:
-        factor = n / alpha
-        m_int, k_int, shift = fixed_point_add([t[1] * factor for t in pending.terms],
-                                              pending.offset * factor, [t[2] for t in pending.terms])
+    def emit_add(self, act: dict, pending: PendingAdd, n: int, alpha: np.float32) -> Codes:
+        """The add and the activation after it: evaluated as the float32 epilogue (two integer
+        inputs have no thresholds on one integer), exactly as tinypact computes it."""
         name = self.unique(pending.node["id"])
+        affines = [t[1] for t in pending.terms]
+        arrays = {"scale": np.array([a.scale for a in affines], np.float32),
+                  "bias": np.stack([a.bias for a in affines]).astype(np.float32),
+                  "bn_scale": np.stack([a.bn_scale for a in affines]).astype(np.float32),
+                  "bn_shift": np.stack([a.bn_shift for a in affines]).astype(np.float32),
+                  "alpha": np.array([alpha], np.float32)}
+        scale = alpha / np.float32(n)
         self.layers.append(Layer(
             {"name": name, "kind": "add", "inputs": [t[0].name for t in pending.terms],
-             "in_shape": list(pending.shape), "out_shape": list(pending.shape), "shift": shift,
-             "input_bounds": [int(t[2]) for t in pending.terms], "out_max": n, "out_scale": alpha / n,
-             "source_node": act["id"]},
-            {"multipliers": m_int, "offset": k_int}))
-        return Codes(name, pending.shape, n, alpha / n)
+             "in_shape": list(pending.shape), "out_shape": list(pending.shape),
+             "input_bounds": [int(t[0].max) for t in pending.terms], "out_max": n,
+             "out_scale": float(scale), "rounding": "half_up", "source_node": act["id"],
+             "graph_node": act["id"]}, arrays))
+        return Codes(name, pending.shape, n, scale)
 
 
 def lower_graph(graph: list[dict], params: dict[str, np.ndarray], source: dict | None = None
@@ -452,7 +499,7 @@ def lower_graph(graph: list[dict], params: dict[str, np.ndarray], source: dict |
         raise EngineError("the graph must end with a linear layer (the logits)")
     lowering.emit_compute(last, "logits")
     header = {"input": {"shape": input_shape, "max": 255, "scale": 1 / 255}, "accumulator_bits": 32,
-              "rounding": "half_up", "source": source or {}}
+              "source": source or {}}
     model = IntegerModel(header=header, layers=lowering.layers)
     validate_model(model)
     return model

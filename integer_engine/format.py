@@ -22,9 +22,10 @@ from typing import Any
 import numpy as np
 
 from integer_engine.errors import EngineError
+from integer_engine.requant import epilogue_thresholds
 
 FORMAT_NAME = "tinypact-integer-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the float epilogue (float32 constants); version 1 used float64 mul/add
 ACCUMULATOR_BITS = 32
 ACC_MIN, ACC_MAX = -(2**31), 2**31 - 1
 MAX_HEADER_CHARS = 4_000_000
@@ -33,16 +34,14 @@ MAX_ARRAY_BYTES = 1 << 30
 COMPUTE_KINDS = ("conv", "linear")
 LAYER_KINDS = ("conv", "linear", "requant", "maxpool", "avgpool", "flatten", "shortcut", "add")
 # Array names each layer kind must carry (key in the file: f"{layer}.{name}") and their dtypes.
+_AFFINE = {"scale": "float32", "bias": "float32", "bn_scale": "float32", "bn_shift": "float32"}
 _ARRAYS_BY_OUTPUT = {
-    "threshold": {"weight": "uint8", "thresholds": "int64", "direction": "int8",
-                  "mul": "float64", "add": "float64"},
+    "threshold": {"weight": "uint8", "thresholds": "int64", "direction": "int8", **_AFFINE,
+                  "alpha": "float32"},
     "accumulator": {"weight": "uint8"},
-    "logits": {"weight": "uint8", "bias": "int64"},
+    "logits": {"weight": "uint8", **_AFFINE},
 }
-_ARRAYS_BY_KIND = {
-    "requant": {"thresholds": "int64", "direction": "int8", "mul": "float64", "add": "float64"},
-    "add": {"multipliers": "int64", "offset": "int64"},
-}
+ROUNDING_RULES = ("half_up", "half_even")
 
 
 @dataclass
@@ -215,7 +214,8 @@ def _check_header_top(header: Any) -> None:
                           f"expected {FORMAT_NAME!r})")
     if header.get("version") != FORMAT_VERSION:
         raise EngineError(f"unsupported model format version {header.get('version')!r} "
-                          f"(this engine reads version {FORMAT_VERSION})")
+                          f"(this engine reads version {FORMAT_VERSION}); export the model again "
+                          f"from its checkpoint: python -m integer_engine export RUN -o MODEL.tpq")
     if not isinstance(header.get("arrays"), dict) or not isinstance(header.get("layers"), list):
         raise EngineError("model header lacks 'arrays' or 'layers'")
     for key, spec in header["arrays"].items():
@@ -326,16 +326,29 @@ def _conv_out(size: int, k: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - k) // stride + 1
 
 
-def _check_thresholds(layer: Layer, channels: int, n_out: int) -> None:
-    name = layer.attrs["name"]
-    th, direction = layer.arrays["thresholds"], layer.arrays["direction"]
-    if not np.all(np.isin(direction, (-1, 1))):
-        _fail(name, "direction must be +1 or -1 per channel")
-    signed = th * direction[:, None].astype(np.int64)
-    if th.shape[1] > 1 and np.any(np.diff(signed, axis=1) < 0):
-        _fail(name, "thresholds must be ordered (non-decreasing times direction)")
-    if not (np.all(np.isfinite(layer.arrays["mul"])) and np.all(np.isfinite(layer.arrays["add"]))):
-        _fail(name, "mul/add must be finite")
+def _check_epilogue(layer: Layer, channels: int, n_out: int | None, acc_lo: int, acc_hi: int,
+                    terms: int = 0) -> None:
+    """The float epilogue's constants are finite, scales and alpha positive, the rounding rule
+    known; where the layer has thresholds, they are exactly those the epilogue implies on
+    [acc_lo, acc_hi] (recomputed by the same exact search that export uses)."""
+    name, arrays = layer.attrs["name"], layer.arrays
+    consts = [arrays[k] for k in ("scale", "bias", "bn_scale", "bn_shift", "alpha") if k in arrays]
+    if not all(np.all(np.isfinite(v)) for v in consts):
+        _fail(name, "epilogue constants must be finite")
+    if not np.all(arrays["scale"] > 0) or ("alpha" in arrays and not np.all(arrays["alpha"] > 0)):
+        _fail(name, "epilogue scale and alpha must be positive")
+    rule = layer.attrs.get("rounding", "half_up")
+    if n_out is not None and rule not in ROUNDING_RULES:
+        _fail(name, f"rounding must be one of {', '.join(ROUNDING_RULES)}, got {rule!r}")
+    if "thresholds" not in arrays:
+        return
+    th, direction = epilogue_thresholds(arrays["scale"][0], arrays.get("bias", np.zeros(channels, np.float32)),
+                                        arrays.get("bn_scale", np.ones(channels, np.float32)),
+                                        arrays.get("bn_shift", np.zeros(channels, np.float32)),
+                                        arrays["alpha"][0], n_out, rule, acc_lo, acc_hi)
+    if not (np.array_equal(th, arrays["thresholds"]) and np.array_equal(direction, arrays["direction"])):
+        _fail(name, "thresholds do not reproduce the layer's float epilogue (a damaged or "
+                    "hand-edited file; export it again)")
 
 
 def _check_layer(layer: Layer, in_shape: tuple, in_maxes: list[int], in_shapes: list[tuple]) -> tuple:
@@ -387,25 +400,25 @@ def _check_layer(layer: Layer, in_shape: tuple, in_maxes: list[int], in_shapes: 
         if output == "threshold" and not _is_int(n_out, 1, 255):
             _fail(name, "threshold output needs out_max in 1..255")
         shapes = {"weight": wshape, "thresholds": (out_c, n_out), "direction": (out_c,),
-                  "mul": (out_c,), "add": (out_c,), "bias": (out_c,)}
+                  "scale": (1,), "alpha": (1,), "bias": (out_c,), "bn_scale": (out_c,),
+                  "bn_shift": (out_c,)}
         expected = {k: (d, shapes[k]) for k, d in _ARRAYS_BY_OUTPUT[output].items()}
         _check_arrays(layer, expected)
         if int(layer.arrays["weight"].max(initial=0)) > n_w:
             _fail(name, f"weight codes exceed n_w = {n_w}")
-        if output == "threshold":
-            _check_thresholds(layer, out_c, n_out)
-        if output == "logits" and np.any(np.abs(layer.arrays["bias"]) > ACC_MAX // 2):
-            _fail(name, "integer bias out of int32 range")
+        if output != "accumulator":
+            bound = a["acc_bound"]
+            _check_epilogue(layer, out_c, n_out if output == "threshold" else None, -bound, bound)
         return out_shape
     if kind == "requant":
         n_out = a.get("out_max")
         if not _is_int(n_out, 1, 255):
             _fail(name, "requant needs out_max in 1..255")
         _check_arrays(layer, {"thresholds": ("int64", (1, n_out)), "direction": ("int8", (1,)),
-                              "mul": ("float64", (1,)), "add": ("float64", (1,))})
-        _check_thresholds(layer, 1, n_out)
+                              "scale": ("float32", (1,)), "alpha": ("float32", (1,))})
         if a.get("in_max") != in_max:  # the engine's lookup table has in_max + 1 entries
             _fail(name, f"in_max {a.get('in_max')} does not match its input's largest code {in_max}")
+        _check_epilogue(layer, 1, n_out, 0, in_max)
         return in_shape
     if kind != "add":
         _check_arrays(layer, {})  # pooling, flatten and shortcut layers carry no arrays
@@ -439,17 +452,12 @@ def _check_layer(layer: Layer, in_shape: tuple, in_maxes: list[int], in_shapes: 
             _fail(name, f"add inputs have different shapes {in_shapes}")
         c = in_shape[0]
         n_out = a.get("out_max")
-        shift = a.get("shift")
-        if not (_is_int(n_out, 1, 255) and _is_int(shift, 1, 62)):
-            _fail(name, "add needs out_max in 1..255 and shift in 1..62")
-        _check_arrays(layer, {"multipliers": ("int64", (2, c)), "offset": ("int64", (c,))})
-        bounds = a.get("input_bounds")
-        if not (isinstance(bounds, list) and len(bounds) == 2 and all(_is_int(b, 0) for b in bounds)):
-            _fail(name, "add needs input_bounds [max|x0|, max|x1|]")
-        worst = sum(int(b) * int(np.abs(m).max()) for b, m in zip(bounds, layer.arrays["multipliers"]))
-        worst += int(np.abs(layer.arrays["offset"]).max()) + (1 << shift)
-        if worst >= 2**62:
-            _fail(name, "fixed-point requantization could overflow int64")
+        if not _is_int(n_out, 1, 255):
+            _fail(name, "add needs out_max in 1..255")
+        _check_arrays(layer, {"scale": ("float32", (2,)), "bias": ("float32", (2, c)),
+                              "bn_scale": ("float32", (2, c)), "bn_shift": ("float32", (2, c)),
+                              "alpha": ("float32", (1,))})
+        _check_epilogue(layer, c, n_out, 0, 0)
         return in_shape
     _fail(name, f"unknown kind {kind!r}")
     return in_shape

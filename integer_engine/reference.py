@@ -1,18 +1,20 @@
-"""The float64 reference executor: plain NumPy, no bit packing, no popcounts, no thresholds.
+"""The reference executor: plain NumPy, no bit packing, no popcounts, no thresholds.
 
 It reads the same `.tpq` file as the engine and computes every layer the obvious way:
-  - conv/linear: dequantize the weights to their integer levels c = 2j - n_w and convolve them
-    with the input codes, all as float64 (integer sums stay exact below 2**53, export bounds them
-    by 2**31), then apply the folded requantization `clip(floor(acc*mul + add + 1/2), 0, n)`
-    with the layer's float64 mul/add (docs/model-format.md), or `acc + bias` for the logits;
+  - conv/linear: the weights' integer levels c = 2j - n_w convolved with the input codes, all as
+    float64 (integer sums stay exact below 2**53, export bounds them by 2**31), then the layer's
+    float epilogue evaluated directly (`epilogue.py`: the float32 affine, the activation, the
+    rounding) where the engine uses integer thresholds; the float32 affine for the logits;
   - max-pool on codes, average pool as a window sum, shortcut subsample + zero channels;
-  - residual add: the documented fixed-point formula `clip(floor((x0*M0 + x1*M1 + K) / 2**S), 0, n)`.
-"Bit-exact" means the engine's output of every layer equals this one's, for every input.
+  - residual add: the float32 epilogue, as the engine.
+It checks the engine's kernels and thresholds on any `.tpq` file, including imported ones that
+have no tinypact model behind them; `verify --checkpoint` compares with the trained model itself.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from integer_engine.epilogue import activation_code, affine
 from integer_engine.format import IntegerModel, Layer
 
 
@@ -47,17 +49,16 @@ def reference_layer(layer: Layer, inputs: list[np.ndarray]) -> np.ndarray:
             acc = x @ levels.T
             channel = (slice(None),)
         output = a["output"]
-        if output == "threshold":
-            v = acc * layer.arrays["mul"][channel]
-            v = v + layer.arrays["add"][channel]
-            return np.clip(np.floor(v + 0.5), 0, a["out_max"])
+        if output == "accumulator":
+            return acc
+        arr = layer.arrays
+        z = affine(acc, arr["scale"][0], arr["bias"], arr["bn_scale"], arr["bn_shift"])
         if output == "logits":
-            return acc + layer.arrays["bias"].astype(np.float64)
-        return acc
+            return z
+        return activation_code(z, arr["alpha"][0], a["out_max"], a.get("rounding", "half_up"))
     if kind == "requant":
-        v = x * layer.arrays["mul"][0]
-        v = v + layer.arrays["add"][0]
-        return np.clip(np.floor(v + 0.5), 0, a["out_max"])
+        z = x.astype(np.float32) * layer.arrays["scale"][0]
+        return activation_code(z, layer.arrays["alpha"][0], a["out_max"], a.get("rounding", "half_up"))
     if kind == "maxpool":
         _, oh, ow = a["out_shape"]
         k = a["kernel"]
@@ -87,17 +88,22 @@ def reference_layer(layer: Layer, inputs: list[np.ndarray]) -> np.ndarray:
             y = x[:, :, ::s, ::s]
         return np.pad(y, ((0, 0), (a["pad_before"], a["pad_after"]), (0, 0), (0, 0)))
     if kind == "add":
-        # The documented fixed-point formula, in exact 64-bit integer arithmetic.
-        m, k = layer.arrays["multipliers"], layer.arrays["offset"]
-        ch = (slice(None), None, None) if x.ndim == 4 else (slice(None),)
-        total = k[ch] + inputs[0].astype(np.int64) * m[0][ch] + inputs[1].astype(np.int64) * m[1][ch]
-        return np.clip(total // (1 << a["shift"]), 0, a["out_max"]).astype(np.float64)
+        arr = layer.arrays
+        z = np.float32(0)
+        for i, x_i in enumerate(inputs):  # z = affine_0(x_0) + affine_1(x_1), in this order
+            term = affine(x_i, arr["scale"][i], arr["bias"][i], arr["bn_scale"][i], arr["bn_shift"][i])
+            z = term if i == 0 else z + term
+        return activation_code(z, arr["alpha"][0], a["out_max"], a.get("rounding", "half_up"))
     raise ValueError(f"unknown layer kind {kind!r}")
 
 
 def run_reference(model: IntegerModel, images: np.ndarray) -> dict[str, np.ndarray]:
-    """Every layer's output (int64 arrays) for uint8 `images` (N, C, H, W)."""
+    """Every layer's output for uint8 `images` (N, C, H, W): int64 codes and accumulators,
+    float32 logits."""
     values = {"input": np.asarray(images, dtype=np.float64)}
+    outputs = {}
     for layer in model.layers:
         values[layer.name] = reference_layer(layer, [values[i] for i in layer.attrs["inputs"]])
-    return {name: value.astype(np.int64) for name, value in values.items() if name != "input"}
+        logits = layer.attrs.get("output") == "logits"
+        outputs[layer.name] = values[layer.name] if logits else values[layer.name].astype(np.int64)
+    return outputs

@@ -1,89 +1,75 @@
 """Requantization: from an integer accumulator to the next layer's activation codes.
 
-Everything a layer does after its MACs (conv bias, batch norm, the input and weight scales, the
-PACT clip and the rounding to `n = 2**bits - 1` levels) is an affine map followed by the
-project's rounding rule, per output channel c:
+What a layer does after its MACs is the float epilogue (`epilogue.py`, docs/model-format.md): a
+fixed sequence of float32 operations that ends in a rounding to `n` levels. It is monotone in the
+accumulator, so it is exactly a set of FINN-style integer thresholds per output channel c:
 
-    v(acc) = acc * mul[c] + add[c]                  (float64, evaluated in exactly this order)
-    code   = clip(floor(v + 1/2), 0, n)             (round half up, ARCHITECTURE.md)
+    code = #{t in 1..n : d * acc >= d * T[c, t]}      d = +1 (non-decreasing) or -1 (non-increasing)
 
-The float64 reference evaluates this formula directly. The engine never touches floats: export
-turns it into FINN-style integer thresholds, `code = #{t in 1..n : d*acc >= d*T[c, t]}` with
-direction d = +1 (mul >= 0) or -1 (mul < 0). Each T is found by bisection over the whole
-accumulator range using that same float64 formula, so the two agree on every reachable integer
-accumulator by construction (the float formula is monotone in acc, because IEEE multiplication
-and addition are monotone).
-
-Residual adds combine two integer tensors, so thresholds on one integer do not apply; there the
-multipliers are gemmlowp-style fixed point with a common right shift S (see `fixed_point_add`).
+`thresholds` finds each T by bisection over the integers, evaluating the epilogue itself at every
+probe, never an algebraic inverse: T[c, t] is the smallest (d = +1; the largest for d = -1)
+accumulator whose code reaches t. The engine then never touches floats on this path, and agrees
+with the epilogue on every integer accumulator of the range by construction, whatever the
+rounding rule, as long as the code is monotone.
 """
 from __future__ import annotations
 
-import math
+from typing import Callable
 
 import numba
 import numpy as np
 from numba import njit, prange
 
+from integer_engine.epilogue import activation_code, affine
 from integer_engine.errors import EngineError
 
 
-def requant_float(acc: np.ndarray, mul: np.ndarray, add: np.ndarray, n: int) -> np.ndarray:
-    """The reference formula `clip(floor(acc*mul + add + 1/2), 0, n)` in float64.
-
-    `acc` holds integer values (any dtype); mul/add broadcast against it (per channel).
-    """
-    v = np.asarray(acc, dtype=np.float64) * mul
-    v = v + add
-    return np.clip(np.floor(v + 0.5), 0, n)
-
-
-def thresholds(mul: np.ndarray, add: np.ndarray, n: int, acc_lo: int, acc_hi: int
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """Integer thresholds T (C, n) int64 and directions d (C,) int8 reproducing `requant_float`.
-
-    For d = +1, T[c, t-1] = min{acc in [lo, hi] : code(acc) >= t} (hi + 1 if none);
-    for d = -1, T[c, t-1] = max{acc in [lo, hi] : code(acc) >= t} (lo - 1 if none).
-    Then for every integer acc in [lo, hi]: code(acc) = #{t : d*acc >= d*T[c, t-1]}.
-    """
-    mul = np.asarray(mul, dtype=np.float64)
-    add = np.asarray(add, dtype=np.float64)
-    if not (np.all(np.isfinite(mul)) and np.all(np.isfinite(add))):
-        raise EngineError("requantization scale is not finite (check alphas and batch-norm variance)")
-    channels = mul.shape[0]
-    t = np.arange(1, n + 1, dtype=np.float64)[None, :]
-    m = np.broadcast_to(mul[:, None], (channels, n))
-    b = np.broadcast_to(add[:, None], (channels, n))
-    up = m >= 0
+def epilogue_thresholds(scale: np.float32, bias: np.ndarray, bn_scale: np.ndarray,
+                        bn_shift: np.ndarray, alpha: np.float32, n: int, rule: str,
+                        acc_lo: int, acc_hi: int) -> tuple[np.ndarray, np.ndarray]:
+    """(T (C, n) int64, direction (C,) int8) reproducing `activation_code(affine(acc))` on every
+    integer acc in [acc_lo, acc_hi]. Direction -1 where scale * bn_scale < 0 (negative gamma)."""
+    consts = [np.asarray(v, dtype=np.float32) for v in (scale, bias, bn_scale, bn_shift, alpha)]
+    if not all(np.all(np.isfinite(v)) for v in consts):
+        raise EngineError("requantization constants are not finite (check alphas and batch-norm variance)")
+    if not (consts[0] > 0 and consts[4] > 0):
+        raise EngineError("requantization needs a positive scale and a positive clip level alpha")
+    direction = np.where(consts[0] * consts[2] >= 0, 1, -1).astype(np.int8)
 
     def code(acc: np.ndarray) -> np.ndarray:
-        return requant_float(acc, m, b, n)
+        return activation_code(affine(acc, scale, bias, bn_scale, bn_shift, channel_axis=0),
+                               alpha, n, rule)
 
-    # Bisection invariant: the answer lies in [low, high]; the sentinel end is "none reachable".
+    return thresholds(code, direction, n, acc_lo, acc_hi), direction
+
+
+def thresholds(code: Callable[[np.ndarray], np.ndarray], direction: np.ndarray, n: int,
+               acc_lo: int, acc_hi: int) -> np.ndarray:
+    """Integer thresholds T (C, n) int64 of a monotone code function, by exact search.
+
+    `code(acc)` maps an int64 array (C, n) of accumulators, row c for channel c, to their codes
+    (the epilogue with channel axis 0); it must be non-decreasing in acc where direction[c] = +1
+    and non-increasing where it is -1. Then
+        d = +1:  T[c, t-1] = min{acc in [lo, hi] : code(acc) >= t}   (hi + 1 if none)
+        d = -1:  T[c, t-1] = max{acc in [lo, hi] : code(acc) >= t}   (lo - 1 if none)
+    and for every integer acc in [lo, hi]: code(acc) = #{t : d*acc >= d*T[c, t-1]}.
+    """
+    direction = np.asarray(direction)
+    channels = direction.shape[0]
+    t = np.arange(1, n + 1, dtype=np.int64)[None, :]
+    up = np.broadcast_to((direction >= 0)[:, None], (channels, n))
+    # The answer lies in [low, high]; the sentinel end means "no accumulator reaches level t".
     low = np.where(up, acc_lo, acc_lo - 1).astype(np.int64)
     high = np.where(up, acc_hi + 1, acc_hi).astype(np.int64)
-    # Start from a narrow bracket around the real-number solution of acc*mul + add = t - 1/2 where
-    # the exact formula confirms it holds the answer; elsewhere keep the full range. Only speed.
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        guess = (t - 0.5 - b) / m
-    finite = np.isfinite(guess) & (np.abs(guess) < 2.0**62)
-    guess = np.clip(np.where(finite, np.floor(guess), 0), low, high).astype(np.int64)
-    lo_b, hi_b = np.maximum(guess - 2, low), np.minimum(guess + 2, high)
-    up_lower = (lo_b == low) | (code(lo_b - 1) < t)
-    up_upper = (hi_b == high) | (code(hi_b) >= t)
-    down_lower = (lo_b == low) | (code(lo_b) >= t)
-    down_upper = (hi_b == high) | (code(hi_b + 1) < t)
-    ok = finite & np.where(up, up_lower & up_upper, down_lower & down_upper)
-    low, high = np.where(ok, lo_b, low), np.where(ok, hi_b, high)
     while np.any(low < high):
+        # Rounded towards the side that stays a real accumulator: mid is always in [lo, hi].
         mid = np.where(up, (low + high) // 2, (low + high + 1) // 2)
-        ok = code(mid) >= t
+        reached = code(mid) >= t
         active = low < high
-        new_low = np.where(up, np.where(ok, low, mid + 1), np.where(ok, mid, low))
-        new_high = np.where(up, np.where(ok, mid, high), np.where(ok, high, mid - 1))
+        new_low = np.where(up, np.where(reached, low, mid + 1), np.where(reached, mid, low))
+        new_high = np.where(up, np.where(reached, mid, high), np.where(reached, high, mid - 1))
         low, high = np.where(active, new_low, low), np.where(active, new_high, high)
-    direction = np.where(mul >= 0, 1, -1).astype(np.int8)
-    return low.astype(np.int64), direction
+    return low
 
 
 def apply_thresholds(acc: np.ndarray, th: np.ndarray, direction: np.ndarray, channel_axis: int = 1
@@ -225,50 +211,3 @@ def full_accumulator(acc: np.ndarray, images: int, layout: str, scale: int, offs
     if rowsum is not None and offset:
         full = full - offset * rowsum[:, None, :]
     return np.ascontiguousarray(full)
-
-
-def round_half_up_int(x: np.ndarray | float) -> np.ndarray:
-    """floor(x + 1/2) as int64 (x float64)."""
-    return np.floor(np.asarray(x, dtype=np.float64) + 0.5).astype(np.int64)
-
-
-def fixed_point_add(multipliers: list[np.ndarray], offset: np.ndarray, bounds: list[int]
-                    ) -> tuple[np.ndarray, np.ndarray, int]:
-    """gemmlowp-style fixed point for `v = sum_i x_i * A_i[c] + C[c]`, code = clip(floor(v+1/2), 0, n).
-
-    Returns (M (k, C) int64, K (C,) int64, S) such that the engine and the reference compute
-        code = clip((sum_i x_i * M_i[c] + K[c]) >> S, 0, n)      (arithmetic shift = floor)
-    with M_i = round_half_up(A_i * 2**S), K = round_half_up(C * 2**S) + 2**(S-1): the +2**(S-1)
-    is the "+1/2" of round half up. S is the largest shift keeping every |M| below 2**31, so
-    the relative error of each multiplier is at most 2**-31. Export refuses if the worst case
-    `sum_i bound_i * max|M_i| + max|K|` could overflow int64.
-    """
-    a = np.stack([np.asarray(m, dtype=np.float64) for m in multipliers])
-    offset = np.asarray(offset, dtype=np.float64)
-    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(offset))):
-        raise EngineError("residual add: requantization scale is not finite")
-    biggest = float(np.abs(a).max(initial=0.0))
-    exponent = math.frexp(biggest)[1] if biggest > 0 else 0  # biggest < 2**exponent
-    shift = int(min(62, max(1, 31 - exponent)))
-    scale = float(2**shift)
-    m_int = round_half_up_int(a * scale)
-    k_float = offset * scale
-    if np.any(np.abs(k_float) >= 2.0**61):
-        raise EngineError("residual add: offset too large for 64-bit fixed point")
-    k_int = round_half_up_int(k_float) + (1 << (shift - 1))
-    worst = sum(int(b) * int(np.abs(m).max(initial=0)) for b, m in zip(bounds, m_int))
-    worst += int(np.abs(k_int).max(initial=0))
-    if worst >= 2**62:
-        raise EngineError(f"residual add: fixed-point sum could reach {worst}, overflowing int64")
-    return m_int, k_int, shift
-
-
-def fixed_point_add_apply(inputs: list[np.ndarray], m_int: np.ndarray, k_int: np.ndarray, shift: int,
-                          n: int, channel_axis: int = 1) -> np.ndarray:
-    """The engine side of `fixed_point_add`: int64 multiply-adds, an arithmetic shift, a clip."""
-    shape = [1] * inputs[0].ndim
-    shape[channel_axis] = -1
-    total = k_int.reshape(shape).astype(np.int64)
-    for x, m in zip(inputs, m_int):
-        total = total + x.astype(np.int64) * m.reshape(shape)
-    return np.clip(total >> shift, 0, n).astype(np.uint8)

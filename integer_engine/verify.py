@@ -1,14 +1,20 @@
-"""Checks of an integer model: engine vs float64 reference (bit-exact), and vs tinypact.
+"""Checks of an integer model: the engine against the trained model itself, and against the
+plain NumPy reference.
 
-    report = verify_model(model, images)          # per-layer mismatches, must all be 0
-    preds = tinypact_predictions(checkpoint, images)   # needs tinypact installed (optional)
-    stats = agreement(engine_preds, preds, labels)
+    report = verify_model(model, images)                          # engine vs reference.py
+    report = verify_against_checkpoint(model, checkpoint, images) # engine vs tinypact's forward
+    stats = agreement(engine_preds, other_preds, labels)
 
-`tinypact` is imported lazily and only by `tinypact_predictions` and `load_images` (dataset
+"Bit-exact" is the second: every layer's output (codes, logits) equals what tinypact's trained,
+fake-quantized model computes, layer by layer (a layer's `graph_node` names the checkpoint graph
+node whose output it is). The first needs no tinypact and checks any `.tpq` file, imported ones
+included: the engine's kernels and thresholds against the float epilogue evaluated directly.
+`tinypact` is imported lazily, only by `verify_against_checkpoint` and `load_images` (dataset
 names), so integer_engine runs without it; the model file remains the only contract.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 
@@ -22,13 +28,14 @@ from integer_engine.reference import run_reference
 
 @dataclass
 class VerifyReport:
-    """Per-layer element mismatches between engine and reference over `images` inputs."""
+    """Per-layer element mismatches between the engine and another computation over `images`."""
 
     images: int
     mismatches: dict[str, int] = field(default_factory=dict)
     elements: dict[str, int] = field(default_factory=dict)
     first_mismatch: dict[str, str] = field(default_factory=dict)
     engine_predictions: np.ndarray | None = None
+    other_predictions: np.ndarray | None = None
 
     @property
     def total_mismatches(self) -> int:
@@ -37,6 +44,22 @@ class VerifyReport:
     @property
     def ok(self) -> bool:
         return self.total_mismatches == 0
+
+    def compare(self, name: str, got: np.ndarray, want: np.ndarray, first_image: int) -> None:
+        """Count the elements where layer `name`'s output differs (images from `first_image`)."""
+        if got.shape == want.shape:
+            bad = np.argwhere(got != want)
+        else:
+            bad = np.zeros((max(got.size, 1), got.ndim), int)
+        self.mismatches[name] = self.mismatches.get(name, 0) + len(bad)
+        self.elements[name] = self.elements.get(name, 0) + want.size
+        if len(bad) and name not in self.first_mismatch:
+            if got.shape != want.shape:
+                self.first_mismatch[name] = f"shapes differ: engine {got.shape} vs {want.shape}"
+                return
+            where = tuple(int(i) for i in bad[0])
+            self.first_mismatch[name] = (f"at image {where[0] + first_image}, index {where[1:]}: "
+                                         f"engine {got[where]} vs {want[where]}")
 
 
 def verify_model(model: IntegerModel, images: np.ndarray, batch_size: int = 64) -> VerifyReport:
@@ -50,16 +73,7 @@ def verify_model(model: IntegerModel, images: np.ndarray, batch_size: int = 64) 
         want = run_reference(model, batch)
         predictions.append(got.predictions)
         for layer in model.layers:
-            g, w = got.outputs[layer.name], want[layer.name]
-            bad = np.argwhere(g != w) if g.shape == w.shape else np.zeros((g.size, g.ndim), int)
-            report.mismatches[layer.name] = report.mismatches.get(layer.name, 0) + len(bad)
-            report.elements[layer.name] = report.elements.get(layer.name, 0) + w.size
-            if len(bad) and layer.name not in report.first_mismatch:
-                where = tuple(int(i) for i in bad[0])
-                where_img = (where[0] + start,) + where[1:]
-                report.first_mismatch[layer.name] = (
-                    f"at {where_img}: engine {g[where] if g.shape == w.shape else g.shape} "
-                    f"vs reference {w[where] if g.shape == w.shape else w.shape}")
+            report.compare(layer.name, got.outputs[layer.name], want[layer.name], start)
     report.engine_predictions = np.concatenate(predictions) if predictions else np.zeros(0, int)
     return report
 
@@ -69,28 +83,79 @@ def random_images(model: IntegerModel, count: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, size=(count, *model.input_shape), dtype=np.uint8)
 
 
-def tinypact_predictions(checkpoint: str | os.PathLike, images: np.ndarray, batch_size: int = 256
-                         ) -> np.ndarray:
-    """tinypact's fake-quantized eval predictions (argmax) for uint8 `images`.
+def checkpoint_file(checkpoint: str | os.PathLike) -> str:
+    """RUN/checkpoint.npz for a run directory, else the path itself (which must exist)."""
+    path = os.fspath(checkpoint)
+    if os.path.isdir(path):
+        path = os.path.join(path, "checkpoint.npz")
+    if not os.path.isfile(path):
+        raise EngineError(f"checkpoint not found: {path}")
+    return path
 
-    Raises EngineError if tinypact is not installed or the checkpoint cannot be rebuilt.
-    """
+
+def check_source(model: IntegerModel, checkpoint: str | os.PathLike) -> None:
+    """Refuse a checkpoint that is not the one `model` was exported from (its SHA-256 is in the
+    model's header), so that a comparison never reports on an unrelated network."""
+    path = checkpoint_file(checkpoint)
+    want = (model.header.get("source") or {}).get("checkpoint_sha256")
+    if not want:
+        raise EngineError("the model file records no source checkpoint (an imported model?); pass "
+                          "--any-checkpoint to compare with this one anyway")
+    with open(path, "rb") as handle:
+        got = hashlib.sha256(handle.read()).hexdigest()
+    if got != want:
+        raise EngineError(f"{path} is not the checkpoint this model was exported from (sha256 "
+                          f"{got[:12]}..., the model's source has {want[:12]}...); export it again "
+                          f"from this checkpoint, or pass --any-checkpoint to compare anyway")
+
+
+def load_trained_model(checkpoint: str | os.PathLike):
+    """The tinypact network of a checkpoint, in eval mode (needs tinypact installed)."""
     try:
         from tinypact.checkpoint import CheckpointError, load_checkpoint
-        from tinypact.data import Dataset
-        from tinypact.trainer import build_from_meta, predict
+        from tinypact.trainer import build_from_meta
     except ImportError:
-        raise EngineError("tinypact is not installed, so its predictions are unavailable") from None
+        raise EngineError("tinypact is not installed, so the trained model cannot be run") from None
+    path = checkpoint_file(checkpoint)
     try:
-        ckpt = load_checkpoint(checkpoint)
-        model = build_from_meta(ckpt.meta["model"])
-        model.load_state_dict(ckpt.model_state)
+        ckpt = load_checkpoint(path)
+        network = build_from_meta(ckpt.meta["model"])
+        network.load_state_dict(ckpt.model_state)
     except (CheckpointError, KeyError, ValueError, TypeError) as err:
-        raise EngineError(f"cannot rebuild the tinypact model from {checkpoint} "
+        raise EngineError(f"cannot rebuild the tinypact model from {path} "
                           f"({str(err).splitlines()[0][:200]})") from None
-    dataset = Dataset("verify", "test", np.ascontiguousarray(images),
-                      np.zeros(len(images), dtype=np.int64), tuple(str(i) for i in range(10)))
-    return np.asarray(predict(model, dataset, batch_size=batch_size))
+    return network.eval()
+
+
+def verify_against_checkpoint(model: IntegerModel, checkpoint: str | os.PathLike, images: np.ndarray,
+                              batch_size: int = 64, network=None) -> VerifyReport:
+    """Engine vs the trained model: each layer that has a `graph_node` against tinypact's output
+    of that node (codes, or float32 logits), for every image; predictions of both.
+    `network`: an already built tinypact model of `checkpoint` (else it is loaded)."""
+    network = load_trained_model(checkpoint) if network is None else network
+    from tinypact.trainer import node_outputs  # present: the network was built by tinypact
+
+    engine = Engine(model)
+    report = VerifyReport(images=len(images))
+    ours, theirs = [], []
+    logits_node = model.layers[-1].attrs.get("graph_node")
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size]
+        got = engine.run(batch, collect=True)
+        want = node_outputs(network, batch, batch_size)
+        for layer in model.layers:
+            node = layer.attrs.get("graph_node")
+            if node is None:
+                continue
+            if node not in want:
+                raise EngineError(f"the checkpoint's network has no node {node!r}: it is not the "
+                                  f"network this model was exported from")
+            report.compare(layer.name, got.outputs[layer.name], want[node], start)
+        ours.append(got.predictions)
+        theirs.append(np.argmax(want[logits_node], axis=1))
+    report.engine_predictions = np.concatenate(ours) if ours else np.zeros(0, int)
+    report.other_predictions = np.concatenate(theirs) if theirs else np.zeros(0, int)
+    return report
 
 
 def agreement(engine_predictions: np.ndarray, other_predictions: np.ndarray,

@@ -193,9 +193,9 @@ def test_dorefa_weight_levels_codes_and_extremes(w, bits):
     out = dorefa_weight(Tensor(w), bits).data
     j, scale = dorefa_weight_codes(w, bits)
     assert scale == 1.0 and j.min() >= 0 and j.max() <= n
-    np.testing.assert_array_equal(out, ((2 * j - n) / n).astype(np.float32))
-    levels_set = (2 * np.arange(n + 1) - n) / n
-    assert np.all(np.isin(out, levels_set.astype(np.float32))), f"{out} not in {levels_set}"
+    np.testing.assert_array_equal(out, (2 * j - n).astype(np.float32) * np.float32(1 / n))
+    levels_set = (2 * np.arange(n + 1) - n).astype(np.float32) * np.float32(1 / n)
+    assert np.all(np.isin(out, levels_set)), f"{out} not in {levels_set}"
     peak = np.argmax(np.abs(np.tanh(w.astype(np.float64))))
     assert out[peak] == np.sign(w[peak]), "the largest |w| must map to +-1"
 
@@ -252,7 +252,7 @@ def test_sawb_scale_formula_and_grid(w, bits):
     assume(off_rounding_boundary(u * n, 1e-9))
     np.testing.assert_array_equal(j, np.floor(u * n + 0.5))
     np.testing.assert_array_equal(sawb_weight(Tensor(w), bits).data,
-                                  (alpha * (2 * j - n) / n).astype(np.float32))
+                                  (2 * j - n).astype(np.float32) * np.float32(alpha / n))
 
 
 def test_sawb_falls_back_to_max_when_the_formula_is_not_positive():

@@ -18,13 +18,12 @@ import numpy as np
 
 from tinypact import functional as F
 from tinypact.nn import AvgPool2d, BatchNorm2d, Dropout, Flatten, MaxPool2d, Module, Sequential
-from tinypact.quant.layers import ActQuant, QConv2d, QLinear
+from tinypact.quant.layers import ActQuant, InputQuant, QConv2d, QLinear
 from tinypact.quant.policy import Policy
 from tinypact.tensor import Tensor
 
 MODEL_FOR_DATASET = {"sample": "fmnist", "fashion-mnist": "fmnist", "svhn": "svhn",
                      "cifar10": "resnet20"}
-INPUT_SCALE = 1.0 / 255.0
 
 
 # ==================================================================================== graph
@@ -33,7 +32,7 @@ class _GraphBuilder:
 
     def __init__(self, input_shape: tuple[int, int, int]):
         self.nodes: list[dict] = [{"id": "input", "op": "input", "inputs": [],
-                                   "shape": list(input_shape), "scale": INPUT_SCALE}]
+                                   "shape": list(input_shape), "scale": 1.0 / 255.0}]
 
     @property
     def last(self) -> str:
@@ -71,7 +70,7 @@ class _GraphBuilder:
                              stride=int(stride))
         if isinstance(module, Flatten):
             return self.node(name, "flatten", inputs)
-        if isinstance(module, Dropout):
+        if isinstance(module, (Dropout, InputQuant)):  # the input node says what InputQuant does
             return self.last if inputs is None else inputs[0]
         raise TypeError(f"no graph node for {type(module).__name__} ({name})")
 
@@ -134,6 +133,7 @@ class Network(Module):
     def __init__(self, policy: Policy, num_classes: int = 10):
         super().__init__()
         self.policy, self.num_classes = policy, num_classes
+        self.input_quant = InputQuant()  # first child: pixels / 255 -> 8-bit codes
 
     def spec(self) -> dict:
         """{"name", "kwargs"}: `build_model(spec["name"], **spec["kwargs"])` rebuilds the network
@@ -152,6 +152,25 @@ class Network(Module):
     def macs(self) -> int:
         """Multiply-accumulates per image (conv and linear layers)."""
         return graph_macs(self.graph(), self.state_dict())
+
+    def node_outputs(self, x: Tensor) -> dict[str, Tensor]:
+        """Run `self(x)` and return the output of every graph node that is a module, by node id
+        (e.g. "act1", "layer2.0.out_act", "fc"): what integer_engine's layers are compared with.
+        Quantized outputs carry their integer codes (`Tensor.codes`)."""
+        ids = {node["id"] for node in self.graph()}
+        outputs: dict[str, Tensor] = {}
+
+        def keep(name: str):
+            return lambda module, inputs, output: outputs.__setitem__(name, output)
+
+        handles = [module.register_forward_hook(keep(name))
+                   for name, module in self.named_modules() if name in ids]
+        try:
+            self(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return outputs
 
     # --- layer factories following the policy
     def _conv(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, padding: int = 0,
@@ -338,7 +357,7 @@ class ResNet20(Network):
         self.fc = self._linear(64, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.act0(self.bn0(self.conv0(x)))
+        x = self.act0(self.bn0(self.conv0(self.input_quant(x))))
         x = self.layer3(self.layer2(self.layer1(x)))
         return self.fc(self.flatten(self.pool(x)))
 

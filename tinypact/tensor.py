@@ -17,6 +17,7 @@ New operations are written with `Tensor.from_op(data, parents, backward)`: see `
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -58,6 +59,23 @@ def sum_to(grad: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 Backward = Callable[[np.ndarray], Sequence["np.ndarray | None"]]
 
 
+@dataclass(frozen=True)
+class Codes:
+    """The integer view of a quantized tensor: its data is exactly `values * scale`.
+
+    `values` holds integers (float32, same shape and memory layout as the tensor's data),
+    `scale` is the float32 real value of one unit and `max` bounds |values|. The quantizers
+    (tinypact.quant) attach Codes to their outputs; the ops that only move, pool or sum values
+    (max/avg pooling, pad, flatten) carry them along; conv2d and linear multiply the integers
+    when both operands have them (PACT Sec. 4.2: the scale is applied once, after the MACs).
+    Every other op returns a tensor without codes.
+    """
+
+    values: np.ndarray
+    scale: np.float32
+    max: int
+
+
 class Tensor:
     """An n-dimensional array that can record the operations applied to it.
 
@@ -66,6 +84,7 @@ class Tensor:
     """
 
     __array_priority__ = 1000  # make `ndarray + Tensor` call Tensor.__radd__
+    codes: Codes | None = None  # the integer view, on the outputs of quantizers (see Codes)
 
     def __init__(self, data, requires_grad: bool = False, dtype=None):
         if isinstance(data, Tensor):

@@ -208,6 +208,27 @@ def predict(model, dataset, batch_size: int = 256) -> np.ndarray:
         model.train(was_training)
 
 
+def node_outputs(model, images: np.ndarray, batch_size: int = 256) -> dict[str, np.ndarray]:
+    """Every graph node's output for uint8 `images` (N, C, H, W) in eval mode, by node id
+    (`Network.node_outputs`): int64 codes where the output is quantized, else float32 values.
+    This is the trained model integer_engine's layers are compared with."""
+    from tinypact.data.transforms import to_float
+
+    was_training = model.training
+    model.eval()
+    parts: dict[str, list[np.ndarray]] = {}
+    try:
+        with no_grad():
+            for start in range(0, len(images), batch_size):
+                x = Tensor(to_float(np.asarray(images[start:start + batch_size])))
+                for name, out in model.node_outputs(x).items():
+                    value = out.data if out.codes is None else out.codes.values.astype(np.int64)
+                    parts.setdefault(name, []).append(np.ascontiguousarray(value))
+    finally:
+        model.train(was_training)
+    return {name: np.concatenate(chunks) for name, chunks in parts.items()}
+
+
 # -------------------------------------------------------------------------------------- training
 @dataclass
 class FitResult:

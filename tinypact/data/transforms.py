@@ -6,7 +6,7 @@ a batch's augmentation depends only on the generator's state (see `DataLoader`).
 uint8 keeps one representation for both consumers: the float trainer (`to_float`: x = p / 255)
 and the integer engine (uint8 pixels). Where arithmetic produces non-integers (jitter, resize)
 the result is clipped to [0, 255] and rounded with the project's rule, round half up
-(floor(v + 1/2), docs/ARCHITECTURE.md).
+(`tinypact.quant.rounding.round_half_up`, docs/ARCHITECTURE.md).
 
 The recipes (`train_transform`):
 - cifar10: zero-pad 4 to 40x40, random 32x32 crop, horizontal flip (paper, Appendix B).
@@ -20,6 +20,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from tinypact.quant.rounding import round_half_up
+
 Transform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
 
@@ -30,7 +32,7 @@ def to_float(images: np.ndarray) -> np.ndarray:
 
 
 def _round_to_uint8(values: np.ndarray) -> np.ndarray:
-    return np.floor(np.clip(values, 0.0, 255.0) + 0.5).astype(np.uint8)
+    return round_half_up(np.clip(values, 0.0, 255.0)).astype(np.uint8)
 
 
 def _check_batch(images: np.ndarray) -> None:

@@ -4,20 +4,28 @@ from __future__ import annotations
 import numpy as np
 
 from tinypact import ops, random
-from tinypact.tensor import Tensor
+from tinypact.functional._integer import exact_matmul, integer_operands
+from tinypact.tensor import Codes, Tensor
 
 
 def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:  # noqa: A002
     """y = x @ W^T + b with W of shape (out, in), x of shape (..., in).
 
     Backward:  dx = g @ W,  dW = g^T @ x,  db = sum of g over all but the last axis.
+    Quantized operands (both carry `Codes`): out = (q @ c^T) * (s_a * s_w) + b, as conv2d.
     """
     x = input.data
     if x.shape[-1] != weight.shape[1]:
         raise ValueError(f"linear: input has {x.shape[-1]} features but the weight expects "
                          f"{weight.shape[1]}")
     x2 = x.reshape(-1, x.shape[-1])
-    out = x2 @ weight.data.T
+    integer = integer_operands(input, weight, x.shape[-1])
+    if integer is None:
+        out = x2 @ weight.data.T
+    else:
+        codes, levels, scale, dtype = integer
+        out = exact_matmul(codes.reshape(x2.shape), levels.T, dtype)
+        out *= scale
     if bias is not None:
         out += bias.data
 
@@ -71,10 +79,18 @@ def pad(input: Tensor, pad: tuple[int, ...], value: float = 0.0) -> Tensor:  # n
         widths[input.ndim - 1 - k] = (before, after)
     out = np.pad(input.data, widths, constant_values=value)
     crop = tuple(slice(b, b + size) for (b, _), size in zip(widths, input.shape))
-    return Tensor.from_op(out, (input,), lambda g: (g[crop],), "pad")
+    result = Tensor.from_op(out, (input,), lambda g: (g[crop],), "pad")
+    if input.codes is not None and value == 0:  # zero padding is the code 0
+        codes = input.codes
+        result.codes = Codes(np.pad(codes.values, widths), codes.scale, codes.max)
+    return result
 
 
 def flatten(input: Tensor, start_dim: int = 1) -> Tensor:  # noqa: A002
     """Merge axes start_dim.. into one, in C order (x.reshape(N, -1))."""
     shape = input.shape[:start_dim] + (-1,)
-    return ops.reshape(input, shape)
+    out = ops.reshape(input, shape)
+    if input.codes is not None:
+        codes = input.codes
+        out.codes = Codes(codes.values.reshape(out.shape), codes.scale, codes.max)
+    return out

@@ -5,6 +5,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from tinypact import _kernels
+from tinypact.functional._integer import exact_matmul, integer_operands
 from tinypact.functional._layout import pair, to_nchw, to_nhwc
 from tinypact.tensor import Tensor
 
@@ -42,6 +43,10 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
     Lowered to one matmul: the windows of the padded NHWC input become the rows of
     cols (N*OH*OW, KH*KW*C) and out = cols @ W^T with W reshaped to (O, KH*KW*C).
     Backward:  dW = (cols^T @ g)^T,  db = sum g,  dcols = g @ W  scattered back (col2im) into dx.
+
+    Quantized operands (input and weight both carry `Codes`, see functional/_integer.py): the
+    matmul multiplies the integers, out = (q_cols @ c^T) * (s_a * s_w) + b, exact up to the one
+    float32 rounding of each step; the gradients are the same formulas (cols = q_cols * s_a).
     """
     x = input.data
     if x.ndim != 4 or weight.ndim != 4:
@@ -58,13 +63,22 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
         raise ValueError(f"conv2d: kernel {kernel_h}x{kernel_w} larger than the padded input "
                          f"{h + 2 * pad_h}x{w + 2 * pad_w}")
 
-    padded = _pad_nhwc(x, pad_h, pad_w)
+    integer = integer_operands(input, weight, c * kernel_h * kernel_w)
+    source = x if integer is None else integer[0]
+    padded = _pad_nhwc(source, pad_h, pad_w)
     rows = n * out_h * out_w
     cols = np.empty((n, out_h, out_w, kernel_h, kernel_w, c), dtype=x.dtype)
     _kernels.im2col_nhwc(padded, stride_h, stride_w, cols)  # the one copy of the windows
     cols = cols.reshape(rows, -1)
     w_mat = weight.data.transpose(0, 2, 3, 1).reshape(out_ch, -1)  # (O, KH*KW*C), small copy
-    out = cols @ w_mat.T
+    if integer is None:
+        out = cols @ w_mat.T
+        cols_scale = None
+    else:
+        _, levels, scale, dtype = integer
+        out = exact_matmul(cols, levels.transpose(0, 2, 3, 1).reshape(out_ch, -1).T, dtype)
+        out *= scale
+        cols_scale = input.codes.scale  # cols holds codes: the input's values are cols * scale
     if bias is not None:
         out += bias.data
     out_nchw = to_nchw(out.reshape(n, out_h, out_w, out_ch))
@@ -76,8 +90,11 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
         grad_x = grad_w = grad_b = None
         if weight.requires_grad:
             # cols^T @ g, not g^T @ cols: NumPy's BLAS call is several times faster this way
+            grad_w = cols.T @ g_rows
+            if cols_scale is not None:
+                grad_w *= cols_scale
             grad_w = np.ascontiguousarray(
-                (cols.T @ g_rows).reshape(kernel_h, kernel_w, c, out_ch).transpose(3, 2, 0, 1))
+                grad_w.reshape(kernel_h, kernel_w, c, out_ch).transpose(3, 2, 0, 1))
         if bias is not None and bias.requires_grad:
             grad_b = g_rows.sum(axis=0)
         if input.requires_grad:

@@ -6,7 +6,7 @@ import numpy as np
 from tinypact import _kernels
 from tinypact.functional._layout import pair, to_nchw, to_nhwc
 from tinypact.functional.conv import _pad_nhwc, _windows
-from tinypact.tensor import Tensor
+from tinypact.tensor import Codes, Tensor
 
 
 def pool_output_size(size: int, kernel: int, stride: int, padding: int,
@@ -38,6 +38,8 @@ def max_pool2d(input: Tensor, kernel_size, stride=None, padding=0,  # noqa: A002
     TensorFlow's "SAME" pooling with kernel 2, stride 2 is padding=0 on even sizes
     (36 -> 18, 18 -> 9) and ceil_mode=True on odd ones (9 -> 5).
     Backward: the gradient goes to the first maximum of each window.
+    Codes (a quantized input) are carried along: the code of each window's maximum (values are
+    `codes * scale` with scale > 0, so the maximum value is the maximum code).
     """
     x = input.data
     kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w = _check_pool_args(
@@ -56,7 +58,13 @@ def max_pool2d(input: Tensor, kernel_size, stride=None, padding=0,  # noqa: A002
         _kernels.max_pool_backward_nhwc(to_nhwc(g), argmax, grad)
         return (to_nchw(grad),)
 
-    return Tensor.from_op(to_nchw(out), (input,), backward, "max_pool2d")
+    result = Tensor.from_op(to_nchw(out), (input,), backward, "max_pool2d")
+    if input.codes is not None:
+        codes = to_nhwc(input.codes.values).reshape(n, h * w, c)
+        pooled = np.take_along_axis(codes, argmax.reshape(n, out_h * out_w, c), axis=1)
+        result.codes = Codes(to_nchw(pooled.reshape(n, out_h, out_w, c)), input.codes.scale,
+                             input.codes.max)
+    return result
 
 
 def avg_pool2d(input: Tensor, kernel_size, stride=None, padding=0) -> Tensor:  # noqa: A002
@@ -64,6 +72,9 @@ def avg_pool2d(input: Tensor, kernel_size, stride=None, padding=0) -> Tensor:  #
     count_include_pad=True).  kernel_size="global" averages over all of H x W.
 
     Backward: each input position receives g / (KH*KW) from every window that covers it.
+    A quantized input (with `Codes`) is pooled as integers, the way integer_engine does: the
+    output's codes are the window sums and its scale is `scale / (KH*KW)`, and its value is
+    exactly `sums * (scale / (KH*KW))` in float32 (the same mean, rounded once).
     """
     x = input.data
     if isinstance(kernel_size, str):
@@ -76,14 +87,20 @@ def avg_pool2d(input: Tensor, kernel_size, stride=None, padding=0) -> Tensor:  #
     n, c, h, w = x.shape
     out_h = pool_output_size(h, kernel_h, stride_h, pad_h)
     out_w = pool_output_size(w, kernel_w, stride_w, pad_w)
-    padded = _pad_nhwc(x, pad_h, pad_w)
+    quantized = input.codes is not None
+    padded = _pad_nhwc(input.codes.values if quantized else x, pad_h, pad_w)
     windows = _windows(padded, kernel_h, kernel_w, stride_h, stride_w, out_h, out_w)
     inv_area = 1.0 / (kernel_h * kernel_w)
     out = np.zeros((n, out_h, out_w, c), dtype=x.dtype)
     for i in range(kernel_h):  # KH*KW vectorised adds beat one strided reduction
         for j in range(kernel_w):
             out += windows[:, :, :, i, j, :]
-    out *= x.dtype.type(inv_area)
+    codes = None
+    if quantized:
+        codes = _pooled_codes(input.codes, to_nchw(out.copy()), kernel_h * kernel_w)
+        out *= codes.scale
+    else:
+        out *= x.dtype.type(inv_area)
     padded_shape = padded.shape
 
     def backward(g):
@@ -95,19 +112,38 @@ def avg_pool2d(input: Tensor, kernel_size, stride=None, padding=0) -> Tensor:  #
                 grad[:, i:i + rows_end:stride_h, j:j + cols_end:stride_w, :] += g_share
         return (to_nchw(grad[:, pad_h:pad_h + h, pad_w:pad_w + w, :]),)
 
-    return Tensor.from_op(to_nchw(out), (input,), backward, "avg_pool2d")
+    result = Tensor.from_op(to_nchw(out), (input,), backward, "avg_pool2d")
+    result.codes = codes
+    return result
+
+
+def _pooled_codes(codes: Codes, sums: np.ndarray, area: int) -> Codes:
+    """The Codes of an average pool: window sums (exact: integers far below 2**24) and the
+    scale divided by the window's area, in the scale's dtype (float32)."""
+    if codes.max * area > 2**24:
+        raise ValueError(f"average pooling {area} codes of up to {codes.max} is not exact in float32")
+    scale = np.asarray(codes.scale)
+    return Codes(sums, (scale / scale.dtype.type(area))[()], codes.max * area)
 
 
 def global_avg_pool2d(input: Tensor) -> Tensor:  # noqa: A002
     """Mean over H and W, keeping them as size 1: (N, C, H, W) -> (N, C, 1, 1);
-    backward: g / (H*W) broadcast over the window."""
+    backward: g / (H*W) broadcast over the window. Codes: window sums, as avg_pool2d."""
     x = input.data
     if x.ndim != 4:
         raise ValueError(f"global_avg_pool2d expects an NCHW input, got shape {x.shape}")
     n, c, h, w = x.shape
-    out = x.mean(axis=(2, 3), keepdims=True, dtype=x.dtype)
+    codes = None
+    if input.codes is not None:
+        sums = input.codes.values.sum(axis=(2, 3), keepdims=True, dtype=x.dtype)
+        codes = _pooled_codes(input.codes, sums, h * w)
+        out = sums * codes.scale
+    else:
+        out = x.mean(axis=(2, 3), keepdims=True, dtype=x.dtype)
 
     def backward(g):
         return (np.broadcast_to(g * x.dtype.type(1.0 / (h * w)), x.shape).copy(),)
 
-    return Tensor.from_op(out, (input,), backward, "global_avg_pool2d")
+    result = Tensor.from_op(out, (input,), backward, "global_avg_pool2d")
+    result.codes = codes
+    return result

@@ -28,18 +28,44 @@ class Parameter(Tensor):
         return f"Parameter(shape={self.shape}, dtype={self.dtype})"
 
 
+class HookHandle:
+    """Returned by `Module.register_forward_hook`; `remove()` unregisters the hook."""
+
+    _next_id = 0
+
+    def __init__(self, hooks: OrderedDict):
+        self.hooks, self.id = hooks, HookHandle._next_id
+        HookHandle._next_id += 1
+
+    def remove(self) -> None:
+        self.hooks.pop(self.id, None)
+
+
 class Module:
     """Base class of every layer and network: override `forward`, call the module like a function."""
 
     def __init__(self) -> None:
         object.__setattr__(self, "training", True)
         object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "_forward_hooks", OrderedDict())
 
     def forward(self, *args, **kwargs):
         raise NotImplementedError(f"{type(self).__name__} must define forward()")
 
     def __call__(self, *args, **kwargs):
-        return self.forward(*args, **kwargs)
+        out = self.forward(*args, **kwargs)
+        for hook in list(self.__dict__.get("_forward_hooks", {}).values()):
+            replaced = hook(self, args, out)
+            out = out if replaced is None else replaced
+        return out
+
+    def register_forward_hook(self, hook) -> "HookHandle":
+        """Call `hook(module, inputs, output)` after every forward (PyTorch's hook): it may
+        return a replacement output. `handle.remove()` unregisters it."""
+        hooks = self.__dict__["_forward_hooks"]
+        handle = HookHandle(hooks)
+        hooks[handle.id] = hook
+        return handle
 
     # --------------------------------------------------------------------------- state
     def register_buffer(self, name: str, value: np.ndarray) -> None:

@@ -5,13 +5,19 @@ Notation: `k` bits, `n = 2**k - 1` steps, `round` is the project's rule `round_h
 is skipped and only the clip (if any) remains.
 
 Activations are quantized to `n + 1` levels `{0, a/n, 2a/n, ..., a}` of a range `a` (PACT's learned
-alpha, DoReFa's 1, a quantized ReLU's running max); their integer code is `q = round(y * n / a)`.
+alpha, DoReFa's 1, a quantized ReLU's running max); their integer code is `q = round(y * n / a)`,
+computed in float32 exactly as written: `y = min(max(x, 0), a)`, `v = y * n`, `v = v / a`,
+`q = round_half_up(v)`; the output value is `q * s` with the float32 scale `s = a / n`.
 
 Weights are quantized to `w_q = scale * (2j - n) / n` with an unsigned code `j` in `[0, n]`, i.e.
 odd integers `c = 2j - n` over `n` for DoReFa and SAWB (`n = 2**k - 1`, no zero level), and
 `c = j - n/2` over `n/2` for zero-aligned SAWB (`n = 2**k - 2`: `2**k - 1` levels including 0).
 Weight codes are computed in float64 from the (float32) weights, so that integer_engine's exporter,
-following the same formulas in float64, gets exactly the same codes.
+following the same formulas in float64, gets exactly the same codes; the weight's value is
+`c * s_w` in float32 with the level `c = 2j - n` and `s_w = float32(scale / n)`.
+
+Every quantizer attaches its integer view (`Tensor.codes`: codes q or levels c, and the scale) to
+its output, so that conv2d and linear can multiply integers (tinypact.functional._integer).
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ import numpy as np
 
 from tinypact.ops import as_tensor
 from tinypact.quant.rounding import round_half_up
-from tinypact.tensor import Tensor, sum_to
+from tinypact.tensor import Codes, Tensor, sum_to
 
 VALID_BITS = (1, 2, 3, 4, 5, 6, 7, 8, 16, 32)
 FULL_PRECISION = 32
@@ -49,18 +55,28 @@ def levels(bits: int) -> int:
 
 
 # ================================================================================ activations
-def _clip_quantize(x: Tensor, alpha: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """(y, y_q): y = clip(x, 0, alpha), y_q = round(y * n / alpha) * alpha / n (y_q = y at 32 bits)."""
+def _clip_quantize(x: Tensor, alpha: np.ndarray, bits: int
+                   ) -> tuple[np.ndarray, np.ndarray, Codes | None]:
+    """(y, y_q, codes): y = clip(x, 0, alpha), codes q = round(y * n / alpha), y_q = q * (alpha/n)
+    (y_q = y and no codes at 32 bits)."""
     y = np.minimum(np.maximum(x.data, 0), alpha)
     if bits == FULL_PRECISION:
-        return y, y
+        return y, y, None
     n = levels(bits)
-    return y, (_codes_of_clipped(y, alpha, n) * (alpha / n)).astype(x.dtype, copy=False)
+    q = _codes_of_clipped(y, alpha, n)
+    scale = alpha / n  # float32, the value of one code
+    return y, (q * scale).astype(x.dtype, copy=False), Codes(q, scale, n)
 
 
 def _codes_of_clipped(y: np.ndarray, alpha: np.ndarray, n: int) -> np.ndarray:
-    """round(y * n / alpha): the one expression forward values and exported codes both use."""
+    """round(y * n / alpha): the one expression forward values and exported codes both use
+    (y * n first, then / alpha, each rounded in y's dtype)."""
     return round_half_up(y * n / alpha)
+
+
+def _with_codes(out: Tensor, codes: Codes | None) -> Tensor:
+    out.codes = codes
+    return out
 
 
 def _positive_range(alpha, like: Tensor, what: str) -> np.ndarray:
@@ -90,7 +106,7 @@ def pact(x, alpha, bits: int, variant: str = "pact") -> Tensor:
     x = as_tensor(x)
     alpha_t = as_tensor(alpha, like=x)
     a = _positive_range(alpha_t, x, "PACT alpha")
-    y, y_q = _clip_quantize(x, a, bits)
+    y, y_q, codes = _clip_quantize(x, a, bits)
     inside = (x.data >= 0) & (x.data < a)
     above = x.data >= a
 
@@ -103,7 +119,7 @@ def pact(x, alpha, bits: int, variant: str = "pact") -> Tensor:
             per_element = per_element + g * inside * ((y_q - y) / a)
         return grad_x, sum_to(per_element, alpha_t.shape)
 
-    return Tensor.from_op(y_q, (x, alpha_t), backward, variant)
+    return _with_codes(Tensor.from_op(y_q, (x, alpha_t), backward, variant), codes)
 
 
 def quantized_relu(x, bits: int, max_value: float) -> Tensor:
@@ -118,9 +134,9 @@ def quantized_relu(x, bits: int, max_value: float) -> Tensor:
     if bits == FULL_PRECISION:
         return x.relu()
     m = _positive_range(max_value, x, "quantized ReLU max_value")
-    _, y_q = _clip_quantize(x, m, bits)
+    _, y_q, codes = _clip_quantize(x, m, bits)
     inside = (x.data >= 0) & (x.data < m)
-    return Tensor.from_op(y_q, (x,), lambda g: (g * inside,), "quantized_relu")
+    return _with_codes(Tensor.from_op(y_q, (x,), lambda g: (g * inside,), "quantized_relu"), codes)
 
 
 def dorefa_activation(x, bits: int) -> Tensor:
@@ -133,9 +149,28 @@ def dorefa_activation(x, bits: int) -> Tensor:
     bits = check_bits(bits)
     x = as_tensor(x)
     one = np.asarray(1.0, dtype=x.dtype)
-    _, y_q = _clip_quantize(x, one, bits)
+    _, y_q, codes = _clip_quantize(x, one, bits)
     inside = (x.data >= 0) & (x.data < 1)
-    return Tensor.from_op(y_q, (x,), lambda g: (g * inside,), "dorefa_activation")
+    return _with_codes(Tensor.from_op(y_q, (x,), lambda g: (g * inside,), "dorefa_activation"),
+                       codes)
+
+
+INPUT_SCALE = 1.0 / 255.0
+
+
+def quantize_input(x, scale: float = INPUT_SCALE, max_code: int = 255) -> Tensor:
+    """The network's input as 8-bit codes (PyTorch's QuantStub, Brevitas' input QuantIdentity):
+
+        q = clip(round(x / s), 0, 255),   value = q * s,   s = 1/255 in x's dtype (float32)
+
+    Images arrive as pixels / 255, so q is the pixel and the first layer multiplies integers,
+    as integer_engine does. Gradient: identity (STE).
+    """
+    x = as_tensor(x)
+    s = x.dtype.type(scale)
+    q = np.clip(round_half_up(x.data / s), 0, max_code)
+    return _with_codes(Tensor.from_op(q * s, (x,), lambda g: (g,), "quantize_input"),
+                       Codes(q, s, max_code))
 
 
 def activation_codes(x, alpha, bits: int) -> np.ndarray:
@@ -193,10 +228,9 @@ def dorefa_weight(w, bits: int) -> Tensor:
     if bits == FULL_PRECISION:
         return w
     j, scale = dorefa_weight_codes(w, bits)
-    n = levels(bits)
-    w_q = (scale * (2 * j.astype(np.float64) - n) / n).astype(w.dtype)
+    w_q, codes = _weight_values(j, levels(bits), scale, w.dtype)
     if bits == 1:
-        return Tensor.from_op(w_q, (w,), lambda g: (g,), "dorefa_weight")
+        return _with_codes(Tensor.from_op(w_q, (w,), lambda g: (g,), "dorefa_weight"), codes)
 
     def backward(g):
         t = np.tanh(w.data.astype(np.float64))
@@ -210,7 +244,15 @@ def dorefa_weight(w, bits: int) -> Tensor:
         grad_t = g / peak + grad_peak * np.sign(t) * at_peak / at_peak.sum()
         return ((grad_t * (1 - t * t)).astype(w.dtype),)
 
-    return Tensor.from_op(w_q, (w,), backward, "dorefa_weight")
+    return _with_codes(Tensor.from_op(w_q, (w,), backward, "dorefa_weight"), codes)
+
+
+def _weight_values(j: np.ndarray, n: int, scale: float, dtype) -> tuple[np.ndarray, Codes]:
+    """(w_q, codes) of weight codes j: levels c = 2j - n, s_w = scale / n rounded to the weight's
+    dtype (float32), w_q = c * s_w."""
+    c = (2 * j - n).astype(dtype)
+    s_w = np.dtype(dtype).type(scale / n)
+    return c * s_w, Codes(c, s_w, n)
 
 
 def sawb_scale(w, bits: int, zero_aligned: bool = False) -> float:
@@ -264,9 +306,8 @@ def sawb_weight(w, bits: int, zero_aligned: bool = False) -> Tensor:
     if bits == FULL_PRECISION:
         return w
     j, alpha = sawb_weight_codes(w, bits, zero_aligned)
-    n = sawb_levels(bits, zero_aligned)
-    w_q = (alpha * (2 * j.astype(np.float64) - n) / n).astype(w.dtype)
-    return Tensor.from_op(w_q, (w,), lambda g: (g,), "sawb_weight")
+    w_q, codes = _weight_values(j, sawb_levels(bits, zero_aligned), alpha, w.dtype)
+    return _with_codes(Tensor.from_op(w_q, (w,), lambda g: (g,), "sawb_weight"), codes)
 
 
 # ========================================================================== by graph "wq" kind

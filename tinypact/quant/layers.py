@@ -13,12 +13,20 @@ from tinypact import functional as F
 from tinypact.nn.module import Module, Parameter
 from tinypact.quant.functional import (FULL_PRECISION, SAWB_COEFFICIENTS,
                                        SAWB_ZERO_ALIGNED_COEFFICIENTS, WEIGHT_QUANT_KINDS,
-                                       check_bits, dorefa_activation, pact, quantize_weight,
-                                       quantized_relu)
+                                       check_bits, dorefa_activation, pact, quantize_input,
+                                       quantize_weight, quantized_relu)
 from tinypact.tensor import Tensor, no_grad
 
 ACT_QUANT_KINDS = ("pact", "pact+", "dorefa", "relu")
 ALPHA_MIN = 1e-3  # alpha is projected onto [ALPHA_MIN, inf): a negative clip level is meaningless
+
+
+class InputQuant(Module):
+    """The network's input as 8-bit codes, q = round(x * 255) (`quantize_input`): the first
+    layer then multiplies integers, as integer_engine does with the uint8 pixels. No state."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return quantize_input(x)
 
 
 class ActQuant(Module):
