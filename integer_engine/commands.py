@@ -157,15 +157,21 @@ def cmd_verify(args: argparse.Namespace) -> int:
     checkpoint = args.checkpoint or (model.header.get("source") or {}).get("checkpoint")
     trained = None
     if args.checkpoint or (checkpoint and os.path.exists(checkpoint)):
-        if not args.any_checkpoint:
-            check_source(model, checkpoint)
-        trained = verify_against_checkpoint(model, checkpoint, images, batch_size=batch)
+        try:
+            if not args.any_checkpoint:
+                check_source(model, checkpoint)
+            trained = verify_against_checkpoint(model, checkpoint, images, batch_size=batch)
+        except EngineError as err:
+            if args.checkpoint:  # asked for by name: a refusal is the answer
+                raise
+            print(f"engine vs trained model: skipped ({err})")
+    else:
+        print("engine vs trained model: skipped (the source checkpoint is gone; pass --checkpoint RUN)")
+    if trained is not None:
         print(f"engine vs trained model ({checkpoint}) on {description}:")
         print_report(trained)
         stats = agreement(trained.engine_predictions, trained.other_predictions, labels)
-        print(f"predictions equal on {stats['agreement']:.2%} of {stats['images']} images")
-    else:
-        print("engine vs trained model: skipped (the source checkpoint is gone; pass --checkpoint RUN)")
+        print(f"  predictions equal on {stats['agreement']:.2%} of {stats['images']} images")
     report = verify_model(model, images, batch_size=batch)
     print(f"engine vs NumPy reference on {description}:")
     print_report(report)

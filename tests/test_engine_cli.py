@@ -28,7 +28,7 @@ def test_export_and_inspect(exported, capsys):
     d, model, _ = exported
     assert main(["inspect", str(model)]) == 0
     out = capsys.readouterr().out
-    assert "tinypact-integer-model v1" in out and "int32 logits" in out and "smaller" in out, out
+    assert "tinypact-integer-model v2" in out and "f32 logits" in out and "smaller" in out, out
 
 
 def test_run_reports_accuracy_speed_and_layer_table(exported, capsys):
@@ -43,17 +43,28 @@ def test_verify_bit_exact_on_data_and_random(exported, capsys):
     d, model, data = exported
     assert main(["verify", str(model), "--data", str(data)]) == 0
     out = capsys.readouterr().out
-    assert "total mismatches: 0 (bit-exact)" in out, out
+    assert "total: 0 mismatches" in out and "(bit-exact)" in out, out
     assert main(["verify", str(model), "--random", "5"]) == 0
     assert "5 random images" in capsys.readouterr().out
 
 
-def test_verify_reports_tinypact_agreement(tmp_path, capsys):
+def test_verify_compares_with_the_trained_model_and_refuses_another(tmp_path, capsys):
     make_checkpoint(tmp_path / "checkpoint.npz", "fmnist", wbits=2, abits=2)
     assert main(["export", str(tmp_path), "-o", str(tmp_path / "m.tpq")]) == 0
     assert main(["verify", str(tmp_path / "m.tpq"), "--data", "sample", "--limit", "40"]) == 0
     out = capsys.readouterr().out
-    assert "total mismatches: 0" in out and "agreement with tinypact fake-quant eval: 40/40" in out, out
+    assert "engine vs trained model" in out and "predictions equal on 100.00% of 40 images" in out, out
+    assert out.count("(bit-exact)") == 2, out
+    other = tmp_path / "other"
+    other.mkdir()
+    make_checkpoint(other / "checkpoint.npz", "fmnist", seed=5, wbits=2, abits=2)
+    assert main(["verify", str(tmp_path / "m.tpq"), "--checkpoint", str(other), "--random", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "is not the checkpoint this model was exported from" in err and err.count("\n") == 1, err
+    # Compared anyway, the other network's codes differ: reported, exit status 1.
+    assert main(["verify", str(tmp_path / "m.tpq"), "--checkpoint", str(other), "--any-checkpoint",
+                 "--random", "4"]) == 1
+    assert "NOT bit-exact" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv,message", [

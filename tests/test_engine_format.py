@@ -44,7 +44,7 @@ def test_roundtrip_is_identical_and_loadable_without_pickle(tmp_path):
     assert same_model(load_model(path), MODEL)
     with np.load(path, allow_pickle=False) as data:  # a plain npz: no pickled objects anywhere
         header = json.loads(str(data["header"][()]))
-    assert header["format"] == FORMAT_NAME and header["version"] == 1
+    assert header["format"] == FORMAT_NAME and header["version"] == 2
     assert set(header["arrays"]) == {f"{l.name}.{k}" for l in MODEL.layers for k in l.arrays}
     assert not list(tmp_path.glob(".tmp-*")), "atomic write left a temp file behind"
 
@@ -81,7 +81,7 @@ def _first_conv(h):
 
 
 @pytest.mark.parametrize("edit_header,edit_arrays,message", [
-    (lambda h: h.update(version=2), None, "unsupported model format version 2"),
+    (lambda h: h.update(version=1), None, "unsupported model format version 1 .* export the model again"),
     (lambda h: h.update(format="something-else"), None, "not an integer model file"),
     (lambda h: _first_conv(h).update(stride=3), None, "macs does not equal"),
     (lambda h: _first_conv(h).update(out_shape=[1, 1, 1]), None, "out_shape"),
@@ -94,7 +94,12 @@ def _first_conv(h):
     (lambda h: _kind(h, "add").update(input_bounds=[1, 1]), None, "input_bounds do not match"),
     (None, lambda m: m.update({k: m[k].astype(np.int32) for k in m if k.endswith(".thresholds")}), "expected int64"),
     (None, lambda m: m.update({k: np.full_like(m[k], 255) for k in m if k.endswith(".weight")}), "exceed n_w"),
-    (None, lambda m: m.update({k: m[k][:, ::-1].copy() for k in m if k.endswith(".thresholds")}), "thresholds must be ordered"),
+    (None, lambda m: m.update({k: m[k][:, ::-1].copy() for k in m if k.endswith(".thresholds")}),
+     "thresholds do not reproduce the layer's float epilogue"),
+    (None, lambda m: m.update({k: m[k] + np.float32(0.25) for k in m if k.endswith(".bn_shift")}),
+     "thresholds do not reproduce the layer's float epilogue"),
+    (None, lambda m: m.update({k: -m[k] for k in m if k.endswith(".alpha")}), "scale and alpha must be positive"),
+    (lambda h: _kind(h, "add").update(rounding="stochastic"), None, "rounding must be one of"),
 ])
 def test_validation_refuses_inconsistent_files_even_with_valid_checksums(tmp_path, edit_header, edit_arrays, message):
     save_model(MODEL, tmp_path / "ok.tpq")

@@ -1,4 +1,5 @@
-"""Property tests: for random conv/linear layers the integer engine equals the float64 reference.
+"""Property tests: for random conv/linear layers the integer engine equals the NumPy reference
+(the engine's kernels and thresholds against the float epilogue evaluated directly).
 
 Each example is a small network input -> act(abits) -> conv|linear(wbits) [-> bn] [-> maxpool]
 -> act(obits) -> flatten -> linear (8-bit logits), with random shapes, stride, padding, weight
@@ -15,7 +16,8 @@ from hypothesis import strategies as st
 from integer_engine.executor import Engine
 from integer_engine.export import lower_graph
 from integer_engine.reference import run_reference
-from integer_engine.requant import apply_thresholds, requant_float, thresholds
+from integer_engine.epilogue import activation_code, affine
+from integer_engine.requant import apply_thresholds, epilogue_thresholds
 
 WEIGHT_KINDS = {"dorefa": range(1, 9), "sawb": (1, 2, 3, 4, 5, 8), "sawb0": (2, 4, 8)}
 
@@ -72,10 +74,12 @@ def layer_network(draw):
     if draw(st.booleans()):
         gamma = rng.normal(0, 1, cout) * scale(draw, 0.125, 4.0)
         gamma[rng.random(cout) < 0.15] = 0.0
+        gamma[rng.random(cout) < 0.15] = 1e-6  # tiny gamma: a nearly constant channel
         params.update({"bn.weight": gamma.astype(np.float32),
                        "bn.bias": rng.normal(0, 1, cout).astype(np.float32),
                        "bn.running_mean": rng.normal(0, 1, cout).astype(np.float32),
-                       "bn.running_var": (rng.random(cout) * scale(draw, 0.125, 4.0)).astype(np.float32)})
+                       "bn.running_var": (rng.random(cout) * scale(draw, 0.125, 4.0)
+                                          * draw(st.sampled_from([1.0, 1e-6]))).astype(np.float32)})
         graph.append({"id": "bn", "op": "bn", "inputs": [last], "prefix": "bn", "eps": 1e-5})
         last = "bn"
     if conv and min(shape[1:]) >= 2 and draw(st.booleans()):
@@ -117,27 +121,29 @@ def test_engine_equals_reference_on_random_layers(case):
 
 
 @settings(max_examples=300)
-@given(st.floats(-1e3, 1e3), st.floats(-1e4, 1e4), st.integers(1, 255), st.integers(0, 5000),
-       st.sampled_from([0.5, 0.25, 1.0, 3.0]), st.booleans())
-def test_thresholds_match_the_float_formula_on_every_accumulator(mul, add, n, bound, tie_mul, tie):
-    """Exhaustively over [-bound, bound]: #thresholds reached == clip(floor(acc*mul + add + 1/2), 0, n)."""
-    if tie:  # binary-fraction scales put many accumulators exactly on a .5 tie
-        mul, add = tie_mul * np.sign(mul or 1.0), float(np.round(add))
-    m, b = np.array([mul]), np.array([add])
-    th, direction = thresholds(m, b, n, -bound, bound)
+@given(st.floats(2**-20, 1e3, width=32), st.floats(-1e4, 1e4, width=32),
+       st.floats(-8, 8, width=32), st.floats(2**-10, 1e2, width=32), st.integers(1, 255),
+       st.integers(0, 5000), st.sampled_from(["half_up", "half_even"]), st.booleans())
+def test_thresholds_equal_the_epilogue_on_every_accumulator(scale_, shift, bn, alpha, n, bound, rule, tie):
+    """Exhaustively over [-bound, bound]: #thresholds reached == the float32 epilogue's code,
+    for either sign of the batch-norm scale and either rounding rule."""
+    if tie:  # binary fractions put many accumulators exactly on a .5 tie
+        scale_, shift, bn, alpha = 0.25, float(np.round(shift)), float(np.sign(bn) or 1.0), float(n)
+    consts = [np.array([v], np.float32) for v in (0.0, bn, shift)]
+    th, direction = epilogue_thresholds(np.float32(scale_), *consts, np.float32(alpha), n, rule, -bound, bound)
     acc = np.arange(-bound, bound + 1, dtype=np.int64)[:, None]
-    want = requant_float(acc, m, b, n)
+    want = activation_code(affine(acc, np.float32(scale_), *consts), np.float32(alpha), n, rule)
     got = apply_thresholds(acc, th, direction, 1)
     bad = np.flatnonzero(got[:, 0] != want[:, 0])
-    assert bad.size == 0, (f"mul={mul!r} add={add!r} n={n}: acc={acc[bad[0], 0]} gives {got[bad[0], 0]}, "
-                           f"formula {want[bad[0], 0]}")
+    assert bad.size == 0, (f"scale={scale_!r} bn={bn!r} shift={shift!r} alpha={alpha!r} n={n} {rule}: "
+                           f"acc={acc[bad[0], 0]} gives {got[bad[0], 0]}, epilogue {want[bad[0], 0]}")
 
 
 @settings(max_examples=200)
 @given(st.integers(0, 2**32 - 1), st.sampled_from(sorted(WEIGHT_KINDS)), st.integers(1, 8), st.integers(1, 8),
        st.integers(1, 8), st.sampled_from(["avgpool", "subsample"]), st.integers(1, 3))
 def test_engine_equals_reference_on_random_residual_networks(seed, wkind, wbits, abits, shortcut_bits, mode, n):
-    """ResNet blocks (requant of the stream, fixed-point residual add, shortcuts, global pooling)."""
+    """ResNet blocks (requant of the stream, float32 residual add, shortcuts, global pooling)."""
     from test_engine_models import resnet_like
     wbits = wbits if wbits in WEIGHT_KINDS[wkind] else max(WEIGHT_KINDS[wkind])
     rng = np.random.default_rng(seed)
