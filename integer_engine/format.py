@@ -335,8 +335,8 @@ def _check_epilogue(layer: Layer, channels: int, n_out: int | None, acc_lo: int,
     consts = [arrays[k] for k in ("scale", "bias", "bn_scale", "bn_shift", "alpha") if k in arrays]
     if not all(np.all(np.isfinite(v)) for v in consts):
         _fail(name, "epilogue constants must be finite")
-    if not np.all(arrays["scale"] > 0) or ("alpha" in arrays and not np.all(arrays["alpha"] > 0)):
-        _fail(name, "epilogue scale and alpha must be positive")
+    if not np.all(arrays["scale"] >= 0) or ("alpha" in arrays and not np.all(arrays["alpha"] > 0)):
+        _fail(name, "epilogue scale must be >= 0 and alpha positive")
     rule = layer.attrs.get("rounding", "half_up")
     if n_out is not None and rule not in ROUNDING_RULES:
         _fail(name, f"rounding must be one of {', '.join(ROUNDING_RULES)}, got {rule!r}")

@@ -32,8 +32,8 @@ def epilogue_thresholds(scale: np.float32, bias: np.ndarray, bn_scale: np.ndarra
     consts = [np.asarray(v, dtype=np.float32) for v in (scale, bias, bn_scale, bn_shift, alpha)]
     if not all(np.all(np.isfinite(v)) for v in consts):
         raise EngineError("requantization constants are not finite (check alphas and batch-norm variance)")
-    if not (consts[0] > 0 and consts[4] > 0):
-        raise EngineError("requantization needs a positive scale and a positive clip level alpha")
+    if not (consts[0] >= 0 and consts[4] > 0):  # scale 0: all-zero 1-bit weights (mean|w| = 0)
+        raise EngineError("requantization needs a scale >= 0 and a positive clip level alpha")
     direction = np.where(consts[0] * consts[2] >= 0, 1, -1).astype(np.int8)
 
     def code(acc: np.ndarray) -> np.ndarray:

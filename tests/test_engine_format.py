@@ -98,7 +98,7 @@ def _first_conv(h):
      "thresholds do not reproduce the layer's float epilogue"),
     (None, lambda m: m.update({k: m[k] + np.float32(0.25) for k in m if k.endswith(".bn_shift")}),
      "thresholds do not reproduce the layer's float epilogue"),
-    (None, lambda m: m.update({k: -m[k] for k in m if k.endswith(".alpha")}), "scale and alpha must be positive"),
+    (None, lambda m: m.update({k: -m[k] for k in m if k.endswith(".alpha")}), "alpha positive"),
     (lambda h: _kind(h, "add").update(rounding="stochastic"), None, "rounding must be one of"),
 ])
 def test_validation_refuses_inconsistent_files_even_with_valid_checksums(tmp_path, edit_header, edit_arrays, message):
