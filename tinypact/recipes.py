@@ -21,7 +21,7 @@ DATASETS = ("sample", "fashion-mnist", "cifar10", "svhn")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "step", "multistep", "cosine")
 AUGMENTATIONS = ("none", "crop-flip", "crop", "jitter")
-WEIGHT_QUANTS = ("dorefa", "sawb")
+WEIGHT_QUANTS = ("dorefa", "sawb", "sawb0")
 ACT_QUANTS = ("pact", "pact+", "dorefa", "relu")
 
 

@@ -49,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     quant.add_argument("--abits", type=int, metavar="K", help="activation bits (overrides --bits)")
     quant.add_argument("--first-last-bits", type=int, metavar="K",
                        help="weight bits of the first conv and the last linear layer (default 8)")
-    quant.add_argument("--weight-quant", choices=WEIGHT_QUANTS, help="weight quantizer (dorefa)")
+    quant.add_argument("--weight-quant", choices=WEIGHT_QUANTS,
+                       help="weight quantizer: dorefa (default), sawb, or sawb0 (zero-aligned SAWB: "
+                            "2**k - 1 levels including 0; 2, 4 or 8 bits)")
     quant.add_argument("--act-quant", choices=ACT_QUANTS, help="activation quantizer (pact)")
     quant.add_argument("--alpha-init", type=float, metavar="A",
                        help="initial PACT clipping level (default 10, as in the paper's Fig. 2)")
@@ -119,7 +121,7 @@ def policy_tag(config: TrainConfig) -> str:
     if config.is_float:
         return "float"
     return f"w{config.wbits}a{config.abits}-{config.act_quant.replace('+', 'plus')}" + (
-        "-sawb" if config.weight_quant == "sawb" else "")
+        "" if config.weight_quant == "dorefa" else f"-{config.weight_quant}")
 
 
 def default_run_dir(config: TrainConfig, resume: bool) -> Path:
