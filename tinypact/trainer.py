@@ -271,6 +271,9 @@ def time_one_step(model, optimizer, loader) -> float:
     return min(seconds[1:]) * loader.batch_size / len(labels)
 
 
+LONG_RUN_SECONDS = 30 * 60  # above this, the estimate suggests a shorter first run
+
+
 def _format_duration(seconds: float) -> str:
     if seconds < 1:
         return f"{1000 * seconds:.0f} ms"
@@ -343,7 +346,12 @@ def fit(config: TrainConfig, run_dir: str | Path, resume: bool = False, progress
         per_epoch += step / 3 * (len(val) if val else 0) / config.batch_size
         total = per_epoch * remaining + step / 3 * len(test) / config.batch_size
         log(f"estimate {_format_duration(step)} per batch -> about {_format_duration(per_epoch)} "
-            f"per epoch, {_format_duration(total)} for {remaining} epoch(s) + test")
+            f"per epoch, {_format_duration(total)} for {remaining} epoch(s) + test on this machine")
+        if total > LONG_RUN_SECONDS and remaining > 1:
+            short = max(1, int(LONG_RUN_SECONDS // per_epoch))
+            log(f"         that is long for a first try: --epochs {short} takes about "
+                f"{_format_duration(per_epoch * short)} (the recipe's first {short} epoch(s)), "
+                f"--limit-train N uses fewer images")
     if start_epoch:
         log(f"resuming {run_dir} after epoch {start_epoch}")
     log(f"run dir  {run_dir}")
