@@ -5,6 +5,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from replay_hardening import rezip_with_edit
 
 from tinypact.checkpoint import (
     CheckpointError,
@@ -106,16 +107,6 @@ def test_bad_files_raise_one_line_checkpoint_error(tmp_path, damage):
     assert "\n" not in message and str(path) in message, f"{damage}: {message!r}"
 
 
-def _rezip_with_edit(path, member: str, offset: int, value: int) -> None:
-    """Change one byte of a member and rewrite the zip with valid CRCs (a buggy writer)."""
-    with zipfile.ZipFile(path) as src:
-        members = {n: bytearray(src.read(n)) for n in src.namelist()}
-    members[member][offset] = value
-    with zipfile.ZipFile(path, "w") as dst:
-        for name, data in members.items():
-            dst.writestr(name, bytes(data))
-
-
 @pytest.mark.parametrize("member, where, value", [
     ("meta.npy", "header", ord("(")),          # a malformed .npy header: tokenize.TokenError
     ("model/conv0.weight.npy", "descr", ord("i")),  # '<f4' -> '<i4': same size, other numbers
@@ -136,7 +127,7 @@ def test_crc_consistent_edits_are_refused(tmp_path, member, where, value):
         offset = header_end + 4 * (raw[header_end:].decode("utf-32-le").index('"epoch": 3') + 9)
     else:
         offset = header_end + 4
-    _rezip_with_edit(path, member, offset, raw[offset] ^ 1 if value is None else value)
+    rezip_with_edit(path, path, member, offset, raw[offset] ^ 1 if value is None else value)
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(path)
     message = str(info.value)

@@ -211,6 +211,10 @@ def load_checkpoint(run_or_file: str | os.PathLike) -> Checkpoint:
     except DAMAGED_NPZ_ERRORS as err:
         raise CheckpointError(f"{path} is not a readable checkpoint (corrupt or truncated: "
                               f"{_one_line(err)}); use an intact copy or start a new run") from None
+    not_npy = [name for name, value in arrays.items() if not isinstance(value, np.ndarray)]
+    if not_npy:  # np.load hands back a member without the .npy magic as raw bytes
+        raise CheckpointError(f"{path} is damaged: member {not_npy[0]!r} is not a .npy array; "
+                              f"use an intact copy or start a new run")
     if "meta" not in arrays:
         raise CheckpointError(f"{path} is not a tinypact checkpoint (no 'meta' entry)")
     try:

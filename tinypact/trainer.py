@@ -343,7 +343,9 @@ def fit(config: TrainConfig, run_dir: str | Path, resume: bool = False, progress
 
     for epoch in range(start_epoch, config.epochs):
         try:
-            record = _train_one_epoch(model, optimizer, loader, config, epoch, progress)
+            # Overflow and NaN are detected below and end the run in one line: no NumPy warnings.
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                record = _train_one_epoch(model, optimizer, loader, config, epoch, progress)
             _check_weights_finite(model, epoch)
         except FloatingPointError as err:
             kept = (f"{run_dir / CHECKPOINT_NAME} keeps epoch {epoch}" if epoch
