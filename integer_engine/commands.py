@@ -10,8 +10,13 @@ with status 1 when it finds a mismatch.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
+import tempfile
 import time
+import tokenize
+import zlib
 
 import numpy as np
 
@@ -25,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="checkpoint -> integer model file (.tpq)",
                        description="Export a tinypact run or checkpoint.npz to an integer model file.")
     p.add_argument("run", metavar="RUN_OR_CHECKPOINT")
-    p.add_argument("-o", "--output", required=True, metavar="MODEL", help="output file (.tpq)")
+    p.add_argument("-o", "--output", required=True, metavar="MODEL",
+                   help="output file, e.g. RUN/model.tpq (replaced if it exists)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("run", help="integer inference on a data set: accuracy, images/s, per-layer table")
@@ -53,7 +59,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.set_defaults(func=cmd_verify)
 
-    p = sub.add_parser("inspect", help="layers, bit widths, packed size vs float32")
+    p = sub.add_parser("inspect", help="layers, bit widths, packed size vs float32",
+                       description="Print an integer model file's layers (kind, shapes, weight/"
+                       "activation bits, largest output code, MACs per image) and its packed size "
+                       "against float32.")
     p.add_argument("model", metavar="MODEL")
     p.set_defaults(func=cmd_inspect)
 
@@ -86,20 +95,90 @@ def _human_bytes(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
+# What NumPy can raise on a damaged checkpoint that export's reader does not turn into an
+# EngineError: a malformed `.npy` header is parsed with Python's tokenizer and ast.
+_DAMAGED_NPY_ERRORS = (SyntaxError, tokenize.TokenError, zlib.error, TypeError, IndexError,
+                       OverflowError, MemoryError, UnicodeError)
+
+
+def check_output_path(output: str) -> None:
+    """EngineError unless `output` names a file we can create (checked before the export runs)."""
+    if os.path.isdir(output):
+        raise EngineError(f"-o {output} is a directory; give a file name, e.g. "
+                          f"{os.path.join(output, 'model.tpq')}")
+    directory = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(directory):
+        raise EngineError(f"output directory does not exist: {directory}; create it or choose "
+                          f"another -o")
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as err:
+        raise EngineError(f"cannot write to {directory} ({err.strerror or err}); choose another "
+                          f"-o or change its permissions") from None
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from integer_engine.export import export_checkpoint
     from integer_engine.format import save_model
 
-    model = export_checkpoint(args.run)
-    directory = os.path.dirname(os.path.abspath(args.output))
-    if not os.path.isdir(directory):
-        raise EngineError(f"output directory does not exist: {directory}")
-    save_model(model, args.output)
+    check_output_path(args.output)
+    check_checkpoint_checksums(args.run)
+    try:
+        model = export_checkpoint(args.run)
+    except _DAMAGED_NPY_ERRORS as err:
+        raise EngineError(f"{args.run} is not a readable tinypact checkpoint ({type(err).__name__}: "
+                          f"{str(err)[:150]}); export an intact checkpoint") from None
+    try:
+        save_model(model, args.output)
+    except OSError as err:
+        raise EngineError(f"cannot write {args.output} ({err.strerror or err}); choose another "
+                          f"-o") from None
     sizes = model_sizes(model)
     print(f"wrote {args.output}: {len(model.compute_layers)} conv/linear layers, "
           f"{sizes['params']:,} weights, packed {_human_bytes(sizes['packed_bytes'])} "
           f"(float32 {_human_bytes(sizes['float32_bytes'])})")
     return 0
+
+
+def check_checkpoint_checksums(run_or_checkpoint: str) -> None:
+    """EngineError if a checkpoint's arrays or meta differ from the SHA-256s saved with them.
+
+    tinypact records them (meta["arrays"]: dtype, shape, sha256 of every array; the member
+    `meta_sha256`: the meta text's) so that an edit that keeps the zip CRCs valid is caught;
+    checkpoints without them pass unchecked. A member that cannot be read (bad CRC, malformed
+    header) is refused too, even one export would not use (the optimizer state): the file is
+    damaged. A missing file is left to export's own reader.
+    """
+    path = run_or_checkpoint
+    if os.path.isdir(path):
+        path = os.path.join(path, "checkpoint.npz")
+    if not os.path.isfile(path):
+        return
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+        for name, value in arrays.items():  # a member without the .npy magic comes back as bytes
+            if not isinstance(value, np.ndarray):
+                raise ValueError(f"member {name!r} is not a .npy array")
+        text = str(arrays.pop("meta")[()])
+        records = json.loads(text).get("arrays")
+    except Exception as err:  # noqa: BLE001 - whatever NumPy, zipfile or json raise: damaged
+        reason = str(err).splitlines()[0][:150] if str(err) else ""
+        raise EngineError(f"{path} is not a readable tinypact checkpoint ({type(err).__name__}"
+                          f"{': ' + reason if reason else ''}); export an intact copy") from None
+    recorded = arrays.pop("meta_sha256", None)
+    if recorded is None and records is None:
+        return
+    damaged = f"{path} is damaged although its zip checksums match"
+    if recorded is None or str(recorded[()]) != hashlib.sha256(text.encode("utf-8")).hexdigest():
+        raise EngineError(f"{damaged} (its meta does not match meta_sha256); export an intact copy")
+    for key, array in arrays.items():
+        record = (records or {}).get(key)
+        digest = hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+        if record != {"dtype": array.dtype.str, "shape": list(array.shape), "sha256": digest}:
+            raise EngineError(f"{damaged} (array {key!r} does not match its recorded dtype, "
+                              f"shape or SHA-256); export an intact copy")
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ import io
 import json
 import os
 import tempfile
+import tokenize
 import zipfile
 from dataclasses import dataclass, field
 from typing import Any
@@ -125,6 +126,9 @@ def save_model(model: IntegerModel, path: str | os.PathLike) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".tpq", dir=directory)
     try:
+        umask = os.umask(0o022)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # the mode `open` would give, not mkstemp's 0600
         with os.fdopen(fd, "wb") as handle:
             np.savez(handle, **members)
         os.replace(tmp, path)
@@ -196,8 +200,10 @@ def load_model(path: str | os.PathLike) -> IntegerModel:
     except EngineError:
         raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, KeyError,
-            TypeError, IndexError, OverflowError, UnicodeError, MemoryError, RuntimeError) as err:
-        # zlib/CRC errors, malformed npy headers, bad JSON: all mean a damaged or foreign file.
+            TypeError, IndexError, OverflowError, UnicodeError, MemoryError, RuntimeError,
+            SyntaxError, tokenize.TokenError) as err:
+        # zlib/CRC errors, malformed npy headers (NumPy parses them with Python's tokenizer and
+        # ast: SyntaxError, TokenError), bad JSON: all mean a damaged or foreign file.
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise EngineError(f"{path} is not a valid integer model file ({reason[:200]})") from None
     layers = _build_layers(header, arrays)

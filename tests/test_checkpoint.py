@@ -5,13 +5,16 @@ import zipfile
 
 import numpy as np
 import pytest
+from replay_hardening import rezip_with_edit
 
 from tinypact.checkpoint import (
     CheckpointError,
     check_resume_config,
     load_checkpoint,
     prepare_run_dir,
+    remove_orphans,
     save_checkpoint,
+    write_metrics,
 )
 
 META = {"config": {"dataset": "sample", "lr": 0.01}, "model": {"name": "fmnist", "kwargs": {}},
@@ -104,6 +107,41 @@ def test_bad_files_raise_one_line_checkpoint_error(tmp_path, damage):
     assert "\n" not in message and str(path) in message, f"{damage}: {message!r}"
 
 
+@pytest.mark.parametrize("member, where, value", [
+    ("meta.npy", "header", ord("(")),          # a malformed .npy header: tokenize.TokenError
+    ("model/conv0.weight.npy", "descr", ord("i")),  # '<f4' -> '<i4': same size, other numbers
+    ("model/conv0.weight.npy", "data", None),  # a weight changed (one bit flipped)
+    ("meta.npy", "data", ord("9")),           # a digit of the JSON meta changed
+])
+def test_crc_consistent_edits_are_refused(tmp_path, member, where, value):
+    path = tmp_path / "checkpoint.npz"
+    save_checkpoint(path, META, _model_state(), _optimizer_state())
+    with zipfile.ZipFile(path) as zf:
+        raw = zf.read(member)
+    header_end = 10 + int.from_bytes(raw[8:10], "little")
+    if where == "header":
+        offset = 20
+    elif where == "descr":
+        offset = raw.index(b"<f4") + 1
+    elif member == "meta.npy":  # the UTF-32 character that is the 3 of "epoch": 3
+        offset = header_end + 4 * (raw[header_end:].decode("utf-32-le").index('"epoch": 3') + 9)
+    else:
+        offset = header_end + 4
+    rezip_with_edit(path, path, member, offset, raw[offset] ^ 1 if value is None else value)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message, message
+
+
+def test_non_finite_weights_are_refused(tmp_path):
+    state = _model_state()
+    state["conv0.weight"][0, 0, 0, 0] = np.nan
+    save_checkpoint(tmp_path / "checkpoint.npz", META, state)
+    with pytest.raises(CheckpointError, match="NaN or infinite values in conv0.weight"):
+        load_checkpoint(tmp_path)
+
+
 def test_missing_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="has no checkpoint.npz"):
         load_checkpoint(tmp_path)
@@ -113,12 +151,53 @@ def test_missing_checkpoint(tmp_path):
 
 def test_run_dir_is_never_overwritten(tmp_path):
     run = prepare_run_dir(tmp_path / "run", resume=False)
-    (run / "config.json").write_text("{}")
+    save_checkpoint(run / "checkpoint.npz", META, _model_state())
     with pytest.raises(CheckpointError, match="exists; pass --resume to continue or choose --out"):
         prepare_run_dir(run, resume=False)
     assert prepare_run_dir(run, resume=True) == run
     with pytest.raises(CheckpointError, match="no run to resume"):
         prepare_run_dir(tmp_path / "other", resume=True)
+
+
+def test_run_without_checkpoint_is_neither_resumed_nor_overwritten(tmp_path):
+    """config.json but no checkpoint (killed in epoch 1, or the file was deleted): resuming
+    would start at epoch 1 and overwrite metrics.jsonl and result.json, so both are refused."""
+    run = prepare_run_dir(tmp_path / "run", resume=False)
+    (run / "config.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="exists; it has no checkpoint.npz to resume from: "
+                                              "delete it or choose --out"):
+        prepare_run_dir(run, resume=False)
+    with pytest.raises(CheckpointError, match="has no checkpoint.npz to resume from .* to start "
+                                              "afresh, delete .* without --resume"):
+        prepare_run_dir(run, resume=True)
+
+
+def test_unwritable_or_impossible_run_dir_is_refused_before_anything_is_created(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(CheckpointError, match="is a file; choose another --out"):
+        prepare_run_dir(tmp_path / "file" / "run", resume=False)
+    with pytest.raises(CheckpointError, match="exists and is not a directory"):
+        prepare_run_dir(tmp_path / "file", resume=False)
+    # /proc refuses new entries even to root (permission bits would not stop root).
+    with pytest.raises(CheckpointError, match="cannot write to /proc .*choose another --out"):
+        prepare_run_dir("/proc/tinypact-run", resume=False)
+
+
+def test_files_honour_the_umask_and_orphans_are_removed(tmp_path):
+    old = os.umask(0o027)
+    try:
+        save_checkpoint(tmp_path / "checkpoint.npz", META, _model_state())
+        write_metrics(tmp_path, [{"epoch": 1}])
+    finally:
+        os.umask(old)
+    for name in ("checkpoint.npz", "metrics.jsonl"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o640, name
+    orphans = [".checkpoint-abc.npz.tmp", ".metrics-abc.tmp", ".config.json-abc.tmp",
+               ".alphas.png.tmp.png", ".tmp-abc.tpq"]
+    for name in orphans:
+        (tmp_path / name).write_bytes(b"half")
+    assert sorted(p.name for p in remove_orphans(tmp_path)) == sorted(orphans)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.npz", "metrics.jsonl"]
 
 
 def test_resume_config_check_names_the_differences():

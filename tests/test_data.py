@@ -207,6 +207,8 @@ def test_fashion_mnist_missing_offline_names_url_and_path(tmp_path, no_debian):
     assert expected_path in msg and ds.FASHION_MNIST_URLS[0] in msg and "\n" not in msg, msg
 
 
+@pytest.mark.skipif(not ds.DEBIAN_FASHION_MNIST_DIR.is_dir(),
+                    reason="Debian's dataset-fashion-mnist package is not installed")
 def test_real_fashion_mnist_test_split_from_debian(tmp_path):
     """The Debian package installed on this machine holds the official test set."""
     d = load_fashion_mnist("test", data_dir=tmp_path, download=False)
@@ -242,12 +244,29 @@ def test_cifar10_python2_pickle_as_in_the_official_file(tmp_path, monkeypatch):
     np.testing.assert_array_equal(d.labels, labels)
 
 
-def test_cifar10_extracted_directory(tmp_path):
+def test_cifar10_extracted_directory(tmp_path, monkeypatch):
     _, arrays = cifar_tar()
     images, labels = arrays["test_batch"]
-    write(tmp_path / "cifar10" / "cifar-10-batches-py" / "test_batch",
-          cifar_batch_pickle(images, labels, "test_batch"))
+    blob = cifar_batch_pickle(images, labels, "test_batch")
+    folder = tmp_path / "cifar10" / "cifar-10-batches-py"
+    write(folder / "test_batch", blob)
+    monkeypatch.setitem(ds.CIFAR10_BATCH_MD5, "test_batch", hashlib.md5(blob).hexdigest())
     d = load_cifar10("test", data_dir=tmp_path, download=False)
+    np.testing.assert_array_equal(d.images, images)
+
+    # The train split: every missing batch file is named at once, with what to do.
+    with pytest.raises(DataError) as info:
+        load_cifar10("train", data_dir=tmp_path, download=False)
+    message = str(info.value)
+    assert all(f"data_batch_{i} is missing" in message for i in range(1, 6)), message
+    assert str(folder) in message and "\n" not in message, message
+
+    # A batch file that is not the official one: both MD5s, and --no-checksum uses it.
+    monkeypatch.setitem(ds.CIFAR10_BATCH_MD5, "test_batch", "0" * 32)
+    with pytest.raises(DataError, match=f"test_batch has MD5 {hashlib.md5(blob).hexdigest()}, "
+                                        f"expected {'0' * 32}.*--no-checksum"):
+        load_cifar10("test", data_dir=tmp_path, download=False)
+    d = load_cifar10("test", data_dir=tmp_path, download=False, verify_checksums=False)
     np.testing.assert_array_equal(d.images, images)
 
 
@@ -342,6 +361,8 @@ def test_sample_is_balanced_and_real_fashion_mnist(tmp_path):
     for name in ("LICENSE", "README.md"):
         assert (ds.SAMPLE_PATH.parent / name).is_file()
     # Provenance: every test image is the official one at the recorded index.
+    if not ds.DEBIAN_FASHION_MNIST_DIR.is_dir():
+        pytest.skip("provenance needs Debian's dataset-fashion-mnist package")
     with np.load(ds.SAMPLE_PATH) as npz:
         index = npz["test_index"]
     full = load_fashion_mnist("test", data_dir=tmp_path, download=False)

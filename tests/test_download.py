@@ -140,7 +140,25 @@ def test_offline_one_line_names_url_and_destination(cache):
     msg = str(info.value)
     assert url in msg and str(cache / "sub" / "f.bin") in msg and "by hand" in msg, msg
     assert "\n" not in msg
-    assert files_in(cache) == []
+    assert not cache.exists(), "a failed download left the folders it created"
+
+
+def test_mismatching_local_file_names_both_md5s_and_no_checksum_uses_it(cache):
+    dead = LocalServer()
+    url = dead.url("f.bin")
+    dead.stop()
+    dest = cache / "sub" / "f.bin"
+    dest.parent.mkdir(parents=True)
+    dest.write_bytes(b"a local copy that is not the official file")
+    actual = hashlib.md5(dest.read_bytes()).hexdigest()
+    for download in (True, False):
+        with pytest.raises(DataError) as info:
+            ensure_file("f.bin", [url], MD5, cache, subdir="sub", timeout=5, download=download)
+        msg = str(info.value)
+        assert f"has MD5 {actual}, expected {MD5}" in msg and "--no-checksum" in msg, msg
+        assert "\n" not in msg and str(dest) in msg, msg
+    assert ensure_file("f.bin", [url], MD5, cache, subdir="sub", verify=False) == dest
+    assert dest.read_bytes() == b"a local copy that is not the official file"
 
 
 def test_downloads_off(cache):
@@ -204,3 +222,6 @@ def test_loader_offline_message(cache, monkeypatch):
         load_dataset("svhn", "train", data_dir=cache)
     msg = str(info.value)
     assert base + "train_32x32.mat" in msg and str(cache / "svhn" / "train_32x32.mat") in msg, msg
+    assert "test_32x32.mat is missing" in msg and base + "test_32x32.mat" in msg, (
+        f"the SVHN error must list every missing file at once: {msg}")
+    assert not cache.exists(), "a failed download left empty cache folders"

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import zipfile
 
 import numpy as np
 import pytest
 
 from integer_engine.cli import main
+from replay_hardening import rezip_with_edit
 from test_engine_models import svhn_like, write_checkpoint
 from test_engine_tinypact import make_checkpoint
 
@@ -74,6 +76,9 @@ def test_verify_compares_with_the_trained_model_and_refuses_another(tmp_path, ca
     (["run", "{d}/m.tpq", "--data", "{d}/m.tpq"], "cannot read images/labels"),
     (["verify", "{d}/m.tpq", "--random", "0"], "--random must be at least 1"),
     (["export", "{d}", "-o", "{d}/no/such/dir/m.tpq"], "output directory does not exist"),
+    (["export", "{d}", "-o", "{d}"], "is a directory; give a file name, e.g."),
+    # /proc refuses new files even to root, whose permission bits are never checked.
+    (["export", "{d}", "-o", "/proc/m.tpq"], "cannot write to /proc"),
 ])
 def test_user_errors_are_one_line_exit_2(exported, capsys, argv, message):
     d = exported[0]
@@ -97,3 +102,32 @@ def test_module_entry_point_corrupt_file_no_traceback(exported, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "integer_engine", "inspect", str(bad)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and proc.stderr.startswith("error: "), proc.stderr
+
+
+def test_malformed_npy_header_with_valid_crc_is_one_line(exported, tmp_path, capsys):
+    """'(' in a .npy header makes NumPy's header parser raise tokenize.TokenError."""
+    d, model, _ = exported
+    rezip_with_edit(model, tmp_path / "bad.tpq", "header.npy", 20, ord("("))
+    assert main(["inspect", str(tmp_path / "bad.tpq")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "bad.tpq" in err, err
+
+    rezip_with_edit(d / "checkpoint.npz", tmp_path / "bad.npz", "meta.npy", 20, ord("("))
+    assert main(["export", str(tmp_path / "bad.npz"), "-o", str(tmp_path / "x.tpq")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "bad.npz" in err, err
+    assert not (tmp_path / "x.tpq").exists()
+
+
+def test_export_refuses_a_checkpoint_edited_with_valid_crcs(tmp_path, capsys):
+    """tinypact records every array's SHA-256; export checks them before it lowers the graph."""
+    make_checkpoint(tmp_path / "ok.npz", "fmnist", wbits=2, abits=2)
+    member = "model/conv0.weight.npy"
+    with zipfile.ZipFile(tmp_path / "ok.npz") as zf:
+        raw = zf.read(member)
+    offset = len(raw) - 3
+    rezip_with_edit(tmp_path / "ok.npz", tmp_path / "bad.npz", member, offset, raw[offset] ^ 1)
+    assert main(["export", str(tmp_path / "bad.npz"), "-o", str(tmp_path / "x.tpq")]) == 2
+    err = capsys.readouterr().err
+    assert "damaged although its zip checksums match" in err and "conv0.weight" in err, err
+    assert main(["export", str(tmp_path / "ok.npz"), "-o", str(tmp_path / "x.tpq")]) == 0

@@ -127,9 +127,11 @@ def test_interrupt_keeps_checkpoint_and_prints_resume_command(tmp_path, capsys, 
 
 @pytest.mark.parametrize("argv, message", [
     (["imagenet"], "invalid choice: 'imagenet'"),
-    (["--bits", "0"], "--bits must be between 1 and 32, got 0"),
-    (["--bits", "33"], "--bits must be between 1 and 32, got 33"),
-    (["--wbits", "12"], "wbits must be one of 1..8, 16 or 32"),
+    (["--bits", "0"], "--bits must be one of 1..8, 16 or 32, got 0"),
+    (["--bits", "33"], "--bits must be one of 1..8, 16 or 32, got 33"),
+    (["--bits", "12"], "--bits must be one of 1..8, 16 or 32, got 12"),
+    (["--wbits", "12"], "--wbits must be one of 1..8, 16 or 32, got 12"),
+    (["--first-last-bits", "9"], "--first-last-bits must be one of 1..8, 16 or 32, got 9"),
     (["--epochs", "two"], "invalid int value: 'two'"),
 ])
 def test_bad_arguments_are_one_line_errors(argv, message, capsys):
@@ -185,3 +187,74 @@ def test_recipes_follow_the_paper():
         "sgd", 0.1, 0.9, [60, 120], 0.1, 2e-4, 128, 200, "crop-flip")
     assert (recipe("sample").wbits, recipe("sample").abits, recipe("sample").act_quant) == (
         2, 2, "pact")
+
+
+def test_resume_without_checkpoint_is_refused_and_touches_nothing(full_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(full_run.run_dir, run)
+    (run / "checkpoint.npz").unlink()
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    assert train_main(["--epochs", "2", *TINY, "--no-export", "--out", str(run), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "has no checkpoint.npz to resume from" in err, err
+    assert "delete" in err and "without --resume" in err, err
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before, "a refused resume wrote files"
+
+
+def test_resume_removes_orphaned_temporary_files(full_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(full_run.run_dir, run)
+    for name in (".checkpoint-x1.npz.tmp", ".metrics-x2.tmp"):  # what kill -9 mid-write leaves
+        (run / name).write_bytes(b"half a file")
+    assert train_main(["--epochs", "2", *TINY, "--no-export", "--out", str(run), "--resume"]) == 0
+    assert "removed  2 temporary file(s)" in capsys.readouterr().out
+    assert not list(run.glob(".*")), sorted(p.name for p in run.glob(".*"))
+
+
+def test_val_size_larger_than_half_the_data_is_refused(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train_main(["--val-size", "100000", "--no-progress", "--out", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert err == ("error: --val-size 100000 would hold out more than half of the 5000 sample "
+                   "training images; use at most 2500\n"), err
+    assert not run.exists()
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    real_epoch = trainer._train_one_epoch
+
+    def diverging_in_epoch_2(model, optimizer, loader, config, epoch, progress):
+        record = real_epoch(model, optimizer, loader, config, epoch, progress)
+        if epoch == 1:
+            next(iter(model.parameters())).data[...] = np.nan
+        return record
+
+    monkeypatch.setattr(trainer, "_train_one_epoch", diverging_in_epoch_2)
+    assert train_main(["--epochs", "2", *TINY, "--no-export", "--out", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "training diverged at epoch 2" in err, err
+    assert f"{run / 'checkpoint.npz'} keeps epoch 1" in err and "smaller --lr" in err, err
+    assert load_checkpoint(run).epoch == 1
+
+
+def test_unwritable_out_is_one_line_before_any_work(tmp_path, capsys):
+    assert train_main(["--out", "/proc/tinypact-run", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot write to /proc (") and err.count("\n") == 1, err
+
+
+def test_progress_bars_only_on_a_terminal(full_run, capsys):
+    """Without --no-progress, but stderr is not a terminal (captured): no bar lines."""
+    assert evaluate_main([str(full_run.run_dir), "--limit", "40"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_help_gives_every_default(capsys):
+    from tinypact.train import build_parser
+
+    text = " ".join(build_parser().format_help().split())
+    for expected in ("passes over the training images (default: sample 8, fashion-mnist 3, "
+                     "cifar10 200, svhn 200)", "(default: sample 64,", "(default 0)",
+                     "$TINYPACT_DATA", "~/.cache/tinypact", "--no-checksum"):
+        assert expected in text, f"{expected!r} missing from --help"

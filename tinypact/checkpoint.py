@@ -11,15 +11,22 @@ Optimizer/scheduler/RNG states are nested dicts and lists of numbers and arrays 
 `state_dict()`s). They are stored as a JSON tree in `meta` in which every array is replaced by
 `{"__ndarray__": "<npz key>"}`, so they round-trip exactly (dtype and bits) without pickle.
 
+Integrity: `meta["arrays"]` records every other array's dtype, shape and SHA-256, and the member
+`meta_sha256` holds the SHA-256 of the meta text, so a damaged file whose zip CRCs still match
+(a buggy writer, a hand edit) is refused instead of silently loaded. Weights must be finite.
+
 Saving is atomic: the npz is written to a temporary file in the same directory, flushed to disk
 and moved over the old one with `os.replace`, so a crash mid-write leaves the previous checkpoint
-intact.
+intact; files get the permissions the umask allows (as `open` would), not mkstemp's 0600.
+A crash can leave a temporary file (`.checkpoint-*.npz.tmp`, ...); `remove_orphans` clears them.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
+import tokenize
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -27,6 +34,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+
+from tinypact.files import atomic_write
 
 FORMAT = "tinypact-checkpoint"
 VERSION = 1
@@ -36,7 +45,15 @@ METRICS_NAME = "metrics.jsonl"
 
 # Config fields that may differ between a run and its resumption (where data lives, how many
 # test images to score at the end, ...): they do not change the weights a run ends with.
-RESUME_FREE_FIELDS = frozenset({"data_dir", "limit_test"})
+RESUME_FREE_FIELDS = frozenset({"data_dir", "limit_test", "verify_checksums"})
+# What reading a damaged npz can raise: zip and zlib errors, and from a malformed `.npy` header
+# (NumPy parses it with Python's tokenizer and ast) ValueError, SyntaxError, tokenize.TokenError.
+DAMAGED_NPZ_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, OSError, EOFError,
+                      ValueError, KeyError, TypeError, IndexError, OverflowError, UnicodeError,
+                      MemoryError, SyntaxError, tokenize.TokenError)
+# Temporary files our atomic writes use (and a kill -9 can leave behind), by glob pattern.
+TEMP_PATTERNS = (".checkpoint-*.npz.tmp", ".metrics-*.tmp", ".*.json-*.tmp", ".*.png.tmp.png",
+                 ".tmp-*.tpq")
 
 
 class CheckpointError(Exception):
@@ -115,14 +132,36 @@ def _hashable(key: Any) -> Any:
     return tuple(key) if isinstance(key, list) else key
 
 
+# ------------------------------------------------------------------------------- atomic writes
+def remove_orphans(run_dir: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files an interrupted atomic write left in `run_dir`; return them."""
+    run_dir = Path(run_dir)
+    orphans = sorted({path for pattern in TEMP_PATTERNS for path in run_dir.glob(pattern)
+                      if path.is_file()})
+    for path in orphans:
+        path.unlink()
+    return orphans
+
+
 # ------------------------------------------------------------------------------------ save / load
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _array_record(array: np.ndarray) -> dict:
+    """What `meta["arrays"]` stores for one array: dtype, shape and SHA-256 of its C-order bytes."""
+    return {"dtype": array.dtype.str, "shape": list(array.shape),
+            "sha256": _sha256(np.ascontiguousarray(array).tobytes())}
+
+
 def save_checkpoint(path: str | os.PathLike, meta: Mapping[str, Any],
                     model_state: Mapping[str, np.ndarray], optimizer_state: Any = None,
                     scheduler_state: Any = None, rng_state: Any = None) -> Path:
     """Write a checkpoint atomically (temp file + fsync + os.replace) and return its path.
 
-    `meta` gets "format" and "version" added; floating model arrays are stored as float32 (the
-    contract integer_engine reads); optimizer/scheduler/RNG trees keep their exact dtypes.
+    `meta` gets "format", "version" and the "arrays" checksums added; floating model arrays are
+    stored as float32 (the contract integer_engine reads); optimizer/scheduler/RNG trees keep
+    their exact dtypes.
     """
     path = Path(path)
     arrays: dict[str, np.ndarray] = {}
@@ -134,21 +173,14 @@ def save_checkpoint(path: str | os.PathLike, meta: Mapping[str, Any],
     full_meta["optim"] = encode_tree(optimizer_state, "optim", arrays)
     full_meta["sched"] = encode_tree(scheduler_state, "sched", arrays)
     full_meta["rng"] = encode_tree(rng_state, "rng", arrays)
-    arrays["meta"] = np.array(json.dumps(full_meta))
+    full_meta["arrays"] = {key: _array_record(array) for key, array in arrays.items()}
+    meta_text = json.dumps(full_meta)
+    arrays["meta"] = np.array(meta_text)
+    arrays["meta_sha256"] = np.array(_sha256(meta_text.encode("utf-8")))
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=".checkpoint-", suffix=".npz.tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        # Whatever happened (disk full, Ctrl-C), the previous checkpoint is untouched.
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
+    with atomic_write(path, ".checkpoint-", ".npz.tmp", fsync=True) as handle:
+        np.savez(handle, **arrays)
     return path
 
 
@@ -176,15 +208,21 @@ def load_checkpoint(run_or_file: str | os.PathLike) -> Checkpoint:
         with np.load(path, allow_pickle=False) as npz:
             # Read everything now: a truncated or corrupted member only fails when it is read.
             arrays = {name: npz[name] for name in npz.files}
-    except (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError, KeyError) as err:
+    except DAMAGED_NPZ_ERRORS as err:
         raise CheckpointError(f"{path} is not a readable checkpoint (corrupt or truncated: "
-                              f"{_one_line(err)})") from None
+                              f"{_one_line(err)}); use an intact copy or start a new run") from None
+    not_npy = [name for name, value in arrays.items() if not isinstance(value, np.ndarray)]
+    if not_npy:  # np.load hands back a member without the .npy magic as raw bytes
+        raise CheckpointError(f"{path} is damaged: member {not_npy[0]!r} is not a .npy array; "
+                              f"use an intact copy or start a new run")
     if "meta" not in arrays:
         raise CheckpointError(f"{path} is not a tinypact checkpoint (no 'meta' entry)")
     try:
-        meta = json.loads(str(arrays.pop("meta")[()]))
+        meta_text = str(arrays.pop("meta")[()])
+        meta = json.loads(meta_text)
     except (json.JSONDecodeError, IndexError, TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: 'meta' is not valid JSON ({_one_line(err)})") from None
+    _check_integrity(path, meta_text, meta, arrays)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a tinypact checkpoint "
                               f"(format {meta.get('format') if isinstance(meta, dict) else None!r})")
@@ -194,11 +232,14 @@ def load_checkpoint(run_or_file: str | os.PathLike) -> Checkpoint:
     for required in ("config", "model", "epoch", "model_keys"):
         if required not in meta:
             raise CheckpointError(f"{path}: meta has no {required!r} field")
+    if not isinstance(meta["model_keys"], list):
+        raise CheckpointError(f"{path}: meta's model_keys is not a list")
     model_state = {}
     for key in meta["model_keys"]:
         if f"model/{key}" not in arrays:
             raise CheckpointError(f"{path}: model array {key!r} is missing")
         model_state[key] = arrays[f"model/{key}"]
+    _check_finite(path, model_state)
     try:
         optimizer_state = decode_tree(meta.pop("optim", None), arrays)
         scheduler_state = decode_tree(meta.pop("sched", None), arrays)
@@ -206,6 +247,38 @@ def load_checkpoint(run_or_file: str | os.PathLike) -> Checkpoint:
     except CheckpointError as err:
         raise CheckpointError(f"{path}: {err}") from None
     return Checkpoint(meta, model_state, optimizer_state, scheduler_state, rng_state, path)
+
+
+def _check_integrity(path: Path, meta_text: str, meta: Any, arrays: dict[str, np.ndarray]) -> None:
+    """Compare the meta text and every array with the checksums saved with them.
+
+    Checkpoints written before checksums existed have neither `meta_sha256` nor meta["arrays"]
+    and are read as they are.
+    """
+    damaged = f"{path} is damaged although its zip checksums match"
+    advice = "use an intact copy or start a new run"
+    recorded = arrays.pop("meta_sha256", None)
+    records = meta.get("arrays") if isinstance(meta, dict) else None
+    if recorded is None and records is None:
+        return
+    if (recorded is None or recorded.dtype.kind != "U" or recorded.shape != ()
+            or str(recorded[()]) != _sha256(meta_text.encode("utf-8"))):
+        raise CheckpointError(f"{damaged} (its meta does not match meta_sha256); {advice}")
+    if not isinstance(records, dict) or set(records) != set(arrays):
+        raise CheckpointError(f"{damaged} (its arrays differ from the list in its meta); {advice}")
+    for key, record in records.items():
+        if not isinstance(record, dict) or _array_record(arrays[key]) != record:
+            raise CheckpointError(f"{damaged} (array {key!r} does not match its recorded dtype, "
+                                  f"shape or SHA-256); {advice}")
+
+
+def _check_finite(path: Path, model_state: Mapping[str, np.ndarray]) -> None:
+    bad = [key for key, value in model_state.items()
+           if value.dtype.kind in "fc" and not np.all(np.isfinite(value))]
+    if bad:
+        raise CheckpointError(f"{path} holds NaN or infinite values in {', '.join(bad[:3])}"
+                              f"{' ...' if len(bad) > 3 else ''} (the run diverged); it cannot "
+                              f"be evaluated or resumed: start a new run, e.g. with a smaller --lr")
 
 
 def _one_line(err: BaseException) -> str:
@@ -217,31 +290,16 @@ def _one_line(err: BaseException) -> str:
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     """Write JSON to `path` through a temporary file + os.replace (never half-written)."""
     path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(obj, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
+    with atomic_write(path, f".{path.name}-", ".tmp", mode="w") as handle:
+        json.dump(obj, handle, indent=2, sort_keys=True)
+        handle.write("\n")
 
 
 def write_metrics(run_dir: str | os.PathLike, history: list[dict]) -> None:
     """Rewrite `metrics.jsonl` (one JSON object per epoch) atomically from `history`."""
-    path = Path(run_dir) / METRICS_NAME
-    fd, tmp_name = tempfile.mkstemp(prefix=".metrics-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            for record in history:
-                handle.write(json.dumps(record, sort_keys=True) + "\n")
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
+    with atomic_write(Path(run_dir) / METRICS_NAME, ".metrics-", ".tmp", mode="w") as handle:
+        for record in history:
+            handle.write(json.dumps(record, sort_keys=True) + "\n")
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
@@ -259,20 +317,50 @@ def is_run_dir(path: str | os.PathLike) -> bool:
 
 def prepare_run_dir(out: str | os.PathLike, resume: bool, create: bool = True) -> Path:
     """Create `out` for a new run (only check, if not `create`), or check it holds a run to
-    resume. Never overwrites a run."""
+    resume. Never overwrites a run; refuses a folder it could not write to."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"{out} exists and is not a directory; choose another --out")
     if resume:
         if not is_run_dir(out):
             raise CheckpointError(f"{out} holds no run to resume (no {CONFIG_NAME} or "
                                   f"{CHECKPOINT_NAME}); drop --resume to start a new run")
+        if not (out / CHECKPOINT_NAME).exists():
+            raise CheckpointError(f"{out} has no {CHECKPOINT_NAME} to resume from (the run ended "
+                                  f"before its first epoch, or the file was removed); to start "
+                                  f"afresh, delete {out} or choose another --out, without --resume")
+        check_writable(out)
         return out
     if is_run_dir(out):
-        raise CheckpointError(f"{out} exists; pass --resume to continue or choose --out")
-    if out.exists() and not out.is_dir():
-        raise CheckpointError(f"{out} exists and is not a directory; choose --out")
+        hint = ("pass --resume to continue or choose --out" if (out / CHECKPOINT_NAME).exists()
+                else f"it has no {CHECKPOINT_NAME} to resume from: delete it or choose --out")
+        raise CheckpointError(f"{out} exists; {hint}")
+    check_writable(out)
     if create:
         out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def check_writable(directory: str | os.PathLike) -> None:
+    """Raise CheckpointError unless `directory` (or, if it does not exist yet, its nearest
+    existing parent) lets us create files, by trying it: permission bits lie to root and on
+    read-only mounts."""
+    directory = Path(directory).absolute()
+    existing = directory
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise CheckpointError(f"cannot create {directory}: {existing} is a file; choose another "
+                              f"--out")
+    try:
+        if existing == directory:
+            with tempfile.TemporaryFile(dir=existing):
+                pass
+        else:
+            os.rmdir(tempfile.mkdtemp(prefix=".tinypact-probe-", dir=existing))
+    except OSError as err:
+        raise CheckpointError(f"cannot write to {existing} ({err.strerror or _one_line(err)}); "
+                              f"choose another --out or change its permissions") from None
 
 
 def read_config(run_dir: str | os.PathLike) -> dict:

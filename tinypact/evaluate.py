@@ -11,7 +11,7 @@ import json
 import sys
 
 from tinypact.checkpoint import CheckpointError, load_checkpoint
-from tinypact.train import OneLineParser
+from tinypact.train import DATA_DIR_HELP, NO_CHECKSUM_HELP, OneLineParser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,16 +22,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", choices=("test", "val"), default="test",
                         help="test split (default) or the run's validation hold-out")
     parser.add_argument("--limit", type=int, metavar="N", help="score only the first N images")
-    parser.add_argument("--data-dir", metavar="DIR", help="where the data set is stored")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--data-dir", metavar="DIR", help=DATA_DIR_HELP)
+    parser.add_argument("--no-checksum", action="store_true", help=NO_CHECKSUM_HELP)
+    parser.add_argument("--batch-size", type=int, default=256, metavar="N",
+                        help="images per forward pass (default 256)")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON line")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar (it is drawn only on a terminal anyway)")
     return parser
 
 
 def evaluate_checkpoint(run_or_file: str, split: str = "test", limit: int | None = None,
                         data_dir: str | None = None, batch_size: int = 256,
-                        progress: bool = False) -> dict:
+                        progress: bool = False, verify_checksums: bool = True) -> dict:
     """{"accuracy", "error", "loss", "images", "epoch", ...} of a checkpoint on `split`.
 
     Raises CheckpointError for an unusable checkpoint, DataError if the data cannot be loaded.
@@ -48,6 +51,7 @@ def evaluate_checkpoint(run_or_file: str, split: str = "test", limit: int | None
         raise CheckpointError(f"{checkpoint.path} does not describe a model this tinypact can "
                               f"build ({str(err).splitlines()[0][:200]})") from None
     overrides = {"limit_test": limit} if split == "test" else {}
+    overrides["verify_checksums"] = verify_checksums
     if data_dir is not None:
         overrides["data_dir"] = data_dir
     _, val, test = load_splits(config.replace(**overrides))
@@ -64,12 +68,17 @@ def evaluate_checkpoint(run_or_file: str, split: str = "test", limit: int | None
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for flag, value in (("--batch-size", args.batch_size), ("--limit", args.limit)):
+        if value is not None and value < 1:
+            parser.error(f"{flag} must be at least 1, got {value}")
     from tinypact.data import DataError
 
     try:
         result = evaluate_checkpoint(args.run, args.split, args.limit, args.data_dir,
-                                     args.batch_size, progress=not args.no_progress)
+                                     args.batch_size, progress=not args.no_progress,
+                                     verify_checksums=not args.no_checksum)
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -59,6 +59,7 @@ class TrainConfig:
     limit_test: int | None = None
     seed: int = 0
     data_dir: str | None = None
+    verify_checksums: bool = True  # False: use local data files whose MD5 is not the official one
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -95,10 +96,10 @@ class TrainConfig:
         """Raise ValueError (one line) for settings that make no sense."""
         if self.dataset not in DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; choose from {', '.join(DATASETS)}")
+        from tinypact.quant.functional import check_bits
+
         for name in ("wbits", "abits", "first_last_bits"):
-            value = getattr(self, name)
-            if not 1 <= value <= 32:
-                raise ValueError(f"{name} must be between 1 and 32, got {value}")
+            check_bits(getattr(self, name), name)
         choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "augment": AUGMENTATIONS,
                    "weight_quant": WEIGHT_QUANTS, "act_quant": ACT_QUANTS}
         for name, allowed in choices.items():

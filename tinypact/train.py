@@ -20,6 +20,12 @@ from tinypact.checkpoint import CHECKPOINT_NAME, METRICS_NAME, CheckpointError, 
 from tinypact.recipes import ACT_QUANTS, DATASETS, OPTIMIZERS, SCHEDULES, WEIGHT_QUANTS, recipe
 from tinypact.recipes import AUGMENTATIONS, TrainConfig
 
+DATA_DIR_HELP = ("where data sets are stored and downloaded (default: $TINYPACT_DATA if set, else "
+                 "~/.cache/tinypact; the bundled sample needs none)")
+NO_CHECKSUM_HELP = ("use local data files even if their MD5 is not the official one (skips the "
+                    "integrity check of downloaded and hand-placed files: a partial or different "
+                    "file then trains or scores without a warning)")
+
 PROG = "python -m tinypact.train"
 
 
@@ -38,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Examples: `python -m tinypact.train` | `python -m tinypact.train fashion-mnist "
         "--bits 4` | `python -m tinypact.train cifar10 --wbits 2 --abits 2 --weight-quant sawb`. "
         "Afterwards: `python -m tinypact.evaluate RUN`, `python -m integer_engine export RUN -o "
-        "model.tpq`.")
+        "RUN/model.tpq`.")
     parser.add_argument("dataset", nargs="?", default="sample", choices=DATASETS,
                         help="data set (default: sample, the bundled Fashion-MNIST subset)")
     quant = parser.add_argument_group("quantization")
@@ -56,36 +62,56 @@ def build_parser() -> argparse.ArgumentParser:
     quant.add_argument("--alpha-init", type=float, metavar="A",
                        help="initial PACT clipping level (default 10, as in the paper's Fig. 2)")
     train = parser.add_argument_group("training (defaults: the data set's recipe)")
-    train.add_argument("--epochs", type=int)
-    train.add_argument("--batch-size", type=int)
-    train.add_argument("--lr", type=float, help="initial learning rate")
-    train.add_argument("--optimizer", choices=OPTIMIZERS)
-    train.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule")
-    train.add_argument("--weight-decay", type=float, help="L2 on weights (and PACT alphas)")
-    train.add_argument("--augment", choices=AUGMENTATIONS)
+    train.add_argument("--epochs", type=int, metavar="N",
+                       help="passes over the training images " + recipe_defaults("epochs"))
+    train.add_argument("--batch-size", type=int, metavar="N",
+                       help="images per training step " + recipe_defaults("batch_size"))
+    train.add_argument("--lr", type=float, help="initial learning rate " + recipe_defaults("lr"))
+    train.add_argument("--optimizer", choices=OPTIMIZERS,
+                       help="optimizer " + recipe_defaults("optimizer"))
+    train.add_argument("--schedule", choices=SCHEDULES,
+                       help="learning-rate schedule " + recipe_defaults("schedule"))
+    train.add_argument("--weight-decay", type=float,
+                       help="L2 on weights (and PACT alphas) " + recipe_defaults("weight_decay"))
+    train.add_argument("--augment", choices=AUGMENTATIONS,
+                       help="training augmentation " + recipe_defaults("augment"))
     train.add_argument("--val-size", type=int, metavar="N",
-                       help="training images held out for validation error")
+                       help="training images held out for validation error, at most half of "
+                       "them " + recipe_defaults("val_size"))
     train.add_argument("--limit-train", type=int, metavar="N",
-                       help="train on only N images (quick runs)")
-    train.add_argument("--limit-test", type=int, metavar="N", help="test on only N images")
-    train.add_argument("--seed", type=int)
+                       help="train on only N images (quick runs; default: all)")
+    train.add_argument("--limit-test", type=int, metavar="N",
+                       help="test on only N images (default: all)")
+    train.add_argument("--seed", type=int, metavar="S",
+                       help="seed of the initial weights, shuffling, augmentation and validation "
+                       "hold-out (default 0)")
     run = parser.add_argument_group("run")
     run.add_argument("--out", metavar="RUN", help="run directory (default: runs/DATASET-POLICY)")
     run.add_argument("--resume", action="store_true",
                      help="continue the run in --out from its last checkpoint")
-    run.add_argument("--data-dir", metavar="DIR", help="where data sets are stored/downloaded")
-    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--data-dir", metavar="DIR", help=DATA_DIR_HELP)
+    run.add_argument("--no-checksum", action="store_true", help=NO_CHECKSUM_HELP)
+    run.add_argument("--no-progress", action="store_true",
+                     help="no progress bars (they are drawn only on a terminal anyway)")
     run.add_argument("--no-export", action="store_true",
                      help="skip the integer-engine export and verification at the end")
     return parser
 
 
+def recipe_defaults(field_name: str) -> str:
+    """'(default: sample 8, fashion-mnist 3, ...)': a field's value in every data set's recipe."""
+    values = ", ".join(f"{name} {getattr(recipe(name), field_name)}" for name in DATASETS)
+    return f"(default: {values})"
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The dataset's recipe with the options given on the command line; ValueError if invalid."""
+    from tinypact.quant.functional import check_bits
+
     for name in ("bits", "wbits", "abits", "first_last_bits"):
         value = getattr(args, name)
-        if value is not None and not 1 <= value <= 32:
-            raise ValueError(f"--{name.replace('_', '-')} must be between 1 and 32, got {value}")
+        if value is not None:
+            check_bits(value, f"--{name.replace('_', '-')}")
     overrides = {
         "wbits": args.wbits if args.wbits is not None else args.bits,
         "abits": args.abits if args.abits is not None else args.bits,
@@ -95,6 +121,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         "schedule": args.schedule, "weight_decay": args.weight_decay, "augment": args.augment,
         "val_size": args.val_size, "limit_train": args.limit_train,
         "limit_test": args.limit_test, "seed": args.seed, "data_dir": args.data_dir,
+        "verify_checksums": False if args.no_checksum else None,
     }
     if overrides["abits"] == 32 and args.act_quant is None:
         overrides["act_quant"] = "relu"  # a float network is a plain ReLU network
@@ -179,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"         python -m integer_engine run {model_arg} --data {config.dataset}")
         print(f"         python -m integer_engine simulate {model_arg}")
     elif not config.is_float:
-        print(f"         python -m integer_engine export {shlex.quote(str(run_dir))} -o model.tpq")
+        print(f"         python -m integer_engine export {shlex.quote(str(run_dir))} -o "
+              f"{shlex.quote(str(run_dir / 'model.tpq'))}")
     return 0
 
 

@@ -32,6 +32,7 @@ from tinypact.checkpoint import (
     load_checkpoint,
     prepare_run_dir,
     read_config,
+    remove_orphans,
     save_checkpoint,
     write_json_atomic,
     write_metrics,
@@ -50,13 +51,17 @@ PLOT_EVERY_EPOCH_AFTER = 5.0
 # ------------------------------------------------------------------------------------------ data
 def load_splits(config: TrainConfig):
     """(train, validation or None, test) Datasets: validation is held out of the train split."""
-    from tinypact.data import load_dataset
+    from tinypact.data import DataError, load_dataset
 
-    full = load_dataset(config.dataset, "train", data_dir=config.data_dir)
-    test = load_dataset(config.dataset, "test", data_dir=config.data_dir)
+    options = {"data_dir": config.data_dir, "verify_checksums": config.verify_checksums}
+    full = load_dataset(config.dataset, "train", **options)
+    test = load_dataset(config.dataset, "test", **options)
     # The hold-out depends only on the seed: a resumed run validates on the same images.
     order = np.random.default_rng([config.seed, 0xDA7A]).permutation(len(full))
-    val_size = min(config.val_size, len(full) // 2)
+    val_size = config.val_size
+    if val_size > len(full) // 2:
+        raise DataError(f"--val-size {val_size} would hold out more than half of the {len(full)} "
+                        f"{config.dataset} training images; use at most {len(full) // 2}")
     val = full.subset(np.sort(order[:val_size])) if val_size > 0 else None
     train_idx = order[val_size:]
     if config.limit_train is not None:
@@ -170,6 +175,16 @@ def build_optimizer(model, config: TrainConfig):
 
 
 # ------------------------------------------------------------------------------------ evaluation
+def progress_bar(iterable, progress: bool, **options):
+    """A tqdm bar over `iterable` when `progress` is on and stderr is a terminal (tqdm's
+    disable=None), so logs and redirected output get no bar lines; else `iterable` itself."""
+    if not progress:
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, disable=None, leave=False, unit="batch", **options)
+
+
 def evaluate(model, dataset, batch_size: int = 256, progress: bool = False,
              desc: str = "eval") -> tuple[float, float]:
     """(mean cross-entropy, error rate) of `model` on a Dataset, in eval mode, without gradients."""
@@ -178,11 +193,8 @@ def evaluate(model, dataset, batch_size: int = 256, progress: bool = False,
     was_training = model.training
     model.eval()
     total_loss, wrong = 0.0, 0
-    iterator = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    if progress:
-        from tqdm import tqdm
-        iterator = tqdm(iterator, total=math.ceil(len(dataset) / batch_size), desc=desc,
-                        leave=False, unit="batch")
+    iterator = progress_bar(DataLoader(dataset, batch_size=batch_size, shuffle=False), progress,
+                            total=math.ceil(len(dataset) / batch_size), desc=desc)
     try:
         with no_grad():
             for x, labels in iterator:
@@ -304,9 +316,11 @@ def fit(config: TrainConfig, run_dir: str | Path, resume: bool = False, progress
     if resume:
         if (run_dir / CONFIG_NAME).exists():
             check_resume_config(read_config(run_dir), config.to_dict(), str(run_dir))
-        if (run_dir / CHECKPOINT_NAME).exists():
-            checkpoint = load_checkpoint(run_dir)
-            check_resume_config(checkpoint.config, config.to_dict(), str(run_dir))
+        checkpoint = load_checkpoint(run_dir)
+        check_resume_config(checkpoint.config, config.to_dict(), str(run_dir))
+        orphans = remove_orphans(run_dir)
+        if orphans:
+            log(f"removed  {len(orphans)} temporary file(s) an interrupted write left in {run_dir}")
 
     # Data first: a missing data set must not leave behind a run directory that blocks a rerun.
     train, val, test = load_splits(config)
@@ -357,7 +371,16 @@ def fit(config: TrainConfig, run_dir: str | Path, resume: bool = False, progress
     log(f"run dir  {run_dir}")
 
     for epoch in range(start_epoch, config.epochs):
-        record = _train_one_epoch(model, optimizer, loader, config, epoch, progress)
+        try:
+            # Overflow and NaN are detected below and end the run in one line: no NumPy warnings.
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                record = _train_one_epoch(model, optimizer, loader, config, epoch, progress)
+            _check_weights_finite(model, epoch)
+        except FloatingPointError as err:
+            kept = (f"{run_dir / CHECKPOINT_NAME} keeps epoch {epoch}" if epoch
+                    else "no checkpoint was written")
+            raise FloatingPointError(f"{err}; {kept}; start a new run (another --out) with a "
+                                     f"smaller --lr") from None
         if scheduler is not None:
             scheduler.step()
         if val is not None:
@@ -395,13 +418,9 @@ def _train_one_epoch(model, optimizer, loader, config: TrainConfig, epoch: int,
     loader.set_epoch(epoch)
     lr = current_lr(optimizer)
     model.train()
-    iterator = iter(loader)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(iterator, total=len(loader),
-                   desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False)
-        iterator = bar
+    iterator = progress_bar(iter(loader), progress, total=len(loader),
+                            desc=f"epoch {epoch + 1}/{config.epochs}")
+    bar = iterator if hasattr(iterator, "set_postfix") else None
     total_loss, wrong, seen = 0.0, 0, 0
     for x, labels in iterator:
         logits = model(Tensor(x))
@@ -412,8 +431,7 @@ def _train_one_epoch(model, optimizer, loader, config: TrainConfig, epoch: int,
         _clamp_alphas(model)
         batch_loss = float(loss.data)
         if not math.isfinite(batch_loss):
-            raise FloatingPointError(f"training diverged at epoch {epoch + 1} (loss {batch_loss}); "
-                                     f"try a smaller --lr")
+            raise FloatingPointError(f"training diverged at epoch {epoch + 1} (loss {batch_loss})")
         total_loss += batch_loss * len(labels)
         wrong += int((logits.data.argmax(axis=1) != labels).sum())
         seen += len(labels)
@@ -423,6 +441,15 @@ def _train_one_epoch(model, optimizer, loader, config: TrainConfig, epoch: int,
         bar.close()
     return {"epoch": epoch + 1, "loss": total_loss / max(seen, 1),
             "train_error": wrong / max(seen, 1), "lr": lr, "_start": start}
+
+
+def _check_weights_finite(model, epoch: int) -> None:
+    """FloatingPointError if a parameter went NaN/inf (the last step can do it with a finite
+    loss): such weights must never replace the last good checkpoint."""
+    bad = [name for name, param in model.named_parameters() if not np.all(np.isfinite(param.data))]
+    if bad:
+        raise FloatingPointError(f"training diverged at epoch {epoch + 1} (NaN or infinite "
+                                 f"values in {', '.join(bad[:3])})")
 
 
 def write_plots(run_dir: Path, config: TrainConfig, history: list[dict]) -> None:

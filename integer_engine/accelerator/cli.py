@@ -51,7 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--iso-area", action="store_true", help="in a sweep, resize the array to the same area")
     p.add_argument("--sweep-bandwidths", default="unlimited,64,32",
                    help="GB/s values for the sweep (default unlimited,64,32)")
-    p.add_argument("--out", default="accelerator_out", help="directory for COMPUTE_REPORT.csv and plots")
+    p.add_argument("--out", default="accelerator_out",
+                   help="directory for COMPUTE_REPORT.csv and plots (default: accelerator_out)")
     p.set_defaults(func=run)
     return p
 

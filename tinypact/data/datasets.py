@@ -12,9 +12,13 @@ Official formats read here (docs: /work/shared/reference/networks-and-data.md):
   `test_batch`, each a Python pickle of a dict with `data` (10000, 3072) uint8 in CHW order
   and `labels`. Pickles can run code when loaded; these are read with an unpickler that only
   resolves the few NumPy names an array needs, and anything but a dict with data/labels is
-  refused. Also accepted: an already extracted `<data_dir>/cifar10/cifar-10-batches-py/`.
+  refused. Also accepted: an already extracted `<data_dir>/cifar10/cifar-10-batches-py/`
+  (the archive's folder as it is), whose batch files are checked against their official MD5s.
 - SVHN: MATLAB v5 `.mat` (scipy.io.loadmat) with `X` (32, 32, 3, N) uint8 and `y` (N, 1)
   where label 10 means digit 0; resized to 40x40 on load (the SVHN network's input).
+
+Every file is checked against its official MD5; `verify_checksums=False` (the CLIs'
+`--no-checksum`) skips that check, to use local copies that are not the official files.
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from tinypact.data.download import DataError, ensure_file, resolve_data_dir
+from tinypact.data.download import DataError, ensure_file, file_problem, resolve_data_dir
 from tinypact.data.transforms import resize_bilinear
 
 PIXELS = "uint8 pixels in [0, 255]; the model input is x = pixels / 255 as float32"
@@ -155,36 +159,41 @@ def _idx_candidates(directory: Path, stem: str) -> Iterator[Path]:
             yield directory / name
 
 
-def _fashion_mnist_file(stem: str, data_dir: Path, download: bool) -> tuple[bytes, Path]:
+def _fashion_mnist_file(stem: str, data_dir: Path, download: bool,
+                        verify: bool = True) -> tuple[bytes, Path]:
     """The decompressed, MD5-verified bytes of one Fashion-MNIST file and where they came from."""
     gz_md5, raw_md5 = FASHION_MNIST_FILES[stem]
     rejected = []
     for directory in (data_dir / "fashion-mnist", DEBIAN_FASHION_MNIST_DIR):
         for path in _idx_candidates(directory, stem):
             raw = _read_maybe_gzip(path)
-            if hashlib.md5(raw).hexdigest() == raw_md5:
+            actual = hashlib.md5(raw).hexdigest()
+            if actual == raw_md5 or not verify:
                 return raw, path
-            rejected.append(str(path))
+            rejected.append(f"{path} (MD5 {actual})")
     if rejected and not download:
-        raise DataError(f"{', '.join(rejected)} do not hold the official {stem} (md5 of the "
-                        f"decompressed file should be {raw_md5}); replace them or allow downloads")
+        raise DataError(f"{', '.join(rejected)}: not the official {stem} (the MD5 of the "
+                        f"decompressed file should be {raw_md5}); replace it, allow downloads, or "
+                        f"pass --no-checksum to use it as it is")
     path = ensure_file(stem + ".gz", [base + stem + ".gz" for base in FASHION_MNIST_URLS],
-                       gz_md5, data_dir, subdir="fashion-mnist", download=download)
+                       gz_md5, data_dir, subdir="fashion-mnist", download=download, verify=verify)
     raw = _read_maybe_gzip(path)
-    if hashlib.md5(raw).hexdigest() != raw_md5:
+    if verify and hashlib.md5(raw).hexdigest() != raw_md5:
         raise DataError(f"{path} does not decompress to the official {stem} (md5 {raw_md5}); "
                         f"delete it and download it again")
     return raw, path
 
 
 def load_fashion_mnist(split: str = "train", data_dir: str | os.PathLike | None = None,
-                       download: bool = True) -> Dataset:
+                       download: bool = True, verify_checksums: bool = True) -> Dataset:
     """Fashion-MNIST: 60,000 train / 10,000 test 28x28 greyscale images, 10 classes, (N, 1, 28, 28)."""
     _check_split("fashion-mnist", split, ("train", "test"))
     prefix = "train" if split == "train" else "t10k"
     root = resolve_data_dir(data_dir)
-    raw_images, images_path = _fashion_mnist_file(f"{prefix}-images-idx3-ubyte", root, download)
-    raw_labels, _ = _fashion_mnist_file(f"{prefix}-labels-idx1-ubyte", root, download)
+    raw_images, images_path = _fashion_mnist_file(f"{prefix}-images-idx3-ubyte", root, download,
+                                                  verify_checksums)
+    raw_labels, _ = _fashion_mnist_file(f"{prefix}-labels-idx1-ubyte", root, download,
+                                        verify_checksums)
     images = parse_idx(raw_images, f"{prefix}-images-idx3-ubyte")
     labels = parse_idx(raw_labels, f"{prefix}-labels-idx1-ubyte")
     if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
@@ -208,6 +217,16 @@ CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_FILE = "cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 CIFAR10_BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+CIFAR10_FOLDER = "cifar-10-batches-py"  # the archive's folder, also accepted already extracted
+# MD5 of each batch file inside the official archive (as torchvision also checks them).
+CIFAR10_BATCH_MD5 = {
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+}
 
 # The only globals a pickled ndarray needs (numpy 1.x and 2.x names; _codecs.encode is how
 # protocol 2 pickles written by Python 3 store bytes).
@@ -255,12 +274,26 @@ def _cifar_batch(raw: bytes, what: str) -> tuple[np.ndarray, np.ndarray]:
     return data.reshape(-1, 3, 32, 32), _labels(labels, what)
 
 
-def _cifar_members(data_dir: Path, names: Sequence[str], download: bool) -> tuple[list[bytes], str]:
-    extracted = data_dir / "cifar10" / "cifar-10-batches-py"
-    if all((extracted / n).is_file() for n in names):
-        return [(extracted / n).read_bytes() for n in names], str(extracted)
+def _cifar_extracted(folder: Path, names: Sequence[str], verify: bool) -> list[bytes]:
+    """The batch files `names` from an extracted `cifar-10-batches-py/` folder; DataError listing
+    every missing or mismatching file of the folder at once."""
+    problems = {name: problem for name, md5 in CIFAR10_BATCH_MD5.items()
+                if (problem := file_problem(folder / name, md5 if verify else None))}
+    if any(name in problems for name in names):
+        listed = "; ".join(f"{name} {problem}" for name, problem in problems.items())
+        raise DataError(f"{folder}: {listed}; copy them from the official archive's "
+                        f"{CIFAR10_FOLDER}/, pass --no-checksum to use mismatching files as they "
+                        f"are, or remove the folder to use {folder.parent / CIFAR10_FILE} instead")
+    return [(folder / name).read_bytes() for name in names]
+
+
+def _cifar_members(data_dir: Path, names: Sequence[str], download: bool,
+                   verify: bool = True) -> tuple[list[bytes], str]:
+    extracted = data_dir / "cifar10" / CIFAR10_FOLDER
+    if extracted.is_dir():
+        return _cifar_extracted(extracted, names, verify), str(extracted)
     archive = ensure_file(CIFAR10_FILE, [CIFAR10_URL], CIFAR10_MD5, data_dir, subdir="cifar10",
-                          download=download)
+                          download=download, verify=verify)
     try:
         # Members are read into memory by name, never extracted: no path traversal possible.
         with tarfile.open(archive, "r:gz") as tar:
@@ -277,11 +310,15 @@ def _cifar_members(data_dir: Path, names: Sequence[str], download: bool) -> tupl
 
 
 def load_cifar10(split: str = "train", data_dir: str | os.PathLike | None = None,
-                 download: bool = True) -> Dataset:
-    """CIFAR-10: 50,000 train / 10,000 test 32x32 RGB images, 10 classes, (N, 3, 32, 32)."""
+                 download: bool = True, verify_checksums: bool = True) -> Dataset:
+    """CIFAR-10: 50,000 train / 10,000 test 32x32 RGB images, 10 classes, (N, 3, 32, 32).
+
+    From `<data_dir>/cifar10/cifar-10-python.tar.gz` (downloaded if missing) or, if it exists,
+    the extracted folder `<data_dir>/cifar10/cifar-10-batches-py/`.
+    """
     _check_split("cifar10", split, ("train", "test"))
     names = CIFAR10_BATCHES[split]
-    blobs, source = _cifar_members(resolve_data_dir(data_dir), names, download)
+    blobs, source = _cifar_members(resolve_data_dir(data_dir), names, download, verify_checksums)
     parts = [_cifar_batch(raw, f"cifar-10-batches-py/{n}") for raw, n in zip(blobs, names)]
     images = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])
@@ -299,8 +336,28 @@ SVHN_FILES = {
 SVHN_SIZE = 40
 
 
+def _svhn_file(split: str, data_dir: str | os.PathLike | None, download: bool,
+               verify: bool) -> Path:
+    """The verified .mat file of `split`; if it cannot be had, a DataError that also lists the
+    other files training needs (train and test) that are missing or mismatching."""
+    filename, md5 = SVHN_FILES[split]
+    try:
+        return ensure_file(filename, [SVHN_URL + filename], md5, data_dir, subdir="svhn",
+                           download=download, verify=verify)
+    except DataError as err:
+        folder = resolve_data_dir(data_dir) / "svhn"
+        others = [f"{name} {problem} (from {SVHN_URL + name})"
+                  for other, (name, other_md5) in SVHN_FILES.items()
+                  if other in ("train", "test") and other != split
+                  and (problem := file_problem(folder / name, other_md5 if verify else None))]
+        if not others:
+            raise
+        raise DataError(f"{err}; in the same folder {'; '.join(others)}") from None
+
+
 def load_svhn(split: str = "train", data_dir: str | os.PathLike | None = None,
-              download: bool = True, size: int | None = SVHN_SIZE) -> Dataset:
+              download: bool = True, size: int | None = SVHN_SIZE,
+              verify_checksums: bool = True) -> Dataset:
     """SVHN cropped digits (73,257 train / 26,032 test / 531,131 extra), label 10 -> 0.
 
     Images are resized 32 -> `size` (default 40, the SVHN network's input) with
@@ -309,9 +366,7 @@ def load_svhn(split: str = "train", data_dir: str | os.PathLike | None = None,
     from scipy.io import loadmat  # imported here: only SVHN needs scipy
 
     _check_split("svhn", split, tuple(SVHN_FILES))
-    filename, md5 = SVHN_FILES[split]
-    path = ensure_file(filename, [SVHN_URL + filename], md5, data_dir, subdir="svhn",
-                       download=download)
+    path = _svhn_file(split, data_dir, download, verify_checksums)
     try:
         mat = loadmat(path, variable_names=["X", "y"])
     except Exception as e:  # noqa: BLE001 - scipy raises many types for a bad file
@@ -354,15 +409,18 @@ def load_sample(split: str = "train") -> Dataset:
 
 
 def load_dataset(name: str, split: str = "train", data_dir: str | os.PathLike | None = None,
-                 download: bool = True) -> Dataset:
-    """Load a data set by name: 'fashion-mnist' (alias 'fmnist'), 'cifar10', 'svhn', 'sample'."""
+                 download: bool = True, verify_checksums: bool = True) -> Dataset:
+    """Load a data set by name: 'fashion-mnist' (alias 'fmnist'), 'cifar10', 'svhn', 'sample'.
+
+    `verify_checksums=False` uses local files whose MD5 is not the official one as they are.
+    """
     canonical = ALIASES.get(name.lower(), name.lower())
     if canonical == "fashion-mnist":
-        return load_fashion_mnist(split, data_dir, download)
+        return load_fashion_mnist(split, data_dir, download, verify_checksums)
     if canonical == "cifar10":
-        return load_cifar10(split, data_dir, download)
+        return load_cifar10(split, data_dir, download, verify_checksums)
     if canonical == "svhn":
-        return load_svhn(split, data_dir, download)
+        return load_svhn(split, data_dir, download, verify_checksums=verify_checksums)
     if canonical == "sample":
         return load_sample(split)
     raise DataError(f"unknown data set {name!r}; use one of {', '.join(NAMES)} (or fmnist)")
