@@ -26,7 +26,7 @@ import numpy as np
 from integer_engine.epilogue import round_half_up
 from integer_engine.errors import EngineError
 from integer_engine.format import ACC_MAX, IntegerModel, Layer, validate_model
-from integer_engine.requant import epilogue_thresholds
+from integer_engine.requant import check_no_overflow, epilogue_thresholds
 
 # SAWB (c1, c2): alpha_w = c1*sqrt(mean(w^2)) - c2*mean(|w|). The same tables as tinypact's
 # quant/functional.py (1 bit: (0, -1) gives alpha_w = mean|w|); duplicated because the checkpoint
@@ -154,7 +154,7 @@ class PendingAdd:
     """A residual sum not yet requantized: z = sum_i affine_i(x_i), in input order."""
 
     node: dict
-    terms: list[tuple[Codes, Affine]]
+    terms: list[tuple[Codes, Affine, int]]  # (input, its affine, its smallest value)
     shape: tuple[int, ...]
 
 
@@ -328,8 +328,11 @@ class _Lowering:
         arrays: dict[str, np.ndarray] = {"weight": q.codes}
         affine = pending.affine
         if output == "threshold":
-            th, direction = epilogue_thresholds(affine.scale, affine.bias, affine.bn_scale,
-                                                affine.bn_shift, alpha, n, "half_up", -acc_hi, acc_hi)
+            try:
+                th, direction = epilogue_thresholds(affine.scale, affine.bias, affine.bn_scale,
+                                                    affine.bn_shift, alpha, n, "half_up", -acc_hi, acc_hi)
+            except EngineError as err:
+                raise EngineError(f"layer {node['id']!r}: {err}") from None
             arrays.update(affine.arrays(), alpha=np.array([alpha], np.float32), thresholds=th,
                           direction=direction)
             attrs.update(out_max=n, out_scale=float(alpha / np.float32(n)), rounding="half_up")
@@ -431,10 +434,11 @@ class _Lowering:
                 if value.pools:
                     raise EngineError(f"node {node['id']!r}: max-pool before a residual add is not supported")
                 layer = self.emit_compute(value, "accumulator")
-                terms.append((Codes(layer.name, tuple(value.conv_shape), layer.attrs["acc_bound"],
-                                    np.float32(1)), value.affine))
+                bound = layer.attrs["acc_bound"]
+                terms.append((Codes(layer.name, tuple(value.conv_shape), bound, np.float32(1)),
+                              value.affine, -bound))
             elif isinstance(value, Codes):
-                terms.append((value, Affine.of_codes(value.scale, value.shape[0])))
+                terms.append((value, Affine.of_codes(value.scale, value.shape[0]), 0))
             else:
                 raise EngineError(f"node {node['id']!r}: unsupported input to a residual add")
             if shape is not None and shape != terms[-1][0].shape:
@@ -448,6 +452,11 @@ class _Lowering:
         inputs have no thresholds on one integer), exactly as tinypact computes it."""
         name = self.unique(pending.node["id"])
         affines = [t[1] for t in pending.terms]
+        try:
+            check_no_overflow([(a.scale, a.bias, a.bn_scale, a.bn_shift, lo, codes.max)
+                               for codes, a, lo in pending.terms], alpha, n)
+        except EngineError as err:
+            raise EngineError(f"node {act['id']!r}: {err}") from None
         arrays = {"scale": np.array([a.scale for a in affines], np.float32),
                   "bias": np.stack([a.bias for a in affines]).astype(np.float32),
                   "bn_scale": np.stack([a.bn_scale for a in affines]).astype(np.float32),

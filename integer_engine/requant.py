@@ -35,12 +35,29 @@ def epilogue_thresholds(scale: np.float32, bias: np.ndarray, bn_scale: np.ndarra
     if not (consts[0] >= 0 and consts[4] > 0):  # scale 0: all-zero 1-bit weights (mean|w| = 0)
         raise EngineError("requantization needs a scale >= 0 and a positive clip level alpha")
     direction = np.where(consts[0] * consts[2] >= 0, 1, -1).astype(np.int8)
+    check_no_overflow([(scale, bias, bn_scale, bn_shift, acc_lo, acc_hi)], alpha, n)
 
     def code(acc: np.ndarray) -> np.ndarray:
         return activation_code(affine(acc, scale, bias, bn_scale, bn_shift, channel_axis=0),
                                alpha, n, rule)
 
     return thresholds(code, direction, n, acc_lo, acc_hi), direction
+
+
+def check_no_overflow(terms: list[tuple], alpha: np.float32, n: int) -> None:
+    """Refuse an epilogue that overflows float32 anywhere on its range: tinypact would compute
+    inf or NaN codes there (inf - inf, 0 * inf), which no thresholds reproduce. Each term is
+    (scale, bias, bn_scale, bn_shift, lo, hi); an affine is monotone, so its values at lo and hi
+    bound it, the sums of those bounds bound an add's sum, and `v = y * n <= alpha * n`."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        ends = [affine(np.array([[lo], [hi]]), s, b, g, h, channel_axis=1)
+                for s, b, g, h, lo, hi in terms]
+        low = sum(e.min(axis=0) for e in ends)
+        high = sum(e.max(axis=0) for e in ends)
+        top = np.float32(alpha) * np.float32(n)
+    if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high)) and np.isfinite(top)):
+        raise EngineError("the float epilogue overflows float32 on this layer's range (trained "
+                          "values too large, e.g. a diverged run): retrain with a lower learning rate")
 
 
 def thresholds(code: Callable[[np.ndarray], np.ndarray], direction: np.ndarray, n: int,

@@ -44,3 +44,18 @@ def test_every_pixel_is_its_own_input_code():
     pixels = np.arange(256, dtype=np.uint8).reshape(1, 1, 16, 16)
     codes = quantize_input(to_float(pixels)).codes.values
     assert np.array_equal(codes, pixels.astype(np.float32))
+
+
+def test_an_epilogue_that_overflows_float32_is_refused_by_name():
+    """A diverged run (a batch-norm scale of 1e37): tinypact's float32 forward would overflow to inf and
+    NaN codes, which no thresholds reproduce, so export refuses that layer in one line."""
+    import pytest
+
+    from integer_engine.errors import EngineError
+    from tinypact.models import build_model, randomize_statistics
+    from tinypact.quant import Policy
+
+    net = randomize_statistics(build_model("fmnist", Policy(wbits=2, abits=2)))
+    net.bn1.weight.data[0] = 1e37  # the largest accumulators times this pass 3.4e38
+    with pytest.raises(EngineError, match=r"layer 'conv1': the float epilogue overflows float32"):
+        lower_graph(net.graph(), net.state_dict())
