@@ -5,20 +5,23 @@
              [--bits W,A[,O]] [--pe-bits B] [--first-last-bits 8] [--out DIR]
              [--sweep-bits 16,8,4,2 [--iso-area] [--sweep-bandwidths unlimited,64,32]]
 
-Settings layer up: built-in defaults, then the SCALE-Sim config, then the flags.
+Settings layer up: built-in defaults, then the SCALE-Sim config, then the flags. Each config
+setting that changes SCALE-Sim 3's result but is not modelled prints one `warning:` line on stderr.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import sys
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
 from integer_engine.errors import EngineError
 
 from integer_engine.accelerator.from_model import layers_from_model
-from integer_engine.accelerator.scalesim import read_config, read_topology, write_compute_report
+from integer_engine.accelerator.scalesim import ScaleSimWarning, read_config, read_topology, write_reports
 from integer_engine.accelerator.sweep import format_sweep, plot_sweep, precision_layers, sweep_precision
 from integer_engine.accelerator.systolic import (DATAFLOWS, Layer, NetworkReport, SystolicArray,
                                                  simulate_network)
@@ -51,7 +54,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--iso-area", action="store_true", help="in a sweep, resize the array to the same area")
     p.add_argument("--sweep-bandwidths", default="unlimited,64,32",
                    help="GB/s values for the sweep (default unlimited,64,32)")
-    p.add_argument("--out", default="accelerator_out", help="directory for COMPUTE_REPORT.csv and plots")
+    p.add_argument("--out", default="accelerator_out",
+                   help="directory for SCALE-Sim 3's COMPUTE_REPORT.csv, BANDWIDTH_REPORT.csv and "
+                   "DETAILED_ACCESS_REPORT.csv (a sweep: SWEEP_REPORT.csv and sweep.png)")
     p.set_defaults(func=run)
     return p
 
@@ -177,9 +182,22 @@ def _write_sweep_csv(result, path: Path) -> Path:
     return path
 
 
+def _read_inputs(args: argparse.Namespace) -> tuple[SystolicArray, list[Layer], str]:
+    """The array and the layers, with each SCALE-Sim setting we do not model as one stderr line."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ScaleSimWarning)
+        array = build_array(args)
+        layers, name = load_layers(args)
+    for w in caught:
+        if issubclass(w.category, ScaleSimWarning):
+            print(f"warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return array, layers, name
+
+
 def run(args: argparse.Namespace) -> int:
-    array = build_array(args)
-    layers, name = load_layers(args)
+    array, layers, name = _read_inputs(args)
     out = Path(args.out)
     if args.sweep_bits:
         bits = _ints(args.sweep_bits, "--sweep-bits")
@@ -206,8 +224,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     report = simulate_network(layers, array)
     print(format_report(report))
-    path = write_compute_report(report, out)
-    print(f"wrote {path}")
+    paths = write_reports(report, out)
+    print(f"wrote {', '.join(str(p) for p in paths)}")
     return 0
 
 

@@ -401,6 +401,7 @@ class LayerReport:
     sram_bytes: dict[str, int]  # {"ifmap_reads", "ifmap_writes", "filter_reads", ...}
     dram_bytes: dict[str, int]  # {"ifmap", "filter", "ofmap"}
     prefetch_cycles: int = 0  # loading the first fold's tiles before compute can start
+    psum_spill_bytes: int = 0  # of dram_bytes["ofmap"]: partial sums out to DRAM and back, both ways
     words: dict[str, int] = field(default_factory=dict)  # SCALE-Sim's access counts, see WORD_COUNTS
 
     @property
@@ -472,7 +473,7 @@ def simulate_network(layers: Iterable[Layer | Mapping[str, object]], array: Syst
             sram_bytes={f"{op}_{rw}": b(f"{op}_sram_{rw}") for op in ("ifmap", "filter", "ofmap")
                         for rw in ("reads", "writes")},
             dram_bytes={k: b(f"{k}_dram_bytes") for k in ("ifmap", "filter", "ofmap")},
-            prefetch_cycles=int(res["prefetch_cycles"][i]),
+            prefetch_cycles=int(res["prefetch_cycles"][i]), psum_spill_bytes=b("psum_spill_bytes"),
             words={k: b(k.replace("reads", "read_words").replace("writes", "write_words")) for k in WORD_COUNTS},
         ))
     return NetworkReport(array=array, layers=reports)
