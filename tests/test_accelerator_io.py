@@ -14,7 +14,7 @@ from integer_engine.accelerator.scalesim import (BANDWIDTH_REPORT_COLUMNS, COMPU
                                                  DETAILED_ACCESS_REPORT_COLUMNS, TOPOLOGY_DIR,
                                                  ScaleSimWarning, read_config, read_report, read_topology,
                                                  write_compute_report, write_reports, write_topology)
-from integer_engine.accelerator.sweep import precision_layers, sweep_precision
+from integer_engine.accelerator.sweep import first_last_gain, precision_layers, sweep_precision
 from integer_engine.accelerator.systolic import DATAFLOWS, Layer, SystolicArray, simulate_network
 from integer_engine.errors import EngineError
 
@@ -351,6 +351,17 @@ def test_sweep_is_superlinear_only_when_bandwidth_bound():
     assert np.all(dram[1:] < dram[:-1] / 2), f"DRAM bytes {dram} should fall faster than the bits"
 
 
+def test_first_last_gain_is_the_ratio_of_two_sweeps():
+    """Quantizing the first/last layers changes nothing at >= 8 bits and speeds up 2 bits (the
+    paper estimated 1.24x); the gain is exactly the ratio of the two sweeps' cycles."""
+    layers, base = read_topology("resnet20"), SystolicArray(16, 16, ifmap_sram_kb=8, filter_sram_kb=8, ofmap_sram_kb=8)
+    lowered, gain = first_last_gain(layers, base, (16, 8, 2), (None, 16.0), first_last_bits=2)
+    kept = sweep_precision(layers, base, (16, 8, 2), (None, 16.0), first_last_bits=8)
+    assert np.array_equal(gain, kept.cycles / lowered.cycles)
+    assert np.all(gain[:, :2, :] == 1.0), gain
+    assert np.all(gain[:, 2, :] > 1.0), gain
+
+
 # --- the link to exported models ----------------------------------------------------------------
 
 
@@ -415,6 +426,9 @@ def test_cli_sweep_writes_table_csv_and_plot(tmp_path, capsys):
     assert (tmp_path / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     lines = (tmp_path / "SWEEP_REPORT.csv").read_text().splitlines()
     assert len(lines) == 1 + 3 * 4 * 3
+    assert "instead of at least 8" not in out
+    run_cli(["--topology", "svhn", "--sweep-bits", "8,2", "--first-last-bits", "2", "--out", str(tmp_path)])
+    assert "instead of at least 8 (paper: about 1.24x" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -424,6 +438,7 @@ def test_cli_sweep_writes_table_csv_and_plot(tmp_path, capsys):
     (["--topology", "svhn", "--bits", "4"], "--bits needs 2 or 3 values"),
     (["--topology", "svhn", "--sram-kb", "-1"], "--sram-kb values must be positive"),
     (["--topology", "svhn", "--bandwidth-gbps", "0"], "--bandwidth-gbps must be positive"),
+    (["--topology", "svhn", "--sweep-bits", "8,4", "--first-last-bits", "0"], "--first-last-bits must be between"),
     (["--topology", "nosuchnet"], "not found"),
     (["missing.tpq"], "not found"),
     (["--topology", "svhn", "--sweep-bits", "8,4", "--sweep-bandwidths", "fast"], "sweep-bandwidths"),

@@ -22,7 +22,8 @@ from integer_engine.errors import EngineError
 
 from integer_engine.accelerator.from_model import layers_from_model
 from integer_engine.accelerator.scalesim import ScaleSimWarning, read_config, read_topology, write_reports
-from integer_engine.accelerator.sweep import format_sweep, plot_sweep, precision_layers, sweep_precision
+from integer_engine.accelerator.sweep import (first_last_gain, format_first_last_gain, format_sweep, plot_sweep,
+                                              precision_layers, sweep_precision)
 from integer_engine.accelerator.systolic import (DATAFLOWS, Layer, NetworkReport, SystolicArray,
                                                  simulate_network)
 
@@ -49,7 +50,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--bits", help="W,A[,O]: weight, activation[, output] bits for every layer "
                    "(default: the model's own bits; 8,8 for a topology)")
     p.add_argument("--pe-bits", type=int, help="PE precision: wider MACs take ceil(w/pe)*ceil(a/pe) passes")
-    p.add_argument("--first-last-bits", type=int, help="bits of the first and last layers (sweep default 8)")
+    p.add_argument("--first-last-bits", type=int,
+                   help="bits of the first and last layers (sweep: at least this many, default 8; "
+                   "below 8 also prints the speedup over keeping them at 8, the paper's 1.24x estimate)")
     p.add_argument("--sweep-bits", help="e.g. 16,8,4,2: speedup of each precision over the first")
     p.add_argument("--iso-area", action="store_true", help="in a sweep, resize the array to the same area")
     p.add_argument("--sweep-bandwidths", default="unlimited,64,32",
@@ -133,6 +136,8 @@ def load_layers(args: argparse.Namespace) -> tuple[list[Layer], str]:
     if args.bits:
         bits = _ints(args.bits, "--bits", (2, 3))
         layers = [l.with_bits(*bits) for l in layers]
+    if args.first_last_bits is not None and not 1 <= args.first_last_bits <= 32:
+        raise EngineError(f"--first-last-bits must be between 1 and 32, got {args.first_last_bits}")
     if args.first_last_bits is not None and not args.sweep_bits:
         edge = args.first_last_bits
         layers[0] = layers[0].with_bits(edge, edge, layers[0].obits)
@@ -208,11 +213,17 @@ def run(args: argparse.Namespace) -> int:
         result = sweep_precision(layers, array, bits, _bandwidths(args.sweep_bandwidths),
                                  iso_area=args.iso_area, first_last_bits=first_last)
         seconds = time.perf_counter() - start
+        gain = None
+        if first_last < 8:  # the paper's estimate: what quantizing the first and last layers adds
+            _, gain = first_last_gain(layers, array, bits, _bandwidths(args.sweep_bandwidths),
+                                      iso_area=args.iso_area, first_last_bits=first_last)
         kind = "iso-area" if args.iso_area else "same array"
         print(f"{name}: precision sweep, {kind}, base {array.rows}x{array.cols} at {bits[0]} bits, "
               f"SRAM {array.ifmap_sram_kb:g}/{array.filter_sram_kb:g}/{array.ofmap_sram_kb:g} KB, "
               f"clock {array.clock_ghz:g} GHz, first/last layers at >= {first_last} bits")
         print(format_sweep(result))
+        if gain is not None:
+            print(format_first_last_gain(result, gain, first_last))
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as err:
