@@ -97,26 +97,19 @@ def sweep_precision(
 PAPER_FIRST_LAST_GAIN = 1.24  # PACT, Section 6: first and last layers at 4 or 2 bits too
 
 
-def first_last_gain(
-    layers: Sequence[Layer],
-    base: SystolicArray,
-    bits: Sequence[int] = DEFAULT_BITS,
-    bandwidths_gbps: Sequence[float | None] = DEFAULT_BANDWIDTHS_GBPS,
-    dataflows: Sequence[str] = DATAFLOWS,
-    iso_area: bool = True,
-    first_last_bits: int | None = None,
-    reference_bits: int = 8,
-) -> tuple[SweepResult, np.ndarray]:
+def first_last_gain(layers: Sequence[Layer], base: SystolicArray, *args: object,
+                    first_last_bits: int | None = None, reference_bits: int = 8,
+                    **kwargs: object) -> tuple[SweepResult, np.ndarray]:
     """How much faster the network gets when its first and last layers drop from
     ``reference_bits`` to ``first_last_bits`` (None: the interior precision), at each point::
 
         gain[d, p, w] = cycles(first/last at max(b, reference_bits)) / cycles(first/last at max(b, first_last_bits))
 
     The paper keeps them at 8 bits and estimates 1.24x more from quantizing them to 4 or 2 bits.
-    Returns the sweep at ``first_last_bits`` and the gain.
+    The other arguments are `sweep_precision`'s. Returns the sweep at ``first_last_bits`` and the gain.
     """
-    lowered = sweep_precision(layers, base, bits, bandwidths_gbps, dataflows, iso_area, first_last_bits)
-    reference = sweep_precision(layers, base, bits, bandwidths_gbps, dataflows, iso_area, reference_bits)
+    lowered = sweep_precision(layers, base, *args, first_last_bits=first_last_bits, **kwargs)  # type: ignore[arg-type]
+    reference = sweep_precision(layers, base, *args, first_last_bits=reference_bits, **kwargs)  # type: ignore[arg-type]
     return lowered, reference.cycles / lowered.cycles
 
 
