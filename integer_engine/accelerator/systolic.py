@@ -1,6 +1,6 @@
 """Analytic cost model of a systolic array running convolutions and GEMMs, with operand precision.
 
-The compute part is SCALE-Sim's (v2) mapping, reproduced cycle-exactly in closed form. With
+The compute part is SCALE-Sim's mapping (v2, unchanged in 3.0.0), reproduced cycle-exactly in closed form. With
 ``Npx`` output pixels, window ``W = R*S*C`` and ``K`` filters, each dataflow maps the GEMM
 ``(Npx x W) @ (W x K)`` onto an ``rows x cols`` array as spatial rows ``Sr``, spatial columns
 ``Sc`` and a streamed (temporal) dimension ``T``::
@@ -16,8 +16,8 @@ where ``T' = T * passes`` and ``passes = ceil(wbits/pe_bits) * ceil(abits/pe_bit
 PE-cycles a MAC wider than the PE takes (bit-slice decomposition; 1 when the PE is wide enough).
 
 The memory part is ours (SCALE-Sim fixes every element at one byte). Every operand is counted at
-its bit width: an SRAM of ``S`` KB, double-buffered, keeps ``S*1024/2`` bytes live, i.e.
-``S*1024*8/2/bits`` elements. DRAM traffic per operand follows the fold loop nest: an operand that
+its bit width, the ifmap as the pixels some window touches (`touched_extent`): an SRAM of ``S``
+KB, double-buffered, keeps ``S*1024/2`` bytes live, i.e. ``S*1024*8/2/bits`` elements. DRAM traffic per operand follows the fold loop nest: an operand that
 the outer loop sweeps ``n`` times costs ``X + (n-1) * max(0, X - B)`` bytes (``X`` its size,
 ``B`` the live half of its SRAM: what fits stays on chip, the rest is streamed again), and
 partial sums that do not fit in the ofmap SRAM go out to DRAM and come back once per extra row
