@@ -82,7 +82,7 @@ class ScaleSimWarning(UserWarning):
 
 
 def _warn(message: str) -> None:
-    warnings.warn(message, ScaleSimWarning, stacklevel=4)  # at read_config's caller
+    warnings.warn(message, ScaleSimWarning, stacklevel=4)  # points near the reader's caller
 
 _REQUIRED_KEYS = ("ArrayHeight", "ArrayWidth", "IfmapSramSzkB", "FilterSramSzkB", "OfmapSramSzkB", "Dataflow")
 
@@ -135,7 +135,9 @@ def _check_v3_sections(path: Path, parser: configparser.ConfigParser, user_bandw
         _warn(f"{path}: UseRamulatorTrace is on; SCALE-Sim 3 would replay Ramulator DRAM traces, "
               "here DRAM is one interface at a fixed bandwidth")
     if parser.has_section("sparsity") and "sparsitysupport" in parser["sparsity"]:
-        if _flag(path, "sparsity", "SparsitySupport", parser["sparsity"]["sparsitysupport"]):
+        text = parser["sparsity"]["sparsitysupport"]
+        _flag(path, "sparsity", "SparsitySupport", text)  # checked as a boolean, but SCALE-Sim 3
+        if text.strip().lower() == "true":                 # turns sparsity on only for "true"
             rep = parser["sparsity"].get("sparserep", "?").strip()
             _warn(f"{path}: SparsitySupport is on ({rep}); SCALE-Sim 3 would skip pruned weights "
                   "(the topology's N:M column), here every weight is dense")
