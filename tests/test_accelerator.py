@@ -10,7 +10,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from integer_engine.accelerator.systolic import (DATAFLOWS, Layer, SystolicArray, simulate_layer,
-                                                 simulate_network)
+                                                 simulate_network, touched_extent)
 from integer_engine.errors import EngineError
 
 # --- hand-computed cases ------------------------------------------------------------------------
@@ -143,6 +143,53 @@ def test_closed_forms_equal_the_fold_loop(layer, rows, cols, dataflow):
     assert r.compute_util == pytest.approx(util, rel=1e-9), (layer, rows, cols, dataflow)
 
 
+# --- strided layers fetch only the pixels their windows touch ---------------------------------
+
+
+def _touched_by_enumeration(layer: Layer) -> set[tuple[int, int]]:
+    """Every (row, col) of the input that some window of the layer reads, by brute force."""
+    sh, sw = layer.strides
+    return {(y, x)
+            for oy in range(layer.ofmap_h) for ox in range(layer.ofmap_w)
+            for y in range(oy * sh, min(oy * sh + layer.filter_h, layer.ifmap_h))
+            for x in range(ox * sw, min(ox * sw + layer.filter_w, layer.ifmap_w))}
+
+
+@given(st.integers(1, 30), st.integers(1, 30), st.integers(1, 7), st.integers(1, 7), st.integers(1, 6),
+       st.integers(1, 6), st.integers(1, 5))
+def test_strided_fetch_equals_enumerated_touched_pixels(h, w, fh, fw, sh, sw, channels):
+    layer = Layer("x", max(h, fh), max(w, fw), fh, fw, channels, 3, sh, stride_w=sw)
+    want = len(_touched_by_enumeration(layer)) * channels
+    assert layer.ifmap_touched == want, (
+        f"{layer.ifmap_h}x{layer.ifmap_w} input, {fh}x{fw} filter, stride {sh}x{sw}: "
+        f"{want // channels} pixels are touched, the closed form says {layer.ifmap_touched // channels}")
+    # Input stationary loads each input once: exactly the touched pixels at their bit width.
+    r = simulate_layer(layer.with_bits(8, 3), SystolicArray(4, 4, "is"))
+    assert r.dram_bytes["ifmap"] == math.ceil(want * 3 / 8), (layer, r.dram_bytes)
+
+
+@pytest.mark.parametrize("size, filt, stride, touched", [
+    (56, 1, 2, 28),    # ResNet-50's 1x1 stride-2 downsample: every other row
+    (15, 1, 2, 8),     # odd size: rows 0, 2, ..., 14
+    (15, 3, 2, 15),    # windows overlap: all rows
+    (14, 2, 3, 10),    # gaps of one row: 0-1, 3-4, 6-7, 9-10, 12-13
+    (10, 3, 4, 8),     # last window sticks out (SCALE-Sim's ceil): 0-2, 4-6 and 8-9 of 8-10
+    (11, 2, 4, 6),     # a 4th window starts at 12, past the end: 0-1, 4-5, 8-9 only
+])
+def test_touched_extent_hand_computed(size, filt, stride, touched):
+    assert int(touched_extent(size, filt, stride)) == touched, (size, filt, stride)
+
+
+def test_strided_downsample_fetch_equals_scalesim3():
+    """SCALE-Sim 3.0.0, 8x8 WS, 64 KB SRAMs, CALC: DRAM IFMAP Reads of these layers (its
+    DETAILED_ACCESS_REPORT.csv; every operand fits, so each is fetched once)."""
+    for layer, reads in [(Layer("ds", 15, 15, 1, 1, 16, 32, 2), 1024),
+                         (Layer("c3s2", 15, 15, 3, 3, 8, 16, 2), 1800),
+                         (Layer("c1s3", 14, 14, 2, 2, 4, 8, 3), 400)]:
+        r = simulate_layer(layer, SystolicArray(8, 8, "ws"))
+        assert r.words["ifmap_dram_reads"] == reads, (layer.name, r.words, reads)
+
+
 # --- properties -------------------------------------------------------------------------------
 
 
@@ -158,7 +205,7 @@ def test_utilization_at_most_one_and_cycles_at_least_macs_over_pes(layer, array)
 @given(layers_st, arrays_st)
 def test_dram_traffic_at_least_each_operand_once(layer, array):
     r = simulate_layer(layer, array)
-    once = {"ifmap": layer.ifmap_h * layer.ifmap_w * layer.channels * layer.abits / 8,
+    once = {"ifmap": layer.ifmap_touched * layer.abits / 8,
             "filter": layer.window * layer.num_filters * layer.wbits / 8,
             "ofmap": layer.ofmap_pixels * layer.num_filters * layer.obits / 8}
     for op, size in once.items():

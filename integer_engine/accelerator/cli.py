@@ -5,21 +5,25 @@
              [--bits W,A[,O]] [--pe-bits B] [--first-last-bits 8] [--out DIR]
              [--sweep-bits 16,8,4,2 [--iso-area] [--sweep-bandwidths unlimited,64,32]]
 
-Settings layer up: built-in defaults, then the SCALE-Sim config, then the flags.
+Settings layer up: built-in defaults, then the SCALE-Sim config, then the flags. Each config
+setting that changes SCALE-Sim 3's result but is not modelled prints one `warning:` line on stderr.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import sys
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
 from integer_engine.errors import EngineError
 
 from integer_engine.accelerator.from_model import layers_from_model
-from integer_engine.accelerator.scalesim import read_config, read_topology, write_compute_report
-from integer_engine.accelerator.sweep import format_sweep, plot_sweep, precision_layers, sweep_precision
+from integer_engine.accelerator.scalesim import ScaleSimWarning, read_config, read_topology, write_reports
+from integer_engine.accelerator.sweep import (first_last_gain, format_first_last_gain, format_sweep, plot_sweep,
+                                              precision_layers, sweep_precision)
 from integer_engine.accelerator.systolic import (DATAFLOWS, Layer, NetworkReport, SystolicArray,
                                                  simulate_network)
 
@@ -46,13 +50,17 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--bits", help="W,A[,O]: weight, activation[, output] bits for every layer "
                    "(default: the model's own bits; 8,8 for a topology)")
     p.add_argument("--pe-bits", type=int, help="PE precision: wider MACs take ceil(w/pe)*ceil(a/pe) passes")
-    p.add_argument("--first-last-bits", type=int, help="bits of the first and last layers (sweep default 8)")
+    p.add_argument("--first-last-bits", type=int,
+                   help="bits of the first and last layers (sweep: at least this many, default 8; "
+                   "below 8 also prints the speedup over keeping them at 8, the paper's 1.24x estimate)")
     p.add_argument("--sweep-bits", help="e.g. 16,8,4,2: speedup of each precision over the first")
     p.add_argument("--iso-area", action="store_true", help="in a sweep, resize the array to the same area")
     p.add_argument("--sweep-bandwidths", default="unlimited,64,32",
                    help="GB/s values for the sweep (default unlimited,64,32)")
     p.add_argument("--out", default="accelerator_out",
-                   help="directory for COMPUTE_REPORT.csv and plots (default: accelerator_out)")
+                   help="directory for SCALE-Sim 3's COMPUTE_REPORT.csv, BANDWIDTH_REPORT.csv and "
+                   "DETAILED_ACCESS_REPORT.csv (a sweep: SWEEP_REPORT.csv and sweep.png); "
+                   "default: accelerator_out")
     p.set_defaults(func=run)
     return p
 
@@ -129,6 +137,8 @@ def load_layers(args: argparse.Namespace) -> tuple[list[Layer], str]:
     if args.bits:
         bits = _ints(args.bits, "--bits", (2, 3))
         layers = [l.with_bits(*bits) for l in layers]
+    if args.first_last_bits is not None and not 1 <= args.first_last_bits <= 32:
+        raise EngineError(f"--first-last-bits must be between 1 and 32, got {args.first_last_bits}")
     if args.first_last_bits is not None and not args.sweep_bits:
         edge = args.first_last_bits
         layers[0] = layers[0].with_bits(edge, edge, layers[0].obits)
@@ -178,9 +188,22 @@ def _write_sweep_csv(result, path: Path) -> Path:
     return path
 
 
+def _read_inputs(args: argparse.Namespace) -> tuple[SystolicArray, list[Layer], str]:
+    """The array and the layers, with each SCALE-Sim setting we do not model as one stderr line."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ScaleSimWarning)
+        array = build_array(args)
+        layers, name = load_layers(args)
+    for w in caught:
+        if issubclass(w.category, ScaleSimWarning):
+            print(f"warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return array, layers, name
+
+
 def run(args: argparse.Namespace) -> int:
-    array = build_array(args)
-    layers, name = load_layers(args)
+    array, layers, name = _read_inputs(args)
     out = Path(args.out)
     if args.sweep_bits:
         bits = _ints(args.sweep_bits, "--sweep-bits")
@@ -191,11 +214,17 @@ def run(args: argparse.Namespace) -> int:
         result = sweep_precision(layers, array, bits, _bandwidths(args.sweep_bandwidths),
                                  iso_area=args.iso_area, first_last_bits=first_last)
         seconds = time.perf_counter() - start
+        gain = None
+        if first_last < 8:  # the paper's estimate: what quantizing the first and last layers adds
+            _, gain = first_last_gain(layers, array, bits, _bandwidths(args.sweep_bandwidths),
+                                      iso_area=args.iso_area, first_last_bits=first_last)
         kind = "iso-area" if args.iso_area else "same array"
         print(f"{name}: precision sweep, {kind}, base {array.rows}x{array.cols} at {bits[0]} bits, "
               f"SRAM {array.ifmap_sram_kb:g}/{array.filter_sram_kb:g}/{array.ofmap_sram_kb:g} KB, "
               f"clock {array.clock_ghz:g} GHz, first/last layers at >= {first_last} bits")
         print(format_sweep(result))
+        if gain is not None:
+            print(format_first_last_gain(result, gain, first_last))
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -207,8 +236,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     report = simulate_network(layers, array)
     print(format_report(report))
-    path = write_compute_report(report, out)
-    print(f"wrote {path}")
+    paths = write_reports(report, out)
+    print(f"wrote {', '.join(str(p) for p in paths)}")
     return 0
 
 

@@ -1,6 +1,6 @@
 """Analytic cost model of a systolic array running convolutions and GEMMs, with operand precision.
 
-The compute part is SCALE-Sim's (v2) mapping, reproduced cycle-exactly in closed form. With
+The compute part is SCALE-Sim's mapping (v2, unchanged in 3.0.0), reproduced cycle-exactly in closed form. With
 ``Npx`` output pixels, window ``W = R*S*C`` and ``K`` filters, each dataflow maps the GEMM
 ``(Npx x W) @ (W x K)`` onto an ``rows x cols`` array as spatial rows ``Sr``, spatial columns
 ``Sc`` and a streamed (temporal) dimension ``T``::
@@ -16,8 +16,8 @@ where ``T' = T * passes`` and ``passes = ceil(wbits/pe_bits) * ceil(abits/pe_bit
 PE-cycles a MAC wider than the PE takes (bit-slice decomposition; 1 when the PE is wide enough).
 
 The memory part is ours (SCALE-Sim fixes every element at one byte). Every operand is counted at
-its bit width: an SRAM of ``S`` KB, double-buffered, keeps ``S*1024/2`` bytes live, i.e.
-``S*1024*8/2/bits`` elements. DRAM traffic per operand follows the fold loop nest: an operand that
+its bit width, the ifmap as the pixels some window touches (`touched_extent`): an SRAM of ``S``
+KB, double-buffered, keeps ``S*1024/2`` bytes live, i.e. ``S*1024*8/2/bits`` elements. DRAM traffic per operand follows the fold loop nest: an operand that
 the outer loop sweeps ``n`` times costs ``X + (n-1) * max(0, X - B)`` bytes (``X`` its size,
 ``B`` the live half of its SRAM: what fits stays on chip, the rest is streamed again), and
 partial sums that do not fit in the ofmap SRAM go out to DRAM and come back once per extra row
@@ -138,6 +138,13 @@ class Layer:
         return self.ofmap_h * self.ofmap_w
 
     @property
+    def ifmap_touched(self) -> int:
+        """Input elements at least one window reads (what a strided layer must fetch)."""
+        sh, sw = self.strides
+        return (int(touched_extent(self.ifmap_h, self.filter_h, sh))
+                * int(touched_extent(self.ifmap_w, self.filter_w, sw)) * self.channels)
+
+    @property
     def window(self) -> int:
         return self.filter_h * self.filter_w * self.channels
 
@@ -222,6 +229,24 @@ def _ceil_div(a: np.ndarray, b: np.ndarray | int) -> np.ndarray:
     return -(-a // b)
 
 
+def touched_extent(size: np.ndarray | int, filt: np.ndarray | int, stride: np.ndarray | int) -> np.ndarray:
+    """Rows (or columns) of an input of ``size`` that at least one window of ``filt`` reads.
+
+    With ``E = ceil((size - filt) / stride) + 1`` windows starting at ``0, stride, ..., (E-1)*stride``,
+    each window adds the ``min(filt, stride)`` rows before the next one starts, and the last one
+    adds what is left of it inside the input::
+
+        touched = (E - 1) * min(filt, stride) + clip(size - (E - 1) * stride, 0, filt)
+
+    (SCALE-Sim's ``ceil`` counts a last window that sticks out of the input, even one that starts
+    past its end when ``stride > filt``; only its rows inside the input are fetched.) For ``filt >= stride`` that is ``min(size, (E-1)*stride + filt)`` (the windows overlap or abut);
+    for a 1x1 stride-2 downsample it is every other row, ``E``. Works elementwise on arrays.
+    """
+    size, filt, stride = np.asarray(size), np.asarray(filt), np.asarray(stride)
+    starts_last = (_ceil_div(size - filt, stride)) * stride  # (E - 1) * stride
+    return starts_last // stride * np.minimum(filt, stride) + np.clip(size - starts_last, 0, filt)
+
+
 def _spill(tile_bytes_full: np.ndarray, tile_bytes_last: np.ndarray, n_full: np.ndarray,
            capacity: float) -> np.ndarray:
     """Sum over column folds of the bytes of a per-fold tile that do not fit: sum max(0, X - B)."""
@@ -269,8 +294,11 @@ def evaluate(table: Mapping[str, np.ndarray], array: SystolicArray) -> dict[str,
     compute_util = sr * sc * t_eff / (folds * R * C * util_window)
 
     # Operand sizes in bytes at their bit widths; partial sums at the exact accumulator width.
+    # A strided layer fetches only the input pixels some window reads (SCALE-Sim does the same).
     psum_bits = wb + ab + np.ceil(np.log2(win.astype(np.float64)))
-    ifmap_bytes = ih * iw * ch * ab / 8
+    ifmap_words = (touched_extent(ih, fh, table["stride_h"]) * touched_extent(iw, fw, table["stride_w"])
+                   * ch)
+    ifmap_bytes = ifmap_words * ab / 8
     filter_bytes = win * nf * wb / 8
     ofmap_bytes = npx * nf * ob / 8
     live = 1024.0 / 2.0  # double-buffered: half of each SRAM is live, the other half prefetches
@@ -281,15 +309,17 @@ def evaluate(table: Mapping[str, np.ndarray], array: SystolicArray) -> dict[str,
     extra_rows = row_folds - 1
     zero = np.zeros(len(macs))
     psum_spill = zero
+    # SRAM words the array reads (SCALE-Sim's request counts) and the first fold's operand tiles.
+    first_r, first_c = np.minimum(sr, R), np.minimum(sc, C)
     if df == "os":
         # Column fold = a filter tile reused across all pixel (row) folds; every column fold
         # sweeps the whole ifmap again.
         ifmap_dram = ifmap_bytes + (col_folds - 1) * np.maximum(0.0, ifmap_bytes - b_if)
         filter_dram = filter_bytes + extra_rows * _spill(win * C * wb / 8, win * last_cols * wb / 8,
                                                          full_cols, b_fl)
-        ifmap_sram_reads = npx * win * col_folds * ab / 8
-        filter_sram_reads = win * nf * row_folds * wb / 8
-        psum_sram = zero
+        ifmap_read_words, filter_read_words = npx * win * col_folds, win * nf * row_folds
+        ofmap_write_words = npx * nf  # sums finish inside the PEs
+        first_ifmap, first_filter = first_r * win, win * first_c
     else:
         if df == "ws":
             # Weights are read once; each column fold sweeps the whole ifmap; its
@@ -297,45 +327,60 @@ def evaluate(table: Mapping[str, np.ndarray], array: SystolicArray) -> dict[str,
             ifmap_dram = ifmap_bytes + (col_folds - 1) * np.maximum(0.0, ifmap_bytes - b_if)
             filter_dram = filter_bytes
             psum_full, psum_last = npx * C * psum_bits / 8, npx * last_cols * psum_bits / 8
-            ifmap_sram_reads = npx * win * col_folds * ab / 8
-            filter_sram_reads = win * nf * wb / 8
+            ifmap_read_words, filter_read_words = npx * win * col_folds, win * nf
+            first_ifmap, first_filter = npx * first_r, first_r * first_c
         else:
             # Inputs are read once; each column (pixel) fold sweeps all weights; its
             # K x cols partial sums live across the row folds.
             ifmap_dram = ifmap_bytes
             filter_dram = filter_bytes + (col_folds - 1) * np.maximum(0.0, filter_bytes - b_fl)
             psum_full, psum_last = nf * C * psum_bits / 8, nf * last_cols * psum_bits / 8
-            ifmap_sram_reads = win * npx * ab / 8
-            filter_sram_reads = win * nf * col_folds * wb / 8
+            ifmap_read_words, filter_read_words = win * npx, win * nf * col_folds
+            first_ifmap, first_filter = first_r * first_c, first_r * nf
         # Spilled partial sums: written after each of the first n-1 row folds, read back after.
         psum_spill = 2 * extra_rows * _spill(psum_full, psum_last, full_cols, b_of)
-        psum_sram = npx * nf * extra_rows * psum_bits / 8
+        ofmap_write_words = npx * nf * row_folds  # every partial sum and every final sum
+    psum_sram = (ofmap_write_words - npx * nf) * psum_bits / 8
     ofmap_dram = ofmap_bytes + psum_spill
     dram_bytes = ifmap_dram + filter_dram + ofmap_dram
+    # The first fold cannot start before its tiles are in (at most the live half of each SRAM).
+    prefetch_bytes = (np.minimum(first_ifmap * ab / 8, b_if) + np.minimum(first_filter * wb / 8, b_fl))
 
     if array.dram_bytes_per_cycle is None:
         dram_cycles = np.zeros_like(compute_cycles)
+        prefetch_cycles = np.zeros_like(compute_cycles)
     else:
         dram_cycles = np.ceil(dram_bytes / array.dram_bytes_per_cycle).astype(np.int64)
+        prefetch_cycles = np.ceil(prefetch_bytes / array.dram_bytes_per_cycle).astype(np.int64)
     total_cycles = np.maximum(compute_cycles, dram_cycles)
+    spill_words = psum_spill / 2 * 8 / psum_bits  # each direction
     return {
         "macs": macs, "ofmap_h": eh, "ofmap_w": ew, "sr": sr, "sc": sc, "t": t, "passes": passes,
         "row_folds": row_folds, "col_folds": col_folds, "folds": folds,
         "cycles_per_fold": cycles_per_fold, "compute_cycles": compute_cycles,
         "dram_cycles": dram_cycles, "total_cycles": total_cycles,
-        "stall_cycles": total_cycles - compute_cycles,
+        "stall_cycles": total_cycles - compute_cycles, "prefetch_cycles": prefetch_cycles,
+        "prefetch_bytes": prefetch_bytes,
         "mapping_efficiency": mapping_eff, "compute_util": compute_util,
         "overall_util": macs / (total_cycles * float(R * C)),
-        "ifmap_sram_reads": ifmap_sram_reads, "ifmap_sram_writes": ifmap_dram,
-        "filter_sram_reads": filter_sram_reads, "filter_sram_writes": filter_dram,
+        "ifmap_sram_reads": ifmap_read_words * ab / 8, "ifmap_sram_writes": ifmap_dram,
+        "filter_sram_reads": filter_read_words * wb / 8, "filter_sram_writes": filter_dram,
         # ofmap SRAM: written with every partial and final sum and with spilled sums coming back
         # from DRAM; read for partial-sum accumulation and for everything drained to DRAM.
         "ofmap_sram_writes": psum_sram + ofmap_bytes + psum_spill / 2,
         "ofmap_sram_reads": psum_sram + ofmap_bytes + psum_spill / 2,
         "ifmap_dram_bytes": ifmap_dram, "filter_dram_bytes": filter_dram, "ofmap_dram_bytes": ofmap_dram,
         "psum_spill_bytes": psum_spill, "dram_bytes": dram_bytes,
+        # Counts in words of each operand's own width (SCALE-Sim's units; its words are bytes).
+        "ifmap_sram_read_words": ifmap_read_words, "filter_sram_read_words": filter_read_words,
+        "ofmap_sram_write_words": ofmap_write_words,
+        "ifmap_dram_read_words": ifmap_dram * 8 / ab, "filter_dram_read_words": filter_dram * 8 / wb,
+        "ofmap_dram_write_words": npx * nf + spill_words, "ofmap_dram_read_words": spill_words,
     }
 
+
+WORD_COUNTS = ("ifmap_sram_reads", "filter_sram_reads", "ofmap_sram_writes", "ifmap_dram_reads",
+               "filter_dram_reads", "ofmap_dram_writes", "ofmap_dram_reads")
 
 # --- Friendly wrappers --------------------------------------------------------------------------
 
@@ -355,6 +400,9 @@ class LayerReport:
     overall_util: float
     sram_bytes: dict[str, int]  # {"ifmap_reads", "ifmap_writes", "filter_reads", ...}
     dram_bytes: dict[str, int]  # {"ifmap", "filter", "ofmap"}
+    prefetch_cycles: int = 0  # loading the first fold's tiles before compute can start
+    psum_spill_bytes: int = 0  # of dram_bytes["ofmap"]: partial sums out to DRAM and back, both ways
+    words: dict[str, int] = field(default_factory=dict)  # SCALE-Sim's access counts, see WORD_COUNTS
 
     @property
     def dram_total(self) -> int:
@@ -413,8 +461,9 @@ def simulate_network(layers: Iterable[Layer | Mapping[str, object]], array: Syst
     res = evaluate(layer_table(layer_list), array)
     reports = []
     for i, layer in enumerate(layer_list):
-        def b(key: str) -> int:
-            return int(math.ceil(res[key][i]))
+        def b(key: str) -> int:  # round up, but not 1024.0000000001 (bytes * 8 / bits) to 1025
+            value = float(res[key][i])
+            return int(math.ceil(value - 1e-9 * max(1.0, value)))
         reports.append(LayerReport(
             layer=layer, macs=int(res["macs"][i]), folds=int(res["folds"][i]),
             compute_cycles=int(res["compute_cycles"][i]), stall_cycles=int(res["stall_cycles"][i]),
@@ -424,6 +473,8 @@ def simulate_network(layers: Iterable[Layer | Mapping[str, object]], array: Syst
             sram_bytes={f"{op}_{rw}": b(f"{op}_sram_{rw}") for op in ("ifmap", "filter", "ofmap")
                         for rw in ("reads", "writes")},
             dram_bytes={k: b(f"{k}_dram_bytes") for k in ("ifmap", "filter", "ofmap")},
+            prefetch_cycles=int(res["prefetch_cycles"][i]), psum_spill_bytes=b("psum_spill_bytes"),
+            words={k: b(k.replace("reads", "read_words").replace("writes", "write_words")) for k in WORD_COUNTS},
         ))
     return NetworkReport(array=array, layers=reports)
 
