@@ -24,8 +24,8 @@
 # 2. looks at what is inside: weight codes and scales, and the integer thresholds into which
 #    batch-norm, the scales and PACT's clip and rounding all fold,
 # 3. computes a dot product the way the engine does, with bit-planes, AND and popcount,
-# 4. checks that the engine is **bit-exact** against a float64 reference, layer by layer, and
-#    how closely it follows tinypact's float32 model,
+# 4. checks that the engine is **bit-exact with the trained model**: every layer's codes and the
+#    float32 logits equal what tinypact's own forward computes,
 # 5. compares size and speed.
 #
 # `integer_engine` never imports `tinypact`: the checkpoint file is the only contract
@@ -83,15 +83,19 @@ print(f"tinypact (float32 fake-quant) test error: {result.test_error:.1%}")
 #   recomputed in float64 from the checkpoint;
 # * **activations** are codes $q \in [0, n]$ with value $q\,\alpha/n$ (PACT) or
 #   $\text{pixel}/255$ (the input image);
-# * a conv accumulates an **integer** $\text{acc} = \sum q \cdot (2j - n_w)$; everything after it
-#   (the scales $s_w$ and $\alpha/n$, the conv bias, batch-norm, PACT's clip and rounding) is,
-#   per output channel $c$, an increasing (or decreasing) affine map followed by round half up:
-#   $$\text{code} = \mathrm{clip}\big(\lfloor \text{acc}\cdot m_c + a_c + \tfrac12 \rfloor,\, 0,\, n\big),$$
-#   which is exactly the number of **thresholds** $T_{c,1} \le \dots \le T_{c,n}$ that the
-#   accumulator reaches (FINN's *MultiThreshold*). The engine stores $n$ integers per channel
-#   and compares; no float, no multiplier, no rounding at run time. This is where the
-#   round-half-up rule pays off: $\lfloor v + \frac12 \rfloor \ge t \iff v \ge t - \frac12$,
-#   a threshold.
+# * a conv accumulates an **integer** $\text{acc} = \sum q \cdot (2j - n_w)$. tinypact's own
+#   forward computes exactly this (a float GEMM on integers is exact below $2^{24}$) and then
+#   applies the scale once, after all MACs, as the paper's hardware does (Sec. 4.2). Everything
+#   after the MACs is a fixed sequence of float32 operations per output channel $c$, the
+#   **float epilogue** (`docs/model-format.md`): $z = \text{acc}\cdot s$, $+\,b_c$ (conv bias),
+#   $\times\,g_c$, $+\,h_c$ (batch norm), then PACT: clip to $[0, \alpha]$, $\times\, n$,
+#   $/\,\alpha$, round half up. Each step is monotone, so the code is a staircase in the
+#   accumulator: the number of **thresholds** $T_{c,1} \le \dots \le T_{c,n}$ the accumulator
+#   reaches (FINN's *MultiThreshold*). Export finds each threshold by **exact search**: a
+#   bisection over the integers that evaluates the very same float32 sequence at every probe,
+#   never an algebraic inverse, so the thresholds agree with tinypact's float32 arithmetic on
+#   every possible accumulator. The engine stores $n$ integers per channel and compares; no
+#   float, no multiplier, no rounding at run time.
 # * A max-pool between batch-norm and the activation moves after the requantization (the
 #   requantizer is monotone, so $\max$ commutes with it) and runs on codes.
 
@@ -114,7 +118,7 @@ for layer in integer_model.layers:
 # Notice: `conv0` (the first layer) reads 8-bit pixels with 8-bit weights and writes 2-bit codes
 # (its output *is* the first PACT activation); `conv1` and `conv2` are 2-bit x 2-bit; the global
 # average pool becomes a sum of 49 codes (its $1/49$ folds into the next layer's scale); `fc`
-# produces integer logits (argmax needs no scale).
+# ends in the float epilogue's affine part: float32 logits, equal bit for bit to tinypact's.
 #
 # ### Codes and scales, checked against tinypact
 #
@@ -127,12 +131,12 @@ from tinypact.quant import sawb_weight_codes
 conv1 = integer_model.layer("conv1")
 j, n_w, s_w = conv1.arrays["weight"].astype(np.int64), conv1.attrs["n_w"], conv1.attrs["w_scale"]
 tp_codes, tp_scale = sawb_weight_codes(model.conv1.weight.data, 2)
-w_q_engine = s_w * (2 * j - n_w)                    # one scale per layer: s_w = alpha_w / n_w
+w_q_engine = (2 * j - n_w).astype(np.float32) * np.float32(s_w)   # one float32 scale per layer
 print("weight codes equal tinypact's:", np.array_equal(j, tp_codes),
       f"  s_w * n_w = {s_w * n_w:.6f}, tinypact's SAWB alpha_w = {tp_scale:.6f}")
 print("levels used:", np.unique(w_q_engine).round(4), " (2-bit SAWB: -a, -a/3, a/3, a)")
-print("tinypact's quantized weights equal s_w (2j - n_w):",
-      np.allclose(model.conv1.quantized_weight_array(), w_q_engine, rtol=1e-6, atol=0))
+print("tinypact's quantized weights equal s_w (2j - n_w), bit for bit:",
+      np.array_equal(model.conv1.quantized_weight_array(), w_q_engine))
 
 c = 0
 T, d = conv1.arrays["thresholds"][c], conv1.arrays["direction"][c]
@@ -224,46 +228,49 @@ print("odd levels 2j - 3:", np.array_equal(odd, a @ (2 * jw - 3).T))
 # %% [markdown]
 # ## The bit-exact check
 #
-# "Bit-exact" means the engine (bit-planes, popcounts, thresholds) and a plain float64 NumPy
-# reference that evaluates the requantization formula directly (`integer_engine.reference`)
-# produce the **same integers in every layer, for every image**. Float64 holds every
-# accumulator exactly (export bounds them below $2^{31}$), so there is no tolerance: equal or
-# not.
+# "Bit-exact" means the engine (bit-planes, popcounts, thresholds) produces **the same codes in
+# every layer, and the same float32 logits, as the network tinypact trained**, for every image.
+# `verify_against_checkpoint` runs tinypact's own eval forward on the checkpoint and compares each
+# engine layer with the graph node it stands for (no tolerance: equal or not). This is what
+# `python -m integer_engine verify MODEL` and the end of `python -m tinypact.train` do.
+
+# %%
+from integer_engine.verify import verify_against_checkpoint
+
+images = test_set.images[:200 if SMALL else 1000]          # uint8 pixels: the engine's input
+labels = test_set.labels[:len(images)]
+report = verify_against_checkpoint(integer_model, result.run_dir, images)
+for name, bad in report.mismatches.items():
+    node = integer_model.layer(name).attrs["graph_node"]
+    print(f"{name:8s} vs tinypact's {node:8s}: {bad} of {report.elements[name]:,} values differ")
+assert report.ok
+print("predictions equal to tinypact's:", np.mean(report.engine_predictions == report.other_predictions))
+
+# %% [markdown]
+# Why this holds by construction: tinypact multiplies integers too and then runs the documented
+# float32 epilogue; export computes the same constants with the same operations in the same
+# order; and the thresholds come from searching that float32 sequence. A float64 "ideal"
+# formula instead of the float32 one would part ways with the trained model near rounding
+# boundaries (an earlier version of this project did, on up to 0.3% of the predictions).
+#
+# A second check needs no tinypact at all: a plain NumPy **reference** (`integer_engine.reference`)
+# computes every layer the obvious way (an einsum on the codes, then the epilogue evaluated
+# directly, no bit-planes, no thresholds). It is what localises a kernel bug, and it works on any
+# `.tpq` file:
 
 # %%
 from integer_engine.executor import run_model
 from integer_engine.reference import run_reference
 
-images = test_set.images[:200 if SMALL else 1000]          # uint8 pixels: the engine's input
-labels = test_set.labels[:len(images)]
 engine_out = run_model(integer_model, images, collect=True)
 reference = run_reference(integer_model, images)
 for name, out in engine_out.outputs.items():
-    same = np.array_equal(out.astype(np.int64), reference[name].astype(np.int64))
-    print(f"{name:8s} {str(out.shape):18s} identical to the float64 reference: {same}")
-assert all(np.array_equal(out.astype(np.int64), reference[k].astype(np.int64))
-           for k, out in engine_out.outputs.items())
-
-# %% [markdown]
-# And against the network as tinypact trained it? tinypact's forward pass runs the same
-# quantizers in float32. The first activation's codes and the predictions can be compared
-# directly. They agree on every code, or nearly: a difference can only come from an activation
-# that sits within float32 rounding of a threshold, where float32 and exact arithmetic may round
-# to different codes (this is why the engine is specified against float64 and integers, not
-# against the float32 training graph).
-
-# %%
-from tinypact.quant import activation_codes
-
+    print(f"{name:8s} {str(out.shape):18s} identical to the reference: {np.array_equal(out, reference[name])}")
+assert all(np.array_equal(out, reference[k]) for k, out in engine_out.outputs.items())
 with no_grad():
-    x = Tensor(images.astype(np.float32) / np.float32(255))
-    logits_float = model(x).data
-    act0 = activation_codes(model.bn0(model.conv0(x)), model.act0.alpha.data, 2)
-same_codes = np.mean(act0 == engine_out.outputs["conv0"])
-same_predictions = np.mean(logits_float.argmax(1) == engine_out.predictions)
-print(f"first-layer activation codes equal to tinypact's: {same_codes:.4%}")
-print(f"predictions equal to tinypact's:                  {same_predictions:.2%}")
-print(f"test error: tinypact float32 {np.mean(logits_float.argmax(1) != labels):.1%}, "
+    logits_float = model(Tensor(images.astype(np.float32) / np.float32(255))).data
+print(f"logits equal to tinypact's, bit for bit: {np.array_equal(logits_float, engine_out.logits)}")
+print(f"test error: tinypact {np.mean(logits_float.argmax(1) != labels):.1%}, "
       f"integer engine {np.mean(engine_out.predictions != labels):.1%}")
 
 # %% [markdown]
@@ -305,7 +312,7 @@ t_reference = best_time(lambda: run_reference(integer_model, batch), repeat=1)
 with no_grad():
     t_float = best_time(lambda: model(Tensor(batch.astype(np.float32) / np.float32(255))))
 print(f"{len(batch)} images: integer engine {t_engine * 1e3:7.1f} ms,"
-      f" tinypact float32 fake-quant {t_float * 1e3:7.1f} ms, float64 reference {t_reference * 1e3:7.1f} ms")
+      f" tinypact float32 fake-quant {t_float * 1e3:7.1f} ms, NumPy reference {t_reference * 1e3:7.1f} ms")
 
 stats = run_model(integer_model, batch).stats
 print(f"{'layer':8s} {'method':10s} {'MACs':>12s} {'ms':>8s}")
