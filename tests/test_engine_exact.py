@@ -33,7 +33,7 @@ def check_network(seed: int, ties: bool) -> None:
     assert model.layers[-1].name in report.mismatches, f"the logits were not compared ({compared})"
 
 
-@settings(max_examples=150)
+@settings(max_examples=300)
 @given(st.integers(0, 2**32 - 1), st.booleans())
 def test_engine_equals_tinypact_on_random_networks(seed, ties):
     check_network(seed, ties)
