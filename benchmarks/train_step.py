@@ -1,21 +1,42 @@
-"""One Adam training step of the SVHN network (float layout), batch 128, 40x40x3 input.
+"""One Adam training step of the SVHN network, batch 128, 40x40x3 input: float, or the QAT step.
 
-Prints ms/step, images/s, achieved GFLOP/s and its fraction of np.matmul's GFLOP/s measured in
-the same run, and the peak memory NumPy allocated during one step. With --vs-torch (PyTorch
-installed) the same network and step run in PyTorch, side by side, and the ratio is printed.
-With --ops, each image op (conv2d, max_pool2d, batch_norm; forward and backward) is timed
-against PyTorch's on the SVHN shapes.
+Prints the CPU and the threads, ms/step, images/s, achieved GFLOP/s and its fraction of
+np.matmul's GFLOP/s measured in the same run, and the peak memory NumPy allocated during one
+step. With --vs-torch (PyTorch installed) the same network and step run in PyTorch, interleaved
+step by step with tinypact's, and the ratio of the medians is printed. With --bits K the step is
+quantization-aware training of tinypact's own `svhn` network (K-bit weights and activations,
+8-bit first/last layers; --act-quant pact|dorefa|relu) and the PyTorch peer is the same graph
+with the same quantizers written as straight-through autograd ops. --profile breaks tinypact's
+step down by layer (forward), by op (backward) and the optimizer; --threads N sets the BLAS and
+Numba threads (1 or 2 here) before anything starts. With --ops, each image op (conv2d,
+max_pool2d, batch_norm; forward and backward) is timed against PyTorch's on the SVHN shapes.
 
     python benchmarks/train_step.py [--steps 5] [--batch 128] [--vs-torch] [--ops]
+    python benchmarks/train_step.py --bits 2 --vs-torch --threads 2
+    python benchmarks/train_step.py --bits 2 --profile --threads 1
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import tracemalloc
 from pathlib import Path
 
+
+def _threads_from_argv(argv: list[str]) -> None:
+    """--threads N must act before NumPy, Numba and PyTorch start their thread pools."""
+    for i, arg in enumerate(argv):
+        value = arg.split("=", 1)[1] if arg.startswith("--threads=") else (
+            argv[i + 1] if arg == "--threads" and i + 1 < len(argv) else None)
+        if value is not None and value.isdigit():
+            for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                         "NUMBA_NUM_THREADS"):
+                os.environ[name] = value
+
+
+_threads_from_argv(sys.argv[1:])
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # tinypact first: importing it before NumPy shortens OpenBLAS's idle spin (tinypact/__init__.py),
 # which would otherwise take the cores from the Numba kernel after each BLAS call.
@@ -147,6 +168,198 @@ def time_steps(step, steps: int, warmup: int = 2) -> float:
     return float(np.median(times))
 
 
+def time_interleaved(steps: dict, rounds: int, warmup: int = 2) -> dict[str, float]:
+    """Median seconds of each step function, run in turn (a, b, a, b, ...) so that both see the
+    same machine load."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            times[name].append(_timed(step))
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+# ------------------------------------------------------------------ the quantization-aware step
+def qat_tinypact(bits: int, act_quant: str, batch: int):
+    """tinypact's own `svhn` network at `bits` (8-bit first/last layers) and its Adam step."""
+    from tinypact.models import build_model
+    from tinypact.quant import Policy, clamp_alphas
+
+    tinypact.manual_seed(0)
+    net = build_model("svhn", Policy(wbits=bits, abits=bits, act_quant=act_quant))
+    opt = optim.Adam(net.parameters(), lr=1e-3, eps=1e-5, weight_decay=1e-7)
+    images, labels = make_batch(batch)
+
+    def step():
+        opt.zero_grad()
+        loss = F.cross_entropy(net(tinypact.Tensor(images)), labels)
+        loss.backward()
+        opt.step()
+        clamp_alphas(net)
+        return loss.item()
+
+    return net, step
+
+
+def torch_mirror(torch, net):
+    """The network of tinypact's `net.graph()` in PyTorch, with tinypact's initial parameters and
+    the same quantizers as straight-through autograd ops (the usual fake-quant formulation):
+
+        round_ste(v) = v + (round(v) - v).detach()
+        PACT:   y = where(x < alpha, relu(x), alpha);  y_q = round_ste(y * n / alpha) * alpha / n
+        DoReFa weights k > 1: t = tanh(w);  w_q = 2 round_ste((t / (2 max|t|) + 1/2) n) / n - 1
+        DoReFa weights k = 1: w_q = (sign(w) * E|w|) through the identity
+    """
+    tnn = torch.nn
+    state = {k: torch.from_numpy(v.copy()) for k, v in net.state_dict().items()}
+
+    def round_ste(v):
+        return v + (torch.floor(v + 0.5) - v).detach()
+
+    def weight_q(w, wq):
+        if wq["kind"] == "float" or wq["bits"] == 32:
+            return w
+        n = 2 ** wq["bits"] - 1
+        if wq["bits"] == 1:
+            e = w.abs().mean().detach()
+            return w + (torch.where(w >= 0, e, -e) - w).detach()
+        t = torch.tanh(w)
+        return 2 * round_ste((t / (2 * t.abs().max()) + 0.5) * n) / n - 1
+
+    class Node(tnn.Module):
+        def __init__(self, node):
+            super().__init__()
+            self.node, op = node, node["op"]
+            if op in ("conv", "linear"):
+                self.weight = tnn.Parameter(state[node["weight"]])
+                self.bias = None if node["bias"] is None else tnn.Parameter(state[node["bias"]])
+            elif op == "bn":
+                p = node["prefix"]
+                self.bn = tnn.BatchNorm2d(state[f"{p}.weight"].shape[0], eps=node["eps"], momentum=0.1)
+                with torch.no_grad():
+                    self.bn.weight.copy_(state[f"{p}.weight"])
+                    self.bn.bias.copy_(state[f"{p}.bias"])
+            elif op == "act" and node["kind"] == "pact":
+                self.alpha = tnn.Parameter(state[node["alpha"]].reshape(()))
+
+        def forward(self, x):
+            node, op = self.node, self.node["op"]
+            if op == "conv":
+                return tnn.functional.conv2d(x, weight_q(self.weight, node["wq"]), self.bias,
+                                             node["stride"], node["padding"])
+            if op == "linear":
+                return tnn.functional.linear(x, weight_q(self.weight, node["wq"]), self.bias)
+            if op == "bn":
+                return self.bn(x)
+            if op == "maxpool":
+                return tnn.functional.max_pool2d(x, node["kernel"], node["stride"], node["padding"])
+            if op == "flatten":
+                return x.flatten(1)
+            if op == "act":
+                if node["kind"] == "float":
+                    return torch.relu(x)
+                n = 2 ** node["bits"] - 1
+                if node["kind"] == "pact":
+                    y = torch.where(x < self.alpha, torch.relu(x), self.alpha)
+                    return round_ste(y * n / self.alpha) * self.alpha / n
+                top = 1.0 if node["kind"] == "dorefa" else float(state[node["alpha"]])
+                return round_ste(torch.clamp(x, 0, top) * n / top) * top / n
+            raise ValueError(f"no PyTorch mirror for graph op {op!r}")
+
+    # The graph omits dropout (the identity at inference), so the mirror trains without it:
+    # slightly less work for PyTorch than tinypact's step, which has one dropout layer.
+    return tnn.Sequential(*[Node(node) for node in net.graph()[1:]])
+
+
+def torch_qat_step(torch, net_ref, batch: int):
+    net = torch_mirror(torch, net_ref)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3, eps=1e-5, weight_decay=1e-7)
+    images, labels = make_batch(batch)
+    x, y = torch.from_numpy(images), torch.from_numpy(labels)
+
+    def step():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(net(x), y)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    return step
+
+
+# ------------------------------------------------------------------------------- the profile
+def profile_step(net, step, rounds: int = 3) -> None:
+    """Where one tinypact step spends its time: each graph node's forward (module hooks), each
+    op's backward (its recorded closure, timed), and the rest (loss, optimizer, allocation)."""
+    from tinypact.tensor import Tensor
+
+    forward: dict[str, float] = {}
+    backward: dict[str, float] = {}
+    starts: dict[str, float] = {}
+    original_from_op = Tensor.from_op.__func__
+
+    def timed_from_op(cls, data, parents, back, op=""):
+        def timed_back(g, _back=back, _op=op or "other"):
+            start = time.perf_counter()
+            out = _back(g)
+            backward[_op] = backward.get(_op, 0.0) + time.perf_counter() - start
+            return out
+        return original_from_op(cls, data, parents, timed_back, op)
+
+    modules = [(name, m) for name, m in net.named_modules() if name and "." not in name]
+    originals = {}
+    for name, module in modules:
+        originals[name] = module.forward
+
+        def wrapped(*args, _name=name, _forward=module.forward):
+            start = time.perf_counter()
+            out = _forward(*args)
+            forward[_name] = forward.get(_name, 0.0) + time.perf_counter() - start
+            return out
+        module.forward = wrapped
+    Tensor.from_op = classmethod(timed_from_op)
+    try:
+        step()
+        forward.clear(), backward.clear()
+        total = sum(_timed(step) for _ in range(rounds)) / rounds
+    finally:
+        Tensor.from_op = classmethod(original_from_op)
+        for name, module in modules:
+            module.forward = originals[name]
+    f_total, b_total = sum(forward.values()) / rounds, sum(backward.values()) / rounds
+    print(f"profile of one step ({rounds} averaged): {1e3 * total:.0f} ms = forward "
+          f"{1e3 * f_total:.0f} + backward {1e3 * b_total:.0f} + loss/optimizer/other "
+          f"{1e3 * (total - f_total - b_total):.0f}")
+    print(f"  {'forward, by layer':28s} {'ms':>8s} {'%':>5s}    {'backward, by op':24s} {'ms':>8s} {'%':>5s}")
+    fw = sorted(forward.items(), key=lambda kv: -kv[1])
+    bw = sorted(backward.items(), key=lambda kv: -kv[1])
+    for i in range(max(len(fw), len(bw))):
+        left = (f"  {fw[i][0]:28s} {1e3 * fw[i][1] / rounds:8.1f} {100 * fw[i][1] / rounds / total:5.1f}"
+                if i < len(fw) else " " * 45)
+        right = (f"    {bw[i][0]:24s} {1e3 * bw[i][1] / rounds:8.1f} {100 * bw[i][1] / rounds / total:5.1f}"
+                 if i < len(bw) else "")
+        print(left + right)
+
+
+def machine_line(torch=None) -> str:
+    """The CPU (LLVM's name for it and its widest vector features) and the threads in use."""
+    import numba
+    from llvmlite import binding as llvm
+
+    features = llvm.get_host_cpu_features()
+    wide = [f for f in ("avx512f", "avx512vnni", "avx512vpopcntdq", "avx2") if features.get(f)]
+    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                  if line.startswith("model name")), "?") if Path("/proc/cpuinfo").exists() else "?"
+    line = (f"CPU {model} ({llvm.get_host_cpu_name()}; {', '.join(wide) or 'no AVX2'}), "
+            f"{os.cpu_count()} cores; threads: Numba {numba.get_num_threads()}, "
+            f"OpenBLAS {os.environ.get('OPENBLAS_NUM_THREADS', 'default')}")
+    if torch is not None:
+        line += f", PyTorch {torch.get_num_threads()}"
+    return line
+
+
 def op_table(torch, batch: int, repeats: int = 5) -> None:
     """Forward and backward time of each image op, tinypact vs PyTorch, on the SVHN shapes."""
     rng = np.random.default_rng(0)
@@ -226,8 +439,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=5, help="timed steps (median is reported)")
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--vs-torch", action="store_true", help="also time PyTorch, side by side")
+    parser.add_argument("--vs-torch", action="store_true", help="also time PyTorch, interleaved")
     parser.add_argument("--ops", action="store_true", help="time each image op against PyTorch")
+    parser.add_argument("--bits", type=int, default=32,
+                        help="QAT: weight and activation bits of tinypact's svhn network "
+                             "(8-bit first/last layers); 32 (default): the float step")
+    parser.add_argument("--act-quant", default="pact", choices=("pact", "dorefa", "relu"),
+                        help="activation quantizer with --bits (default pact)")
+    parser.add_argument("--profile", action="store_true",
+                        help="break tinypact's step down by layer, op and optimizer")
+    parser.add_argument("--threads", type=int, help="BLAS/Numba/PyTorch threads (set before start)")
     args = parser.parse_args(argv)
     torch = None
     if args.vs_torch or args.ops:
@@ -237,33 +458,46 @@ def main(argv: list[str] | None = None) -> int:
             print("error: --vs-torch/--ops need PyTorch (pip install torch); it is not installed",
                   file=sys.stderr)
             return 2
+        if args.threads:
+            torch.set_num_threads(args.threads)
+    print(machine_line(torch))
     if args.ops:
         op_table(torch, args.batch)
         return 0
 
-    net, step = tinypact_step_fn(args.batch)
+    if args.bits == 32:
+        net, step = tinypact_step_fn(args.batch)
+        what = "float"
+    else:
+        net, step = qat_tinypact(args.bits, args.act_quant, args.batch)
+        what = f"QAT W{args.bits}A{args.bits} {args.act_quant} (8-bit first/last)"
     step()  # compile the Numba kernels before measuring memory
     tracemalloc.start()
     step()
     peak_mib = tracemalloc.get_traced_memory()[1] / 2 ** 20
     tracemalloc.stop()
+    if args.profile:
+        profile_step(net, step)
+        return 0
 
     matmul = matmul_gflops()
-    seconds = time_steps(step, args.steps)
+    steps = {"tinypact": step}
+    if torch is not None:
+        torch.manual_seed(0)
+        steps["torch"] = (torch_step_fn(torch, net, args.batch) if args.bits == 32
+                          else torch_qat_step(torch, net, args.batch))
+    seconds = time_interleaved(steps, args.steps)
     flops = train_flops(args.batch)
-    print(f"tinypact  SVHN train step, batch {args.batch}: {1e3 * seconds:.0f} ms/step, "
-          f"{args.batch / seconds:.0f} images/s")
-    print(f"          {flops / 1e9:.1f} GFLOP/step -> {flops / seconds / 1e9:.1f} GFLOP/s = "
-          f"{flops / seconds / 1e9 / matmul:.0%} of np.matmul's {matmul:.1f} GFLOP/s "
+    print(f"tinypact  SVHN {what} train step, batch {args.batch}: {1e3 * seconds['tinypact']:.0f} "
+          f"ms/step, {args.batch / seconds['tinypact']:.0f} images/s")
+    print(f"          {flops / 1e9:.1f} GFLOP/step -> {flops / seconds['tinypact'] / 1e9:.1f} GFLOP/s = "
+          f"{flops / seconds['tinypact'] / 1e9 / matmul:.0%} of np.matmul's {matmul:.1f} GFLOP/s "
           f"(2048^3 float32, this run)")
     print(f"          peak NumPy memory during one step: {peak_mib:.0f} MiB (tracemalloc)")
     if torch is not None:
-        torch.manual_seed(0)
-        torch_step = torch_step_fn(torch, net, args.batch)
-        torch_seconds = time_steps(torch_step, args.steps)
-        print(f"PyTorch {torch.__version__} ({torch.get_num_threads()} threads): "
-              f"{1e3 * torch_seconds:.0f} ms/step, {args.batch / torch_seconds:.0f} images/s")
-        print(f"ratio tinypact / PyTorch step time: {seconds / torch_seconds:.2f}x")
+        print(f"PyTorch {torch.__version__}: {1e3 * seconds['torch']:.0f} ms/step, "
+              f"{args.batch / seconds['torch']:.0f} images/s (medians of {args.steps} interleaved steps)")
+        print(f"ratio tinypact / PyTorch step time: {seconds['tinypact'] / seconds['torch']:.2f}x")
     return 0
 
 
