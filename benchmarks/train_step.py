@@ -145,8 +145,8 @@ def tinypact_step_fn(batch: int):
     return net, step
 
 
-def torch_step_fn(torch, net_ref, batch: int):
-    net = svhn_torch(torch, net_ref)
+def torch_step_fn(torch, net, batch: int):
+    """PyTorch's Adam step on `net` (a torch module), the same batch as tinypact's."""
     opt = torch.optim.Adam(net.parameters(), lr=1e-3, eps=1e-5, weight_decay=1e-7)
     images, labels = make_batch(batch)
     x, y = torch.from_numpy(images), torch.from_numpy(labels)
@@ -271,22 +271,6 @@ def torch_mirror(torch, net):
     # The graph omits dropout (the identity at inference), so the mirror trains without it:
     # slightly less work for PyTorch than tinypact's step, which has one dropout layer.
     return tnn.Sequential(*[Node(node) for node in net.graph()[1:]])
-
-
-def torch_qat_step(torch, net_ref, batch: int):
-    net = torch_mirror(torch, net_ref)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3, eps=1e-5, weight_decay=1e-7)
-    images, labels = make_batch(batch)
-    x, y = torch.from_numpy(images), torch.from_numpy(labels)
-
-    def step():
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(net(x), y)
-        loss.backward()
-        opt.step()
-        return loss.item()
-
-    return step
 
 
 # ------------------------------------------------------------------------------- the profile
@@ -484,8 +468,8 @@ def main(argv: list[str] | None = None) -> int:
     steps = {"tinypact": step}
     if torch is not None:
         torch.manual_seed(0)
-        steps["torch"] = (torch_step_fn(torch, net, args.batch) if args.bits == 32
-                          else torch_qat_step(torch, net, args.batch))
+        mirror = svhn_torch(torch, net) if args.bits == 32 else torch_mirror(torch, net)
+        steps["torch"] = torch_step_fn(torch, mirror, args.batch)
     seconds = time_interleaved(steps, args.steps)
     flops = train_flops(args.batch)
     print(f"tinypact  SVHN {what} train step, batch {args.batch}: {1e3 * seconds['tinypact']:.0f} "
