@@ -79,11 +79,61 @@ def with_batch(onnx_model, batch: int):
 
     model = onnx.ModelProto()
     model.CopyFrom(onnx_model)
+    _batch_reshapes(model)
     model.graph.ClearField("value_info")
     model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = batch
     for output in model.graph.output:
         output.type.tensor_type.ClearField("shape")
     return ModelWrapper(model).transform(InferShapes())
+
+
+def _batch_reshapes(model) -> None:
+    """Reshape targets written for batch 1 (Brevitas exports (1, F)) take any batch: -1 first."""
+    from onnx import numpy_helper
+
+    targets = {n.input[1] for n in model.graph.node if n.op_type == "Reshape" and len(n.input) > 1}
+    for init in model.graph.initializer:
+        if init.name in targets:
+            shape = numpy_helper.to_array(init).copy()
+            if shape.ndim == 1 and len(shape) >= 2 and shape[0] == 1:
+                shape[0] = -1
+                init.CopyFrom(numpy_helper.from_array(shape, init.name))
+
+
+def compare_with_source(model: IntegerModel, source, images: np.ndarray, batch_size: int = 64,
+                        logits_rtol: float = 1e-5) -> VerifyReport:
+    """An imported model against its QONNX source run by qonnx's executor on x = p / 255: every
+    layer with a `graph_node` (the source tensor holding codes * out_scale) compared as codes
+    rint(value / out_scale), exactly; the logits (a float32 GEMM in ONNX Runtime's own summation
+    order, which no integer model reproduces bit for bit) within `logits_rtol` of the largest
+    logit, and the predictions."""
+    engine = Engine(model)
+    report = VerifyReport(images=len(images))
+    ours, theirs = [], []
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size]
+        got = engine.run(batch, collect=True)
+        want = run_qonnx(source, batch.astype(np.float32) / np.float32(255))
+        for layer in model.layers:
+            node = layer.attrs.get("graph_node")
+            if node is None:
+                continue
+            if node not in want:
+                raise EngineError(f"the source model has no tensor {node!r}: it is not the model "
+                                  f"this .tpq was imported from")
+            value = want[node]
+            if layer.attrs.get("output") == "logits":
+                tolerance = logits_rtol * max(float(np.max(np.abs(value))), 1e-30)
+                close = np.abs(got.outputs[layer.name] - value) <= tolerance
+                report.compare(layer.name, close, np.ones_like(close), start)
+                theirs.append(np.argmax(value, axis=1))
+            else:
+                codes = np.rint(value / np.float32(layer.attrs["out_scale"]))
+                report.compare(layer.name, got.outputs[layer.name], codes, start)
+        ours.append(got.predictions)
+    report.engine_predictions = np.concatenate(ours)
+    report.other_predictions = np.concatenate(theirs) if theirs else None
+    return report
 
 
 def compare_with_engine(model: IntegerModel, onnx_model, images: np.ndarray, batch_size: int = 64,
