@@ -100,6 +100,27 @@ def _batch_reshapes(model) -> None:
                 init.CopyFrom(numpy_helper.from_array(shape, init.name))
 
 
+def _compare(model: IntegerModel, images: np.ndarray, batch_size: int, run_other, compare_layer
+             ) -> VerifyReport:
+    """Engine vs another executor batch by batch: `run_other(batch)` -> its tensors by name,
+    `compare_layer(report, layer, ours, theirs_tensors, start)` -> its predictions or None."""
+    engine = Engine(model)
+    report = VerifyReport(images=len(images))
+    ours, theirs = [], []
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size]
+        got = engine.run(batch, collect=True)
+        want = run_other(batch)
+        for layer in model.layers:
+            predictions = compare_layer(report, layer, got.outputs[layer.name], want, start)
+            if predictions is not None:
+                theirs.append(predictions)
+        ours.append(got.predictions)
+    report.engine_predictions = np.concatenate(ours)
+    report.other_predictions = np.concatenate(theirs) if theirs else None
+    return report
+
+
 def compare_with_source(model: IntegerModel, source, images: np.ndarray, batch_size: int = 64,
                         logits_rtol: float = 1e-5) -> VerifyReport:
     """An imported model against its QONNX source run by qonnx's executor on x = p / 255: every
@@ -107,33 +128,25 @@ def compare_with_source(model: IntegerModel, source, images: np.ndarray, batch_s
     rint(value / out_scale), exactly; the logits (a float32 GEMM in ONNX Runtime's own summation
     order, which no integer model reproduces bit for bit) within `logits_rtol` of the largest
     logit, and the predictions."""
-    engine = Engine(model)
-    report = VerifyReport(images=len(images))
-    ours, theirs = [], []
-    for start in range(0, len(images), batch_size):
-        batch = images[start:start + batch_size]
-        got = engine.run(batch, collect=True)
-        want = run_qonnx(source, batch.astype(np.float32) / np.float32(255))
-        for layer in model.layers:
-            node = layer.attrs.get("graph_node")
-            if node is None:
-                continue
-            if node not in want:
-                raise EngineError(f"the source model has no tensor {node!r}: it is not the model "
-                                  f"this .tpq was imported from")
-            value = want[node]
-            if layer.attrs.get("output") == "logits":
-                tolerance = logits_rtol * max(float(np.max(np.abs(value))), 1e-30)
-                close = np.abs(got.outputs[layer.name] - value) <= tolerance
-                report.compare(layer.name, close, np.ones_like(close), start)
-                theirs.append(np.argmax(value, axis=1))
-            else:
-                codes = np.rint(value / np.float32(layer.attrs["out_scale"]))
-                report.compare(layer.name, got.outputs[layer.name], codes, start)
-        ours.append(got.predictions)
-    report.engine_predictions = np.concatenate(ours)
-    report.other_predictions = np.concatenate(theirs) if theirs else None
-    return report
+
+    def compare_layer(report, layer, ours, want, start):
+        node = layer.attrs.get("graph_node")
+        if node is None:
+            return None
+        if node not in want:
+            raise EngineError(f"the source model has no tensor {node!r}: it is not the model "
+                              f"this .tpq was imported from")
+        value = want[node]
+        if layer.attrs.get("output") == "logits":
+            tolerance = logits_rtol * max(float(np.max(np.abs(value))), 1e-30)
+            close = np.abs(ours - value) <= tolerance
+            report.compare(layer.name, close, np.ones_like(close), start)
+            return np.argmax(value, axis=1)
+        report.compare(layer.name, ours, np.rint(value / np.float32(layer.attrs["out_scale"])), start)
+        return None
+
+    return _compare(model, images, batch_size,
+                    lambda batch: run_qonnx(source, batch.astype(np.float32) / np.float32(255)), compare_layer)
 
 
 def compare_with_engine(model: IntegerModel, onnx_model, images: np.ndarray, batch_size: int = 64,
@@ -141,29 +154,20 @@ def compare_with_engine(model: IntegerModel, onnx_model, images: np.ndarray, bat
     """Element mismatches per layer between the engine and the ONNX model's tensor of the same
     name, run by ONNX Runtime or qonnx (by the model's recorded form), over `images`."""
     names = layer_names(onnx_model)
-    form = metadata(onnx_model).get(META_FORM)
+    qonnx = metadata(onnx_model).get(META_FORM) == "qonnx"
     missing = [layer.name for layer in model.layers if layer.name not in names]
     if missing:
         raise EngineError(f"the ONNX model has no tensor for layer {missing[0]!r}: it was exported "
                           f"from a different .tpq model")
-    engine = Engine(model)
-    report = VerifyReport(images=len(images))
-    ours, theirs = [], []
-    for start in range(0, len(images), batch_size):
-        batch = images[start:start + batch_size]
-        got = engine.run(batch, collect=True)
-        if form == "qonnx":
-            want = run_qonnx(onnx_model, batch)
-        else:
-            want = run_onnxruntime(onnx_model, batch, names, options)
-        for layer in model.layers:
-            # Compared by value across dtypes (qonnx holds codes as float32 integers): exact.
-            ours_value = got.outputs[layer.name]
-            if form == "qonnx" and layer.attrs.get("output") == "accumulator":
-                ours_value = ours_value.astype(np.float32)  # qonnx's tensor is float32(acc)
-            report.compare(layer.name, ours_value, want[layer.name], start)
-        ours.append(got.predictions)
-        theirs.append(np.argmax(want[model.output], axis=1))
-    report.engine_predictions = np.concatenate(ours)
-    report.other_predictions = np.concatenate(theirs)
-    return report
+
+    def compare_layer(report, layer, ours, want, start):
+        # Compared by value across dtypes (qonnx holds codes as float32 integers): exact.
+        if qonnx and layer.attrs.get("output") == "accumulator":
+            ours = ours.astype(np.float32)  # qonnx's tensor is float32(acc), all the epilogue uses
+        report.compare(layer.name, ours, want[layer.name], start)
+        return np.argmax(want[model.output], axis=1) if layer is model.layers[-1] else None
+
+    def run_other(batch):
+        return run_qonnx(onnx_model, batch) if qonnx else run_onnxruntime(onnx_model, batch, names, options)
+
+    return _compare(model, images, batch_size, run_other, compare_layer)

@@ -118,10 +118,10 @@ class GraphBuilder:
         return self.op("Pad", [x, self.const(pads, "pads")], out, mode="constant")
 
     # ---- model -----------------------------------------------------------------------
-    def model(self, outputs: list[str], layers: list[str], form: str):
-        """The ModelProto with `outputs` as graph outputs (types known, shapes left open)."""
+    def model(self, outputs: dict[str, list], layers: list[str], form: str):
+        """The ModelProto with graph outputs {name: shape}."""
         helper = self.onnx.helper
-        outs = [helper.make_tensor_value_info(o, self.types[o], None) for o in outputs]
+        outs = [helper.make_tensor_value_info(o, self.types[o], shape) for o, shape in outputs.items()]
         graph = helper.make_graph(self.nodes, self.name, self.inputs, outs, self.initializers)
         opsets = [helper.make_opsetid("", ONNX_OPSET)] + [helper.make_opsetid(d, 1) for d in sorted(self.domains)]
         model = helper.make_model(graph, opset_imports=opsets, producer_name="tinypact integer_engine")
@@ -140,7 +140,7 @@ def lower_model(g: GraphBuilder, model, lower_layer, input_dtype, batch, form: s
     names = [layer.name for layer in model.layers]
     output = "logits" if "logits" not in names else "logits_output"
     g.rename(model.output, output)
-    return g.model([output], names, form)
+    return g.model({output: [batch, *model.layers[-1].attrs["out_shape"]]}, names, form)
 
 
 def metadata(model) -> dict[str, str]:
