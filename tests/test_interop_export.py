@@ -77,10 +77,10 @@ def test_architectures_export_to_both_forms(tmp_path, name, policy):
 
 @settings(max_examples=15)
 @given(st.integers(0, 2**32 - 1))
-def test_qonnx_two_part_accumulators_are_exact(monkeypatch_seed):
+def test_qonnx_two_part_accumulators_are_exact(seed):
     """With the float32 limit lowered, layers take the split paths (input digits, channel
     halves): the graphs those write still reproduce the engine (or are refused)."""
-    net, images = random_network(np.random.default_rng(monkeypatch_seed))
+    net, images = random_network(np.random.default_rng(seed))
     model = lower_graph(net.graph(), net.state_dict())
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(to_qonnx_module, "FLOAT32_EXACT", 1000)
@@ -89,7 +89,7 @@ def test_qonnx_two_part_accumulators_are_exact(monkeypatch_seed):
         except EngineError as err:
             assert "no split" in str(err)
             return
-    assert_exact(model, onnx_model, images, f"seed={monkeypatch_seed} (split)")
+    assert_exact(model, onnx_model, images, f"seed={seed} (split)")
 
 
 def test_qonnx_refuses_an_inexact_layer_naming_it():
