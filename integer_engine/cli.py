@@ -15,6 +15,7 @@ from integer_engine.errors import EngineError
 def build_parser() -> argparse.ArgumentParser:
     from integer_engine import commands
     from integer_engine.accelerator import cli as accelerator_cli
+    from integer_engine.interop import commands as interop_commands  # export-onnx, verify-onnx, import
 
     parser = argparse.ArgumentParser(
         prog="python -m integer_engine",
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.register(sub)
     accelerator_cli.register(sub)
+    interop_commands.register(sub)
     return parser
 
 

@@ -43,6 +43,12 @@ _ARRAYS_BY_OUTPUT = {
     "logits": {"weight": "uint8", **_AFFINE},
 }
 ROUNDING_RULES = ("half_up", "half_even")
+# `epilogue: "source"` (imported models, integer_engine/interop/from_qonnx.py): the layer keeps
+# only its integer thresholds, found by exact search over the source model's own arithmetic
+# (which is not tinypact's float epilogue, so it is not stored); checked against the source's
+# executor (`verify-onnx`), not recomputed at load.
+SOURCE_EPILOGUE = "source"
+_SOURCE_ARRAYS = {"thresholds": "int64", "direction": "int8"}
 
 
 @dataclass
@@ -338,6 +344,9 @@ def _check_epilogue(layer: Layer, channels: int, n_out: int | None, acc_lo: int,
     known; where the layer has thresholds, they are exactly those the epilogue implies on
     [acc_lo, acc_hi] (recomputed by the same exact search that export uses)."""
     name, arrays = layer.attrs["name"], layer.arrays
+    if _source_epilogue(layer):
+        _check_source_thresholds(layer)
+        return
     consts = [arrays[k] for k in ("scale", "bias", "bn_scale", "bn_shift", "alpha") if k in arrays]
     if not all(np.all(np.isfinite(v)) for v in consts):
         _fail(name, "epilogue constants must be finite")
@@ -355,6 +364,23 @@ def _check_epilogue(layer: Layer, channels: int, n_out: int | None, acc_lo: int,
     if not (np.array_equal(th, arrays["thresholds"]) and np.array_equal(direction, arrays["direction"])):
         _fail(name, "thresholds do not reproduce the layer's float epilogue (a damaged or "
                     "hand-edited file; export it again)")
+
+
+def _source_epilogue(layer: Layer) -> bool:
+    """True for a layer whose thresholds come from an imported model's own arithmetic."""
+    epilogue = layer.attrs.get("epilogue")
+    if epilogue not in (None, SOURCE_EPILOGUE):
+        _fail(layer.attrs["name"], f"unknown epilogue {epilogue!r} (only {SOURCE_EPILOGUE!r} is defined)")
+    return epilogue == SOURCE_EPILOGUE
+
+
+def _check_source_thresholds(layer: Layer) -> None:
+    """An imported layer's thresholds: directions +-1, d*T non-decreasing along the levels."""
+    th, direction = layer.arrays["thresholds"], layer.arrays["direction"]
+    if not np.all(np.abs(direction) == 1):
+        _fail(layer.attrs["name"], "direction must be +1 or -1")
+    if np.any(np.diff(th * direction.astype(np.int64)[:, None], axis=1) < 0):
+        _fail(layer.attrs["name"], "thresholds are not ordered along the levels (a damaged file)")
 
 
 def _check_layer(layer: Layer, in_shape: tuple, in_maxes: list[int], in_shapes: list[tuple]) -> tuple:
@@ -408,7 +434,10 @@ def _check_layer(layer: Layer, in_shape: tuple, in_maxes: list[int], in_shapes: 
         shapes = {"weight": wshape, "thresholds": (out_c, n_out), "direction": (out_c,),
                   "scale": (1,), "alpha": (1,), "bias": (out_c,), "bn_scale": (out_c,),
                   "bn_shift": (out_c,)}
-        expected = {k: (d, shapes[k]) for k, d in _ARRAYS_BY_OUTPUT[output].items()}
+        kinds = _ARRAYS_BY_OUTPUT[output]
+        if output == "threshold" and _source_epilogue(layer):
+            kinds = {"weight": "uint8", **_SOURCE_ARRAYS}
+        expected = {k: (d, shapes[k]) for k, d in kinds.items()}
         _check_arrays(layer, expected)
         if int(layer.arrays["weight"].max(initial=0)) > n_w:
             _fail(name, f"weight codes exceed n_w = {n_w}")
@@ -420,8 +449,10 @@ def _check_layer(layer: Layer, in_shape: tuple, in_maxes: list[int], in_shapes: 
         n_out = a.get("out_max")
         if not _is_int(n_out, 1, 255):
             _fail(name, "requant needs out_max in 1..255")
-        _check_arrays(layer, {"thresholds": ("int64", (1, n_out)), "direction": ("int8", (1,)),
-                              "scale": ("float32", (1,)), "alpha": ("float32", (1,))})
+        expected = {"thresholds": ("int64", (1, n_out)), "direction": ("int8", (1,))}
+        if not _source_epilogue(layer):
+            expected.update(scale=("float32", (1,)), alpha=("float32", (1,)))
+        _check_arrays(layer, expected)
         if a.get("in_max") != in_max:  # the engine's lookup table has in_max + 1 entries
             _fail(name, f"in_max {a.get('in_max')} does not match its input's largest code {in_max}")
         _check_epilogue(layer, 1, n_out, 0, in_max)

@@ -4,7 +4,9 @@ It reads the same `.tpq` file as the engine and computes every layer the obvious
   - conv/linear: the weights' integer levels c = 2j - n_w convolved with the input codes, all as
     float64 (integer sums stay exact below 2**53, export bounds them by 2**31), then the layer's
     float epilogue evaluated directly (`epilogue.py`: the float32 affine, the activation, the
-    rounding) where the engine uses integer thresholds; the float32 affine for the logits;
+    rounding) where the engine uses integer thresholds; the float32 affine for the logits; an
+    imported layer (`epilogue: "source"`, whose arithmetic is its source model's) applies its
+    integer thresholds to the accumulator (so the check there is of the kernels alone);
   - max-pool on codes, average pool as a window sum, shortcut subsample + zero channels;
   - residual add: the float32 epilogue, as the engine.
 It checks the engine's kernels and thresholds on any `.tpq` file, including imported ones that
@@ -16,6 +18,7 @@ import numpy as np
 
 from integer_engine.epilogue import activation_code, affine
 from integer_engine.format import IntegerModel, Layer
+from integer_engine.requant import apply_thresholds
 
 
 def _pad(x: np.ndarray, p: int, value: float = 0.0) -> np.ndarray:
@@ -51,11 +54,15 @@ def reference_layer(layer: Layer, inputs: list[np.ndarray]) -> np.ndarray:
         output = a["output"]
         if output == "accumulator":
             return acc
+        if a.get("epilogue") == "source":  # imported: thresholds are the whole definition
+            return apply_thresholds(acc, layer.arrays["thresholds"], layer.arrays["direction"])
         arr = layer.arrays
         z = affine(acc, arr["scale"][0], arr["bias"], arr["bn_scale"], arr["bn_shift"])
         if output == "logits":
             return z
         return activation_code(z, arr["alpha"][0], a["out_max"], a.get("rounding", "half_up"))
+    if kind == "requant" and a.get("epilogue") == "source":
+        return apply_thresholds(x, layer.arrays["thresholds"], layer.arrays["direction"])
     if kind == "requant":
         z = x.astype(np.float32) * layer.arrays["scale"][0]
         return activation_code(z, layer.arrays["alpha"][0], a["out_max"], a.get("rounding", "half_up"))

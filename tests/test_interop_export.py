@@ -1,0 +1,149 @@
+"""`.tpq` -> ONNX Runtime and -> QONNX: every layer's output equals the engine's, bit for bit.
+
+Random tinypact networks (tests/random_networks.py, half of them with tie-heavy binary-fraction
+constants, residual blocks, every quantizer) and the real architectures (the main command's
+fmnist W2A2, W4A4, SVHN, ResNet-20 with 8- and 4-bit shortcuts) are exported to both forms and
+run by ONNX Runtime and by qonnx's executor; `compare_with_engine` counts differing elements in
+every layer (codes, accumulators, float32 logits).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+pytest.importorskip("onnx", reason="the interop tests need the onnx extra: pip install -e '.[onnx]'")
+pytest.importorskip("onnxruntime", reason="the interop tests need the onnx extra: pip install -e '.[onnx]'")
+pytest.importorskip("qonnx", reason="the interop tests need the onnx extra: pip install -e '.[onnx]'")
+
+import onnxruntime as ort  # noqa: E402
+
+from integer_engine.cli import main  # noqa: E402
+from integer_engine.errors import EngineError  # noqa: E402
+from integer_engine.export import export_checkpoint, lower_graph  # noqa: E402
+from integer_engine.format import save_model  # noqa: E402
+from integer_engine.interop import to_qonnx as to_qonnx_module  # noqa: E402
+from integer_engine.interop.check import compare_with_engine, run_qonnx  # noqa: E402
+from integer_engine.interop.to_onnx import to_onnx  # noqa: E402
+from integer_engine.interop.to_qonnx import to_qonnx  # noqa: E402
+from random_networks import random_network  # noqa: E402
+from test_engine_tinypact import make_checkpoint  # noqa: E402
+
+
+def assert_exact(model, onnx_model, images, what, options=None):
+    report = compare_with_engine(model, onnx_model, images, options=options)
+    assert report.ok, f"{what}: ONNX != engine in layers {report.first_mismatch}"
+    assert len(report.mismatches) == len(model.layers), "not every layer was compared"
+    assert np.array_equal(report.engine_predictions, report.other_predictions)
+
+
+@settings(max_examples=40)
+@given(st.integers(0, 2**32 - 1), st.booleans())
+def test_onnxruntime_equals_engine_on_random_networks(seed, ties):
+    net, images = random_network(np.random.default_rng(seed), ties=ties)
+    model = lower_graph(net.graph(), net.state_dict())
+    onnx_model = to_onnx(model)
+    assert_exact(model, onnx_model, images, f"seed={seed} ties={ties} (basic optimizations)")
+    everything = ort.SessionOptions()
+    everything.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    assert_exact(model, onnx_model, images, f"seed={seed} ties={ties} (all optimizations)", everything)
+
+
+@settings(max_examples=40)
+@given(st.integers(0, 2**32 - 1), st.booleans())
+def test_qonnx_equals_engine_on_random_networks(seed, ties):
+    net, images = random_network(np.random.default_rng(seed), ties=ties)
+    model = lower_graph(net.graph(), net.state_dict())
+    assert_exact(model, to_qonnx(model), images, f"seed={seed} ties={ties}")
+
+
+@pytest.mark.parametrize("name,policy", [
+    ("fmnist", dict(wbits=2, abits=2)),  # the main command's network
+    ("fmnist", dict(wbits=4, abits=4)),
+    ("fmnist", dict(wbits=1, abits=2)),
+    ("fmnist", dict(wbits=4, abits=4, weight_quant="sawb0")),
+    ("svhn", dict(wbits=2, abits=2)),
+    ("resnet20", dict(wbits=2, abits=2, shortcut_bits=8)),  # logits beyond 2**24: split in qonnx
+    ("resnet20", dict(wbits=4, abits=4, shortcut_bits=4)),
+])
+def test_architectures_export_to_both_forms(tmp_path, name, policy):
+    make_checkpoint(tmp_path / "checkpoint.npz", name, **policy)
+    model = export_checkpoint(tmp_path)
+    images = np.random.default_rng(2).integers(0, 256, size=(6, *model.input_shape), dtype=np.uint8)
+    assert_exact(model, to_onnx(model), images, f"{name} {policy} onnxruntime")
+    assert_exact(model, to_qonnx(model), images, f"{name} {policy} qonnx")
+
+
+def test_qonnx_two_part_accumulators_are_exact():
+    """With the float32 limit lowered to 200,000, many layers take the split paths (input digits
+    q = 256 hi + lo, or two halves of the input channels): those graphs still reproduce the
+    engine, and both paths are exercised."""
+    from onnx import numpy_helper
+
+    digits = halves = 0
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(to_qonnx_module, "FLOAT32_EXACT", 200_000)
+        for seed in range(60):
+            net, images = random_network(np.random.default_rng(seed))
+            model = lower_graph(net.graph(), net.state_dict())
+            try:
+                onnx_model = to_qonnx(model)
+            except EngineError as err:
+                assert "no split" in str(err)
+                continue
+            consts = {i.name: numpy_helper.to_array(i) for i in onnx_model.graph.initializer}
+            digits += any(n.op_type == "Floor" for n in onnx_model.graph.node)
+            halves += any(n.op_type == "Slice" and consts[n.input[3]].tolist() == [1] for n in onnx_model.graph.node)
+            assert_exact(model, onnx_model, images, f"seed={seed} (split)")
+    assert digits and halves, f"split paths exercised: digits {digits}, channel halves {halves}"
+
+
+def test_qonnx_refuses_an_inexact_layer_naming_it():
+    net, _ = random_network(np.random.default_rng(3))
+    model = lower_graph(net.graph(), net.state_dict())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(to_qonnx_module, "FLOAT32_EXACT", 0)
+        with pytest.raises(EngineError, match=r"layer '.*': worst-case accumulator .* exceeds 2\*\*24"):
+            to_qonnx(model)
+
+
+def test_qonnx_weights_carry_their_bit_widths(tmp_path):
+    """Odd DoReFa levels: a (k+1)-bit signed narrow Quant; zero-aligned SAWB: k bits, scale 2;
+    1 bit: BipolarQuant. Each returns the integer levels unchanged; MultiThreshold outputs are
+    annotated UINTk."""
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    for policy in [dict(wbits=3, abits=2), dict(wbits=4, abits=2, weight_quant="sawb0"), dict(wbits=1, abits=2)]:
+        make_checkpoint(tmp_path / "checkpoint.npz", "fmnist", **policy)
+        model = export_checkpoint(tmp_path)
+        layers = [layer.attrs for layer in model.compute_layers]
+        want = {a["wbits"] + (a["n_w"] % 2) for a in layers if a["wbits"] > 1}  # odd levels: one bit more
+        bipolar = sum(a["wbits"] == 1 for a in layers)
+        onnx_model = to_qonnx(model)
+        wrapper = ModelWrapper(onnx_model)
+        images = np.zeros((1, *model.input_shape), np.uint8)
+        context = run_qonnx(onnx_model, images)
+        widths, bipolars = set(), 0
+        for node in onnx_model.graph.node:
+            if node.op_type == "Quant":
+                widths.add(int(np.asarray(wrapper.get_initializer(node.input[3])).reshape(-1)[0]))
+                assert np.array_equal(context[node.output[0]], wrapper.get_initializer(node.input[0]))
+            bipolars += node.op_type == "BipolarQuant"
+        assert widths == want and bipolars == bipolar, f"{policy}: Quant bit widths {widths}, expected {want}"
+        if policy.get("weight_quant") != "sawb0":
+            assert 9 in widths, "8-bit DoReFa first/last layers (odd levels) are 9-bit narrow Quants"
+        assert str(wrapper.get_tensor_datatype(model.layers[0].name)) == "UINT2"
+        assert str(wrapper.get_tensor_datatype("input")) == "UINT8"
+
+
+def test_cli_export_and_verify(tmp_path, capsys):
+    make_checkpoint(tmp_path / "checkpoint.npz", "fmnist", wbits=2, abits=2)
+    save_model(export_checkpoint(tmp_path), tmp_path / "m.tpq")
+    for extra in ([], ["--qonnx"]):
+        out = str(tmp_path / f"m{len(extra)}.onnx")
+        assert main(["export-onnx", str(tmp_path / "m.tpq"), "-o", out, *extra]) == 0
+        assert main(["verify-onnx", str(tmp_path / "m.tpq"), out, "--random", "4"]) == 0
+        assert "0 mismatches" in capsys.readouterr().out
+    assert main(["verify-onnx", str(tmp_path / "m.tpq"), str(tmp_path / "missing.onnx")]) == 2
+    assert "ONNX model not found" in capsys.readouterr().err

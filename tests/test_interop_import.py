@@ -1,0 +1,109 @@
+"""Brevitas-exported QONNX models (tests/fixtures/brevitas, made by
+scripts/make_brevitas_fixtures.py) imported into `.tpq`: every layer's codes equal qonnx's
+executor on the source, the engine equals the reference, and what the format cannot hold is
+refused with one line naming the node."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnx", reason="the interop tests need the onnx extra: pip install -e '.[onnx]'")
+pytest.importorskip("qonnx", reason="the interop tests need the onnx extra: pip install -e '.[onnx]'")
+
+import onnx  # noqa: E402
+
+from integer_engine.cli import main  # noqa: E402
+from integer_engine.errors import EngineError  # noqa: E402
+from integer_engine.format import load_model, save_model  # noqa: E402
+from integer_engine.interop.check import compare_with_source  # noqa: E402
+from integer_engine.interop.from_qonnx import import_qonnx  # noqa: E402
+from integer_engine.verify import verify_model  # noqa: E402
+
+FIXTURES = Path(__file__).parent / "fixtures" / "brevitas"
+NAMES = ["cnv_w4a4", "cnv_fixed_point", "cnv_fixed_point_half_up", "mlp_w2a2"]
+
+
+def images_for(model, count=96, seed=0):
+    images = np.random.default_rng(seed).integers(0, 256, size=(count, *model.input_shape), dtype=np.uint8)
+    images[: count // 4] = 0  # flat images: constant pre-activations, every channel at its bias
+    images[count // 4: count // 2] //= 16  # dark images: the low end of the input range
+    return images
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fixture_imports_and_matches_qonnx(tmp_path, name):
+    path = FIXTURES / f"{name}.onnx"
+    model = import_qonnx(path)
+    save_model(model, tmp_path / "m.tpq")
+    model = load_model(tmp_path / "m.tpq")  # the format validates an imported (epilogue "source") model
+    images = images_for(model)
+    assert verify_model(model, images).ok, "engine != reference on an imported model"
+    report = compare_with_source(model, onnx.load(path), images)
+    assert report.ok, f"{name}: engine != qonnx's executor: {report.first_mismatch}"
+    compared = {layer.name for layer in model.layers if layer.attrs.get("graph_node")}
+    assert set(report.mismatches) == compared and len(compared) >= 4
+    assert np.array_equal(report.engine_predictions, report.other_predictions)
+
+
+def test_half_up_and_half_even_sources_give_their_own_thresholds():
+    """Power-of-two scales put activations on exact ties: qonnx's ROUND (half to even) and
+    HALF_UP differ there, and each import follows its source."""
+    even = import_qonnx(FIXTURES / "cnv_fixed_point.onnx")
+    up = import_qonnx(FIXTURES / "cnv_fixed_point_half_up.onnx")
+    differ = sum(int(np.sum(a.arrays["thresholds"] != b.arrays["thresholds"]))
+                 for a, b in zip(even.compute_layers, up.compute_layers) if "thresholds" in a.arrays)
+    assert differ > 0, "the fixtures no longer exercise the rounding rule"
+    assert {layer.attrs.get("rounding") for layer in up.compute_layers if "thresholds" in layer.arrays} == {"half_up"}
+    assert {layer.attrs.get("rounding") for layer in even.compute_layers if "thresholds" in layer.arrays} == {"half_even"}
+
+
+def edited(name: str, edit) -> onnx.ModelProto:
+    proto = onnx.load(FIXTURES / f"{name}.onnx")
+    edit(proto)
+    return proto
+
+
+def signed_input(proto):
+    node = next(n for n in proto.graph.node if n.input[0] == "input")
+    next(a for a in node.attribute if a.name == "signed").i = 1
+
+
+def sigmoid_instead_of_relu(proto):
+    next(n for n in proto.graph.node if n.op_type == "Relu").op_type = "Sigmoid"
+
+
+@pytest.mark.parametrize("edit,message", [
+    (signed_input, r"\(Quant\): a signed activation quantizer"),
+    (sigmoid_instead_of_relu, r"\(Sigmoid\): between a Conv/Gemm and its activation Quant only"),
+])
+def test_unrepresentable_models_are_refused_in_one_line(tmp_path, capsys, edit, message):
+    path = tmp_path / "edited.onnx"
+    onnx.save(edited("cnv_w4a4", edit), path)
+    with pytest.raises(EngineError, match=message):
+        import_qonnx(path)
+    assert main(["import", str(path), "-o", str(tmp_path / "m.tpq")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: node ")
+
+
+def test_tampered_imported_thresholds_are_refused(tmp_path):
+    model = import_qonnx(FIXTURES / "mlp_w2a2.onnx")
+    layer = next(layer for layer in model.compute_layers if "thresholds" in layer.arrays)
+    layer.arrays["thresholds"] = layer.arrays["thresholds"][:, ::-1].copy()
+    save_model(model, tmp_path / "bad.tpq")
+    with pytest.raises(EngineError, match="thresholds are not ordered"):
+        load_model(tmp_path / "bad.tpq")
+
+
+def test_cli_import_verify_run_simulate(tmp_path, capsys):
+    source = str(FIXTURES / "cnv_w4a4.onnx")
+    tpq = str(tmp_path / "cnv.tpq")
+    assert main(["import", source, "-o", tpq]) == 0
+    assert main(["verify-onnx", tpq, source, "--random", "8"]) == 0
+    assert "total: 0 mismatches" in capsys.readouterr().out
+    np.savez(tmp_path / "data.npz", images=images_for(load_model(tpq), 16), labels=np.zeros(16, np.int64))
+    assert main(["run", tpq, "--data", str(tmp_path / "data.npz")]) == 0
+    assert main(["verify", tpq, "--random", "8"]) == 0
+    assert main(["simulate", tpq, "--out", str(tmp_path / "sim")]) == 0
