@@ -274,6 +274,54 @@ print(f"test error: tinypact {np.mean(logits_float.argmax(1) != labels):.1%}, "
       f"integer engine {np.mean(engine_out.predictions != labels):.1%}")
 
 # %% [markdown]
+# ## To ONNX Runtime and FINN, and a Brevitas model in
+#
+# The integer model is a contract other engines can be held to. `integer_engine export-onnx`
+# writes it as standard ONNX (ConvInteger/MatMulInteger for the MACs, the thresholds as
+# comparisons, the float32 epilogue one node per operation), which ONNX Runtime runs with every
+# layer equal to the engine's; `--qonnx` writes FINN's input (integer weights marked with their
+# bit widths, MultiThreshold nodes holding the same integer thresholds). This section needs the
+# optional extra: `pip install -e '.[onnx]'` (`docs/interop.md`).
+
+# %%
+try:
+    import onnxruntime  # noqa: F401
+    HAVE_ONNX = True
+except ImportError:
+    HAVE_ONNX = False
+    print("skipped: pip install -e '.[onnx]' (onnx, onnxruntime, qonnx) to run this section")
+
+if HAVE_ONNX:
+    from integer_engine.interop.check import compare_with_engine
+    from integer_engine.interop.to_onnx import to_onnx
+    from integer_engine.interop.to_qonnx import to_qonnx
+
+    some = images[:64 if SMALL else 256]
+    for name, graph in (("ONNX Runtime", to_onnx(integer_model)), ("qonnx (FINN's input)", to_qonnx(integer_model))):
+        check = compare_with_engine(integer_model, graph, some)
+        print(f"{name:22s}: {check.total_mismatches} mismatching values in {len(check.mismatches)} layers "
+              f"on {len(some)} images")
+
+# %% [markdown]
+# In FINN, `ModelWrapper(path).transform(ConvertQONNXtoFINN()).transform(Streamline())`
+# continues from the QONNX file. FINN charges one extra bit for the odd weight levels
+# $2j - n_w$ of DoReFa and SAWB (2-bit weights become INT3, the 8-bit first and last layers
+# INT9).
+#
+# The other way round, a Brevitas model exported with `export_qonnx` becomes a `.tpq` whose
+# thresholds are found by exact search over Brevitas's own arithmetic (its half-to-even `ROUND`
+# or `HALF_UP`), run by qonnx's executor; the accelerator model can then price it:
+#
+# ```bash
+# python -m integer_engine import tests/fixtures/brevitas/cnv_w4a4.onnx -o brevitas.tpq
+# python -m integer_engine verify-onnx brevitas.tpq tests/fixtures/brevitas/cnv_w4a4.onnx --data sample
+# python -m integer_engine simulate brevitas.tpq --array 16x16
+# ```
+#
+# The Brevitas input quantizer must be unsigned (`QuantIdentity(act_quant=Uint8ActPerTensorFloat)`):
+# the integer model's input is uint8 pixels, and a signed one is refused.
+
+# %% [markdown]
 # ## Size and speed
 #
 # The `.tpq` file stores one byte per weight code (simple, not bit-packed on disk) and the
