@@ -17,7 +17,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tokenize
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -526,7 +528,9 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray
             meta = json.loads(str(data["meta"][()]))
             params = {key[len("model/"):]: np.array(data[key]) for key in data.files
                       if key.startswith("model/")}
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as err:
+    except (OSError, ValueError, KeyError, TypeError, IndexError, OverflowError, UnicodeError,
+            MemoryError, RuntimeError, SyntaxError, tokenize.TokenError, EOFError, zlib.error,
+            zipfile.BadZipFile, zipfile.LargeZipFile) as err:  # a damaged file, one line
         raise EngineError(f"{path} is not a readable tinypact checkpoint ({str(err)[:200]})") from None
     if not isinstance(meta, dict) or meta.get("format") != "tinypact-checkpoint":
         raise EngineError(f"{path}: not a tinypact checkpoint (meta.format is "

@@ -50,7 +50,8 @@ RESUME_FREE_FIELDS = frozenset({"data_dir", "limit_test", "verify_checksums"})
 # (NumPy parses it with Python's tokenizer and ast) ValueError, SyntaxError, tokenize.TokenError.
 DAMAGED_NPZ_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, OSError, EOFError,
                       ValueError, KeyError, TypeError, IndexError, OverflowError, UnicodeError,
-                      MemoryError, SyntaxError, tokenize.TokenError)
+                      MemoryError, SyntaxError, tokenize.TokenError,
+                      RuntimeError)  # zipfile: NotImplementedError for a flipped flag bit
 # Temporary files our atomic writes use (and a kill -9 can leave behind), by glob pattern.
 TEMP_PATTERNS = (".checkpoint-*.npz.tmp", ".metrics-*.tmp", ".*.json-*.tmp", ".*.png.tmp.png",
                  ".tmp-*.tpq")
