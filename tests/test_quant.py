@@ -345,3 +345,25 @@ def test_qconv2d_and_qlinear_use_quantized_weights_and_train_the_float_ones():
     assert set(np.unique(np.abs(linear.quantized_weight_array()))) <= {
         np.float32(sawb_scale(linear.weight.data, 2)), np.float32(sawb_scale(linear.weight.data, 2) / 3)}
     assert QLinear(4, 2, weight_quant="sawb", wbits=32).wq == {"kind": "float", "bits": 32}
+
+
+@given(st.integers(1, 8), st.sampled_from(["nchw", "nhwc-backed", "strided"]),
+       st.sampled_from([0.37, 1.0, 2.5, None]), st.integers(0, 2**32 - 1))
+def test_fused_clip_quantize_kernel_equals_its_numpy_reading(bits, layout, alpha, seed):
+    """The Numba pass behind PACT / DoReFa / quantized ReLU gives the NumPy expressions' bits:
+    values, codes and regions, on every memory layout, with ties (alpha = n * 2**k, values on a
+    1/64 grid) and values at 0 and alpha."""
+    from tinypact.quant.functional import _clip_quantize, _clip_quantize_numpy
+
+    rng = np.random.default_rng(seed)
+    n = 2**bits - 1
+    a = np.float32(n * 2.0 ** -int(rng.integers(0, 4)) if alpha is None else alpha)
+    base = (rng.integers(-64, 600, (3, 5, 4, 6)) / np.float32(64)).astype(np.float32)
+    base.flat[:3] = [0.0, a, -0.0]
+    data = {"nchw": base, "nhwc-backed": np.ascontiguousarray(base.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2),
+            "strided": base[:, ::2, 1:, ::3]}[layout]
+    _, y_q, codes, region = _clip_quantize(Tensor(data), np.asarray(a), bits)
+    _, want_y_q, want_codes, want_region = _clip_quantize_numpy(data, np.asarray(a), bits)
+    assert np.array_equal(codes.values, want_codes.values), "codes differ"
+    assert np.array_equal(y_q, want_y_q) and np.array_equal(region, want_region)
+    assert codes.scale == want_codes.scale

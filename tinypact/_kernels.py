@@ -205,3 +205,27 @@ def row_chunks(rows: int, parts: int = 16) -> np.ndarray:
     """Row bounds splitting `rows` into about `parts` chunks (tasks for prange)."""
     parts = max(1, min(parts, rows))
     return np.linspace(0, rows, parts + 1).astype(np.int64)
+
+
+@kernel
+def clip_quantize(x: np.ndarray, alpha, n, scale, out: np.ndarray, codes: np.ndarray,
+                  region: np.ndarray) -> None:
+    """The activation quantizer in one pass over flat float32 arrays (tinypact.quant.functional):
+
+        y = min(max(x, 0), alpha);  v = y * n;  v = v / alpha;  q = floor(v) + [v - floor(v) >= 1/2]
+        codes = q,  out = q * scale,  region = 0 (x < 0), 1 (0 <= x < alpha), 2 (x >= alpha)
+
+    Each step is one float32 operation in this order, exactly as the NumPy expressions it
+    replaces (alpha, n and scale are float32 scalars), so the codes are bit-identical.
+    """
+    zero, half = x.dtype.type(0), x.dtype.type(0.5)
+    for i in prange(x.shape[0]):
+        xi = x[i]
+        y = min(max(xi, zero), alpha)
+        v = y * n
+        v = v / alpha
+        whole = np.floor(v)
+        q = whole + (x.dtype.type(1) if v - whole >= half else zero)
+        codes[i] = q
+        out[i] = q * scale
+        region[i] = 0 if xi < zero else (1 if xi < alpha else 2)

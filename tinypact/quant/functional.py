@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tinypact import _kernels
 from tinypact.ops import as_tensor
 from tinypact.quant.rounding import round_half_up
 from tinypact.tensor import Codes, Tensor, sum_to
@@ -56,16 +57,39 @@ def levels(bits: int) -> int:
 
 # ================================================================================ activations
 def _clip_quantize(x: Tensor, alpha: np.ndarray, bits: int
-                   ) -> tuple[np.ndarray, np.ndarray, Codes | None]:
-    """(y, y_q, codes): y = clip(x, 0, alpha), codes q = round(y * n / alpha), y_q = q * (alpha/n)
-    (y_q = y and no codes at 32 bits)."""
-    y = np.minimum(np.maximum(x.data, 0), alpha)
+                   ) -> tuple[np.ndarray | None, np.ndarray, Codes | None, np.ndarray]:
+    """(y, y_q, codes, region): y = clip(x, 0, alpha), codes q = round(y * n / alpha),
+    y_q = q * (alpha / n), region 0 / 1 / 2 where x < 0 / 0 <= x < alpha / x >= alpha
+    (at 32 bits y_q = y and no codes).
+
+    A scalar alpha (every layer's) goes through one fused Numba pass
+    (`_kernels.clip_quantize`: the same float32 operations in the same order, so the same bits;
+    y is then None, left to the caller that needs it); anything else takes
+    `_clip_quantize_numpy`, the plain reading.
+    """
+    data = x.data
+    if bits == FULL_PRECISION or np.ndim(alpha) != 0 or data.dtype != np.float32 or not data.size:
+        return _clip_quantize_numpy(data, alpha, bits)
+    n = levels(bits)
+    scale = alpha / n  # float32, the value of one code
+    y_q, q = np.empty_like(data), np.empty_like(data)
+    region = np.empty_like(data, dtype=np.uint8)  # same memory order as data
+    _kernels.clip_quantize(data.ravel(order="K"), data.dtype.type(alpha), data.dtype.type(n),
+                           scale, y_q.ravel(order="K"), q.ravel(order="K"),
+                           region.ravel(order="K"))  # in memory order: views, not copies
+    return None, y_q, Codes(q, scale, n), region
+
+
+def _clip_quantize_numpy(data: np.ndarray, alpha: np.ndarray, bits: int):
+    """`_clip_quantize` in NumPy expressions, one pass each (and its reference in the tests)."""
+    y = np.minimum(np.maximum(data, 0), alpha)
+    region = np.where(data < 0, 0, np.where(data < alpha, 1, 2)).astype(np.uint8)
     if bits == FULL_PRECISION:
-        return y, y, None
+        return y, y, None, region
     n = levels(bits)
     q = _codes_of_clipped(y, alpha, n)
     scale = alpha / n  # float32, the value of one code
-    return y, (q * scale).astype(x.dtype, copy=False), Codes(q, scale, n)
+    return y, (q * scale).astype(data.dtype, copy=False), Codes(q, scale, n), region
 
 
 def _codes_of_clipped(y: np.ndarray, alpha: np.ndarray, n: int) -> np.ndarray:
@@ -106,17 +130,17 @@ def pact(x, alpha, bits: int, variant: str = "pact") -> Tensor:
     x = as_tensor(x)
     alpha_t = as_tensor(alpha, like=x)
     a = _positive_range(alpha_t, x, "PACT alpha")
-    y, y_q, codes = _clip_quantize(x, a, bits)
-    inside = (x.data >= 0) & (x.data < a)
-    above = x.data >= a
+    y, y_q, codes, region = _clip_quantize(x, a, bits)
 
     def backward(g):
+        inside = region == 1
         grad_x = g * inside
         if not alpha_t.requires_grad:
             return grad_x, None
-        per_element = g * above
+        per_element = g * (region == 2)
         if variant == "pact+":
-            per_element = per_element + g * inside * ((y_q - y) / a)
+            clipped = np.minimum(np.maximum(x.data, 0), a) if y is None else y
+            per_element = per_element + g * inside * ((y_q - clipped) / a)
         return grad_x, sum_to(per_element, alpha_t.shape)
 
     return _with_codes(Tensor.from_op(y_q, (x, alpha_t), backward, variant), codes)
@@ -134,9 +158,9 @@ def quantized_relu(x, bits: int, max_value: float) -> Tensor:
     if bits == FULL_PRECISION:
         return x.relu()
     m = _positive_range(max_value, x, "quantized ReLU max_value")
-    _, y_q, codes = _clip_quantize(x, m, bits)
-    inside = (x.data >= 0) & (x.data < m)
-    return _with_codes(Tensor.from_op(y_q, (x,), lambda g: (g * inside,), "quantized_relu"), codes)
+    _, y_q, codes, region = _clip_quantize(x, m, bits)
+    return _with_codes(Tensor.from_op(y_q, (x,), lambda g: (g * (region == 1),), "quantized_relu"),
+                       codes)
 
 
 def dorefa_activation(x, bits: int) -> Tensor:
@@ -149,9 +173,8 @@ def dorefa_activation(x, bits: int) -> Tensor:
     bits = check_bits(bits)
     x = as_tensor(x)
     one = np.asarray(1.0, dtype=x.dtype)
-    _, y_q, codes = _clip_quantize(x, one, bits)
-    inside = (x.data >= 0) & (x.data < 1)
-    return _with_codes(Tensor.from_op(y_q, (x,), lambda g: (g * inside,), "dorefa_activation"),
+    _, y_q, codes, region = _clip_quantize(x, one, bits)
+    return _with_codes(Tensor.from_op(y_q, (x,), lambda g: (g * (region == 1),), "dorefa_activation"),
                        codes)
 
 
