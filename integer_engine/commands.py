@@ -74,6 +74,9 @@ def _data_args(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--split", default="test", choices=("train", "test"))
     p.add_argument("--limit", type=int, metavar="N", help="use only the first N images")
     p.add_argument("--data-dir", metavar="DIR", help="where tinypact keeps its data sets")
+    p.add_argument("--no-checksum", action="store_true",
+                   help="use local data set files whose MD5 is not the official one as they are "
+                        "(a copy you made or converted yourself)")
 
 
 def _load(path: str):
@@ -186,7 +189,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from integer_engine.verify import load_images
 
     model = _load(args.model)
-    images, labels, description = load_images(args.data, args.split, args.limit, args.data_dir)
+    images, labels, description = load_images(args.data, args.split, args.limit, args.data_dir,
+                                                   verify_checksums=not args.no_checksum)
     _check_images(model, images, description)
     if args.batch_size < 1:
         raise EngineError("--batch-size must be at least 1")
@@ -224,7 +228,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     labels = None
     if args.data:
         limit = VERIFY_DEFAULT_LIMIT if args.limit is None else args.limit
-        images, labels, description = load_images(args.data, args.split, limit, args.data_dir)
+        images, labels, description = load_images(args.data, args.split, limit, args.data_dir,
+                                                       verify_checksums=not args.no_checksum)
         _check_images(model, images, description)
         if args.limit is None and len(images) == VERIFY_DEFAULT_LIMIT:
             description += f" (first {VERIFY_DEFAULT_LIMIT} images; --limit N for more)"
@@ -244,8 +249,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
             if args.checkpoint:  # asked for by name: a refusal is the answer
                 raise
             print(f"engine vs trained model: skipped ({err})")
+    elif not checkpoint:
+        print("engine vs trained model: skipped (no tinypact checkpoint behind this model; an "
+              "imported model is checked against its source with verify-onnx)")
     else:
-        print("engine vs trained model: skipped (the source checkpoint is gone; pass --checkpoint RUN)")
+        print(f"engine vs trained model: skipped ({checkpoint} is gone; pass --checkpoint RUN)")
     if trained is not None:
         print(f"engine vs trained model ({checkpoint}) on {description}:")
         print_report(trained)

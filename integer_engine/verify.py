@@ -174,7 +174,8 @@ def agreement(engine_predictions: np.ndarray, other_predictions: np.ndarray,
 
 
 def load_images(data: str, split: str = "test", limit: int | None = None,
-                data_dir: str | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+                data_dir: str | None = None, verify_checksums: bool = True
+                ) -> tuple[np.ndarray, np.ndarray, str]:
     """(uint8 images (N, C, H, W), int64 labels, description) from an .npz or a dataset name.
 
     An .npz needs uint8 `images` (N, C, H, W) and integer `labels` (N,). A dataset name
@@ -197,7 +198,7 @@ def load_images(data: str, split: str = "test", limit: int | None = None,
             raise EngineError(f"--data {data}: loading data sets by name needs tinypact; pass an .npz "
                               f"with uint8 'images' (N, C, H, W) and 'labels' instead") from None
         try:
-            dataset = load_dataset(data, split, data_dir=data_dir)
+            dataset = load_dataset(data, split, data_dir=data_dir, verify_checksums=verify_checksums)
         except DataError as err:
             raise EngineError(str(err)) from None
         images, labels = dataset.images, dataset.labels

@@ -105,7 +105,8 @@ def cmd_verify_onnx(args: argparse.Namespace) -> int:
     proto = _load_onnx(args.onnx)
     if args.data:
         limit = VERIFY_DEFAULT_LIMIT if args.limit is None else args.limit
-        images, _, description = load_images(args.data, args.split, limit, args.data_dir)
+        images, _, description = load_images(args.data, args.split, limit, args.data_dir,
+                                                  verify_checksums=not args.no_checksum)
         if tuple(images.shape[1:]) != tuple(model.input_shape):
             raise EngineError(f"{description}: images are {tuple(images.shape[1:])}, the model takes "
                               f"{tuple(model.input_shape)}")
