@@ -23,7 +23,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from integer_engine.bitpack import MAX_BITS, check_bits, words_for
 from integer_engine.errors import EngineError
-from integer_engine.popcount import popcount64
+from integer_engine.popcount import POPCOUNT, TILE_COLS, TILE_ROWS, popcount64, popcount_tile
 
 # Columns of `w` handled together by one pass over an activation row: each loaded activation
 # word is reused for 4 output columns while the 4 accumulators stay in registers.
@@ -136,16 +136,61 @@ def _binary_kernel(a, w, n_start, n_stop, out):  # pragma: no cover - compiled
                 out[m3, n + c] = acc[3, c]
 
 
+def _make_vector_kernel(fixed_abits: int, fixed_wbits: int):
+    """The bit-serial GEMM over 512-bit vectors (`popcount.popcount_tile`, VPOPCNTDQ): a 4-row x
+    16-column register tile per step, weights transposed once so 16 columns are two vector loads.
+
+    Specialised (abits, wbits) are closure constants, so all plane pairs share one pass over the
+    words; generic (both 0) runs the tile once per plane pair and sums the shifted tiles.
+    """
+
+    @njit(parallel=True, cache=True)
+    def kernel(a, wt, out):  # pragma: no cover - compiled
+        # a: (abits, M, KW) uint64; wt: (wbits, KW, Npad) uint64, Npad % TILE_COLS == 0;
+        # out: (M, N) int64, N <= Npad, every element written.
+        m_rows = a.shape[1]
+        n_cols = out.shape[1]
+        for t in prange((m_rows + TILE_ROWS - 1) // TILE_ROWS):
+            m0 = t * TILE_ROWS
+            tile = np.empty((TILE_ROWS, TILE_COLS), np.uint64)
+            total = np.empty((TILE_ROWS, TILE_COLS), np.uint64)
+            for n0 in range(0, wt.shape[2], TILE_COLS):
+                if fixed_abits:
+                    popcount_tile(a, wt, 0, 0, m0, n0, total, fixed_abits, fixed_wbits)
+                else:
+                    total[:] = 0
+                    for i in range(a.shape[0]):
+                        for j in range(wt.shape[0]):
+                            popcount_tile(a, wt, i, j, m0, n0, tile, 1, 1)
+                            shift = np.uint64(i + j)
+                            for r in range(TILE_ROWS):
+                                for c in range(TILE_COLS):
+                                    total[r, c] += tile[r, c] << shift
+                if m0 + TILE_ROWS <= m_rows and n0 + TILE_COLS <= n_cols:  # constant bounds: vector copies
+                    for r in range(TILE_ROWS):
+                        for c in range(TILE_COLS):
+                            out[m0 + r, n0 + c] = total[r, c]
+                else:
+                    for r in range(min(TILE_ROWS, m_rows - m0)):
+                        for c in range(min(TILE_COLS, n_cols - n0)):
+                            out[m0 + r, n0 + c] = total[r, c]
+
+    return kernel
+
+
 # (abits, wbits) pairs with their own compiled kernel; the rest share the generic one. Each
 # specialisation costs a few seconds of compilation once per machine (then the disk cache).
 SPECIALISED_PAIRS = frozenset({(1, 1), (2, 2), (3, 3), (4, 4)})
-_BITSERIAL_KERNELS: dict = {(1, 1): _binary_kernel}
+_BITSERIAL_KERNELS: dict = {("scalar", 1, 1): _binary_kernel}
+# "vector": popcount_tile (VPOPCNTDQ); "scalar": one 64-bit POPCNT at a time.
+BITSERIAL_KERNEL = "vector" if POPCOUNT == "vpopcntq" else "scalar"
 
 
-def _bitserial_kernel(abits: int, wbits: int):
-    key = (abits, wbits) if (abits, wbits) in SPECIALISED_PAIRS else (0, 0)
+def _bitserial_kernel(abits: int, wbits: int, kind: str = "scalar"):
+    key = (kind, abits, wbits) if (abits, wbits) in SPECIALISED_PAIRS else (kind, 0, 0)
     if key not in _BITSERIAL_KERNELS:
-        _BITSERIAL_KERNELS[key] = _make_bitserial_kernel(*key)
+        make = _make_vector_kernel if kind == "vector" else _make_bitserial_kernel
+        _BITSERIAL_KERNELS[key] = make(*key[1:])
     return _BITSERIAL_KERNELS[key]
 
 
@@ -160,12 +205,24 @@ def _check_planes(planes: np.ndarray, name: str) -> np.ndarray:
     return np.ascontiguousarray(planes)
 
 
-def bitserial_gemm(a_planes: np.ndarray, w_planes: np.ndarray) -> np.ndarray:
+def transposed_planes(w_planes: np.ndarray) -> np.ndarray:
+    """Weight planes (wbits, N, KW) -> (wbits, KW, Npad) with Npad a multiple of TILE_COLS (zero
+    columns past N): the vector kernel's layout, 16 columns of one word side by side. Done once
+    per layer."""
+    w_planes = _check_planes(w_planes, "w_planes")
+    wbits, n_cols, kw = w_planes.shape
+    out = np.zeros((wbits, kw, n_cols + -n_cols % TILE_COLS), np.uint64)
+    out[:, :, :n_cols] = w_planes.transpose(0, 2, 1)
+    return out
+
+
+def bitserial_gemm(a_planes: np.ndarray, w_planes: np.ndarray, kernel: str | None = None) -> np.ndarray:
     """Unsigned code GEMM from bit-planes: int64 (M, N) with out[m, n] = sum_k a[m,k] * w[n,k].
 
     a_planes: uint64 (abits, M, KW); w_planes: uint64 (wbits, N, KW), KW = ceil(K/64), both
     zero-padded past K (as `bit_planes` makes them). Computes
-    `sum_{i,j} 2^(i+j) popcount(a_i AND w_j)` with Numba, parallel over M.
+    `sum_{i,j} 2^(i+j) popcount(a_i AND w_j)` with Numba, parallel over M, with the kernel the
+    CPU suits (`BITSERIAL_KERNEL`: "vector" with VPOPCNTDQ, else "scalar"; `kernel` forces one).
     Exact: the largest result, K * (2^8-1)^2 < 2^63, fits the uint64 accumulators.
     """
     a_planes = _check_planes(a_planes, "a_planes")
@@ -178,7 +235,12 @@ def bitserial_gemm(a_planes: np.ndarray, w_planes: np.ndarray) -> np.ndarray:
         )
     if m_rows == 0 or n_cols == 0 or kw == 0:
         return np.zeros((m_rows, n_cols), dtype=np.int64)
+    kind = kernel or BITSERIAL_KERNEL
     out = np.empty((m_rows, n_cols), dtype=np.int64)  # the kernels write every element
+    if kind == "vector":
+        with _threads_for(m_rows * n_cols * kw * abits * wbits // 8):
+            _bitserial_kernel(abits, wbits, "vector")(a_planes, transposed_planes(w_planes), out)
+        return out
     n_pad = -n_cols % _COLS
     if n_pad:  # zero weight rows contribute 0; the kernel skips writing their columns
         w_planes = np.concatenate([w_planes, np.zeros((wbits, n_pad, kw), np.uint64)], axis=1)
@@ -546,6 +608,7 @@ __all__ = [
     "MAX_BITS",
     "affine_weight_gemm",
     "bitserial_gemm",
+    "transposed_planes",
     "conv_bit_planes",
     "conv_output_size",
     "im2col_codes",

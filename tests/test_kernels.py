@@ -17,8 +17,11 @@ from integer_engine.kernels import (
     odd_weight_gemm,
     plane_row_sums,
 )
-from integer_engine.popcount import popcount64
+from integer_engine.popcount import TILE_COLS, TILE_ROWS, _popcount_tile_python, popcount64, popcount_tile
 
+# Every bit-serial kernel runs on any x86-64 CPU (LLVM lowers 512-bit vectors it lacks), so the
+# tests check both whatever the machine would pick.
+BITSERIAL_KINDS = st.sampled_from(["scalar", "vector"])
 K_VALUES = st.one_of(
     st.integers(1, 200),
     st.sampled_from([63, 64, 65, 128, 129, 192, 320]),
@@ -47,14 +50,27 @@ def test_popcount64(value):
 
 
 @settings(max_examples=600)
-@given(abits=st.integers(1, 8), wbits=st.integers(1, 8), m=SIZES, n=SIZES, k=K_VALUES, seed=SEEDS)
-def test_bitserial_gemm_equals_int64_matmul(abits, wbits, m, n, k, seed):
+@given(abits=st.integers(1, 8), wbits=st.integers(1, 8), m=SIZES, n=SIZES, k=K_VALUES, seed=SEEDS,
+       kind=BITSERIAL_KINDS)
+def test_bitserial_gemm_equals_int64_matmul(abits, wbits, m, n, k, seed, kind):
     rng = np.random.default_rng(seed)
     a = rng.integers(0, 2**abits, (m, k))
     w = rng.integers(0, 2**wbits, (n, k))
-    got = bitserial_gemm(bit_planes(a, abits), bit_planes(w, wbits))
+    got = bitserial_gemm(bit_planes(a, abits), bit_planes(w, wbits), kind)
     assert got.dtype == np.int64
-    assert_equal(got, a @ w.T, f"W{wbits}A{abits} M={m} N={n} K={k} seed={seed}")
+    assert_equal(got, a @ w.T, f"{kind} kernel W{wbits}A{abits} M={m} N={n} K={k} seed={seed}")
+
+
+@settings(max_examples=100)
+@given(abits=st.integers(1, 4), wbits=st.integers(1, 4), m=st.integers(1, 40), n=st.integers(1, 40),
+       k=K_VALUES, seed=SEEDS)
+def test_vector_kernel_across_tile_edges(abits, wbits, m, n, k, seed):
+    """Row and column counts on both sides of the 4 x 16 register tile's edges."""
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 2**abits, (m, k))
+    w = rng.integers(0, 2**wbits, (n, k))
+    assert_equal(bitserial_gemm(bit_planes(a, abits), bit_planes(w, wbits), "vector"), a @ w.T,
+                 f"vector kernel W{wbits}A{abits} M={m} N={n} K={k} seed={seed}")
 
 
 @settings(max_examples=50)
@@ -70,7 +86,34 @@ def test_specialised_and_generic_kernels_agree(bits, m, n, k, seed):
         out = np.zeros((m, 4 * n), np.int64)
         kernel(a_planes, w_planes, 0, 4 * n, out)
         outs.append(out)
-    assert_equal(outs[0], outs[1], f"specialised {bits} vs generic, M={m} N={4 * n} K={k}")
+    wt = kernels.transposed_planes(w_planes)
+    for kernel in (kernels._bitserial_kernel(abits, wbits, "vector"), kernels._make_vector_kernel(0, 0)):
+        out = np.zeros((m, 4 * n), np.int64)
+        kernel(a_planes, wt, out)
+        outs.append(out)
+    for other, name in zip(outs[1:], ("scalar generic", "vector specialised", "vector generic")):
+        assert_equal(other, outs[0], f"{name} vs scalar specialised {bits}, M={m} N={4 * n} K={k}")
+
+
+@settings(max_examples=100)
+@given(abits=st.integers(1, 3), wbits=st.integers(1, 3), m=st.integers(1, 9), k=K_VALUES,
+       m0=st.integers(0, 8), seed=SEEDS)
+def test_popcount_tile_compiled_and_plain_agree_with_numpy(abits, wbits, m, k, m0, seed):
+    """One register tile: the compiled intrinsic and its plain-Python reading against NumPy,
+    rows past the end repeating the last row."""
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 2**abits, (m, k))
+    w = rng.integers(0, 2**wbits, (TILE_COLS, k))
+    a_planes, wt = bit_planes(a, abits), kernels.transposed_planes(bit_planes(w, wbits))
+    m0 = min(m0, m - 1)
+    rows = np.minimum(np.arange(m0, m0 + TILE_ROWS), m - 1)
+    expected = (a[rows] @ w.T).astype(np.uint64)
+    call = kernels.njit(lambda a_p, w_t, r0, out: popcount_tile(a_p, w_t, 0, 0, r0, 0, out, abits, wbits))
+    for name, run in (("compiled", call), ("plain", lambda *args: _popcount_tile_python(
+            *args[:2], 0, 0, args[2], 0, args[3], abits, wbits))):
+        tile = np.zeros((TILE_ROWS, TILE_COLS), np.uint64)
+        run(a_planes, wt, m0, tile)
+        assert_equal(tile, expected, f"{name} popcount_tile W{wbits}A{abits} M={m} K={k} m0={m0}")
 
 
 def test_extreme_codes_and_weight_column_blocks(monkeypatch):
