@@ -73,8 +73,13 @@ class _Compute:
         self.abits, self.wbits = int(a["abits"]), int(a["wbits"])
         narrow = self.abits <= bitpack.MAX_BITS and self.abits * self.wbits <= BITSERIAL_MAX_PASSES
         self.method = "bitserial" if narrow else "int"
+        # With 512-bit popcounts the weights are transposed once and the activations are the
+        # GEMM's rows (result rows_first); threshold layers fuse the GEMM with requantization.
+        self.vector = narrow and kernels.BITSERIAL_KERNEL == "vector"
         if narrow:
             self.w_planes = bitpack.bit_planes(self.j, self.wbits)
+            if self.vector:
+                self.wt = kernels.transposed_planes(self.w_planes)
         else:
             self.levels = (2 * self.j.astype(np.int16) - self.n_w).astype(np.int16)
         # int_gemm's own rule (kernels.py): a float with a p-bit significand is exact when every
@@ -84,6 +89,19 @@ class _Compute:
         if not narrow:
             self.levels_t = np.ascontiguousarray(self.levels.T.astype(self.exact_dtype))
 
+    def _planes(self, x: np.ndarray) -> np.ndarray:
+        a = self.layer.attrs
+        codes = x if x.dtype == np.uint8 else x.astype(np.uint8)
+        if a["kind"] == "conv":
+            return kernels.conv_bit_planes(codes, *a["kernel"], a["stride"], a["padding"], self.abits)
+        return bitpack.bit_planes(codes, self.abits)
+
+    def threshold_codes(self, x: np.ndarray) -> np.ndarray:
+        """A threshold layer's codes (N, O, P) in one fused kernel (vector bit-serial layers)."""
+        arrays = self.layer.arrays
+        return kernels.bitserial_threshold_codes(self._planes(x), self.wt, arrays["thresholds"],
+                                                 arrays["direction"], x.shape[0], 2, self.n_w)
+
     def accumulate(self, x: np.ndarray) -> tuple[np.ndarray, str, int, int, np.ndarray | None]:
         """Codes (N, C, H, W) or (N, F) -> (acc, layout, scale, offset, rowsum) for
         `requant.threshold_codes`: accumulator = scale * acc - offset * rowsum, per image/pixel."""
@@ -91,15 +109,14 @@ class _Compute:
         conv = a["kind"] == "conv"
         images = x.shape[0]
         if self.method == "bitserial":
-            codes = x if x.dtype == np.uint8 else x.astype(np.uint8)
-            if conv:
-                planes = kernels.conv_bit_planes(codes, *a["kernel"], a["stride"], a["padding"], self.abits)
-            else:
-                planes = bitpack.bit_planes(codes, self.abits)
+            planes = self._planes(x)
+            rowsum = kernels.plane_row_sums(planes).reshape(images, -1)
+            if self.vector:
+                dot = kernels.bitserial_gemm_transposed(planes, self.wt, self.j.shape[0])
+                return dot, "rows_first", 2, self.n_w, rowsum
             # Weights as the GEMM's rows: the result (O, N*P) is already channel-major, and the
             # "- n_w * rowsum(a)" correction is applied inside the threshold kernel.
             dot = kernels.bitserial_gemm(self.w_planes, planes)
-            rowsum = kernels.plane_row_sums(planes).reshape(images, -1)
             return dot, "channels_first", 2, self.n_w, rowsum
         # Every partial sum is an integer bounded by acc_bound (a static fact of the model), so
         # BLAS in exact_dtype is exact: `kernels.int_gemm`'s argument, without its scan of the data
@@ -153,9 +170,13 @@ class Engine:
         if kind in ("conv", "linear"):
             comp = self.compute[layer.name]
             images, channels = x.shape[0], a["out_channels"]
-            acc, layout, scale, offset, rowsum = comp.accumulate(x)
-            stats.macs = acc.size * comp.j.shape[1]  # (N*P) x O outputs, each a fan-in of MACs
             stats.method = comp.method
+            if a["output"] == "threshold" and comp.vector:
+                out = comp.threshold_codes(x)
+                stats.macs = out.size * comp.j.shape[1]  # (N*P) x O outputs, each a fan-in of MACs
+                return out.reshape(images, *a["out_shape"])
+            acc, layout, scale, offset, rowsum = comp.accumulate(x)
+            stats.macs = acc.size * comp.j.shape[1]
             if a["output"] == "threshold":
                 out = threshold_codes(acc, layer.arrays["thresholds"], layer.arrays["direction"], images,
                                       layout, scale, offset, rowsum)

@@ -23,6 +23,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from integer_engine.bitpack import MAX_BITS, check_bits, words_for
 from integer_engine.errors import EngineError
+from integer_engine.requant import count_reached
 from integer_engine.popcount import POPCOUNT, TILE_COLS, TILE_ROWS, popcount64, popcount_tile
 
 # Columns of `w` handled together by one pass over an activation row: each loaded activation
@@ -236,11 +237,9 @@ def bitserial_gemm(a_planes: np.ndarray, w_planes: np.ndarray, kernel: str | Non
     if m_rows == 0 or n_cols == 0 or kw == 0:
         return np.zeros((m_rows, n_cols), dtype=np.int64)
     kind = kernel or BITSERIAL_KERNEL
-    out = np.empty((m_rows, n_cols), dtype=np.int64)  # the kernels write every element
     if kind == "vector":
-        with _threads_for(m_rows * n_cols * kw * abits * wbits // 8):
-            _bitserial_kernel(abits, wbits, "vector")(a_planes, transposed_planes(w_planes), out)
-        return out
+        return bitserial_gemm_transposed(a_planes, transposed_planes(w_planes), n_cols)
+    out = np.empty((m_rows, n_cols), dtype=np.int64)  # the kernels write every element
     n_pad = -n_cols % _COLS
     if n_pad:  # zero weight rows contribute 0; the kernel skips writing their columns
         w_planes = np.concatenate([w_planes, np.zeros((wbits, n_pad, kw), np.uint64)], axis=1)
@@ -250,6 +249,122 @@ def bitserial_gemm(a_planes: np.ndarray, w_planes: np.ndarray, kernel: str | Non
         for n_start in range(0, w_planes.shape[1], block):
             kernel(a_planes, w_planes, n_start, min(n_start + block, w_planes.shape[1]), out)
     return out
+
+
+def bitserial_gemm_transposed(a_planes: np.ndarray, wt: np.ndarray, n_cols: int) -> np.ndarray:
+    """`bitserial_gemm` with the vector kernel on weights already transposed by
+    `transposed_planes` (the executor does that once per layer): int64 (M, n_cols)."""
+    a_planes = _check_planes(a_planes, "a_planes")
+    abits, m_rows, kw = a_planes.shape
+    if wt.ndim != 3 or wt.dtype != np.uint64 or wt.shape[1] != kw or wt.shape[2] < n_cols \
+            or wt.shape[2] % TILE_COLS:
+        raise EngineError(f"transposed weight planes {wt.shape} do not fit activations {a_planes.shape} "
+                          f"and {n_cols} columns")
+    out = np.empty((m_rows, n_cols), dtype=np.int64)  # the kernel writes every element
+    if out.size and kw:
+        with _threads_for(m_rows * wt.shape[2] * kw * abits * wt.shape[0] // 8):
+            _bitserial_kernel(abits, wt.shape[0], "vector")(a_planes, wt, out)
+    else:
+        out[:] = 0
+    return out
+
+
+def _make_threshold_kernel(fixed_abits: int, fixed_wbits: int):
+    """The vector bit-serial GEMM fused with the threshold requantization: each 4 x 16 tile of
+    dot products goes straight to codes, so the (M, N) int64 accumulator never reaches memory.
+    Same arithmetic as `bitserial_gemm` followed by `requant.threshold_codes` (rows_first)."""
+
+    @njit(parallel=True, cache=True)
+    def kernel(a, wt, scale, offset, signed_th, by_t, negate, pixels, out):  # pragma: no cover
+        # a: (abits, M, KW) activation planes, M = images * pixels; wt: (wbits, KW, Npad);
+        # signed_th (O, n) = direction * thresholds, by_t its transpose; negate[o] = -1 where
+        # direction is -1, else 0; out: (images, O, pixels) uint8 codes.
+        m_rows = a.shape[1]
+        n_cols = out.shape[1]
+        n_th = signed_th.shape[1]
+        for t in prange((m_rows + TILE_ROWS - 1) // TILE_ROWS):
+            m0 = t * TILE_ROWS
+            tile = np.empty((TILE_ROWS, TILE_COLS), np.uint64)
+            total = np.empty((TILE_ROWS, TILE_COLS), np.uint64)
+            corr = np.empty(TILE_ROWS, np.int64)  # offset * rowsum(a_m): the weight-offset term
+            for r in range(TILE_ROWS):
+                m = min(m0 + r, m_rows - 1)
+                rowsum = np.uint64(0)
+                for i in range(a.shape[0]):
+                    count = np.uint64(0)
+                    for k in range(a.shape[2]):
+                        count += popcount64(a[i, m, k])
+                    rowsum += count << np.uint64(i)
+                corr[r] = offset * np.int64(rowsum)
+            for n0 in range(0, wt.shape[2], TILE_COLS):
+                if fixed_abits:
+                    popcount_tile(a, wt, 0, 0, m0, n0, total, fixed_abits, fixed_wbits)
+                else:
+                    total[:] = 0
+                    for i in range(a.shape[0]):
+                        for j in range(wt.shape[0]):
+                            popcount_tile(a, wt, i, j, m0, n0, tile, 1, 1)
+                            shift = np.uint64(i + j)
+                            for r in range(TILE_ROWS):
+                                for c in range(TILE_COLS):
+                                    total[r, c] += tile[r, c] << shift
+                for r in range(min(TILE_ROWS, m_rows - m0)):
+                    img = (m0 + r) // pixels
+                    p = m0 + r - img * pixels
+                    for c in range(min(TILE_COLS, n_cols - n0)):
+                        o = n0 + c
+                        x = scale * np.int64(total[r, c]) - corr[r]
+                        v = (x ^ negate[o]) - negate[o]  # direction * x
+                        if n_th <= 16:
+                            code = 0
+                            for q in range(n_th):
+                                code += v >= by_t[q, o]
+                        else:
+                            code = count_reached(v, signed_th, o)
+                        out[img, o, p] = code
+
+    return kernel
+
+
+def bitserial_threshold_codes(a_planes: np.ndarray, wt: np.ndarray, th: np.ndarray, direction: np.ndarray,
+                              images: int, scale: int = 1, offset: int = 0) -> np.ndarray:
+    """Codes (images, O, P) uint8 of a bit-serial layer in one pass: per output channel o and
+    activation row m = img * P + p,
+
+        acc = scale * sum_k a[m, k] j[o, k] - offset * sum_k a[m, k],   code = #{t : d*acc >= d*T[o, t]}
+
+    (`requant.threshold_codes` on `bitserial_gemm(a_planes, w_planes)`, rows_first), with
+    a_planes (abits, images * P, KW) and wt = `transposed_planes(w_planes)`; th (O, n) int64,
+    direction (O,) of +-1."""
+    a_planes = _check_planes(a_planes, "a_planes")
+    abits, m_rows, kw = a_planes.shape
+    wbits = wt.shape[0]
+    channels = th.shape[0]
+    if wt.ndim != 3 or wt.dtype != np.uint64 or wt.shape[1] != kw or wt.shape[2] < channels \
+            or wt.shape[2] % TILE_COLS:
+        raise EngineError(f"transposed weight planes {wt.shape} do not fit activations {a_planes.shape} "
+                          f"and {channels} channels")
+    pixels = m_rows // images
+    direction = np.asarray(direction).astype(np.int64)
+    signed_th = np.ascontiguousarray(th * direction[:, None])
+    out = np.empty((images, channels, pixels), np.uint8)
+    if out.size == 0:
+        return out
+    kernel = _threshold_kernel(abits, wbits)
+    with _threads_for(m_rows * wt.shape[2] * kw * abits * wbits // 8):
+        kernel(a_planes, wt, np.int64(scale), np.int64(offset), signed_th, np.ascontiguousarray(signed_th.T),
+               np.where(direction < 0, -1, 0).astype(np.int64), pixels, out)
+    return out
+
+
+_THRESHOLD_KERNELS: dict = {}
+
+
+def _threshold_kernel(abits: int, wbits: int):
+    key = (abits, wbits) if (abits, wbits) in SPECIALISED_PAIRS else (0, 0)
+    if key not in _THRESHOLD_KERNELS:
+        _THRESHOLD_KERNELS[key] = _make_threshold_kernel(*key)
+    return _THRESHOLD_KERNELS[key]
 
 
 @njit(parallel=True, cache=True)
@@ -608,6 +723,8 @@ __all__ = [
     "MAX_BITS",
     "affine_weight_gemm",
     "bitserial_gemm",
+    "bitserial_gemm_transposed",
+    "bitserial_threshold_codes",
     "transposed_planes",
     "conv_bit_planes",
     "conv_output_size",

@@ -95,7 +95,7 @@ def apply_thresholds(acc: np.ndarray, th: np.ndarray, direction: np.ndarray, cha
 
 
 @njit(cache=True)
-def _count_reached(v, signed_th, o):  # pragma: no cover - compiled
+def count_reached(v, signed_th, o):  # pragma: no cover - compiled
     """#{t : signed_th[o, t] <= v} by bisection (signed_th[o] is non-decreasing)."""
     lo = 0
     hi = signed_th.shape[1]
@@ -139,7 +139,7 @@ def _threshold_rows_first(acc, scale, offset, rowsum, signed_th, direction, out)
                         codes[p, o] += np.uint8(v[o] >= by_t[t, o])
             else:
                 for o in range(channels):
-                    codes[p, o] = _count_reached(v[o], signed_th, o)
+                    codes[p, o] = count_reached(v[o], signed_th, o)
         for o in range(channels):
             for p in range(rows):
                 out[img, o, p] = codes[p, o]
@@ -166,7 +166,7 @@ def _threshold_channels_first(acc, scale, offset, rowsum, signed_th, direction, 
                     codes[p] += np.uint8(v[p] >= th)
         else:
             for p in range(rows):
-                codes[p] = _count_reached(v[p], signed_th, o)
+                codes[p] = count_reached(v[p], signed_th, o)
         out[img, o, :] = codes
 
 
