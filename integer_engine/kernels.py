@@ -137,6 +137,20 @@ def _binary_kernel(a, w, n_start, n_stop, out):  # pragma: no cover - compiled
                 out[m3, n + c] = acc[3, c]
 
 
+@njit(cache=True)
+def _generic_tile(a, wt, m0, n0, tile, total):  # pragma: no cover - compiled
+    """`popcount_tile` for any plane counts: one single-plane tile per plane pair, shifted and summed
+    into `total` (`tile` is scratch)."""
+    total[:] = 0
+    for i in range(a.shape[0]):
+        for j in range(wt.shape[0]):
+            popcount_tile(a, wt, i, j, m0, n0, tile, 1, 1)
+            shift = np.uint64(i + j)
+            for r in range(TILE_ROWS):
+                for c in range(TILE_COLS):
+                    total[r, c] += tile[r, c] << shift
+
+
 def _make_vector_kernel(fixed_abits: int, fixed_wbits: int):
     """The bit-serial GEMM over 512-bit vectors (`popcount.popcount_tile`, VPOPCNTDQ): a 4-row x
     16-column register tile per step, weights transposed once so 16 columns are two vector loads.
@@ -159,14 +173,7 @@ def _make_vector_kernel(fixed_abits: int, fixed_wbits: int):
                 if fixed_abits:
                     popcount_tile(a, wt, 0, 0, m0, n0, total, fixed_abits, fixed_wbits)
                 else:
-                    total[:] = 0
-                    for i in range(a.shape[0]):
-                        for j in range(wt.shape[0]):
-                            popcount_tile(a, wt, i, j, m0, n0, tile, 1, 1)
-                            shift = np.uint64(i + j)
-                            for r in range(TILE_ROWS):
-                                for c in range(TILE_COLS):
-                                    total[r, c] += tile[r, c] << shift
+                    _generic_tile(a, wt, m0, n0, tile, total)
                 if m0 + TILE_ROWS <= m_rows and n0 + TILE_COLS <= n_cols:  # constant bounds: vector copies
                     for r in range(TILE_ROWS):
                         for c in range(TILE_COLS):
@@ -300,14 +307,7 @@ def _make_threshold_kernel(fixed_abits: int, fixed_wbits: int):
                 if fixed_abits:
                     popcount_tile(a, wt, 0, 0, m0, n0, total, fixed_abits, fixed_wbits)
                 else:
-                    total[:] = 0
-                    for i in range(a.shape[0]):
-                        for j in range(wt.shape[0]):
-                            popcount_tile(a, wt, i, j, m0, n0, tile, 1, 1)
-                            shift = np.uint64(i + j)
-                            for r in range(TILE_ROWS):
-                                for c in range(TILE_COLS):
-                                    total[r, c] += tile[r, c] << shift
+                    _generic_tile(a, wt, m0, n0, tile, total)
                 for r in range(min(TILE_ROWS, m_rows - m0)):
                     img = (m0 + r) // pixels
                     p = m0 + r - img * pixels
