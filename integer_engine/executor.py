@@ -27,15 +27,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from integer_engine import bitpack, kernels
+from integer_engine import bitpack, int8dot, kernels
 from integer_engine.epilogue import activation_code, affine
 from integer_engine.errors import EngineError
 from integer_engine.format import IntegerModel, Layer
 from integer_engine.requant import apply_thresholds, full_accumulator, threshold_codes
 
 # Bit-serial popcount GEMM costs abits * wbits AND+POPCNT passes per 64 MACs; beyond about this
-# many it loses to the BLAS-backed integer GEMM.
-BITSERIAL_MAX_PASSES = 9
+# many it loses to the integer GEMM the CPU has: with VNNI (`int8dot`, 64 u8 x s8 MACs per
+# instruction) against 512-bit popcounts, W2A2 still wins and W3A3 no longer does (measured on
+# Zen 5, benchmarks/bitgemm.py); against float32 BLAS, scalar popcounts win up to W3A3 (Zen 1).
+INT8_DOT = int8dot.VNNI
+BITSERIAL_MAX_PASSES = 4 if INT8_DOT and kernels.BITSERIAL_KERNEL == "vector" else 9
 
 
 @dataclass
@@ -72,7 +75,11 @@ class _Compute:
         self.n_w = int(a["n_w"])
         self.abits, self.wbits = int(a["abits"]), int(a["wbits"])
         narrow = self.abits <= bitpack.MAX_BITS and self.abits * self.wbits <= BITSERIAL_MAX_PASSES
-        self.method = "bitserial" if narrow else "int"
+        # u8 codes x s8 weights: levels c = 2j - n_w when they fit in int8, else j - 128 with
+        # a . c = 2 a.(j - 128) - (n_w - 256) rowsum(a).
+        int8 = (INT8_DOT and not narrow and int(a["in_max"]) <= 255 and self.wbits <= 8
+                and self.j.shape[1] <= int8dot.INT32_SAFE_K)
+        self.method = "bitserial" if narrow else "int8" if int8 else "int"
         # With 512-bit popcounts the weights are transposed once and the activations are the
         # GEMM's rows (result rows_first); threshold layers fuse the GEMM with requantization.
         self.vector = narrow and kernels.BITSERIAL_KERNEL == "vector"
@@ -80,13 +87,20 @@ class _Compute:
             self.w_planes = bitpack.bit_planes(self.j, self.wbits)
             if self.vector:
                 self.wt = kernels.transposed_planes(self.w_planes)
+        elif int8:
+            if self.n_w <= 127:
+                self.int8_scale, self.int8_offset = 1, 0
+                self.wt8 = kernels.int8_weights(2 * self.j.astype(np.int16) - self.n_w)
+            else:
+                self.int8_scale, self.int8_offset = 2, self.n_w - 256
+                self.wt8 = kernels.int8_weights(self.j.astype(np.int16) - 128)
         else:
             self.levels = (2 * self.j.astype(np.int16) - self.n_w).astype(np.int16)
         # int_gemm's own rule (kernels.py): a float with a p-bit significand is exact when every
         # partial sum is an integer of magnitude <= 2**p; acc_bound is that bound for any input.
         # Validation caps acc_bound at 2**31 - 1, so float64 is always exact.
         self.exact_dtype = np.float32 if int(a["acc_bound"]) <= 2**24 else np.float64
-        if not narrow:
+        if self.method == "int":
             self.levels_t = np.ascontiguousarray(self.levels.T.astype(self.exact_dtype))
 
     def _planes(self, x: np.ndarray) -> np.ndarray:
@@ -96,11 +110,29 @@ class _Compute:
             return kernels.conv_bit_planes(codes, *a["kernel"], a["stride"], a["padding"], self.abits)
         return bitpack.bit_planes(codes, self.abits)
 
+    def _bytes(self, x: np.ndarray) -> np.ndarray:
+        """uint8 patches (N*P, K rounded up to 4) for the int8 kernels."""
+        a = self.layer.attrs
+        width = self.wt8.shape[0] * 4
+        if a["kind"] == "conv":
+            return kernels.im2col_codes(x, *a["kernel"], a["stride"], a["padding"], dtype=np.uint8, width=width)
+        out = np.zeros((x.shape[0], width), np.uint8)
+        out[:, :x.shape[1]] = x
+        return out
+
+    @property
+    def fused(self) -> bool:
+        """Whether a threshold layer runs as one GEMM + requantization kernel (`threshold_codes`)."""
+        return self.vector or self.method == "int8"
+
     def threshold_codes(self, x: np.ndarray) -> np.ndarray:
-        """A threshold layer's codes (N, O, P) in one fused kernel (vector bit-serial layers)."""
+        """A threshold layer's codes (N, O, P) in one fused kernel (vector bit-serial and int8 layers)."""
         arrays = self.layer.arrays
-        return kernels.bitserial_threshold_codes(self._planes(x), self.wt, arrays["thresholds"],
-                                                 arrays["direction"], x.shape[0], 2, self.n_w)
+        th, direction, images = arrays["thresholds"], arrays["direction"], x.shape[0]
+        if self.method == "int8":
+            return kernels.int8_threshold_codes(self._bytes(x), self.wt8, th, direction, images,
+                                                self.int8_scale, self.int8_offset)
+        return kernels.bitserial_threshold_codes(self._planes(x), self.wt, th, direction, images, 2, self.n_w)
 
     def accumulate(self, x: np.ndarray) -> tuple[np.ndarray, str, int, int, np.ndarray | None]:
         """Codes (N, C, H, W) or (N, F) -> (acc, layout, scale, offset, rowsum) for
@@ -118,6 +150,11 @@ class _Compute:
             # "- n_w * rowsum(a)" correction is applied inside the threshold kernel.
             dot = kernels.bitserial_gemm(self.w_planes, planes)
             return dot, "channels_first", 2, self.n_w, rowsum
+        if self.method == "int8":
+            patches = self._bytes(x)
+            rowsum = patches.sum(axis=1, dtype=np.int64).reshape(images, -1)
+            dot = kernels.int8_gemm(patches, self.wt8, self.j.shape[0])
+            return dot, "rows_first", self.int8_scale, self.int8_offset, rowsum
         # Every partial sum is an integer bounded by acc_bound (a static fact of the model), so
         # BLAS in exact_dtype is exact: `kernels.int_gemm`'s argument, without its scan of the data
         # for the bound. im2col converts while it gathers: one pass over the patch matrix.
@@ -171,7 +208,7 @@ class Engine:
             comp = self.compute[layer.name]
             images, channels = x.shape[0], a["out_channels"]
             stats.method = comp.method
-            if a["output"] == "threshold" and comp.vector:
+            if a["output"] == "threshold" and comp.fused:
                 out = comp.threshold_codes(x)
                 stats.macs = out.size * comp.j.shape[1]  # (N*P) x O outputs, each a fan-in of MACs
                 return out.reshape(images, *a["out_shape"])

@@ -23,7 +23,10 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from integer_engine.bitpack import MAX_BITS, check_bits, words_for
 from integer_engine.errors import EngineError
-from integer_engine.requant import count_reached
+from integer_engine.int8dot import INT32_SAFE_K, int8_tile
+from integer_engine.int8dot import TILE_COLS as INT8_COLS
+from integer_engine.int8dot import TILE_ROWS as INT8_ROWS
+from integer_engine.requant import block_thresholds, threshold_block
 from integer_engine.popcount import POPCOUNT, TILE_COLS, TILE_ROWS, popcount64, popcount_tile
 
 # Columns of `w` handled together by one pass over an activation row: each loaded activation
@@ -36,6 +39,9 @@ _W_BLOCK_BYTES = 192 * 1024
 # Below this many inner-loop operations a kernel runs on one thread: waking the worker threads
 # costs more than the work (and, on a busy machine, OpenMP barriers can cost milliseconds).
 _PARALLEL_MIN_WORK = 1 << 17
+
+# Placeholder threshold arguments for the non-fused instances of the fused kernels.
+_NO_THRESHOLDS = (np.zeros((1, 1), np.int64), np.zeros((1, 1), np.int64), np.zeros(1, np.int64))
 
 _LSB_OF_EACH_BYTE = np.uint64(0x0101010101010101)
 _LOW_BYTE = np.uint64(0xFF)
@@ -140,50 +146,73 @@ def _binary_kernel(a, w, n_start, n_stop, out):  # pragma: no cover - compiled
 @njit(cache=True)
 def _generic_tile(a, wt, m0, n0, tile, total):  # pragma: no cover - compiled
     """`popcount_tile` for any plane counts: one single-plane tile per plane pair, shifted and summed
-    into `total` (`tile` is scratch)."""
-    total[:] = 0
+    into columns n0..n0+15 of `total` (`tile`, same shape, is scratch)."""
+    total[:, n0:n0 + TILE_COLS] = 0
     for i in range(a.shape[0]):
         for j in range(wt.shape[0]):
             popcount_tile(a, wt, i, j, m0, n0, tile, 1, 1)
             shift = np.uint64(i + j)
             for r in range(TILE_ROWS):
-                for c in range(TILE_COLS):
+                for c in range(n0, n0 + TILE_COLS):
                     total[r, c] += tile[r, c] << shift
 
 
-def _make_vector_kernel(fixed_abits: int, fixed_wbits: int):
+def _make_vector_kernel(fixed_abits: int, fixed_wbits: int, fused: bool):
     """The bit-serial GEMM over 512-bit vectors (`popcount.popcount_tile`, VPOPCNTDQ): a 4-row x
     16-column register tile per step, weights transposed once so 16 columns are two vector loads.
+    A block of 4 rows x all columns is computed, then stored (int64 GEMM result) or, `fused`,
+    turned into codes at once (`requant.threshold_block`) so the accumulator never reaches memory.
 
     Specialised (abits, wbits) are closure constants, so all plane pairs share one pass over the
     words; generic (both 0) runs the tile once per plane pair and sums the shifted tiles.
     """
 
     @njit(parallel=True, cache=True)
-    def kernel(a, wt, out):  # pragma: no cover - compiled
-        # a: (abits, M, KW) uint64; wt: (wbits, KW, Npad) uint64, Npad % TILE_COLS == 0;
-        # out: (M, N) int64, N <= Npad, every element written.
+    def kernel(a, wt, scale, offset, signed_th, by_t, negate, pixels, out):  # pragma: no cover
+        # a: (abits, M, KW) uint64 planes; wt: (wbits, KW, Npad) uint64, Npad % TILE_COLS == 0.
+        # Not fused: out (M, N) int64, every element written (the threshold arguments unused).
+        # Fused: M = images * pixels, out (images, O, pixels) uint8 codes; signed_th, by_t,
+        # negate from `requant.block_thresholds`, scale/offset: acc = scale * dot - offset * rowsum.
         m_rows = a.shape[1]
-        n_cols = out.shape[1]
+        n_pad = wt.shape[2]
         for t in prange((m_rows + TILE_ROWS - 1) // TILE_ROWS):
             m0 = t * TILE_ROWS
-            tile = np.empty((TILE_ROWS, TILE_COLS), np.uint64)
-            total = np.empty((TILE_ROWS, TILE_COLS), np.uint64)
-            for n0 in range(0, wt.shape[2], TILE_COLS):
+            tile = np.empty((TILE_ROWS, n_pad), np.uint64)
+            total = np.empty((TILE_ROWS, n_pad), np.uint64)
+            for n0 in range(0, n_pad, TILE_COLS):
                 if fixed_abits:
                     popcount_tile(a, wt, 0, 0, m0, n0, total, fixed_abits, fixed_wbits)
                 else:
                     _generic_tile(a, wt, m0, n0, tile, total)
-                if m0 + TILE_ROWS <= m_rows and n0 + TILE_COLS <= n_cols:  # constant bounds: vector copies
-                    for r in range(TILE_ROWS):
-                        for c in range(TILE_COLS):
-                            out[m0 + r, n0 + c] = total[r, c]
-                else:
-                    for r in range(min(TILE_ROWS, m_rows - m0)):
-                        for c in range(min(TILE_COLS, n_cols - n0)):
-                            out[m0 + r, n0 + c] = total[r, c]
+            if fused:
+                corr = np.empty(TILE_ROWS, np.int64)  # offset * rowsum(a_m): the weight-offset term
+                for r in range(TILE_ROWS):
+                    corr[r] = offset * np.int64(_plane_row_sum(a, min(m0 + r, m_rows - 1)))
+                threshold_block(total, corr, m0, scale, signed_th, by_t, negate, pixels, out)
+            else:
+                _store_rows(total, m0, out)
 
     return kernel
+
+
+@njit(cache=True)
+def _store_rows(block, m0, out):  # pragma: no cover - compiled
+    """Rows m0.. of a GEMM result from a block (rows, >= N columns), up to out's last row."""
+    for r in range(min(block.shape[0], out.shape[0] - m0)):
+        for c in range(out.shape[1]):
+            out[m0 + r, c] = block[r, c]
+
+
+@njit(cache=True)
+def _plane_row_sum(a, m):  # pragma: no cover - compiled
+    """sum_k a[m, k] from bit-planes: sum_i 2^i sum_k popcount(a[i, m, k])."""
+    rowsum = np.uint64(0)
+    for i in range(a.shape[0]):
+        count = np.uint64(0)
+        for k in range(a.shape[2]):
+            count += popcount64(a[i, m, k])
+        rowsum += count << np.uint64(i)
+    return rowsum
 
 
 # (abits, wbits) pairs with their own compiled kernel; the rest share the generic one. Each
@@ -195,10 +224,14 @@ BITSERIAL_KERNEL = "vector" if POPCOUNT == "vpopcntq" else "scalar"
 
 
 def _bitserial_kernel(abits: int, wbits: int, kind: str = "scalar"):
+    """The compiled kernel for a plane-count pair: kind "scalar", "vector" or "fused" (vector +
+    thresholds)."""
     key = (kind, abits, wbits) if (abits, wbits) in SPECIALISED_PAIRS else (kind, 0, 0)
     if key not in _BITSERIAL_KERNELS:
-        make = _make_vector_kernel if kind == "vector" else _make_bitserial_kernel
-        _BITSERIAL_KERNELS[key] = make(*key[1:])
+        if kind == "scalar":
+            _BITSERIAL_KERNELS[key] = _make_bitserial_kernel(*key[1:])
+        else:
+            _BITSERIAL_KERNELS[key] = _make_vector_kernel(*key[1:], fused=kind == "fused")
     return _BITSERIAL_KERNELS[key]
 
 
@@ -270,60 +303,10 @@ def bitserial_gemm_transposed(a_planes: np.ndarray, wt: np.ndarray, n_cols: int)
     out = np.empty((m_rows, n_cols), dtype=np.int64)  # the kernel writes every element
     if out.size and kw:
         with _threads_for(m_rows * wt.shape[2] * kw * abits * wt.shape[0] // 8):
-            _bitserial_kernel(abits, wt.shape[0], "vector")(a_planes, wt, out)
+            _bitserial_kernel(abits, wt.shape[0], "vector")(a_planes, wt, 0, 0, *_NO_THRESHOLDS, 1, out)
     else:
         out[:] = 0
     return out
-
-
-def _make_threshold_kernel(fixed_abits: int, fixed_wbits: int):
-    """The vector bit-serial GEMM fused with the threshold requantization: each 4 x 16 tile of
-    dot products goes straight to codes, so the (M, N) int64 accumulator never reaches memory.
-    Same arithmetic as `bitserial_gemm` followed by `requant.threshold_codes` (rows_first)."""
-
-    @njit(parallel=True, cache=True)
-    def kernel(a, wt, scale, offset, signed_th, by_t, negate, pixels, out):  # pragma: no cover
-        # a: (abits, M, KW) activation planes, M = images * pixels; wt: (wbits, KW, Npad);
-        # signed_th (O, n) = direction * thresholds, by_t its transpose; negate[o] = -1 where
-        # direction is -1, else 0; out: (images, O, pixels) uint8 codes.
-        m_rows = a.shape[1]
-        n_cols = out.shape[1]
-        n_th = signed_th.shape[1]
-        for t in prange((m_rows + TILE_ROWS - 1) // TILE_ROWS):
-            m0 = t * TILE_ROWS
-            tile = np.empty((TILE_ROWS, TILE_COLS), np.uint64)
-            total = np.empty((TILE_ROWS, TILE_COLS), np.uint64)
-            corr = np.empty(TILE_ROWS, np.int64)  # offset * rowsum(a_m): the weight-offset term
-            for r in range(TILE_ROWS):
-                m = min(m0 + r, m_rows - 1)
-                rowsum = np.uint64(0)
-                for i in range(a.shape[0]):
-                    count = np.uint64(0)
-                    for k in range(a.shape[2]):
-                        count += popcount64(a[i, m, k])
-                    rowsum += count << np.uint64(i)
-                corr[r] = offset * np.int64(rowsum)
-            for n0 in range(0, wt.shape[2], TILE_COLS):
-                if fixed_abits:
-                    popcount_tile(a, wt, 0, 0, m0, n0, total, fixed_abits, fixed_wbits)
-                else:
-                    _generic_tile(a, wt, m0, n0, tile, total)
-                for r in range(min(TILE_ROWS, m_rows - m0)):
-                    img = (m0 + r) // pixels
-                    p = m0 + r - img * pixels
-                    for c in range(min(TILE_COLS, n_cols - n0)):
-                        o = n0 + c
-                        x = scale * np.int64(total[r, c]) - corr[r]
-                        v = (x ^ negate[o]) - negate[o]  # direction * x
-                        if n_th <= 16:
-                            code = 0
-                            for q in range(n_th):
-                                code += v >= by_t[q, o]
-                        else:
-                            code = count_reached(v, signed_th, o)
-                        out[img, o, p] = code
-
-    return kernel
 
 
 def bitserial_threshold_codes(a_planes: np.ndarray, wt: np.ndarray, th: np.ndarray, direction: np.ndarray,
@@ -344,27 +327,13 @@ def bitserial_threshold_codes(a_planes: np.ndarray, wt: np.ndarray, th: np.ndarr
             or wt.shape[2] % TILE_COLS:
         raise EngineError(f"transposed weight planes {wt.shape} do not fit activations {a_planes.shape} "
                           f"and {channels} channels")
-    pixels = m_rows // images
-    direction = np.asarray(direction).astype(np.int64)
-    signed_th = np.ascontiguousarray(th * direction[:, None])
-    out = np.empty((images, channels, pixels), np.uint8)
-    if out.size == 0:
-        return out
-    kernel = _threshold_kernel(abits, wbits)
-    with _threads_for(m_rows * wt.shape[2] * kw * abits * wbits // 8):
-        kernel(a_planes, wt, np.int64(scale), np.int64(offset), signed_th, np.ascontiguousarray(signed_th.T),
-               np.where(direction < 0, -1, 0).astype(np.int64), pixels, out)
+    out = np.empty((images, channels, m_rows // images), np.uint8)
+    if out.size:
+        with _threads_for(m_rows * wt.shape[2] * kw * abits * wbits // 8):
+            _bitserial_kernel(abits, wbits, "fused")(a_planes, wt, np.int64(scale), np.int64(offset),
+                                                     *block_thresholds(th, direction, wt.shape[2]),
+                                                     m_rows // images, out)
     return out
-
-
-_THRESHOLD_KERNELS: dict = {}
-
-
-def _threshold_kernel(abits: int, wbits: int):
-    key = (abits, wbits) if (abits, wbits) in SPECIALISED_PAIRS else (0, 0)
-    if key not in _THRESHOLD_KERNELS:
-        _THRESHOLD_KERNELS[key] = _make_threshold_kernel(*key)
-    return _THRESHOLD_KERNELS[key]
 
 
 @njit(parallel=True, cache=True)
@@ -463,6 +432,82 @@ def int_gemm(a: np.ndarray, w: np.ndarray) -> np.ndarray:
     raise EngineError(f"int_gemm result could reach {bound}, beyond int64")
 
 
+def int8_weights(w: np.ndarray) -> np.ndarray:
+    """Signed weights (N, K) in [-128, 127] -> int8 (ceil(K/4), Npad, 4), Npad a multiple of 16:
+    `int8dot.int8_tile`'s layout (the 4 consecutive k of column n in one 32-bit lane, zero past
+    K and N). Done once per layer."""
+    w = np.asarray(w)
+    if w.ndim != 2 or w.dtype.kind not in "iu" or (w.size and (w.min() < -128 or w.max() > 127)):
+        raise EngineError(f"int8_weights needs integer weights (N, K) in [-128, 127], got {w.dtype} {w.shape}")
+    n, k = w.shape
+    padded = np.zeros((n + -n % INT8_COLS, k + -k % 4), np.int8)
+    padded[:n, :k] = w
+    return np.ascontiguousarray(padded.reshape(padded.shape[0], -1, 4).transpose(1, 0, 2))
+
+
+def _check_int8_operands(a: np.ndarray, wt: np.ndarray, n_cols: int) -> np.ndarray:
+    a = np.ascontiguousarray(a)
+    if a.ndim != 2 or a.dtype != np.uint8 or wt.ndim != 3 or wt.dtype != np.int8 \
+            or a.shape[1] != 4 * wt.shape[0] or wt.shape[1] < n_cols or wt.shape[1] % INT8_COLS:
+        raise EngineError(f"int8 GEMM needs uint8 activations (M, 4*K4) and int8_weights (K4, Npad, 4) with "
+                          f"Npad >= {n_cols}, got {a.dtype} {a.shape} and {wt.dtype} {wt.shape}")
+    if a.shape[1] > INT32_SAFE_K:
+        raise EngineError(f"int8 GEMM: K = {a.shape[1]} could overflow int32 (at most {INT32_SAFE_K})")
+    return a
+
+
+def _make_int8_kernel(fused: bool):
+    """The int8 GEMM on `int8dot.int8_tile`, 8 rows x all columns per block; `fused` as in
+    `_make_vector_kernel` (same arguments, a: (M, 4*K4) uint8, wt: (K4, Npad, 4) int8)."""
+
+    @njit(parallel=True, cache=True)
+    def kernel(a, wt, scale, offset, signed_th, by_t, negate, pixels, out):  # pragma: no cover
+        m_rows = a.shape[0]
+        n_pad = wt.shape[1]
+        for t in prange((m_rows + INT8_ROWS - 1) // INT8_ROWS):
+            m0 = t * INT8_ROWS
+            total = np.empty((INT8_ROWS, n_pad), np.int32)
+            for n0 in range(0, n_pad, INT8_COLS):
+                int8_tile(a, wt, m0, n0, total)
+            if fused:
+                corr = np.empty(INT8_ROWS, np.int64)
+                for r in range(INT8_ROWS):
+                    corr[r] = offset * np.int64(a[min(m0 + r, m_rows - 1)].sum())
+                threshold_block(total, corr, m0, scale, signed_th, by_t, negate, pixels, out)
+            else:
+                _store_rows(total, m0, out)
+
+    return kernel
+
+
+_INT8_KERNELS = {False: _make_int8_kernel(False), True: _make_int8_kernel(True)}
+
+
+def int8_gemm(a: np.ndarray, wt: np.ndarray, n_cols: int) -> np.ndarray:
+    """int64 (M, n_cols) = a @ w.T for uint8 activations a (M, 4*K4) (zero columns past K) and
+    wt = `int8_weights(w)`; exact (int32 partial sums, K checked against INT32_SAFE_K)."""
+    a = _check_int8_operands(a, wt, n_cols)
+    out = np.zeros((a.shape[0], n_cols), np.int64)
+    if out.size and a.shape[1]:
+        with _threads_for(a.shape[0] * wt.shape[1] * a.shape[1] // 64):
+            _INT8_KERNELS[False](a, wt, 0, 0, *_NO_THRESHOLDS, 1, out)
+    return out
+
+
+def int8_threshold_codes(a: np.ndarray, wt: np.ndarray, th: np.ndarray, direction: np.ndarray, images: int,
+                         scale: int = 1, offset: int = 0) -> np.ndarray:
+    """Codes (images, O, P) uint8 of an int8-path layer in one pass: `requant.threshold_codes`
+    applied to `scale * int8_gemm(a, wt) - offset * rowsum(a)` (rows m = img * P + p)."""
+    channels = th.shape[0]
+    a = _check_int8_operands(a, wt, channels)
+    out = np.empty((images, channels, a.shape[0] // images), np.uint8)
+    if out.size:
+        with _threads_for(a.shape[0] * wt.shape[1] * a.shape[1] // 64):
+            _INT8_KERNELS[True](a, wt, np.int64(scale), np.int64(offset),
+                                *block_thresholds(th, direction, wt.shape[1]), a.shape[0] // images, out)
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # convolution lowering and pooling on codes
 # --------------------------------------------------------------------------------------------
@@ -498,9 +543,10 @@ def _pad_hw(x: np.ndarray, padding: int) -> np.ndarray:
 
 
 def im2col_codes(x: np.ndarray, kh: int, kw: int, stride: int = 1, padding: int = 0,
-                 dtype=None) -> np.ndarray:
+                 dtype=None, width: int | None = None) -> np.ndarray:
     """Integer im2col: codes x (N, C, H, W) -> patches (N*OH*OW, C*kh*kw), in `dtype` (default:
-    x's dtype; the executor asks for float32/float64 to feed BLAS).
+    x's dtype; the executor asks for float32/float64 to feed BLAS, uint8 for `int8_gemm`).
+    `width` > C*kh*kw pads each row with zero columns (the int8 kernels want a multiple of 4).
 
     Row r = (n*OH + oh)*OW + ow; column (c*kh + i)*kw + j holds x[n, c, oh*s - p + i, ow*s - p + j]
     (zero outside the image), matching `weight.reshape(O, -1)` of an OIHW weight, so a
@@ -510,7 +556,9 @@ def im2col_codes(x: np.ndarray, kh: int, kw: int, stride: int = 1, padding: int 
     """
     x, oh, ow = _check_window(x, kh, kw, stride, padding, "im2col_codes")
     n, c = x.shape[:2]
-    out = np.empty((n * oh * ow, c * kh * kw), dtype=x.dtype if dtype is None else dtype)
+    k = c * kh * kw
+    width = k if width is None else max(width, k)
+    out = (np.empty if width == k else np.zeros)((n * oh * ow, width), dtype=x.dtype if dtype is None else dtype)
     if out.size:
         with _threads_for(out.size):
             _im2col_kernel(np.ascontiguousarray(_pad_hw(x, padding)), kh, kw, stride, oh, ow, out)
@@ -729,6 +777,9 @@ __all__ = [
     "conv_bit_planes",
     "conv_output_size",
     "im2col_codes",
+    "int8_gemm",
+    "int8_threshold_codes",
+    "int8_weights",
     "int_gemm",
     "max_pool_codes",
     "odd_weight_gemm",

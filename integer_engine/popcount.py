@@ -67,11 +67,13 @@ def _popcount64_llvm(typingctx, x):
 def _popcount_tile_python(a, wt, i0, j0, m0, n0, tile, abits, wbits):
     """Plain reading of `popcount_tile`: for r < TILE_ROWS, c < TILE_COLS,
 
-        tile[r, c] = sum_k sum_{i<abits, j<wbits} 2^(i+j) popcount(a[i0+i, m_r, k] AND wt[j0+j, k, n0+c])
+        tile[r, n0+c] = sum_k sum_{i<abits, j<wbits} 2^(i+j) popcount(a[i0+i, m_r, k] AND wt[j0+j, k, n0+c])
 
     with m_r = min(m0 + r, M - 1) (rows past the end repeat the last one). a: uint64 (planes, M, KW)
     activation planes; wt: uint64 (planes, KW, Npad) weight planes transposed (word k of column n
-    at wt[j, k, n]), Npad >= n0 + TILE_COLS; tile: uint64 (TILE_ROWS, TILE_COLS). All C-contiguous."""
+    at wt[j, k, n]), Npad >= n0 + TILE_COLS; tile: uint64 (TILE_ROWS, >= n0 + TILE_COLS), a row
+    block of results that the caller reads once every column tile is in (reading a 512-bit store
+    back at once with narrower loads stalls store forwarding). All C-contiguous."""
     m_last = a.shape[1] - 1
     for r in range(TILE_ROWS):
         m = min(m0 + r, m_last)
@@ -81,7 +83,7 @@ def _popcount_tile_python(a, wt, i0, j0, m0, n0, tile, abits, wbits):
                 for i in range(abits):
                     for j in range(wbits):
                         total += int(a[i0 + i, m, k] & wt[j0 + j, k, n0 + c]).bit_count() << (i + j)
-            tile[r, c] = total
+            tile[r, n0 + c] = total
 
 
 @intrinsic
@@ -109,6 +111,7 @@ def _popcount_tile_llvm(typingctx, a, wt, i0, j0, m0, n0, tile, abits, wbits):
         rows = builder.extract_value(a_arr.shape, 1)
         words = builder.extract_value(a_arr.shape, 2)
         w_cols = builder.extract_value(w_arr.shape, 2)
+        t_cols = builder.extract_value(t_arr.shape, 1)
         ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec]),
                                                f"llvm.ctpop.v{_LANES}i64")
         const = lambda v: ir.Constant(i64, v)  # noqa: E731
@@ -150,7 +153,8 @@ def _popcount_tile_llvm(typingctx, a, wt, i0, j0, m0, n0, tile, abits, wbits):
                     builder.store(acc, accs[r][v])
         for r in range(TILE_ROWS):
             for v in range(n_vecs):
-                at = builder.gep(t_arr.data, [const(r * TILE_COLS + _LANES * v)])
+                at = builder.gep(t_arr.data, [builder.add(builder.add(builder.mul(const(r), t_cols), n0_v),
+                                                          const(_LANES * v))])
                 builder.store(builder.load(accs[r][v]), builder.bitcast(at, vec.as_pointer()), align=8)
         return context.get_dummy_value()
 

@@ -108,6 +108,53 @@ def count_reached(v, signed_th, o):  # pragma: no cover - compiled
     return lo
 
 
+@njit(cache=True)
+def threshold_block(total, corr, m0, scale, signed_th, by_t, negate, pixels, out):  # pragma: no cover
+    """Codes of a block of a fused GEMM + requantization kernel, stored into NCHW out[img, o, p]
+    for rows m = m0 + r = img * pixels + p: with x = scale * total[r, c] - corr[r] (corr =
+    offset * rowsum),
+
+        code[r, c] = #{t : d[c] * x >= signed_th[c, t]}          (d * x = (x XOR m) - m)
+
+    by_t = signed_th.T and negate (m = -1 where d = -1, else 0) are padded to the block's width
+    (`block_thresholds`; padded columns are never stored), so the loops over c vectorise. Up to
+    16 thresholds are counted in passes, more by bisection."""
+    rows, cols = total.shape
+    n_th = by_t.shape[0]
+    last = signed_th.shape[0] - 1
+    v = np.empty(cols, np.int64)
+    codes = np.empty((rows, cols), np.uint8)
+    for r in range(rows):
+        for c in range(cols):
+            x = scale * np.int64(total[r, c]) - corr[r]
+            v[c] = (x ^ negate[c]) - negate[c]
+        if n_th <= 16:
+            for c in range(cols):
+                codes[r, c] = 0
+            for q in range(n_th):
+                for c in range(cols):
+                    codes[r, c] += np.uint8(v[c] >= by_t[q, c])
+        else:
+            for c in range(cols):
+                codes[r, c] = count_reached(v[c], signed_th, min(c, last))
+    for r in range(min(rows, out.shape[0] * pixels - m0)):
+        img = (m0 + r) // pixels
+        p = m0 + r - img * pixels
+        for o in range(out.shape[1]):
+            out[img, o, p] = codes[r, o]
+
+
+def block_thresholds(th: np.ndarray, direction: np.ndarray, width: int) -> tuple:
+    """(signed_th, by_t, negate) for `threshold_block`, by_t and negate padded to `width` columns."""
+    d = np.asarray(direction).astype(np.int64)
+    signed_th = np.ascontiguousarray(th * d[:, None])
+    by_t = np.zeros((th.shape[1], width), np.int64)
+    by_t[:, :th.shape[0]] = signed_th.T
+    negate = np.zeros(width, np.int64)
+    negate[:th.shape[0]] = np.where(d < 0, -1, 0)
+    return signed_th, by_t, negate
+
+
 # Both kernels: the accumulator of (image, channel o, pixel p) is
 #     scale * A - offset * rowsum[img, p],   code = #{t : signed_th[o, t] <= direction[o] * it},
 # written to out (N, O, P) uint8. Up to 16 thresholds are counted in passes that vectorise

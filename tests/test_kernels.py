@@ -17,7 +17,9 @@ from integer_engine.kernels import (
     odd_weight_gemm,
     plane_row_sums,
 )
+from integer_engine import int8dot
 from integer_engine.popcount import TILE_COLS, TILE_ROWS, _popcount_tile_python, popcount64, popcount_tile
+from integer_engine.requant import apply_thresholds
 
 # Every bit-serial kernel runs on any x86-64 CPU (LLVM lowers 512-bit vectors it lacks), so the
 # tests check both whatever the machine would pick.
@@ -87,9 +89,9 @@ def test_specialised_and_generic_kernels_agree(bits, m, n, k, seed):
         kernel(a_planes, w_planes, 0, 4 * n, out)
         outs.append(out)
     wt = kernels.transposed_planes(w_planes)
-    for kernel in (kernels._bitserial_kernel(abits, wbits, "vector"), kernels._make_vector_kernel(0, 0)):
+    for kernel in (kernels._bitserial_kernel(abits, wbits, "vector"), kernels._make_vector_kernel(0, 0, False)):
         out = np.zeros((m, 4 * n), np.int64)
-        kernel(a_planes, wt, out)
+        kernel(a_planes, wt, 0, 0, *kernels._NO_THRESHOLDS, 1, out)
         outs.append(out)
     for other, name in zip(outs[1:], ("scalar generic", "vector specialised", "vector generic")):
         assert_equal(other, outs[0], f"{name} vs scalar specialised {bits}, M={m} N={4 * n} K={k}")
@@ -181,6 +183,86 @@ def test_int_gemm_float32_boundary_is_exact():
     a = np.full((1, 259), 255, np.uint8)
     w = np.full((1, 259), 255, np.int16)
     assert int_gemm(a, w)[0, 0] == 259 * 255 * 255
+
+
+@settings(max_examples=200)
+@given(m=st.integers(1, 20), n=st.integers(1, 40), k=st.integers(1, 300), amax=st.sampled_from([1, 15, 255]),
+       seed=SEEDS)
+def test_int8_gemm_equals_int64_matmul(m, n, k, amax, seed):
+    """u8 codes x s8 weights with the extremes present (255 * -128 products)."""
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, amax + 1, (m, k)).astype(np.uint8)
+    w = rng.integers(-128, 128, (n, k))
+    a[0, 0], w[0, 0] = amax, -128
+    padded = np.zeros((m, k + -k % 4), np.uint8)
+    padded[:, :k] = a
+    got = kernels.int8_gemm(padded, kernels.int8_weights(w), n)
+    assert_equal(got, a.astype(np.int64) @ w.T, f"int8 M={m} N={n} K={k} |a|<={amax} seed={seed}")
+
+
+@settings(max_examples=100)
+@given(m=st.integers(1, 11), k=st.integers(1, 40), m0=st.integers(0, 10), seed=SEEDS)
+def test_int8_tile_compiled_and_plain_agree_with_numpy(m, k, m0, seed):
+    rng = np.random.default_rng(seed)
+    a = np.zeros((m, k + -k % 4), np.uint8)
+    a[:, :k] = rng.integers(0, 256, (m, k))
+    w = rng.integers(-128, 128, (int8dot.TILE_COLS, k))
+    wt = kernels.int8_weights(w)
+    m0 = min(m0, m - 1)
+    rows = np.minimum(np.arange(m0, m0 + int8dot.TILE_ROWS), m - 1)
+    expected = (a[rows, :k].astype(np.int64) @ w.T).astype(np.int32)
+    call = kernels.njit(lambda x, y, r0, out: int8dot.int8_tile(x, y, r0, 0, out))
+    for name, run in (("compiled", call), ("plain", int8dot._int8_tile_python)):
+        tile = np.zeros((int8dot.TILE_ROWS, int8dot.TILE_COLS), np.int32)
+        if name == "plain":
+            run(a, wt, m0, 0, tile)
+        else:
+            run(a, wt, m0, tile)
+        assert_equal(tile, expected, f"{name} int8_tile M={m} K={k} m0={m0}")
+
+
+@st.composite
+def threshold_cases(draw):
+    """Thresholds (O, n) with directions +-1 around a layer's accumulator range, n up to 20
+    (more than 16 takes the bisection branch)."""
+    rng = np.random.default_rng(draw(SEEDS))
+    channels, n = draw(st.integers(1, 40)), draw(st.sampled_from([1, 3, 15, 16, 17, 20]))
+    th = np.sort(rng.integers(-3000, 3000, (channels, n)), axis=1)
+    direction = rng.choice(np.array([-1, 1], np.int8), channels)
+    th[direction < 0] = th[direction < 0, ::-1]  # non-increasing for d = -1
+    return th.astype(np.int64), direction
+
+
+@settings(max_examples=100)
+@given(abits=st.integers(1, 4), wbits=st.integers(1, 4), images=st.integers(1, 3), pixels=st.integers(1, 7),
+       k=K_VALUES, case=threshold_cases(), seed=SEEDS)
+def test_bitserial_threshold_codes_equal_gemm_then_thresholds(abits, wbits, images, pixels, k, case, seed):
+    th, direction = case
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 2**abits, (images * pixels, k))
+    j = rng.integers(0, 2**wbits, (th.shape[0], k))
+    n_w = 2**wbits - 1
+    acc = (a @ (2 * j - n_w).T).reshape(images, pixels, -1).transpose(0, 2, 1)
+    got = kernels.bitserial_threshold_codes(bit_planes(a, abits), kernels.transposed_planes(bit_planes(j, wbits)),
+                                            th, direction, images, 2, n_w)
+    assert_equal(got, apply_thresholds(acc, th, direction, 1),
+                 f"fused W{wbits}A{abits} images={images} P={pixels} O={th.shape[0]} K={k} n={th.shape[1]}")
+
+
+@settings(max_examples=100)
+@given(images=st.integers(1, 3), pixels=st.integers(1, 7), k=st.integers(1, 80), case=threshold_cases(),
+       offset=st.sampled_from([0, -1, 5]), seed=SEEDS)
+def test_int8_threshold_codes_equal_gemm_then_thresholds(images, pixels, k, case, offset, seed):
+    th, direction = case
+    rng = np.random.default_rng(seed)
+    a = np.zeros((images * pixels, k + -k % 4), np.uint8)
+    a[:, :k] = rng.integers(0, 16, (images * pixels, k))
+    w = rng.integers(-128, 128, (th.shape[0], k))
+    acc = 2 * (a[:, :k].astype(np.int64) @ w.T) - offset * a.sum(axis=1, dtype=np.int64)[:, None]
+    acc = acc.reshape(images, pixels, -1).transpose(0, 2, 1)
+    got = kernels.int8_threshold_codes(a, kernels.int8_weights(w), th, direction, images, 2, offset)
+    assert_equal(got, apply_thresholds(acc, th, direction, 1),
+                 f"fused int8 images={images} P={pixels} O={th.shape[0]} K={k} n={th.shape[1]} offset={offset}")
 
 
 def conv_patches_reference(x, kh, kw, stride, padding):

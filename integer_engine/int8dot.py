@@ -1,0 +1,117 @@
+"""`int8_tile`: a register tile of an integer GEMM, unsigned 8-bit codes x signed 8-bit weights
+-> int32, for the layers where bit-serial popcounts would cost too many passes (the 8-bit first
+and last layers; wide layers, `executor.int8_wins`).
+
+    tile[r, c] = sum_k a[m_r, k] * w[n0 + c, k]        a in [0, 255], w in [-128, 127]
+
+The weights are packed once as `wt` (K4, Npad, 4) int8: the four consecutive k of column n are
+the 4 bytes of one 32-bit lane, 16 columns side by side in one 512-bit vector. Each step of the
+reduction loads that vector once, broadcasts 4 bytes of each of the 8 activation rows, and adds
+the four products per lane into 8 int32 vector accumulators:
+
+- with AVX-512 VNNI: one `vpdpbusd` per row (64 MACs per instruction);
+- elsewhere: the same sums written as plain LLVM vector code (zero/sign extension, multiply, add
+  of the four byte lanes), which LLVM lowers to what the CPU has (on AVX2 `vpmaddwd`-style code).
+
+Neither wraps: each product is at most 255 * 128 in magnitude, and the callers check that
+K * 255 * 128 < 2**31 (`INT32_SAFE_K`), so every partial sum is exact in int32.
+Under `NUMBA_DISABLE_JIT=1` the name is bound to the plain-Python reading.
+"""
+import numba
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from integer_engine.cpu import detect
+
+TILE_ROWS = 8
+TILE_COLS = 16  # int32 lanes in a 512-bit vector
+# Largest reduction length whose partial sums stay below 2**31: K * 255 * 128 < 2**31.
+INT32_SAFE_K = (2**31 - 1) // (255 * 128)
+VNNI = detect().has("avx512vnni") and detect().has("avx512f")
+
+
+def _int8_tile_python(a, wt, m0, n0, tile):
+    """Plain reading: tile[r, n0 + c] = sum_k a[min(m0 + r, M - 1), k] * wt[k // 4, n0 + c, k % 4]
+    for r < TILE_ROWS, c < TILE_COLS. a: uint8 (M, 4 * K4); wt: int8 (K4, Npad, 4); tile: int32
+    (TILE_ROWS, >= n0 + TILE_COLS), a row block read once complete (as `popcount.popcount_tile`).
+    All C-contiguous."""
+    m_last = a.shape[0] - 1
+    for r in range(TILE_ROWS):
+        m = min(m0 + r, m_last)
+        for c in range(TILE_COLS):
+            total = 0
+            for k in range(a.shape[1]):
+                total += int(a[m, k]) * int(wt[k // 4, n0 + c, k % 4])
+            tile[r, n0 + c] = total
+
+
+def _lane_sums(builder, x, w):
+    """Generic <16 x i32> sum over each lane's 4 bytes of zext(x bytes) * sext(w bytes)."""
+    bytes64 = ir.VectorType(ir.IntType(8), 64)
+    wide = ir.VectorType(ir.IntType(32), 64)
+    prod = builder.mul(builder.zext(builder.bitcast(x, bytes64), wide),
+                       builder.sext(builder.bitcast(w, bytes64), wide))
+    total = None
+    for b in range(4):
+        part = builder.shuffle_vector(prod, ir.Constant(wide, ir.Undefined),
+                                      ir.Constant(ir.VectorType(ir.IntType(32), 16), [4 * lane + b for lane in range(16)]))
+        total = part if total is None else builder.add(total, part)
+    return total
+
+
+@intrinsic
+def _int8_tile_llvm(typingctx, a, wt, m0, n0, tile):
+    """`_int8_tile_python` in 512-bit vector code (see the module docstring)."""
+    if (a != types.Array(types.uint8, 2, "C") or wt != types.Array(types.int8, 3, "C")
+            or tile != types.Array(types.int32, 2, "C")):
+        return None
+    sig = types.void(a, wt, m0, n0, tile)
+
+    def codegen(context, builder, signature, args):
+        a_arr = context.make_array(signature.args[0])(context, builder, args[0])
+        w_arr = context.make_array(signature.args[1])(context, builder, args[1])
+        t_arr = context.make_array(signature.args[4])(context, builder, args[4])
+        i32, i64 = ir.IntType(32), ir.IntType(64)
+        vec = ir.VectorType(i32, TILE_COLS)
+        const = lambda v: ir.Constant(i64, v)  # noqa: E731
+        m0_v, n0_v = (context.cast(builder, args[p], signature.args[p], types.int64) for p in (2, 3))
+        rows = builder.extract_value(a_arr.shape, 0)
+        row_bytes = builder.extract_value(a_arr.shape, 1)
+        groups = builder.extract_value(w_arr.shape, 0)
+        w_cols = builder.extract_value(w_arr.shape, 1)
+        t_cols = builder.extract_value(t_arr.shape, 1)
+        if VNNI:
+            dot = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec, vec, vec]),
+                                                 "llvm.x86.avx512.vpdpbusd.512")
+            step = lambda acc, x, w: builder.call(dot, [acc, x, w])  # noqa: E731
+        else:
+            step = lambda acc, x, w: builder.add(acc, _lane_sums(builder, x, w))  # noqa: E731
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(vec, [0] * TILE_COLS)) for _ in range(TILE_ROWS)]
+        last = builder.sub(rows, const(1))
+        row_ptrs = []
+        for r in range(TILE_ROWS):
+            m = builder.add(m0_v, const(r))
+            m = builder.select(builder.icmp_signed("<", m, rows), m, last)
+            row_ptrs.append(builder.bitcast(builder.gep(a_arr.data, [builder.mul(m, row_bytes)]), i32.as_pointer()))
+        splat_mask = ir.Constant(ir.VectorType(i32, TILE_COLS), [0] * TILE_COLS)
+        w_words = builder.bitcast(w_arr.data, i32.as_pointer())  # one int32 = a column's 4 bytes
+        with cgutils.for_range(builder, groups) as loop:
+            g = loop.index
+            at = builder.add(builder.mul(g, w_cols), n0_v)
+            w = builder.load(builder.bitcast(builder.gep(w_words, [at]), vec.as_pointer()), align=4)
+            for r in range(TILE_ROWS):
+                word = builder.load(builder.gep(row_ptrs[r], [g]), align=1)
+                x = builder.insert_element(ir.Constant(vec, ir.Undefined), word, ir.Constant(i32, 0))
+                x = builder.shuffle_vector(x, ir.Constant(vec, ir.Undefined), splat_mask)
+                builder.store(step(builder.load(accs[r]), x, w), accs[r])
+        for r in range(TILE_ROWS):
+            at = builder.gep(t_arr.data, [builder.add(builder.mul(const(r), t_cols), n0_v)])
+            builder.store(builder.load(accs[r]), builder.bitcast(at, vec.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+int8_tile = _int8_tile_python if numba.config.DISABLE_JIT else _int8_tile_llvm
