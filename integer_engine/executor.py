@@ -31,7 +31,7 @@ from integer_engine import bitpack, int8dot, kernels
 from integer_engine.epilogue import activation_code, affine
 from integer_engine.errors import EngineError
 from integer_engine.format import IntegerModel, Layer
-from integer_engine.requant import apply_thresholds, full_accumulator, threshold_codes
+from integer_engine.requant import apply_thresholds, block_thresholds, full_accumulator, threshold_codes
 
 # Bit-serial popcount GEMM costs abits * wbits AND+POPCNT passes per 64 MACs; beyond about this
 # many it loses to the integer GEMM the CPU has: with VNNI (`int8dot`, 64 u8 x s8 MACs per
@@ -100,6 +100,7 @@ class _Compute:
         # partial sum is an integer of magnitude <= 2**p; acc_bound is that bound for any input.
         # Validation caps acc_bound at 2**31 - 1, so float64 is always exact.
         self.exact_dtype = np.float32 if int(a["acc_bound"]) <= 2**24 else np.float64
+        self.prepared = None
         if self.method == "int":
             self.levels_t = np.ascontiguousarray(self.levels.T.astype(self.exact_dtype))
 
@@ -127,12 +128,19 @@ class _Compute:
 
     def threshold_codes(self, x: np.ndarray) -> np.ndarray:
         """A threshold layer's codes (N, O, P) in one fused kernel (vector bit-serial and int8 layers)."""
-        arrays = self.layer.arrays
+        a, arrays = self.layer.attrs, self.layer.arrays
         th, direction, images = arrays["thresholds"], arrays["direction"], x.shape[0]
+        if self.prepared is None:  # the thresholds in the fused kernels' layout, made once
+            width = self.wt8.shape[1] if self.method == "int8" else self.wt.shape[2]  # padded channels
+            self.prepared = block_thresholds(th, direction, width)
         if self.method == "int8":
+            if a["kind"] == "conv" and x.dtype == np.uint8:
+                return kernels.int8_conv_threshold_codes(x, *a["kernel"], a["stride"], a["padding"], self.wt8, th,
+                                                         direction, self.int8_scale, self.int8_offset, self.prepared)
             return kernels.int8_threshold_codes(self._bytes(x), self.wt8, th, direction, images,
-                                                self.int8_scale, self.int8_offset)
-        return kernels.bitserial_threshold_codes(self._planes(x), self.wt, th, direction, images, 2, self.n_w)
+                                                self.int8_scale, self.int8_offset, self.prepared)
+        return kernels.bitserial_threshold_codes(self._planes(x), self.wt, th, direction, images, 2, self.n_w,
+                                                 self.prepared)
 
     def accumulate(self, x: np.ndarray) -> tuple[np.ndarray, str, int, int, np.ndarray | None]:
         """Codes (N, C, H, W) or (N, F) -> (acc, layout, scale, offset, rowsum) for

@@ -310,7 +310,8 @@ def bitserial_gemm_transposed(a_planes: np.ndarray, wt: np.ndarray, n_cols: int)
 
 
 def bitserial_threshold_codes(a_planes: np.ndarray, wt: np.ndarray, th: np.ndarray, direction: np.ndarray,
-                              images: int, scale: int = 1, offset: int = 0) -> np.ndarray:
+                              images: int, scale: int = 1, offset: int = 0, prepared: tuple | None = None
+                              ) -> np.ndarray:
     """Codes (images, O, P) uint8 of a bit-serial layer in one pass: per output channel o and
     activation row m = img * P + p,
 
@@ -318,7 +319,8 @@ def bitserial_threshold_codes(a_planes: np.ndarray, wt: np.ndarray, th: np.ndarr
 
     (`requant.threshold_codes` on `bitserial_gemm(a_planes, w_planes)`, rows_first), with
     a_planes (abits, images * P, KW) and wt = `transposed_planes(w_planes)`; th (O, n) int64,
-    direction (O,) of +-1."""
+    direction (O,) of +-1; `prepared`: `requant.block_thresholds(th, direction, wt.shape[2])`, if
+    already made (the executor makes it once per layer)."""
     a_planes = _check_planes(a_planes, "a_planes")
     abits, m_rows, kw = a_planes.shape
     wbits = wt.shape[0]
@@ -331,7 +333,7 @@ def bitserial_threshold_codes(a_planes: np.ndarray, wt: np.ndarray, th: np.ndarr
     if out.size:
         with _threads_for(m_rows * wt.shape[2] * kw * abits * wbits // 8):
             _bitserial_kernel(abits, wbits, "fused")(a_planes, wt, np.int64(scale), np.int64(offset),
-                                                     *block_thresholds(th, direction, wt.shape[2]),
+                                                     *(prepared or block_thresholds(th, direction, wt.shape[2])),
                                                      m_rows // images, out)
     return out
 
@@ -495,7 +497,7 @@ def int8_gemm(a: np.ndarray, wt: np.ndarray, n_cols: int) -> np.ndarray:
 
 
 def int8_threshold_codes(a: np.ndarray, wt: np.ndarray, th: np.ndarray, direction: np.ndarray, images: int,
-                         scale: int = 1, offset: int = 0) -> np.ndarray:
+                         scale: int = 1, offset: int = 0, prepared: tuple | None = None) -> np.ndarray:
     """Codes (images, O, P) uint8 of an int8-path layer in one pass: `requant.threshold_codes`
     applied to `scale * int8_gemm(a, wt) - offset * rowsum(a)` (rows m = img * P + p)."""
     channels = th.shape[0]
@@ -504,7 +506,64 @@ def int8_threshold_codes(a: np.ndarray, wt: np.ndarray, th: np.ndarray, directio
     if out.size:
         with _threads_for(a.shape[0] * wt.shape[1] * a.shape[1] // 64):
             _INT8_KERNELS[True](a, wt, np.int64(scale), np.int64(offset),
-                                *block_thresholds(th, direction, wt.shape[1]), a.shape[0] // images, out)
+                                *(prepared or block_thresholds(th, direction, wt.shape[1])), a.shape[0] // images, out)
+    return out
+
+
+@njit(parallel=True, cache=True)
+def _int8_conv_threshold_kernel(xp, kh, kw, stride, oh_count, ow_count, wt, scale, offset,
+                                signed_th, by_t, negate, out):  # pragma: no cover - compiled
+    # The fused int8 kernel with im2col inside: each block of 8 output pixels gathers its patch
+    # rows from the zero-padded codes xp (N, C, Hp, Wp) into a small buffer, so the patch
+    # matrix never reaches memory. out: (N, O, OH*OW) uint8.
+    n_images, channels = xp.shape[0], xp.shape[1]
+    pixels = oh_count * ow_count
+    m_rows = n_images * pixels
+    for t in prange((m_rows + INT8_ROWS - 1) // INT8_ROWS):
+        m0 = t * INT8_ROWS
+        patch = np.zeros((INT8_ROWS, 4 * wt.shape[0]), np.uint8)  # columns past C*kh*kw stay 0
+        total = np.empty((INT8_ROWS, wt.shape[1]), np.int32)
+        corr = np.empty(INT8_ROWS, np.int64)
+        for r in range(INT8_ROWS):
+            m = min(m0 + r, m_rows - 1)
+            img = m // pixels
+            y = (m - img * pixels) // ow_count
+            z = m - img * pixels - y * ow_count
+            col = 0
+            rowsum = 0
+            for c in range(channels):
+                for i in range(kh):
+                    for j in range(kw):
+                        value = xp[img, c, y * stride + i, z * stride + j]
+                        patch[r, col] = value
+                        rowsum += np.int64(value)
+                        col += 1
+            corr[r] = offset * rowsum
+        for n0 in range(0, wt.shape[1], INT8_COLS):
+            int8_tile(patch, wt, 0, n0, total)
+        threshold_block(total, corr, m0, scale, signed_th, by_t, negate, pixels, out)
+
+
+def int8_conv_threshold_codes(x: np.ndarray, kh: int, kw: int, stride: int, padding: int, wt: np.ndarray,
+                              th: np.ndarray, direction: np.ndarray, scale: int = 1, offset: int = 0,
+                              prepared: tuple | None = None) -> np.ndarray:
+    """`int8_threshold_codes(im2col_codes(x, ...), ...)` for a convolution on uint8 codes
+    x (N, C, H, W), without materialising the patches: uint8 codes (N, O, OH*OW).
+    `prepared`: `requant.block_thresholds(th, direction, wt.shape[1])`, if already made."""
+    x, oh, ow = _check_window(x, kh, kw, stride, padding, "int8_conv_threshold_codes")
+    n, c = x.shape[:2]
+    channels = th.shape[0]
+    if x.dtype != np.uint8 or wt.ndim != 3 or 4 * wt.shape[0] < c * kh * kw or wt.shape[1] < channels:
+        raise EngineError(f"int8 conv needs uint8 codes and int8_weights for {c * kh * kw} inputs and "
+                          f"{channels} channels, got {x.dtype} codes and weights {wt.shape}")
+    if 4 * wt.shape[0] > INT32_SAFE_K:
+        raise EngineError(f"int8 conv: K = {4 * wt.shape[0]} could overflow int32 (at most {INT32_SAFE_K})")
+    out = np.empty((n, channels, oh * ow), np.uint8)
+    if out.size:
+        with _threads_for(out.size * wt.shape[0] * 4 // 16):
+            _int8_conv_threshold_kernel(np.ascontiguousarray(_pad_hw(x, padding)), kh, kw, stride, oh, ow, wt,
+                                        np.int64(scale), np.int64(offset),
+                                        *(prepared or block_thresholds(th, direction, wt.shape[1])), out)
     return out
 
 
@@ -722,7 +781,7 @@ def conv_bit_planes(
     weights pair with `bit_planes(weight.reshape(O, -1), wbits)`) but without materialising the
     (N*OH*OW, C*kh*kw) code matrix.
 
-    Stride 1 with padded width <= 64 (the usual 3x3 convs): each padded input row becomes one
+    Stride 1 with padded width <= 64 and >= 8 output pixels (the usual 3x3 convs): each padded input row becomes one
     uint64 bitmask per plane; patch column (c, i, j) over a run of output pixels is that mask
     shifted by j, and 64x64 bit transposes turn 64 such columns into output words. Otherwise
     (strided or wide inputs): gather each patch into bytes and pack 8 codes per uint64 step.
@@ -739,7 +798,9 @@ def conv_bit_planes(
     out = np.empty((bits, n * oh * ow, words_for(c * kh * kw)), dtype=np.uint64)
     if out.size:
         with _threads_for(out.size * 64):
-            if stride == 1 and xp.shape[3] <= 64:
+            # The transposes fill 64 output pixels at a time: with few pixels per image (SVHN
+            # conv6: 1) they waste most of their work and the byte gather wins (3.0 vs 0.3 ms).
+            if stride == 1 and xp.shape[3] <= 64 and oh * ow >= 8:
                 _conv_pack_transpose_kernel(_row_bits(xp, bits), kh, kw, oh, ow, out)
             else:
                 _conv_pack_kernel(xp, kh, kw, stride, oh, ow, out)
@@ -777,6 +838,7 @@ __all__ = [
     "conv_bit_planes",
     "conv_output_size",
     "im2col_codes",
+    "int8_conv_threshold_codes",
     "int8_gemm",
     "int8_threshold_codes",
     "int8_weights",

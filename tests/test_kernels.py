@@ -405,3 +405,21 @@ def test_empty_shapes():
     assert bitserial_gemm(bit_planes(np.zeros((0, 5), np.uint8), 2),
                           bit_planes(np.zeros((3, 5), np.uint8), 2)).shape == (0, 3)
     assert int_gemm(np.zeros((0, 5), np.uint8), np.zeros((3, 5), np.int16)).shape == (0, 3)
+
+
+@settings(max_examples=100)
+@given(case=st.data(), o=st.integers(1, 20), offset=st.sampled_from([0, -1, 7]), seed=SEEDS)
+def test_int8_conv_threshold_codes_equal_im2col_path(case, o, offset, seed):
+    """The im2col-inside int8 kernel against im2col + the int8 GEMM + thresholds."""
+    x, kh, kw, stride, padding, _ = case.draw(conv_cases())
+    th, direction = case.draw(threshold_cases())
+    th, direction = th[:1].repeat(o, axis=0), direction[:1].repeat(o)
+    rng = np.random.default_rng(seed)
+    w = rng.integers(-128, 128, (o, x.shape[1] * kh * kw))
+    wt = kernels.int8_weights(w)
+    patches = im2col_codes(x, kh, kw, stride, padding)
+    acc = 2 * (patches.astype(np.int64) @ w.T) - offset * patches.sum(axis=1, dtype=np.int64)[:, None]
+    acc = acc.reshape(x.shape[0], -1, o).transpose(0, 2, 1)
+    got = kernels.int8_conv_threshold_codes(x, kh, kw, stride, padding, wt, th, direction, 2, offset)
+    assert_equal(got, apply_thresholds(acc, th, direction, 1),
+                 f"int8 conv x {x.shape} {kh}x{kw} s={stride} p={padding} O={o} n={th.shape[1]} offset={offset}")
