@@ -12,6 +12,9 @@ same facts rather than this project's machine of the day. Measured on the machin
   "vectorise" into AVX2 byte lookups (vpshufb; 1.6x slower on Zen 1).
 - Neither (or not x86-64): LLVM's generic `ctpop`.
 
+Wide layers (8-bit, or too many bit-plane passes) run an int8 dot product (`int8dot`) where
+AVX-512 VNNI exists (`vpdpbusd`, 64 u8 x s8 MACs per instruction), else exact float BLAS.
+
 `describe()` is the one-line summary that `integer_engine run` and the benchmarks print.
 """
 from __future__ import annotations
@@ -47,10 +50,17 @@ class CPU:
             return "popcnt"
         return "ctpop"
 
+    @property
+    def int8_dot(self) -> str:
+        """The u8 x s8 dot product of `int8dot`: "vpdpbusd" (AVX-512 VNNI) or "generic" (plain
+        vector code; the executor then keeps float32/64 BLAS for wide layers, not measured to
+        lose there)."""
+        return "vpdpbusd" if self.x86_64 and self.has("avx512vnni") and self.has("avx512f") else "generic"
+
     def describe(self) -> str:
         shown = [f for f in _SHOWN if self.has(f)]
         return (f"CPU {self.name}, {self.threads} threads, features: {' '.join(shown) or 'none of note'}; "
-                f"popcount kernel: {self.popcount}")
+                f"popcount kernel: {self.popcount}, int8 dot product: {self.int8_dot}")
 
 
 def _features(flat: str) -> frozenset:

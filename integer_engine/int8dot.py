@@ -29,7 +29,7 @@ TILE_ROWS = 8
 TILE_COLS = 16  # int32 lanes in a 512-bit vector
 # Largest reduction length whose partial sums stay below 2**31: K * 255 * 128 < 2**31.
 INT32_SAFE_K = (2**31 - 1) // (255 * 128)
-VNNI = detect().has("avx512vnni") and detect().has("avx512f")
+VNNI = detect().int8_dot == "vpdpbusd"
 
 
 def _int8_tile_python(a, wt, m0, n0, tile):

@@ -423,3 +423,22 @@ def test_int8_conv_threshold_codes_equal_im2col_path(case, o, offset, seed):
     got = kernels.int8_conv_threshold_codes(x, kh, kw, stride, padding, wt, th, direction, 2, offset)
     assert_equal(got, apply_thresholds(acc, th, direction, 1),
                  f"int8 conv x {x.shape} {kh}x{kw} s={stride} p={padding} O={o} n={th.shape[1]} offset={offset}")
+
+
+@pytest.mark.parametrize("features, x86_64, expected", [
+    ({"popcnt", "avx2", "avx512f", "avx512vpopcntdq", "avx512vnni"}, True, "vpopcntq"),  # Zen 4/5
+    ({"popcnt", "avx2"}, True, "popcnt"),  # Zen 1: scalar POPCNT as inline assembly
+    ({"avx512vpopcntdq"}, True, "ctpop"),  # VPOPCNTDQ without AVX-512F (or POPCNT): generic
+    (set(), True, "ctpop"),
+    ({"popcnt"}, False, "ctpop"),  # not x86-64: never the x86 inline assembly
+])
+def test_popcount_choice_follows_cpu_features(features, x86_64, expected):
+    from integer_engine.cpu import CPU
+    chosen = CPU("test", frozenset(features), x86_64, 2).popcount
+    assert chosen == expected, f"features {sorted(features)} (x86-64: {x86_64}): expected {expected}, got {chosen}"
+
+
+def test_cpu_description_names_the_kernels():
+    from integer_engine import cpu
+    text = cpu.describe()
+    assert cpu.detect().name in text and f"popcount kernel: {cpu.detect().popcount}" in text, text
