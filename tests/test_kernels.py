@@ -442,3 +442,24 @@ def test_cpu_description_names_the_kernels():
     from integer_engine import cpu
     text = cpu.describe()
     assert cpu.detect().name in text and f"popcount kernel: {cpu.detect().popcount}" in text, text
+
+
+@settings(max_examples=200)
+@given(case=conv_cases(), wide=st.booleans())
+def test_conv_channel_planes_equals_packed_channel_major_im2col(case, wide):
+    """Reduction order (i, j, channel), channels padded to whole words; `wide` draws over 64
+    channels (two words per pixel)."""
+    x, kh, kw, stride, padding, bits = case
+    if wide:
+        x = np.random.default_rng(x.size).integers(0, 2**bits, (x.shape[0], 70, *x.shape[2:])).astype(np.uint8)
+    n, c = x.shape[:2]
+    patches = im2col_codes(x, kh, kw, stride, padding).reshape(-1, c, kh, kw).transpose(0, 2, 3, 1)
+    channel_major = np.zeros((patches.shape[0], kh, kw, 64 * -(-c // 64)), np.uint8)
+    channel_major[..., :c] = patches
+    context = f"x {x.shape} kernel {kh}x{kw} stride {stride} padding {padding} bits {bits}"
+    assert_equal(kernels.conv_channel_planes(x, kh, kw, stride, padding, bits),
+                 bit_planes(channel_major.reshape(patches.shape[0], -1), bits), context)
+    weight = np.random.default_rng(c).integers(0, 4, (3, c, kh, kw))
+    assert_equal(kernels.channel_major_weights(weight) @ channel_major.reshape(patches.shape[0], -1).T.astype(np.int64),
+                 weight.reshape(3, -1) @ im2col_codes(x, kh, kw, stride, padding).T.astype(np.int64),
+                 context + " (weights in the same order)")
