@@ -95,10 +95,13 @@ class _Compute:
         elif int8:
             if self.n_w <= 127:
                 self.int8_scale, self.int8_offset = 1, 0
-                self.wt8 = kernels.int8_weights(2 * self.j.astype(np.int16) - self.n_w)
+                signed = 2 * w.astype(np.int16) - self.n_w
             else:
                 self.int8_scale, self.int8_offset = 2, self.n_w - 256
-                self.wt8 = kernels.int8_weights(self.j.astype(np.int16) - 128)
+                signed = w.astype(np.int16) - 128
+            self.wt8 = kernels.int8_weights(signed.reshape(signed.shape[0], -1))
+            if a["kind"] == "conv":  # the fused conv kernel reduces in (i, j, channel) order
+                self.wt8_conv = kernels.int8_conv_weights(signed)
         else:
             self.levels = (2 * self.j.astype(np.int16) - self.n_w).astype(np.int16)
         # int_gemm's own rule (kernels.py): a float with a p-bit significand is exact when every
@@ -142,7 +145,7 @@ class _Compute:
             self.prepared = block_thresholds(th, direction, width)
         if self.method == "int8":
             if a["kind"] == "conv" and x.dtype == np.uint8:
-                return kernels.int8_conv_threshold_codes(x, *a["kernel"], a["stride"], a["padding"], self.wt8, th,
+                return kernels.int8_conv_threshold_codes(x, *a["kernel"], a["stride"], a["padding"], self.wt8_conv, th,
                                                          direction, self.int8_scale, self.int8_offset, self.prepared)
             return kernels.int8_threshold_codes(self._bytes(x), self.wt8, th, direction, images,
                                                 self.int8_scale, self.int8_offset, self.prepared)

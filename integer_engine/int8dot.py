@@ -34,7 +34,7 @@ VNNI = detect().int8_dot == "vpdpbusd"
 
 def _int8_tile_python(a, wt, m0, n0, tile):
     """Plain reading: tile[r, n0 + c] = sum_k a[min(m0 + r, M - 1), k] * wt[k // 4, n0 + c, k % 4]
-    for r < TILE_ROWS, c < TILE_COLS. a: uint8 (M, 4 * K4); wt: int8 (K4, Npad, 4); tile: int32
+    for r < TILE_ROWS, c < TILE_COLS. a: uint8 (M, >= 4 * K4); wt: int8 (K4, Npad, 4); tile: int32
     (TILE_ROWS, >= n0 + TILE_COLS), a row block read once complete (as `popcount.popcount_tile`).
     All C-contiguous."""
     m_last = a.shape[0] - 1
@@ -42,7 +42,7 @@ def _int8_tile_python(a, wt, m0, n0, tile):
         m = min(m0 + r, m_last)
         for c in range(TILE_COLS):
             total = 0
-            for k in range(a.shape[1]):
+            for k in range(4 * wt.shape[0]):  # a's rows may be longer (slack), never shorter
                 total += int(a[m, k]) * int(wt[k // 4, n0 + c, k % 4])
             tile[r, n0 + c] = total
 
@@ -114,4 +114,31 @@ def _int8_tile_llvm(typingctx, a, wt, m0, n0, tile):
     return sig, codegen
 
 
+def _copy8_python(dst, dst_at, src, src_at):
+    """Plain reading of `copy8`: dst[dst_at:dst_at + 8] = src[src_at:src_at + 8] (1-D uint8)."""
+    dst[dst_at:dst_at + 8] = src[src_at:src_at + 8]
+
+
+@intrinsic
+def _copy8_llvm(typingctx, dst, dst_at, src, src_at):
+    """8 bytes from a 1-D uint8 array to another as one unaligned 64-bit load and store (the
+    caller leaves 8 bytes of slack past every run it copies)."""
+    flat = types.Array(types.uint8, 1, "C")
+    if dst != flat or src != flat:
+        return None
+    sig = types.void(dst, dst_at, src, src_at)
+
+    def codegen(context, builder, signature, args):
+        i64 = ir.IntType(64)
+        d_arr = context.make_array(signature.args[0])(context, builder, args[0])
+        s_arr = context.make_array(signature.args[2])(context, builder, args[2])
+        d_at, s_at = (context.cast(builder, args[p], signature.args[p], types.int64) for p in (1, 3))
+        word = builder.load(builder.bitcast(builder.gep(s_arr.data, [s_at]), i64.as_pointer()), align=1)
+        builder.store(word, builder.bitcast(builder.gep(d_arr.data, [d_at]), i64.as_pointer()), align=1)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 int8_tile = _int8_tile_python if numba.config.DISABLE_JIT else _int8_tile_llvm
+copy8 = _copy8_python if numba.config.DISABLE_JIT else _copy8_llvm

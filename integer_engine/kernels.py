@@ -23,7 +23,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from integer_engine.bitpack import MAX_BITS, check_bits, words_for
 from integer_engine.errors import EngineError
-from integer_engine.int8dot import INT32_SAFE_K, int8_tile
+from integer_engine.int8dot import INT32_SAFE_K, copy8, int8_tile
 from integer_engine.int8dot import TILE_COLS as INT8_COLS
 from integer_engine.int8dot import TILE_ROWS as INT8_ROWS
 from integer_engine.requant import block_thresholds, threshold_block
@@ -511,17 +511,23 @@ def int8_threshold_codes(a: np.ndarray, wt: np.ndarray, th: np.ndarray, directio
 
 
 @njit(parallel=True, cache=True)
-def _int8_conv_threshold_kernel(xp, kh, kw, stride, oh_count, ow_count, wt, scale, offset,
-                                signed_th, by_t, negate, out):  # pragma: no cover - compiled
+def _int8_conv_threshold_kernel(xp, kh, kw, channels, height, width, stride, oh_count, ow_count, wt, scale,
+                                offset, signed_th, by_t, negate, out):  # pragma: no cover - compiled
     # The fused int8 kernel with im2col inside: each block of 8 output pixels gathers its patch
-    # rows from the zero-padded codes xp (N, C, Hp, Wp) into a small buffer, so the patch
-    # matrix never reaches memory. out: (N, O, OH*OW) uint8.
-    n_images, channels = xp.shape[0], xp.shape[1]
+    # rows into a small buffer, so the patch matrix never reaches memory. xp: the zero-padded
+    # codes in NHWC order, flattened, with 8 bytes of slack at the end; a patch row in the order
+    # (i, j, channel) is then kh runs of kw*C contiguous bytes, copied 8 at a time (`copy8`;
+    # the few bytes each copy writes past its run are overwritten by the next run or fall on
+    # columns whose weights are 0). out: (N, O, OH*OW) uint8.
+    n_images = out.shape[0]
     pixels = oh_count * ow_count
     m_rows = n_images * pixels
+    run = kw * channels
+    k_total = kh * run
     for t in prange((m_rows + INT8_ROWS - 1) // INT8_ROWS):
         m0 = t * INT8_ROWS
-        patch = np.zeros((INT8_ROWS, 4 * wt.shape[0]), np.uint8)  # columns past C*kh*kw stay 0
+        patch = np.zeros(INT8_ROWS * (4 * wt.shape[0] + 8), np.uint8)
+        stride_row = 4 * wt.shape[0] + 8
         total = np.empty((INT8_ROWS, wt.shape[1]), np.int32)
         corr = np.empty(INT8_ROWS, np.int64)
         for r in range(INT8_ROWS):
@@ -529,29 +535,38 @@ def _int8_conv_threshold_kernel(xp, kh, kw, stride, oh_count, ow_count, wt, scal
             img = m // pixels
             y = (m - img * pixels) // ow_count
             z = m - img * pixels - y * ow_count
-            col = 0
+            for i in range(kh):
+                src = ((img * height + y * stride + i) * width + z * stride) * channels
+                dst = r * stride_row + i * run
+                for b in range(0, run, 8):
+                    copy8(patch, dst + b, xp, src + b)
             rowsum = 0
-            for c in range(channels):
-                for i in range(kh):
-                    for j in range(kw):
-                        value = xp[img, c, y * stride + i, z * stride + j]
-                        patch[r, col] = value
-                        rowsum += np.int64(value)
-                        col += 1
+            for k in range(k_total):
+                rowsum += np.int64(patch[r * stride_row + k])
             corr[r] = offset * rowsum
+        rows = patch.reshape(INT8_ROWS, stride_row)
+        for r in range(INT8_ROWS):  # bytes a run's last copy spilled past K meet zero weights
+            rows[r, k_total:] = 0
         for n0 in range(0, wt.shape[1], INT8_COLS):
-            int8_tile(patch, wt, 0, n0, total)
+            int8_tile(rows, wt, 0, n0, total)
         threshold_block(total, corr, m0, scale, signed_th, by_t, negate, pixels, out)
+
+
+def int8_conv_weights(weight: np.ndarray) -> np.ndarray:
+    """Signed conv weights (O, C, kh, kw) -> `int8_weights` in the reduction order (i, j, channel)
+    of `int8_conv_threshold_codes`."""
+    return int8_weights(weight.transpose(0, 2, 3, 1).reshape(weight.shape[0], -1))
 
 
 def int8_conv_threshold_codes(x: np.ndarray, kh: int, kw: int, stride: int, padding: int, wt: np.ndarray,
                               th: np.ndarray, direction: np.ndarray, scale: int = 1, offset: int = 0,
                               prepared: tuple | None = None) -> np.ndarray:
-    """`int8_threshold_codes(im2col_codes(x, ...), ...)` for a convolution on uint8 codes
-    x (N, C, H, W), without materialising the patches: uint8 codes (N, O, OH*OW).
-    `prepared`: `requant.block_thresholds(th, direction, wt.shape[1])`, if already made."""
+    """Codes (N, O, OH*OW) uint8 of a convolution on uint8 codes x (N, C, H, W) through the int8
+    GEMM and thresholds (as `int8_threshold_codes` on its patches), without materialising the
+    patches; wt = `int8_conv_weights(weight)`. `prepared`: `requant.block_thresholds(th,
+    direction, wt.shape[1])`, if already made."""
     x, oh, ow = _check_window(x, kh, kw, stride, padding, "int8_conv_threshold_codes")
-    n, c = x.shape[:2]
+    n, c, h, w = x.shape
     channels = th.shape[0]
     if x.dtype != np.uint8 or wt.ndim != 3 or 4 * wt.shape[0] < c * kh * kw or wt.shape[1] < channels:
         raise EngineError(f"int8 conv needs uint8 codes and int8_weights for {c * kh * kw} inputs and "
@@ -560,10 +575,13 @@ def int8_conv_threshold_codes(x: np.ndarray, kh: int, kw: int, stride: int, padd
         raise EngineError(f"int8 conv: K = {4 * wt.shape[0]} could overflow int32 (at most {INT32_SAFE_K})")
     out = np.empty((n, channels, oh * ow), np.uint8)
     if out.size:
+        hp, wp = h + 2 * padding, w + 2 * padding
+        flat = np.zeros(n * hp * wp * c + 8, np.uint8)  # NHWC, zero-padded, 8 bytes of slack
+        flat[:-8].reshape(n, hp, wp, c)[:, padding:padding + h, padding:padding + w] = x.transpose(0, 2, 3, 1)
         with _threads_for(out.size * wt.shape[0] * 4 // 16):
-            _int8_conv_threshold_kernel(np.ascontiguousarray(_pad_hw(x, padding)), kh, kw, stride, oh, ow, wt,
-                                        np.int64(scale), np.int64(offset),
-                                        *(prepared or block_thresholds(th, direction, wt.shape[1])), out)
+            _int8_conv_threshold_kernel(flat, kh, kw, c, hp, wp, stride, oh, ow, wt, np.int64(scale),
+                                        np.int64(offset), *(prepared or block_thresholds(th, direction, wt.shape[1])),
+                                        out)
     return out
 
 
@@ -922,6 +940,7 @@ __all__ = [
     "conv_output_size",
     "im2col_codes",
     "int8_conv_threshold_codes",
+    "int8_conv_weights",
     "int8_gemm",
     "int8_threshold_codes",
     "int8_weights",

@@ -416,7 +416,7 @@ def test_int8_conv_threshold_codes_equal_im2col_path(case, o, offset, seed):
     th, direction = th[:1].repeat(o, axis=0), direction[:1].repeat(o)
     rng = np.random.default_rng(seed)
     w = rng.integers(-128, 128, (o, x.shape[1] * kh * kw))
-    wt = kernels.int8_weights(w)
+    wt = kernels.int8_conv_weights(w.reshape(o, x.shape[1], kh, kw))
     patches = im2col_codes(x, kh, kw, stride, padding)
     acc = 2 * (patches.astype(np.int64) @ w.T) - offset * patches.sum(axis=1, dtype=np.int64)[:, None]
     acc = acc.reshape(x.shape[0], -1, o).transpose(0, 2, 1)
