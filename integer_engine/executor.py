@@ -5,20 +5,29 @@ a GEMM against the weight codes j (levels c = 2j - n_w):
 
     acc[m, o] = sum_k a[m, k] * (2 j[o, k] - n_w) = 2 * (a . j)[m, o] - n_w * rowsum(a)[m]
 
-Narrow layers (abits * wbits <= BITSERIAL_MAX_PASSES) pack the patches straight into bit-planes
-(`kernels.conv_bit_planes`) and compute `j . a` with AND + popcount (`kernels.bitserial_gemm`,
-weights as rows so the result is channel-major); the `- n_w * rowsum(a)` correction
-(`kernels.plane_row_sums`) is applied inside the threshold kernel.
-Wide ones (the 8-bit first and last layers) multiply the codes by the signed levels c with BLAS in
-float32 (or float64): every partial sum is an integer bounded by the layer's static `acc_bound`
-(<= 2**24 for float32; always <= 2**31 for float64), so the float GEMM is exact, as
-`kernels.int_gemm` argues. Requantization between layers is integer-only: the accumulator goes
-through the layer's thresholds (`requant.threshold_codes`, writing NCHW codes directly), found at
-export from the layer's float epilogue. Two places evaluate the float32 epilogue itself
-(`epilogue.py`), elementwise: a residual add, whose two integer inputs admit no thresholds on one
-integer, and the logits. Max-pool works on codes, average pooling sums them. Each layer's MACs
-(as performed: rows x depth x columns of its GEMM) and wall time are counted; `reference.py` is
-the plain NumPy check.
+Which kernels run depends on the CPU (`cpu.py`, detected once):
+
+- Narrow layers (abits * wbits <= BITSERIAL_MAX_PASSES) are bit-serial: patches packed straight
+  into bit-planes, `j . a` by AND + popcount. With AVX-512 VPOPCNTDQ the activations are the
+  GEMM's rows, the weights transposed once, convs packed channel-major
+  (`kernels.conv_channel_planes`), and a threshold layer is one fused kernel (512-bit popcount
+  tile, `- n_w * rowsum(a)`, thresholds: `kernels.bitserial_threshold_codes`). Elsewhere the
+  scalar-POPCNT kernel runs with the weights as rows (`kernels.bitserial_gemm`, result
+  channel-major) and `requant.threshold_codes` after it.
+- Wide layers (the 8-bit first and last layers; with VNNI also those past the bit-serial
+  crossover) run the int8 dot product where AVX-512 VNNI exists: u8 codes x s8 weights (c, or
+  j - 128 for 8-bit weights) -> int32, fused with im2col and the thresholds for convs
+  (`kernels.int8_conv_threshold_codes`). Without VNNI they multiply the codes by the levels c with
+  BLAS in float32 (or float64): every partial sum is an integer bounded by the layer's static
+  `acc_bound` (<= 2**24 for float32; always <= 2**31 for float64), so the float GEMM is exact, as
+  `kernels.int_gemm` argues.
+
+Requantization between layers is integer-only: the accumulator goes through the layer's
+thresholds (writing NCHW codes directly), found at export from the layer's float epilogue. Two
+places evaluate the float32 epilogue itself (`epilogue.py`), elementwise: a residual add, whose
+two integer inputs admit no thresholds on one integer, and the logits. Max-pool works on codes,
+average pooling sums them. Each layer's MACs (as performed: rows x depth x columns of its GEMM)
+and wall time are counted; `reference.py` is the plain NumPy check.
 """
 from __future__ import annotations
 
