@@ -117,7 +117,7 @@ class _Compute:
         # partial sum is an integer of magnitude <= 2**p; acc_bound is that bound for any input.
         # Validation caps acc_bound at 2**31 - 1, so float64 is always exact.
         self.exact_dtype = np.float32 if int(a["acc_bound"]) <= 2**24 else np.float64
-        self.prepared = None
+        self.prepared: dict = {}  # block_thresholds by padded width
         if self.method == "int":
             self.levels_t = np.ascontiguousarray(self.levels.T.astype(self.exact_dtype))
 
@@ -149,17 +149,21 @@ class _Compute:
         """A threshold layer's codes (N, O, P) in one fused kernel (vector bit-serial and int8 layers)."""
         a, arrays = self.layer.attrs, self.layer.arrays
         th, direction, images = arrays["thresholds"], arrays["direction"], x.shape[0]
-        if self.prepared is None:  # the thresholds in the fused kernels' layout, made once
-            width = self.wt8.shape[1] if self.method == "int8" else self.wt.shape[2]  # padded channels
-            self.prepared = block_thresholds(th, direction, width)
+        conv8 = self.method == "int8" and a["kind"] == "conv" and x.dtype == np.uint8
+        weights = self.wt8_conv if conv8 else self.wt8 if self.method == "int8" else self.wt
+        width = weights.shape[1] if self.method == "int8" else weights.shape[2]  # padded output columns
+        if width not in self.prepared:  # the thresholds in the fused kernel's layout, made once
+            self.prepared[width] = block_thresholds(th, direction, width)
+        prepared = self.prepared[width]
+        if conv8:
+            return kernels.int8_conv_threshold_codes(x, *a["kernel"], a["stride"], a["padding"], weights, th,
+                                                     direction, self.int8_scale, self.int8_offset, prepared,
+                                                     kernels.int8_ones_column(weights, th.shape[0]))
         if self.method == "int8":
-            if a["kind"] == "conv" and x.dtype == np.uint8:
-                return kernels.int8_conv_threshold_codes(x, *a["kernel"], a["stride"], a["padding"], self.wt8_conv, th,
-                                                         direction, self.int8_scale, self.int8_offset, self.prepared)
-            return kernels.int8_threshold_codes(self._bytes(x), self.wt8, th, direction, images,
-                                                self.int8_scale, self.int8_offset, self.prepared)
-        return kernels.bitserial_threshold_codes(self._planes(x), self.wt, th, direction, images, 2, self.n_w,
-                                                 self.prepared)
+            return kernels.int8_threshold_codes(self._bytes(x), weights, th, direction, images,
+                                                self.int8_scale, self.int8_offset, prepared)
+        return kernels.bitserial_threshold_codes(self._planes(x), weights, th, direction, images, 2, self.n_w,
+                                                 prepared)
 
     def accumulate(self, x: np.ndarray) -> tuple[np.ndarray, str, int, int, np.ndarray | None]:
         """Codes (N, C, H, W) or (N, F) -> (acc, layout, scale, offset, rowsum) for

@@ -40,6 +40,8 @@ _W_BLOCK_BYTES = 192 * 1024
 # costs more than the work (and, on a busy machine, OpenMP barriers can cost milliseconds).
 _PARALLEL_MIN_WORK = 1 << 17
 
+# Blocks of rows per parallel task of the fused kernels: their scratch is allocated once per task.
+BLOCKS_PER_TASK = 16
 # Placeholder threshold arguments for the non-fused instances of the fused kernels.
 _NO_THRESHOLDS = (np.zeros((1, 1), np.int64), np.zeros((1, 1), np.int64), np.zeros(1, np.int64))
 
@@ -175,22 +177,26 @@ def _make_vector_kernel(fixed_abits: int, fixed_wbits: int, fused: bool):
         # negate from `requant.block_thresholds`, scale/offset: acc = scale * dot - offset * rowsum.
         m_rows = a.shape[1]
         n_pad = wt.shape[2]
-        for t in prange((m_rows + TILE_ROWS - 1) // TILE_ROWS):
-            m0 = t * TILE_ROWS
-            tile = np.empty((TILE_ROWS, n_pad), np.uint64)
+        blocks = (m_rows + TILE_ROWS - 1) // TILE_ROWS
+        for task in prange((blocks + BLOCKS_PER_TASK - 1) // BLOCKS_PER_TASK):
+            tile = np.empty((TILE_ROWS, n_pad), np.uint64)  # scratch, once per task
             total = np.empty((TILE_ROWS, n_pad), np.uint64)
-            for n0 in range(0, n_pad, TILE_COLS):
-                if fixed_abits:
-                    popcount_tile(a, wt, 0, 0, m0, n0, total, fixed_abits, fixed_wbits)
+            corr = np.empty(TILE_ROWS, np.int64)
+            v = np.empty(n_pad, np.int64)
+            codes = np.empty((TILE_ROWS, n_pad), np.uint8)
+            for t in range(task * BLOCKS_PER_TASK, min(blocks, (task + 1) * BLOCKS_PER_TASK)):
+                m0 = t * TILE_ROWS
+                for n0 in range(0, n_pad, TILE_COLS):
+                    if fixed_abits:
+                        popcount_tile(a, wt, 0, 0, m0, n0, total, fixed_abits, fixed_wbits)
+                    else:
+                        _generic_tile(a, wt, m0, n0, tile, total)
+                if fused:
+                    for r in range(TILE_ROWS):  # offset * rowsum(a_m): the weight-offset term
+                        corr[r] = offset * np.int64(_plane_row_sum(a, min(m0 + r, m_rows - 1)))
+                    threshold_block(total, corr, m0, scale, signed_th, by_t, negate, pixels, out, v, codes)
                 else:
-                    _generic_tile(a, wt, m0, n0, tile, total)
-            if fused:
-                corr = np.empty(TILE_ROWS, np.int64)  # offset * rowsum(a_m): the weight-offset term
-                for r in range(TILE_ROWS):
-                    corr[r] = offset * np.int64(_plane_row_sum(a, min(m0 + r, m_rows - 1)))
-                threshold_block(total, corr, m0, scale, signed_th, by_t, negate, pixels, out)
-            else:
-                _store_rows(total, m0, out)
+                    _store_rows(total, m0, out)
 
     return kernel
 
@@ -466,18 +472,23 @@ def _make_int8_kernel(fused: bool):
     def kernel(a, wt, scale, offset, signed_th, by_t, negate, pixels, out):  # pragma: no cover
         m_rows = a.shape[0]
         n_pad = wt.shape[1]
-        for t in prange((m_rows + INT8_ROWS - 1) // INT8_ROWS):
-            m0 = t * INT8_ROWS
-            total = np.empty((INT8_ROWS, n_pad), np.int32)
-            for n0 in range(0, n_pad, INT8_COLS):
-                int8_tile(a, wt, m0, n0, total)
-            if fused:
-                corr = np.empty(INT8_ROWS, np.int64)
-                for r in range(INT8_ROWS):
-                    corr[r] = offset * np.int64(a[min(m0 + r, m_rows - 1)].sum())
-                threshold_block(total, corr, m0, scale, signed_th, by_t, negate, pixels, out)
-            else:
-                _store_rows(total, m0, out)
+        blocks = (m_rows + INT8_ROWS - 1) // INT8_ROWS
+        for task in prange((blocks + BLOCKS_PER_TASK - 1) // BLOCKS_PER_TASK):
+            total = np.empty((INT8_ROWS, n_pad), np.int32)  # scratch, once per task
+            corr = np.zeros(INT8_ROWS, np.int64)
+            v = np.empty(n_pad, np.int64)
+            codes = np.empty((INT8_ROWS, n_pad), np.uint8)
+            for t in range(task * BLOCKS_PER_TASK, min(blocks, (task + 1) * BLOCKS_PER_TASK)):
+                m0 = t * INT8_ROWS
+                for n0 in range(0, n_pad, INT8_COLS):
+                    int8_tile(a, wt, m0, n0, total)
+                if fused:
+                    if offset != 0:
+                        for r in range(INT8_ROWS):
+                            corr[r] = offset * np.int64(a[min(m0 + r, m_rows - 1)].sum())
+                    threshold_block(total, corr, m0, scale, signed_th, by_t, negate, pixels, out, v, codes)
+                else:
+                    _store_rows(total, m0, out)
 
     return kernel
 
@@ -511,60 +522,78 @@ def int8_threshold_codes(a: np.ndarray, wt: np.ndarray, th: np.ndarray, directio
 
 
 @njit(parallel=True, cache=True)
-def _int8_conv_threshold_kernel(xp, kh, kw, channels, height, width, stride, oh_count, ow_count, wt, scale,
-                                offset, signed_th, by_t, negate, out):  # pragma: no cover - compiled
+def _int8_conv_threshold_kernel(xp, kh, kw, channels, height, width, stride, oh_count, ow_count, wt, ones,
+                                scale, offset, signed_th, by_t, negate, out):  # pragma: no cover - compiled
     # The fused int8 kernel with im2col inside: each block of 8 output pixels gathers its patch
     # rows into a small buffer, so the patch matrix never reaches memory. xp: the zero-padded
     # codes in NHWC order, flattened, with 8 bytes of slack at the end; a patch row in the order
     # (i, j, channel) is then kh runs of kw*C contiguous bytes, copied 8 at a time (`copy8`;
-    # the few bytes each copy writes past its run are overwritten by the next run or fall on
-    # columns whose weights are 0). out: (N, O, OH*OW) uint8.
+    # the bytes a copy writes past its run are overwritten by the next run or fall on columns
+    # whose weights are all 0). When offset != 0 the row sums are weight column `ones` (all 1 on
+    # the real K: `int8_conv_weights`) or, if ones < 0, summed here. out: (N, O, OH*OW) uint8.
     n_images = out.shape[0]
     pixels = oh_count * ow_count
     m_rows = n_images * pixels
     run = kw * channels
     k_total = kh * run
-    for t in prange((m_rows + INT8_ROWS - 1) // INT8_ROWS):
-        m0 = t * INT8_ROWS
-        patch = np.zeros(INT8_ROWS * (4 * wt.shape[0] + 8), np.uint8)
-        stride_row = 4 * wt.shape[0] + 8
+    row_bytes = 4 * wt.shape[0] + 8
+    blocks = (m_rows + INT8_ROWS - 1) // INT8_ROWS
+    for task in prange((blocks + BLOCKS_PER_TASK - 1) // BLOCKS_PER_TASK):
+        patch = np.zeros(INT8_ROWS * row_bytes, np.uint8)  # scratch, once per task
+        rows = patch.reshape(INT8_ROWS, row_bytes)
         total = np.empty((INT8_ROWS, wt.shape[1]), np.int32)
-        corr = np.empty(INT8_ROWS, np.int64)
-        for r in range(INT8_ROWS):
-            m = min(m0 + r, m_rows - 1)
-            img = m // pixels
-            y = (m - img * pixels) // ow_count
-            z = m - img * pixels - y * ow_count
-            for i in range(kh):
-                src = ((img * height + y * stride + i) * width + z * stride) * channels
-                dst = r * stride_row + i * run
-                for b in range(0, run, 8):
-                    copy8(patch, dst + b, xp, src + b)
-            rowsum = 0
-            for k in range(k_total):
-                rowsum += np.int64(patch[r * stride_row + k])
-            corr[r] = offset * rowsum
-        rows = patch.reshape(INT8_ROWS, stride_row)
-        for r in range(INT8_ROWS):  # bytes a run's last copy spilled past K meet zero weights
-            rows[r, k_total:] = 0
-        for n0 in range(0, wt.shape[1], INT8_COLS):
-            int8_tile(rows, wt, 0, n0, total)
-        threshold_block(total, corr, m0, scale, signed_th, by_t, negate, pixels, out)
+        corr = np.zeros(INT8_ROWS, np.int64)
+        v = np.empty(wt.shape[1], np.int64)
+        codes = np.empty((INT8_ROWS, wt.shape[1]), np.uint8)
+        for t in range(task * BLOCKS_PER_TASK, min(blocks, (task + 1) * BLOCKS_PER_TASK)):
+            m0 = t * INT8_ROWS
+            for r in range(INT8_ROWS):
+                m = min(m0 + r, m_rows - 1)
+                img = m // pixels
+                y = (m - img * pixels) // ow_count
+                z = m - img * pixels - y * ow_count
+                for i in range(kh):
+                    src = ((img * height + y * stride + i) * width + z * stride) * channels
+                    dst = r * row_bytes + i * run
+                    for b in range(0, run, 8):
+                        copy8(patch, dst + b, xp, src + b)
+                if offset != 0 and ones < 0:
+                    rowsum = 0
+                    for k in range(k_total):
+                        rowsum += np.int64(rows[r, k])
+                    corr[r] = offset * rowsum
+            for n0 in range(0, wt.shape[1], INT8_COLS):
+                int8_tile(rows, wt, 0, n0, total)
+            if offset != 0 and ones >= 0:
+                for r in range(INT8_ROWS):
+                    corr[r] = offset * np.int64(total[r, ones])
+            threshold_block(total, corr, m0, scale, signed_th, by_t, negate, pixels, out, v, codes)
 
 
 def int8_conv_weights(weight: np.ndarray) -> np.ndarray:
     """Signed conv weights (O, C, kh, kw) -> `int8_weights` in the reduction order (i, j, channel)
-    of `int8_conv_threshold_codes`."""
-    return int8_weights(weight.transpose(0, 2, 3, 1).reshape(weight.shape[0], -1))
+    of `int8_conv_threshold_codes`; where the padding to 16 columns leaves one spare, column O is
+    all ones on the real K, so the GEMM computes each patch row's sum too (`int8_ones_column`)."""
+    o = weight.shape[0]
+    flat = weight.transpose(0, 2, 3, 1).reshape(o, -1)
+    if o % INT8_COLS:
+        flat = np.concatenate([flat, np.ones((1, flat.shape[1]), flat.dtype)])
+    return int8_weights(flat)
+
+
+def int8_ones_column(wt: np.ndarray, channels: int) -> int:
+    """The row-sum column of `int8_conv_weights` for `channels` outputs, or -1 if it has none
+    (the columns past the real ones are otherwise all zero)."""
+    return channels if wt.shape[1] > channels and wt[:, channels, :].any() else -1
 
 
 def int8_conv_threshold_codes(x: np.ndarray, kh: int, kw: int, stride: int, padding: int, wt: np.ndarray,
                               th: np.ndarray, direction: np.ndarray, scale: int = 1, offset: int = 0,
-                              prepared: tuple | None = None) -> np.ndarray:
+                              prepared: tuple | None = None, ones: int | None = None) -> np.ndarray:
     """Codes (N, O, OH*OW) uint8 of a convolution on uint8 codes x (N, C, H, W) through the int8
     GEMM and thresholds (as `int8_threshold_codes` on its patches), without materialising the
     patches; wt = `int8_conv_weights(weight)`. `prepared`: `requant.block_thresholds(th,
-    direction, wt.shape[1])`, if already made."""
+    direction, wt.shape[1])`, if already made; `ones`: `int8_ones_column(wt, O)`, if known."""
     x, oh, ow = _check_window(x, kh, kw, stride, padding, "int8_conv_threshold_codes")
     n, c, h, w = x.shape
     channels = th.shape[0]
@@ -574,12 +603,13 @@ def int8_conv_threshold_codes(x: np.ndarray, kh: int, kw: int, stride: int, padd
     if 4 * wt.shape[0] > INT32_SAFE_K:
         raise EngineError(f"int8 conv: K = {4 * wt.shape[0]} could overflow int32 (at most {INT32_SAFE_K})")
     out = np.empty((n, channels, oh * ow), np.uint8)
+    ones = int8_ones_column(wt, channels) if ones is None else ones
     if out.size:
         hp, wp = h + 2 * padding, w + 2 * padding
         flat = np.zeros(n * hp * wp * c + 8, np.uint8)  # NHWC, zero-padded, 8 bytes of slack
         flat[:-8].reshape(n, hp, wp, c)[:, padding:padding + h, padding:padding + w] = x.transpose(0, 2, 3, 1)
         with _threads_for(out.size * wt.shape[0] * 4 // 16):
-            _int8_conv_threshold_kernel(flat, kh, kw, c, hp, wp, stride, oh, ow, wt, np.int64(scale),
+            _int8_conv_threshold_kernel(flat, kh, kw, c, hp, wp, stride, oh, ow, wt, ones, np.int64(scale),
                                         np.int64(offset), *(prepared or block_thresholds(th, direction, wt.shape[1])),
                                         out)
     return out

@@ -109,7 +109,7 @@ def count_reached(v, signed_th, o):  # pragma: no cover - compiled
 
 
 @njit(cache=True)
-def threshold_block(total, corr, m0, scale, signed_th, by_t, negate, pixels, out):  # pragma: no cover
+def threshold_block(total, corr, m0, scale, signed_th, by_t, negate, pixels, out, v, codes):  # pragma: no cover
     """Codes of a block of a fused GEMM + requantization kernel, stored into NCHW out[img, o, p]
     for rows m = m0 + r = img * pixels + p: with x = scale * total[r, c] - corr[r] (corr =
     offset * rowsum),
@@ -117,26 +117,36 @@ def threshold_block(total, corr, m0, scale, signed_th, by_t, negate, pixels, out
         code[r, c] = #{t : d[c] * x >= signed_th[c, t]}          (d * x = (x XOR m) - m)
 
     by_t = signed_th.T and negate (m = -1 where d = -1, else 0) are padded to the block's width
-    (`block_thresholds`; padded columns are never stored), so the loops over c vectorise. Up to
-    16 thresholds are counted in passes, more by bisection."""
+    (`block_thresholds`; padded columns are never stored), so the loops over c vectorise. One
+    and three thresholds (1- and 2-bit outputs) are counted in one pass, up to 16 in a pass each,
+    more by bisection. v (cols,) int64 and codes (rows, cols) uint8 are the caller's scratch."""
     rows, cols = total.shape
     n_th = by_t.shape[0]
     last = signed_th.shape[0] - 1
-    v = np.empty(cols, np.int64)
-    codes = np.empty((rows, cols), np.uint8)
     for r in range(rows):
-        for c in range(cols):
-            x = scale * np.int64(total[r, c]) - corr[r]
-            v[c] = (x ^ negate[c]) - negate[c]
-        if n_th <= 16:
+        cr = corr[r]
+        if n_th == 1:
             for c in range(cols):
-                codes[r, c] = 0
-            for q in range(n_th):
-                for c in range(cols):
-                    codes[r, c] += np.uint8(v[c] >= by_t[q, c])
+                x = scale * np.int64(total[r, c]) - cr
+                codes[r, c] = np.uint8(((x ^ negate[c]) - negate[c]) >= by_t[0, c])
+        elif n_th == 3:
+            for c in range(cols):
+                x = scale * np.int64(total[r, c]) - cr
+                y = (x ^ negate[c]) - negate[c]
+                codes[r, c] = np.uint8(y >= by_t[0, c]) + np.uint8(y >= by_t[1, c]) + np.uint8(y >= by_t[2, c])
         else:
             for c in range(cols):
-                codes[r, c] = count_reached(v[c], signed_th, min(c, last))
+                x = scale * np.int64(total[r, c]) - cr
+                v[c] = (x ^ negate[c]) - negate[c]
+            if n_th <= 16:
+                for c in range(cols):
+                    codes[r, c] = 0
+                for q in range(n_th):
+                    for c in range(cols):
+                        codes[r, c] += np.uint8(v[c] >= by_t[q, c])
+            else:
+                for c in range(cols):
+                    codes[r, c] = count_reached(v[c], signed_th, min(c, last))
     for r in range(min(rows, out.shape[0] * pixels - m0)):
         img = (m0 + r) // pixels
         p = m0 + r - img * pixels
