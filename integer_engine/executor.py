@@ -43,9 +43,13 @@ from integer_engine.format import IntegerModel, Layer
 from integer_engine.requant import apply_thresholds, block_thresholds, full_accumulator, threshold_codes
 
 # Bit-serial popcount GEMM costs abits * wbits AND+POPCNT passes per 64 MACs; beyond about this
-# many it loses to the integer GEMM the CPU has: with VNNI (`int8dot`, 64 u8 x s8 MACs per
-# instruction) against 512-bit popcounts, W2A2 still wins and W3A3 no longer does (measured on
-# Zen 5, benchmarks/bitgemm.py); against float32 BLAS, scalar popcounts win up to W3A3 (Zen 1).
+# many it loses to the integer GEMM the CPU has. Against float32 BLAS, scalar popcounts win up to
+# W3A3 (Zen 1). With VNNI (`int8dot`, 64 u8 x s8 MACs per instruction) against 512-bit popcounts
+# (Zen 5): the bare GEMMs favour bit-serial at W2A2 (benchmarks/bitgemm.py: 350-600 vs 230-390
+# GMAC/s) and W4A4 int8 (110-140 vs 230-390). Whole layers are closer: with its packing pass, the
+# bit-serial W2A2 network ran 0.8-0.9x the same layers as int8 with im2col fused in (SVHN,
+# batch 512, interleaved: 2654 vs 3241 images/s best, 2392 vs 2628 median); W1A1 1.4x (4114 vs
+# 2909). W2A2 stays bit-serial: fusing the word gather into the popcount kernel is the open step.
 INT8_DOT = int8dot.VNNI
 BITSERIAL_MAX_PASSES = 4 if INT8_DOT and kernels.BITSERIAL_KERNEL == "vector" else 9
 
