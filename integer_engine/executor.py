@@ -46,10 +46,10 @@ from integer_engine.requant import apply_thresholds, block_thresholds, full_accu
 # many it loses to the integer GEMM the CPU has. Against float32 BLAS, scalar popcounts win up to
 # W3A3 (Zen 1). With VNNI (`int8dot`, 64 u8 x s8 MACs per instruction) against 512-bit popcounts
 # (Zen 5): the bare GEMMs favour bit-serial at W2A2 (benchmarks/bitgemm.py: 350-600 vs 230-390
-# GMAC/s) and W4A4 int8 (110-140 vs 230-390). Whole layers are closer: with its packing pass, the
-# bit-serial W2A2 network ran 0.8-0.9x the same layers as int8 with im2col fused in (SVHN,
-# batch 512, interleaved: 2654 vs 3241 images/s best, 2392 vs 2628 median); W1A1 1.4x (4114 vs
-# 2909). W2A2 stays bit-serial: fusing the word gather into the popcount kernel is the open step.
+# GMAC/s) and W4A4 int8 (110-140 vs 230-390). Whole layers are closer: with the patch gather in
+# both fused kernels, the SVHN network at W2A2 ran as fast bit-serial as int8 (batch 512,
+# interleaved: 2639 vs 2584 images/s best, 2452 vs 2439 median; before the bit-serial gather was
+# fused, 0.8x), and at W1A1 1.4x faster bit-serial (3633 vs 2642).
 INT8_DOT = int8dot.VNNI
 BITSERIAL_MAX_PASSES = 4 if INT8_DOT and kernels.BITSERIAL_KERNEL == "vector" else 9
 
@@ -166,6 +166,10 @@ class _Compute:
         if self.method == "int8":
             return kernels.int8_threshold_codes(self._bytes(x), weights, th, direction, images,
                                                 self.int8_scale, self.int8_offset, prepared)
+        if self.channel_major:
+            return kernels.bitserial_conv_threshold_codes(x if x.dtype == np.uint8 else x.astype(np.uint8),
+                                                          *a["kernel"], a["stride"], a["padding"], self.abits,
+                                                          weights, th, direction, 2, self.n_w, prepared)
         return kernels.bitserial_threshold_codes(self._planes(x), weights, th, direction, images, 2, self.n_w,
                                                  prepared)
 

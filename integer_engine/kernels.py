@@ -159,6 +159,14 @@ def _generic_tile(a, wt, m0, n0, tile, total):  # pragma: no cover - compiled
                     total[r, c] += tile[r, c] << shift
 
 
+@njit(cache=True)
+def _block_scratch(n_pad):  # pragma: no cover - compiled
+    """A vector kernel task's scratch: tile and total (TILE_ROWS, n_pad) uint64, corr (TILE_ROWS,)
+    and v (n_pad,) int64, codes (TILE_ROWS, n_pad) uint8."""
+    return (np.empty((TILE_ROWS, n_pad), np.uint64), np.empty((TILE_ROWS, n_pad), np.uint64),
+            np.empty(TILE_ROWS, np.int64), np.empty(n_pad, np.int64), np.empty((TILE_ROWS, n_pad), np.uint8))
+
+
 def _make_vector_kernel(fixed_abits: int, fixed_wbits: int, fused: bool):
     """The bit-serial GEMM over 512-bit vectors (`popcount.popcount_tile`, VPOPCNTDQ): a 4-row x
     16-column register tile per step, weights transposed once so 16 columns are two vector loads.
@@ -179,11 +187,7 @@ def _make_vector_kernel(fixed_abits: int, fixed_wbits: int, fused: bool):
         n_pad = wt.shape[2]
         blocks = (m_rows + TILE_ROWS - 1) // TILE_ROWS
         for task in prange((blocks + BLOCKS_PER_TASK - 1) // BLOCKS_PER_TASK):
-            tile = np.empty((TILE_ROWS, n_pad), np.uint64)  # scratch, once per task
-            total = np.empty((TILE_ROWS, n_pad), np.uint64)
-            corr = np.empty(TILE_ROWS, np.int64)
-            v = np.empty(n_pad, np.int64)
-            codes = np.empty((TILE_ROWS, n_pad), np.uint8)
+            tile, total, corr, v, codes = _block_scratch(n_pad)  # once per task
             for t in range(task * BLOCKS_PER_TASK, min(blocks, (task + 1) * BLOCKS_PER_TASK)):
                 m0 = t * TILE_ROWS
                 for n0 in range(0, n_pad, TILE_COLS):
@@ -197,6 +201,49 @@ def _make_vector_kernel(fixed_abits: int, fixed_wbits: int, fused: bool):
                     threshold_block(total, corr, m0, scale, signed_th, by_t, negate, pixels, out, v, codes)
                 else:
                     _store_rows(total, m0, out)
+
+    return kernel
+
+
+def _make_vector_conv_kernel(fixed_abits: int, fixed_wbits: int):
+    """`_make_vector_kernel`'s fused kernel for a convolution with the patch gather inside: each
+    block's rows are copied from the channel-packed words (`channel_packed_planes`) into a small
+    buffer, so the (bits, N*OH*OW, KW) planes of `conv_channel_planes` never reach memory."""
+
+    @njit(parallel=True, cache=True)
+    def kernel(packed, kh, kw, stride, oh_count, ow_count, wt, scale, offset, signed_th, by_t, negate,
+               out):  # pragma: no cover - compiled
+        # packed: (abits, N, Hp, Wp, CW); wt: (wbits, kh*kw*CW, Npad); out: (N, O, OH*OW) uint8.
+        bits, n_images = packed.shape[0], packed.shape[1]
+        words = packed.shape[4]
+        pixels = oh_count * ow_count
+        m_rows = n_images * pixels
+        n_pad = wt.shape[2]
+        blocks = (m_rows + TILE_ROWS - 1) // TILE_ROWS
+        for task in prange((blocks + BLOCKS_PER_TASK - 1) // BLOCKS_PER_TASK):
+            rows = np.empty((bits, TILE_ROWS, kh * kw * words), np.uint64)  # scratch, once per task
+            tile, total, corr, v, codes = _block_scratch(n_pad)
+            for t in range(task * BLOCKS_PER_TASK, min(blocks, (task + 1) * BLOCKS_PER_TASK)):
+                m0 = t * TILE_ROWS
+                for r in range(TILE_ROWS):
+                    m = min(m0 + r, m_rows - 1)
+                    img = m // pixels
+                    y = (m - img * pixels) // ow_count * stride
+                    z = (m - img * pixels) % ow_count * stride
+                    for b in range(bits):
+                        col = 0
+                        for i in range(kh):
+                            for j in range(kw):
+                                for q in range(words):
+                                    rows[b, r, col] = packed[b, img, y + i, z + j, q]
+                                    col += 1
+                    corr[r] = offset * np.int64(_plane_row_sum(rows, r))
+                for n0 in range(0, n_pad, TILE_COLS):
+                    if fixed_abits:
+                        popcount_tile(rows, wt, 0, 0, 0, n0, total, fixed_abits, fixed_wbits)
+                    else:
+                        _generic_tile(rows, wt, 0, n0, tile, total)
+                threshold_block(total, corr, m0, scale, signed_th, by_t, negate, pixels, out, v, codes)
 
     return kernel
 
@@ -230,12 +277,14 @@ BITSERIAL_KERNEL = "vector" if POPCOUNT == "vpopcntq" else "scalar"
 
 
 def _bitserial_kernel(abits: int, wbits: int, kind: str = "scalar"):
-    """The compiled kernel for a plane-count pair: kind "scalar", "vector" or "fused" (vector +
-    thresholds)."""
+    """The compiled kernel for a plane-count pair: kind "scalar", "vector", "fused" (vector +
+    thresholds) or "conv" (fused, with the patch gather inside)."""
     key = (kind, abits, wbits) if (abits, wbits) in SPECIALISED_PAIRS else (kind, 0, 0)
     if key not in _BITSERIAL_KERNELS:
         if kind == "scalar":
             _BITSERIAL_KERNELS[key] = _make_bitserial_kernel(*key[1:])
+        elif kind == "conv":
+            _BITSERIAL_KERNELS[key] = _make_vector_conv_kernel(*key[1:])
         else:
             _BITSERIAL_KERNELS[key] = _make_vector_kernel(*key[1:], fused=kind == "fused")
     return _BITSERIAL_KERNELS[key]
@@ -925,14 +974,45 @@ def conv_channel_planes(x: np.ndarray, kh: int, kw: int, stride: int, padding: i
     row is then kh*kw of those words copied side by side, not a gather of single bits (SVHN conv2
     at batch 128: 2.1 vs 5.8 ms for `conv_bit_planes`; benchmarks/bitgemm.py times both)."""
     bits, x, oh, ow = _check_conv_codes(x, kh, kw, stride, padding, bits, "conv_channel_planes")
-    n, c, h, w = x.shape
-    packed = np.zeros((bits, n, h + 2 * padding, w + 2 * padding, words_for(c)), np.uint64)
-    out = np.empty((bits, n * oh * ow, kh * kw * words_for(c)), np.uint64)
+    packed = channel_packed_planes(x, bits, padding)
+    out = np.empty((bits, x.shape[0] * oh * ow, kh * kw * packed.shape[4]), np.uint64)
     if out.size:
-        with _threads_for(x.size * bits):
-            _channel_pack_kernel(np.ascontiguousarray(x, dtype=np.uint8), padding, packed)
         with _threads_for(out.size):
             _word_im2col_kernel(packed, kh, kw, stride, oh, ow, out)
+    return out
+
+
+def channel_packed_planes(x: np.ndarray, bits: int, padding: int) -> np.ndarray:
+    """Codes (N, C, H, W) in [0, 2^bits) -> uint64 (bits, N, H + 2p, W + 2p, ceil(C/64)): bit w
+    of [b, n, y + p, z + p, q] is bit b of x[n, 64 q + w, y, z], zero in the padding and past C."""
+    n, c, h, w = x.shape
+    packed = np.zeros((bits, n, h + 2 * padding, w + 2 * padding, words_for(c)), np.uint64)
+    if x.size:
+        with _threads_for(x.size * bits):
+            _channel_pack_kernel(np.ascontiguousarray(x, dtype=np.uint8), padding, packed)
+    return packed
+
+
+def bitserial_conv_threshold_codes(x: np.ndarray, kh: int, kw: int, stride: int, padding: int, abits: int,
+                                   wt: np.ndarray, th: np.ndarray, direction: np.ndarray, scale: int = 1,
+                                   offset: int = 0, prepared: tuple | None = None) -> np.ndarray:
+    """`bitserial_threshold_codes(conv_channel_planes(x, ...), wt, ...)` without the planes in
+    memory: each block of output pixels gathers its patch words inside the fused kernel. wt:
+    `transposed_planes(bit_planes(channel_major_weights(weight), wbits))`; codes (N, O, OH*OW)."""
+    abits, x, oh, ow = _check_conv_codes(x, kh, kw, stride, padding, abits, "bitserial_conv_threshold_codes")
+    channels = th.shape[0]
+    words = words_for(x.shape[1])
+    if wt.ndim != 3 or wt.dtype != np.uint64 or wt.shape[1] != kh * kw * words or wt.shape[2] < channels \
+            or wt.shape[2] % TILE_COLS:
+        raise EngineError(f"transposed weight planes {wt.shape} do not fit a {kh}x{kw} conv on {x.shape[1]} "
+                          f"channels with {channels} outputs")
+    out = np.empty((x.shape[0], channels, oh * ow), np.uint8)
+    if out.size:
+        packed = channel_packed_planes(x, abits, padding)
+        with _threads_for(out.size * wt.shape[1] * abits * wt.shape[0] * 8):
+            _bitserial_kernel(abits, wt.shape[0], "conv")(
+                packed, kh, kw, stride, oh, ow, wt, np.int64(scale), np.int64(offset),
+                *(prepared or block_thresholds(th, direction, wt.shape[2])), out)
     return out
 
 
@@ -961,10 +1041,12 @@ __all__ = [
     "MAX_BITS",
     "affine_weight_gemm",
     "bitserial_gemm",
+    "bitserial_conv_threshold_codes",
     "bitserial_gemm_transposed",
     "bitserial_threshold_codes",
     "transposed_planes",
     "channel_major_weights",
+    "channel_packed_planes",
     "conv_bit_planes",
     "conv_channel_planes",
     "conv_output_size",

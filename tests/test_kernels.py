@@ -463,3 +463,20 @@ def test_conv_channel_planes_equals_packed_channel_major_im2col(case, wide):
     assert_equal(kernels.channel_major_weights(weight) @ channel_major.reshape(patches.shape[0], -1).T.astype(np.int64),
                  weight.reshape(3, -1) @ im2col_codes(x, kh, kw, stride, padding).T.astype(np.int64),
                  context + " (weights in the same order)")
+
+
+@settings(max_examples=100)
+@given(case=conv_cases(), tcase=threshold_cases(), wbits=st.integers(1, 3), seed=SEEDS)
+def test_bitserial_conv_threshold_codes_equal_planes_path(case, tcase, wbits, seed):
+    """The gather-inside bit-serial conv kernel against conv_channel_planes + the fused GEMM."""
+    x, kh, kw, stride, padding, abits = case
+    th, direction = tcase
+    if abits > 4:
+        x, abits = x >> (abits - 4), 4
+    weight = np.random.default_rng(seed).integers(0, 2**wbits, (th.shape[0], x.shape[1], kh, kw))
+    wt = kernels.transposed_planes(bit_planes(kernels.channel_major_weights(weight), wbits))
+    n_w = 2**wbits - 1
+    want = kernels.bitserial_threshold_codes(kernels.conv_channel_planes(x, kh, kw, stride, padding, abits), wt,
+                                             th, direction, x.shape[0], 2, n_w)
+    got = kernels.bitserial_conv_threshold_codes(x, kh, kw, stride, padding, abits, wt, th, direction, 2, n_w)
+    assert_equal(got, want, f"x {x.shape} {kh}x{kw} s={stride} p={padding} W{wbits}A{abits} O={th.shape[0]}")
