@@ -480,3 +480,39 @@ def test_bitserial_conv_threshold_codes_equal_planes_path(case, tcase, wbits, se
                                              th, direction, x.shape[0], 2, n_w)
     got = kernels.bitserial_conv_threshold_codes(x, kh, kw, stride, padding, abits, wt, th, direction, 2, n_w)
     assert_equal(got, want, f"x {x.shape} {kh}x{kw} s={stride} p={padding} W{wbits}A{abits} O={th.shape[0]}")
+
+
+@pytest.mark.skipif(kernels.numba.config.DISABLE_JIT, reason="code generation choices need the JIT")
+@pytest.mark.parametrize("vnni", [False, True])
+def test_int8_tile_both_lowerings_agree_with_numpy(monkeypatch, vnni):
+    """The vpdpbusd lowering and the plain-vector one (what a CPU without VNNI compiles), each in a
+    freshly compiled caller, on extreme codes (255 x -128)."""
+    if vnni and not int8dot.VNNI:
+        pytest.skip("this CPU has no AVX-512 VNNI")
+    monkeypatch.setattr(int8dot, "VNNI", vnni)
+    rng = np.random.default_rng(5)
+    a = rng.integers(0, 256, (11, 200)).astype(np.uint8)
+    a[:, :8] = 255
+    w = rng.integers(-128, 128, (int8dot.TILE_COLS, 200))
+    w[:, :8] = -128
+    call = kernels.njit(lambda x, y, out: int8dot.int8_tile(x, y, 3, 0, out))
+    tile = np.zeros((int8dot.TILE_ROWS, int8dot.TILE_COLS), np.int32)
+    call(a, kernels.int8_weights(w), tile)
+    rows = np.minimum(np.arange(3, 3 + int8dot.TILE_ROWS), 10)
+    assert_equal(tile, (a[rows].astype(np.int64) @ w.T).astype(np.int32), f"int8_tile, VNNI lowering {vnni}")
+
+
+@pytest.mark.skipif(kernels.numba.config.DISABLE_JIT, reason="code generation choices need the JIT")
+@pytest.mark.parametrize("asm", [False, True])
+def test_popcount64_both_lowerings(monkeypatch, asm):
+    """Inline-asm popcnt (chosen without VPOPCNTDQ) and LLVM's ctpop, each freshly compiled."""
+    from integer_engine import popcount
+    from integer_engine.cpu import detect
+    if asm and not (detect().x86_64 and detect().has("popcnt")):
+        pytest.skip("no x86 POPCNT on this CPU")
+    monkeypatch.setattr(popcount, "SCALAR_POPCNT_ASM", asm)
+    if asm:
+        popcount.llvm.initialize_native_asmparser()
+    values = np.array([0, 1, 2**63, 2**64 - 1, 0x0101010101010101, 12345678901234], np.uint64)
+    counts = kernels.njit(lambda v: [popcount64(x) for x in v])(values)
+    assert [int(c) for c in counts] == [bin(int(v)).count("1") for v in values], f"asm={asm}"
