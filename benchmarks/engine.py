@@ -134,11 +134,13 @@ def interleaved(runners: dict, rounds: int) -> dict:
 
 
 def report(title: str, results: dict, images: int, peer: str) -> None:
+    """images/s (best, median), the spread (median / best time) and the ratio to `peer`'s speed,
+    best against best and median against median."""
     print(f"\n{title}")
-    print(f"  {'runner':28s} {'images/s best':>13s} {'median':>9s} {'med/best':>8s} {'x ' + peer:>16s}")
+    print(f"  {'runner':28s} {'images/s best':>13s} {'median':>9s} {'med/best':>8s}   x {peer}: best, median")
     for name, (best, median) in results.items():
-        ratio = results[peer][0] / best
-        print(f"  {name:28s} {images / best:13.1f} {images / median:9.1f} {median / best:8.2f} {ratio:16.2f}")
+        print(f"  {name:28s} {images / best:13.1f} {images / median:9.1f} {median / best:8.2f}   "
+              f"{results[peer][0] / best:5.2f}, {results[peer][1] / median:5.2f}")
 
 
 def main() -> int:
