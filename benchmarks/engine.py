@@ -96,7 +96,11 @@ def float_onnx(model, path: str) -> None:
 
 
 def int8_onnx(float_path: str, path: str, calibration: np.ndarray) -> None:
+    import logging
+
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    logging.getLogger().setLevel(logging.ERROR)  # its advice to pre-process: the graph is already plain
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -165,6 +169,11 @@ def main() -> int:
     images = rng.integers(0, 256, (args.images, *networks[2].input_shape), dtype=np.uint8)
     single = images[:args.single]
 
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise SystemExit("the peers need ONNX Runtime: pip install onnx onnxruntime (the `onnx` extra)")
     with tempfile.TemporaryDirectory() as tmp:
         float_path, int8_path = os.path.join(tmp, "svhn_float.onnx"), os.path.join(tmp, "svhn_int8.onnx")
         float_onnx(engines[2].model, float_path)
