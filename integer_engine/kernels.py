@@ -214,14 +214,17 @@ def _make_vector_conv_kernel(fixed_abits: int, fixed_wbits: int):
     def kernel(packed, kh, kw, stride, oh_count, ow_count, wt, scale, offset, signed_th, by_t, negate,
                out):  # pragma: no cover - compiled
         # packed: (abits, N, Hp, Wp, CW); wt: (wbits, kh*kw*CW, Npad); out: (N, O, OH*OW) uint8.
-        bits, n_images = packed.shape[0], packed.shape[1]
-        words = packed.shape[4]
+        bits, n_images, height, width, words = packed.shape
         pixels = oh_count * ow_count
         m_rows = n_images * pixels
         n_pad = wt.shape[2]
+        run = kw * words  # a kernel row's words: contiguous in packed
+        k_words = kh * run
+        source = packed.reshape(-1)
         blocks = (m_rows + TILE_ROWS - 1) // TILE_ROWS
         for task in prange((blocks + BLOCKS_PER_TASK - 1) // BLOCKS_PER_TASK):
-            rows = np.empty((bits, TILE_ROWS, kh * kw * words), np.uint64)  # scratch, once per task
+            rows = np.empty((bits, TILE_ROWS, k_words), np.uint64)  # scratch, once per task
+            flat = rows.reshape(-1)
             tile, total, corr, v, codes = _block_scratch(n_pad)
             for t in range(task * BLOCKS_PER_TASK, min(blocks, (task + 1) * BLOCKS_PER_TASK)):
                 m0 = t * TILE_ROWS
@@ -231,12 +234,11 @@ def _make_vector_conv_kernel(fixed_abits: int, fixed_wbits: int):
                     y = (m - img * pixels) // ow_count * stride
                     z = (m - img * pixels) % ow_count * stride
                     for b in range(bits):
-                        col = 0
                         for i in range(kh):
-                            for j in range(kw):
-                                for q in range(words):
-                                    rows[b, r, col] = packed[b, img, y + i, z + j, q]
-                                    col += 1
+                            src = (((b * n_images + img) * height + y + i) * width + z) * words
+                            dst = (b * TILE_ROWS + r) * k_words + i * run
+                            for u in range(run):
+                                flat[dst + u] = source[src + u]
                     corr[r] = offset * np.int64(_plane_row_sum(rows, r))
                 for n0 in range(0, n_pad, TILE_COLS):
                     if fixed_abits:
