@@ -302,20 +302,36 @@ def residual_add(layer: Layer, inputs: list[np.ndarray]) -> np.ndarray:
 
 
 def max_pool_slices(x: np.ndarray, k: int, s: int, p: int) -> np.ndarray:
-    """Max-pool on codes (N, C, H, W) as k*k elementwise maxima of strided views.
+    """Max-pool on codes (N, C, H, W), separably: k elementwise maxima of strided row views (whole
+    contiguous rows), then k of strided column views of that.
 
     Zero padding stands for the float model's -inf: codes are >= 0 and, with p <= k // 2 (checked
     at load), every window holds a real element. Same result as `kernels.max_pool_codes`, faster
-    than its windowed reduction.
+    than its windowed reduction (and with k == s, rows of a reshape first beat k*k 2-D strided
+    views: SVHN pool0 at batch 512, 7 vs 10 ms).
     """
     if p:
         x = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
+    n, c = x.shape[:2]
     oh, ow = (x.shape[2] - k) // s + 1, (x.shape[3] - k) // s + 1
-    out = None
+    if k == s:  # non-overlapping windows: the rows of a window are contiguous runs of a reshape
+        windows = np.ascontiguousarray(x[:, :, :oh * k, :ow * k]).reshape(n, c, oh, k, ow * k)
+        rows = windows[:, :, :, 0] if k == 1 else np.maximum(windows[:, :, :, 0], windows[:, :, :, 1])
+        for i in range(2, k):
+            np.maximum(rows, windows[:, :, :, i], out=rows)
+        rows = rows.reshape(n, c, oh, ow, k)
+        out = rows[..., 0].copy() if k == 1 else np.maximum(rows[..., 0], rows[..., 1])
+        for j in range(2, k):
+            np.maximum(out, rows[..., j], out=out)
+        return out
+    rows = None
     for i in range(k):
-        for j in range(k):
-            view = x[:, :, i:i + s * (oh - 1) + 1:s, j:j + s * (ow - 1) + 1:s]
-            out = view.copy() if out is None else np.maximum(out, view, out=out)
+        view = x[:, :, i:i + s * (oh - 1) + 1:s, :]
+        rows = view.copy() if rows is None else np.maximum(rows, view, out=rows)
+    out = None
+    for j in range(k):
+        view = rows[:, :, :, j:j + s * (ow - 1) + 1:s]
+        out = view.copy() if out is None else np.maximum(out, view, out=out)
     return out
 
 

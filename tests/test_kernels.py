@@ -516,3 +516,16 @@ def test_popcount64_both_lowerings(monkeypatch, asm):
     values = np.array([0, 1, 2**63, 2**64 - 1, 0x0101010101010101, 12345678901234], np.uint64)
     counts = kernels.njit(lambda v: [popcount64(x) for x in v])(values)
     assert [int(c) for c in counts] == [bin(int(v)).count("1") for v in values], f"asm={asm}"
+
+
+@settings(max_examples=200)
+@given(kernel=st.integers(1, 4), stride=st.integers(1, 4), data=st.data(), seed=SEEDS)
+def test_executor_max_pool_equals_max_pool_codes(kernel, stride, data, seed):
+    """The executor's separable max-pool (reshape path when kernel == stride) against the kernel."""
+    from integer_engine.executor import max_pool_slices
+    padding = data.draw(st.integers(0, kernel // 2))
+    h = data.draw(st.integers(max(1, kernel - 2 * padding), 11))
+    w = data.draw(st.integers(max(1, kernel - 2 * padding), 11))
+    x = np.random.default_rng(seed).integers(0, 16, (2, 3, h, w)).astype(np.uint8)
+    assert_equal(max_pool_slices(x, kernel, stride, padding), max_pool_codes(x, kernel, stride, padding),
+                 f"x {x.shape} kernel {kernel} stride {stride} padding {padding}")
