@@ -1,4 +1,4 @@
-"""Integer kernels of the engine: bit-serial popcount GEMM, an exact 8-bit GEMM, im2col, max-pool.
+"""Integer kernels of the engine: bit-serial popcount GEMMs, int8 GEMMs, im2col, max-pool.
 
 Conventions (all kernels):
 - A GEMM multiplies activations `a` of shape (M, K) by weights `w` of shape (N, K) and returns
@@ -13,6 +13,15 @@ Bit-serial dot product, with a = sum_i 2^i a_i and w = sum_j 2^j w_j (binary pla
 
 summed over the 64-bit words of the reduction dimension. One 64-bit AND+POPCNT performs
 64 / (abits * wbits) multiply-accumulates, which is where the speed comes from at 1-2 bits.
+
+Families, chosen by the CPU (`cpu.py`; the tests run every one on any x86-64):
+- scalar bit-serial (`bitserial_gemm(kernel="scalar")`): one POPCNT per word, 4x4 register tile;
+- vector bit-serial (VPOPCNTDQ): `popcount.popcount_tile`, weights transposed once
+  (`transposed_planes`); fused with the requantization (`bitserial_threshold_codes`) and, for
+  convs, with a channel-major patch gather (`bitserial_conv_threshold_codes`);
+- int8 (VNNI): `int8dot.int8_tile`, u8 codes x s8 weights -> int32 (`int8_gemm`), fused with the
+  requantization (`int8_threshold_codes`) and with im2col (`int8_conv_threshold_codes`);
+- `int_gemm`: exact BLAS in float32/float64 for wide layers where VNNI is missing.
 """
 import contextlib
 
