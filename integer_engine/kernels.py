@@ -22,6 +22,10 @@ Families, chosen by the CPU (`cpu.py`; the tests run every one on any x86-64):
 - int8 (VNNI): `int8dot.int8_tile`, u8 codes x s8 weights -> int32 (`int8_gemm`), fused with the
   requantization (`int8_threshold_codes`) and with im2col (`int8_conv_threshold_codes`);
 - `int_gemm`: exact BLAS in float32/float64 for wide layers where VNNI is missing.
+
+Numba's disk cache (`cache=True`) keys a kernel by its own file only, but these kernels compile
+in code from popcount.py, int8dot.py and requant.py (`threshold_block`): after editing those,
+touch this file or clear integer_engine/__pycache__, or a cached kernel keeps the old code.
 """
 import contextlib
 

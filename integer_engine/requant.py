@@ -117,9 +117,9 @@ def threshold_block(total, corr, m0, scale, signed_th, by_t, negate, pixels, out
         code[r, c] = #{t : d[c] * x >= signed_th[c, t]}          (d * x = (x XOR m) - m)
 
     by_t = signed_th.T and negate (m = -1 where d = -1, else 0) are padded to the block's width
-    (`block_thresholds`; padded columns are never stored), so the loops over c vectorise. One
-    and three thresholds (1- and 2-bit outputs) are counted in one pass, up to 16 in a pass each,
-    more by bisection. v (cols,) int64 and codes (rows, cols) uint8 are the caller's scratch."""
+    (`block_thresholds`; padded columns are never stored), so the loops over c vectorise. One,
+    three and fifteen thresholds (1-, 2- and 4-bit outputs) are counted in one pass, other counts
+    up to 16 in a pass each, more by bisection. v (cols,) int64 and codes (rows, cols) uint8 are the caller's scratch."""
     rows, cols = total.shape
     n_th = by_t.shape[0]
     last = signed_th.shape[0] - 1
@@ -134,6 +134,14 @@ def threshold_block(total, corr, m0, scale, signed_th, by_t, negate, pixels, out
                 x = scale * np.int64(total[r, c]) - cr
                 y = (x ^ negate[c]) - negate[c]
                 codes[r, c] = np.uint8(y >= by_t[0, c]) + np.uint8(y >= by_t[1, c]) + np.uint8(y >= by_t[2, c])
+        elif n_th == 15:  # 4-bit outputs: a constant count, so the loop over c vectorises
+            for c in range(cols):
+                x = scale * np.int64(total[r, c]) - cr
+                y = (x ^ negate[c]) - negate[c]
+                code = np.uint8(0)
+                for q in range(15):
+                    code += np.uint8(y >= by_t[q, c])
+                codes[r, c] = code
         else:
             for c in range(cols):
                 x = scale * np.int64(total[r, c]) - cr
