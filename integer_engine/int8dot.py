@@ -6,8 +6,8 @@ and last layers; wide layers, `executor.int8_wins`).
 
 The weights are packed once as `wt` (K4, Npad, 4) int8: the four consecutive k of column n are
 the 4 bytes of one 32-bit lane, 16 columns side by side in one 512-bit vector. Each step of the
-reduction loads that vector once, broadcasts 4 bytes of each of the 8 activation rows, and adds
-the four products per lane into 8 int32 vector accumulators:
+reduction loads two such vectors (32 columns), broadcasts 4 bytes of each of the 8 activation
+rows, and adds the four products per lane into 16 int32 vector accumulators:
 
 - with AVX-512 VNNI: one `vpdpbusd` per row (64 MACs per instruction);
 - elsewhere: the same sums written as plain LLVM vector code (zero/sign extension, multiply, add
@@ -26,7 +26,8 @@ from numba.extending import intrinsic
 from integer_engine.cpu import detect
 
 TILE_ROWS = 8
-TILE_COLS = 16  # int32 lanes in a 512-bit vector
+TILE_COLS = 32  # two vectors of 16 int32 lanes: 16 independent accumulators hide vpdpbusd's latency
+_LANES = 16
 # Largest reduction length whose partial sums stay below 2**31: K * 255 * 128 < 2**31.
 INT32_SAFE_K = (2**31 - 1) // (255 * 128)
 VNNI = detect().int8_dot == "vpdpbusd"
@@ -74,7 +75,8 @@ def _int8_tile_llvm(typingctx, a, wt, m0, n0, tile):
         w_arr = context.make_array(signature.args[1])(context, builder, args[1])
         t_arr = context.make_array(signature.args[4])(context, builder, args[4])
         i32, i64 = ir.IntType(32), ir.IntType(64)
-        vec = ir.VectorType(i32, TILE_COLS)
+        vec = ir.VectorType(i32, _LANES)
+        n_vecs = TILE_COLS // _LANES
         const = lambda v: ir.Constant(i64, v)  # noqa: E731
         m0_v, n0_v = (context.cast(builder, args[p], signature.args[p], types.int64) for p in (2, 3))
         rows = builder.extract_value(a_arr.shape, 0)
@@ -88,27 +90,32 @@ def _int8_tile_llvm(typingctx, a, wt, m0, n0, tile):
             step = lambda acc, x, w: builder.call(dot, [acc, x, w])  # noqa: E731
         else:
             step = lambda acc, x, w: builder.add(acc, _lane_sums(builder, x, w))  # noqa: E731
-        accs = [cgutils.alloca_once_value(builder, ir.Constant(vec, [0] * TILE_COLS)) for _ in range(TILE_ROWS)]
+        accs = [[cgutils.alloca_once_value(builder, ir.Constant(vec, [0] * _LANES)) for _ in range(n_vecs)]
+                for _ in range(TILE_ROWS)]
         last = builder.sub(rows, const(1))
         row_ptrs = []
         for r in range(TILE_ROWS):
             m = builder.add(m0_v, const(r))
             m = builder.select(builder.icmp_signed("<", m, rows), m, last)
             row_ptrs.append(builder.bitcast(builder.gep(a_arr.data, [builder.mul(m, row_bytes)]), i32.as_pointer()))
-        splat_mask = ir.Constant(ir.VectorType(i32, TILE_COLS), [0] * TILE_COLS)
+        splat_mask = ir.Constant(ir.VectorType(i32, _LANES), [0] * _LANES)
         w_words = builder.bitcast(w_arr.data, i32.as_pointer())  # one int32 = a column's 4 bytes
         with cgutils.for_range(builder, groups) as loop:
             g = loop.index
             at = builder.add(builder.mul(g, w_cols), n0_v)
-            w = builder.load(builder.bitcast(builder.gep(w_words, [at]), vec.as_pointer()), align=4)
+            ws = [builder.load(builder.bitcast(builder.gep(w_words, [builder.add(at, const(_LANES * v))]),
+                                               vec.as_pointer()), align=4) for v in range(n_vecs)]
             for r in range(TILE_ROWS):
                 word = builder.load(builder.gep(row_ptrs[r], [g]), align=1)
                 x = builder.insert_element(ir.Constant(vec, ir.Undefined), word, ir.Constant(i32, 0))
                 x = builder.shuffle_vector(x, ir.Constant(vec, ir.Undefined), splat_mask)
-                builder.store(step(builder.load(accs[r]), x, w), accs[r])
+                for v in range(n_vecs):
+                    builder.store(step(builder.load(accs[r][v]), x, ws[v]), accs[r][v])
         for r in range(TILE_ROWS):
-            at = builder.gep(t_arr.data, [builder.add(builder.mul(const(r), t_cols), n0_v)])
-            builder.store(builder.load(accs[r]), builder.bitcast(at, vec.as_pointer()), align=4)
+            for v in range(n_vecs):
+                at = builder.gep(t_arr.data, [builder.add(builder.add(builder.mul(const(r), t_cols), n0_v),
+                                                          const(_LANES * v))])
+                builder.store(builder.load(accs[r][v]), builder.bitcast(at, vec.as_pointer()), align=4)
         return context.get_dummy_value()
 
     return sig, codegen
