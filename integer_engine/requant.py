@@ -120,7 +120,8 @@ def threshold_block(total, corr, m0, scale, signed_th, by_t, negate, pixels, out
     (`block_thresholds`; padded columns are never stored), so the loops over c vectorise. One,
     three and fifteen thresholds (1-, 2- and 4-bit outputs) are counted in one pass, other counts
     up to 16 in a pass each, more by bisection. v (cols,) int64 and codes (rows, cols) uint8 are the caller's scratch."""
-    rows, cols = total.shape
+    rows = total.shape[0]
+    cols = min(total.shape[1], (out.shape[1] + 7) // 8 * 8)  # the channels, to whole 8-lane vectors
     n_th = by_t.shape[0]
     last = signed_th.shape[0] - 1
     for r in range(rows):
