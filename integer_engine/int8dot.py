@@ -83,13 +83,7 @@ def _int8_tile_llvm(typingctx, a, wt, m0, n0, tile):
         row_bytes = builder.extract_value(a_arr.shape, 1)
         groups = builder.extract_value(w_arr.shape, 0)
         w_cols = builder.extract_value(w_arr.shape, 1)
-        t_cols = builder.extract_value(t_arr.shape, 1)
-        if VNNI:
-            dot = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec, vec, vec]),
-                                                 "llvm.x86.avx512.vpdpbusd.512")
-            step = lambda acc, x, w: builder.call(dot, [acc, x, w])  # noqa: E731
-        else:
-            step = lambda acc, x, w: builder.add(acc, _lane_sums(builder, x, w))  # noqa: E731
+        step = _dot_step(builder, vec)
         accs = [[cgutils.alloca_once_value(builder, ir.Constant(vec, [0] * _LANES)) for _ in range(n_vecs)]
                 for _ in range(TILE_ROWS)]
         last = builder.sub(rows, const(1))
@@ -98,54 +92,113 @@ def _int8_tile_llvm(typingctx, a, wt, m0, n0, tile):
             m = builder.add(m0_v, const(r))
             m = builder.select(builder.icmp_signed("<", m, rows), m, last)
             row_ptrs.append(builder.bitcast(builder.gep(a_arr.data, [builder.mul(m, row_bytes)]), i32.as_pointer()))
-        splat_mask = ir.Constant(ir.VectorType(i32, _LANES), [0] * _LANES)
         w_words = builder.bitcast(w_arr.data, i32.as_pointer())  # one int32 = a column's 4 bytes
         with cgutils.for_range(builder, groups) as loop:
             g = loop.index
-            at = builder.add(builder.mul(g, w_cols), n0_v)
-            ws = [builder.load(builder.bitcast(builder.gep(w_words, [builder.add(at, const(_LANES * v))]),
-                                               vec.as_pointer()), align=4) for v in range(n_vecs)]
-            for r in range(TILE_ROWS):
-                word = builder.load(builder.gep(row_ptrs[r], [g]), align=1)
-                x = builder.insert_element(ir.Constant(vec, ir.Undefined), word, ir.Constant(i32, 0))
-                x = builder.shuffle_vector(x, ir.Constant(vec, ir.Undefined), splat_mask)
-                for v in range(n_vecs):
-                    builder.store(step(builder.load(accs[r][v]), x, ws[v]), accs[r][v])
-        for r in range(TILE_ROWS):
-            for v in range(n_vecs):
-                at = builder.gep(t_arr.data, [builder.add(builder.add(builder.mul(const(r), t_cols), n0_v),
-                                                          const(_LANES * v))])
-                builder.store(builder.load(accs[r][v]), builder.bitcast(at, vec.as_pointer()), align=4)
+            words = [builder.load(builder.gep(row_ptrs[r], [g]), align=1) for r in range(TILE_ROWS)]
+            _accumulate_group(builder, w_words, builder.add(builder.mul(g, w_cols), n0_v), words, accs, step)
+        _store_tile(builder, t_arr, accs, n0_v)
         return context.get_dummy_value()
 
     return sig, codegen
 
 
-def _copy8_python(dst, dst_at, src, src_at):
-    """Plain reading of `copy8`: dst[dst_at:dst_at + 8] = src[src_at:src_at + 8] (1-D uint8)."""
-    dst[dst_at:dst_at + 8] = src[src_at:src_at + 8]
+def _int8_conv_tile_python(xp, starts, run_stride, runs, groups, wt, n0, tile):
+    """Plain reading of `int8_conv_tile`: `int8_tile` on patch rows read in place. Row r of the
+    patch is `runs` runs of 4*`groups` bytes of xp (1-D uint8), run i starting at
+    starts[r] + i * run_stride; its k-group g (bytes 4g..4g+3 of the run) meets weight group
+    i * groups + g:
+
+        tile[r, n0 + c] = sum_{i, g, b<4} xp[starts[r] + i*run_stride + 4g + b] * wt[i*groups + g, n0 + c, b]
+    """
+    for r in range(TILE_ROWS):
+        for c in range(TILE_COLS):
+            total = 0
+            for i in range(runs):
+                for g in range(groups):
+                    at = starts[r] + i * run_stride + 4 * g
+                    for b in range(4):
+                        total += int(xp[at + b]) * int(wt[i * groups + g, n0 + c, b])
+            tile[r, n0 + c] = total
 
 
 @intrinsic
-def _copy8_llvm(typingctx, dst, dst_at, src, src_at):
-    """8 bytes from a 1-D uint8 array to another as one unaligned 64-bit load and store (the
-    caller leaves 8 bytes of slack past every run it copies)."""
-    flat = types.Array(types.uint8, 1, "C")
-    if dst != flat or src != flat:
+def _int8_conv_tile_llvm(typingctx, xp, starts, run_stride, runs, groups, wt, n0, tile):
+    """`_int8_conv_tile_python` in 512-bit vector code: as `_int8_tile_llvm`, with each row's
+    4-byte groups loaded straight from the (NHWC) codes instead of a gathered patch row."""
+    if (xp != types.Array(types.uint8, 1, "C") or starts != types.Array(types.int64, 1, "C")
+            or wt != types.Array(types.int8, 3, "C") or tile != types.Array(types.int32, 2, "C")):
         return None
-    sig = types.void(dst, dst_at, src, src_at)
+    sig = types.void(xp, starts, run_stride, runs, groups, wt, n0, tile)
 
     def codegen(context, builder, signature, args):
-        i64 = ir.IntType(64)
-        d_arr = context.make_array(signature.args[0])(context, builder, args[0])
-        s_arr = context.make_array(signature.args[2])(context, builder, args[2])
-        d_at, s_at = (context.cast(builder, args[p], signature.args[p], types.int64) for p in (1, 3))
-        word = builder.load(builder.bitcast(builder.gep(s_arr.data, [s_at]), i64.as_pointer()), align=1)
-        builder.store(word, builder.bitcast(builder.gep(d_arr.data, [d_at]), i64.as_pointer()), align=1)
+        x_arr = context.make_array(signature.args[0])(context, builder, args[0])
+        s_arr = context.make_array(signature.args[1])(context, builder, args[1])
+        w_arr = context.make_array(signature.args[5])(context, builder, args[5])
+        t_arr = context.make_array(signature.args[7])(context, builder, args[7])
+        i32, i64 = ir.IntType(32), ir.IntType(64)
+        vec = ir.VectorType(i32, _LANES)
+        n_vecs = TILE_COLS // _LANES
+        const = lambda v: ir.Constant(i64, v)  # noqa: E731
+        stride_v, runs_v, groups_v, n0_v = (context.cast(builder, args[p], signature.args[p], types.int64)
+                                            for p in (2, 3, 4, 6))
+        w_cols = builder.extract_value(w_arr.shape, 1)
+        step = _dot_step(builder, vec)
+        accs = [[cgutils.alloca_once_value(builder, ir.Constant(vec, [0] * _LANES)) for _ in range(n_vecs)]
+                for _ in range(TILE_ROWS)]
+        starts_v = [builder.load(builder.gep(s_arr.data, [const(r)])) for r in range(TILE_ROWS)]
+        w_words = builder.bitcast(w_arr.data, i32.as_pointer())
+        with cgutils.for_range(builder, runs_v) as run_loop:
+            i = run_loop.index
+            offset = builder.mul(i, stride_v)
+            with cgutils.for_range(builder, groups_v) as group_loop:
+                g = group_loop.index
+                group = builder.add(builder.mul(i, groups_v), g)
+                byte = builder.add(offset, builder.mul(g, const(4)))
+                words = [builder.load(builder.bitcast(builder.gep(x_arr.data, [builder.add(starts_v[r], byte)]),
+                                                      i32.as_pointer()), align=1) for r in range(TILE_ROWS)]
+                _accumulate_group(builder, w_words, builder.add(builder.mul(group, w_cols), n0_v), words, accs,
+                                  step)
+        _store_tile(builder, t_arr, accs, n0_v)
         return context.get_dummy_value()
 
     return sig, codegen
 
 
+def _accumulate_group(builder, w_words, at, words, accs, step):
+    """One 4-byte group of the reduction: the 32 columns' weights at w_words[at..] (two vectors),
+    each row's 4 activation bytes `words[r]` broadcast, accs[r][v] += their dot products."""
+    vec = ir.VectorType(ir.IntType(32), _LANES)
+    ws = [builder.load(builder.bitcast(builder.gep(w_words, [builder.add(at, ir.Constant(ir.IntType(64), _LANES * v))]),
+                                       vec.as_pointer()), align=4) for v in range(TILE_COLS // _LANES)]
+    splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), _LANES), [0] * _LANES)
+    for r, word in enumerate(words):
+        x = builder.insert_element(ir.Constant(vec, ir.Undefined), word, ir.Constant(ir.IntType(32), 0))
+        x = builder.shuffle_vector(x, ir.Constant(vec, ir.Undefined), splat_mask)
+        for v, w in enumerate(ws):
+            builder.store(step(builder.load(accs[r][v]), x, w), accs[r][v])
+
+
+def _store_tile(builder, t_arr, accs, n0_v):
+    """tile[r, n0 + 16 v ..] = accs[r][v]."""
+    vec = ir.VectorType(ir.IntType(32), _LANES)
+    i64 = ir.IntType(64)
+    t_cols = builder.extract_value(t_arr.shape, 1)
+    for r, row in enumerate(accs):
+        for v, acc in enumerate(row):
+            at = builder.add(builder.add(builder.mul(ir.Constant(i64, r), t_cols), n0_v), ir.Constant(i64, _LANES * v))
+            builder.store(builder.load(acc), builder.bitcast(builder.gep(t_arr.data, [at]), vec.as_pointer()), align=4)
+
+
+def _dot_step(builder, vec):
+    """acc + the 4-byte dot products of x (u8) and w (s8) per lane: `vpdpbusd` with VNNI, else
+    plain vector code."""
+    if VNNI:
+        dot = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec, vec, vec]),
+                                             "llvm.x86.avx512.vpdpbusd.512")
+        return lambda acc, x, w: builder.call(dot, [acc, x, w])
+    return lambda acc, x, w: builder.add(acc, _lane_sums(builder, x, w))
+
+
 int8_tile = _int8_tile_python if numba.config.DISABLE_JIT else _int8_tile_llvm
-copy8 = _copy8_python if numba.config.DISABLE_JIT else _copy8_llvm
+int8_conv_tile = _int8_conv_tile_python if numba.config.DISABLE_JIT else _int8_conv_tile_llvm

@@ -36,7 +36,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from integer_engine.bitpack import MAX_BITS, check_bits, words_for
 from integer_engine.errors import EngineError
-from integer_engine.int8dot import INT32_SAFE_K, copy8, int8_tile
+from integer_engine.int8dot import INT32_SAFE_K, int8_conv_tile, int8_tile
 from integer_engine.int8dot import TILE_COLS as INT8_COLS
 from integer_engine.int8dot import TILE_ROWS as INT8_ROWS
 from integer_engine.requant import block_thresholds, threshold_block
@@ -588,23 +588,20 @@ def int8_threshold_codes(a: np.ndarray, wt: np.ndarray, th: np.ndarray, directio
 @njit(parallel=True, cache=True)
 def _int8_conv_threshold_kernel(xp, kh, kw, channels, height, width, stride, oh_count, ow_count, wt, ones,
                                 scale, offset, signed_th, by_t, negate, out):  # pragma: no cover - compiled
-    # The fused int8 kernel with im2col inside: each block of 8 output pixels gathers its patch
-    # rows into a small buffer, so the patch matrix never reaches memory. xp: the zero-padded
-    # codes in NHWC order, flattened, with 8 bytes of slack at the end; a patch row in the order
-    # (i, j, channel) is then kh runs of kw*C contiguous bytes, copied 8 at a time (`copy8`;
-    # the bytes a copy writes past its run are overwritten by the next run or fall on columns
-    # whose weights are all 0). When offset != 0 the row sums are weight column `ones` (all 1 on
-    # the real K: `int8_conv_weights`) or, if ones < 0, summed here. out: (N, O, OH*OW) uint8.
+    # The fused int8 kernel reading its patches in place (`int8dot.int8_conv_tile`): xp holds the
+    # zero-padded codes in NHWC order, flattened, with slack at the end, so a patch row in the
+    # order (i, j, channel) is kh runs of kw*C contiguous bytes, one per kernel row; each run is
+    # read in 4-byte groups, the bytes past kw*C meeting zero weights (`int8_conv_weights`).
+    # When offset != 0 the row sums are weight column `ones` (all 1 on the real bytes) or, if
+    # ones < 0, summed here. out: (N, O, OH*OW) uint8.
     n_images = out.shape[0]
     pixels = oh_count * ow_count
     m_rows = n_images * pixels
     run = kw * channels
-    k_total = kh * run
-    row_bytes = 4 * wt.shape[0] + 8
+    groups = wt.shape[0] // kh
     blocks = (m_rows + INT8_ROWS - 1) // INT8_ROWS
     for task in prange((blocks + BLOCKS_PER_TASK - 1) // BLOCKS_PER_TASK):
-        patch = np.zeros(INT8_ROWS * row_bytes, np.uint8)  # scratch, once per task
-        rows = patch.reshape(INT8_ROWS, row_bytes)
+        starts = np.empty(INT8_ROWS, np.int64)  # scratch, once per task
         total = np.empty((INT8_ROWS, wt.shape[1]), np.int32)
         corr = np.zeros(INT8_ROWS, np.int64)
         v = np.empty(wt.shape[1], np.int64)
@@ -616,18 +613,15 @@ def _int8_conv_threshold_kernel(xp, kh, kw, channels, height, width, stride, oh_
                 img = m // pixels
                 y = (m - img * pixels) // ow_count
                 z = m - img * pixels - y * ow_count
-                for i in range(kh):
-                    src = ((img * height + y * stride + i) * width + z * stride) * channels
-                    dst = r * row_bytes + i * run
-                    for b in range(0, run, 8):
-                        copy8(patch, dst + b, xp, src + b)
+                starts[r] = ((img * height + y * stride) * width + z * stride) * channels
                 if offset != 0 and ones < 0:
                     rowsum = 0
-                    for k in range(k_total):
-                        rowsum += np.int64(rows[r, k])
+                    for i in range(kh):
+                        for b in range(run):
+                            rowsum += np.int64(xp[starts[r] + i * width * channels + b])
                     corr[r] = offset * rowsum
             for n0 in range(0, wt.shape[1], INT8_COLS):
-                int8_tile(rows, wt, 0, n0, total)
+                int8_conv_tile(xp, starts, width * channels, kh, groups, wt, n0, total)
             if offset != 0 and ones >= 0:
                 for r in range(INT8_ROWS):
                     corr[r] = offset * np.int64(total[r, ones])
@@ -636,13 +630,16 @@ def _int8_conv_threshold_kernel(xp, kh, kw, channels, height, width, stride, oh_
 
 def int8_conv_weights(weight: np.ndarray) -> np.ndarray:
     """Signed conv weights (O, C, kh, kw) -> `int8_weights` in the reduction order (i, j, channel)
-    of `int8_conv_threshold_codes`; where the padding to 16 columns leaves one spare, column O is
-    all ones on the real K, so the GEMM computes each patch row's sum too (`int8_ones_column`)."""
-    o = weight.shape[0]
-    flat = weight.transpose(0, 2, 3, 1).reshape(o, -1)
+    of `int8_conv_threshold_codes`, each kernel row's kw*C bytes padded with zeros to whole 4-byte
+    groups; where the padding to 32 columns leaves one spare, column O is all ones on the real
+    bytes, so the GEMM computes each patch row's sum too (`int8_ones_column`)."""
+    o, c, kh, kw = weight.shape
+    run = kw * c
+    flat = np.zeros((o + (1 if o % INT8_COLS else 0), kh, run + -run % 4), np.int16)
+    flat[:o, :, :run] = weight.transpose(0, 2, 3, 1).reshape(o, kh, run)
     if o % INT8_COLS:
-        flat = np.concatenate([flat, np.ones((1, flat.shape[1]), flat.dtype)])
-    return int8_weights(flat)
+        flat[o, :, :run] = 1
+    return int8_weights(flat.reshape(flat.shape[0], -1))
 
 
 def int8_ones_column(wt: np.ndarray, channels: int) -> int:
@@ -661,9 +658,9 @@ def int8_conv_threshold_codes(x: np.ndarray, kh: int, kw: int, stride: int, padd
     x, oh, ow = _check_window(x, kh, kw, stride, padding, "int8_conv_threshold_codes")
     n, c, h, w = x.shape
     channels = th.shape[0]
-    if x.dtype != np.uint8 or wt.ndim != 3 or 4 * wt.shape[0] < c * kh * kw or wt.shape[1] < channels:
-        raise EngineError(f"int8 conv needs uint8 codes and int8_weights for {c * kh * kw} inputs and "
-                          f"{channels} channels, got {x.dtype} codes and weights {wt.shape}")
+    if x.dtype != np.uint8 or wt.ndim != 3 or wt.shape[0] != kh * -(-kw * c // 4) or wt.shape[1] < channels:
+        raise EngineError(f"int8 conv needs uint8 codes and int8_conv_weights for a {kh}x{kw} kernel on {c} "
+                          f"channels and {channels} outputs, got {x.dtype} codes and weights {wt.shape}")
     if 4 * wt.shape[0] > INT32_SAFE_K:
         raise EngineError(f"int8 conv: K = {4 * wt.shape[0]} could overflow int32 (at most {INT32_SAFE_K})")
     out = np.empty((n, channels, oh * ow), np.uint8)
