@@ -1,18 +1,28 @@
-"""End-to-end integer inference of the SVHN network at W2A2 vs tinypact's float32 eval forward.
+"""End-to-end inference of the SVHN network: the integer engine at W1A1/W2A2/W4A4 against ONNX
+Runtime float32 and int8 on the same network, side by side in one run, at batch 512 and batch 1.
 
-    python benchmarks/engine.py               # 512 images, batch 128, 3 rounds
-    python benchmarks/engine.py --quick       # 128 images, 2 rounds
+    python benchmarks/engine.py               # batch 512 (7 rounds) and batch 1 (64 images, 7 rounds)
+    python benchmarks/engine.py --quick       # 3 rounds, 16 images at batch 1
+    python benchmarks/engine.py --tinypact    # add tinypact's float32 eval forward at batch 512
 
-Builds tinypact's `svhn` network (W2A2, 8-bit first/last layers, DoReFa weights, PACT
+Builds tinypact's `svhn` network (40x40x3, 8-bit first/last layers, DoReFa weights, PACT
 activations) with randomised batch-norm statistics and alphas (speed does not depend on
-training), exports it to the integer engine, and times on the same uint8 images, interleaved,
-best of N rounds: (a) tinypact's eval forward (fake-quantized, float32, what `tinypact.evaluate`
-runs) and (b) `integer_engine` (bit-packed popcount kernels, integer thresholds). Prints
-images/s for both, the ratio (target >= 2x), prediction agreement, and the engine's per-layer
-table. Both run on all cores (NumPy's BLAS threads, Numba's thread pool).
+training) and exports it to the integer engine at each precision. The peers run the same layers
+in float (conv weights = the quantized levels times their scale, batch norm folded into the conv
+bias, ReLU, max-pool, the final linear), exported to ONNX with uint8 images in (Cast, Mul by
+1/255 inside the graph, as the engine takes uint8) and run by ONNX Runtime (the `onnx` extra):
+float32 as exported, and int8 as `onnxruntime.quantization.quantize_static` makes it (QDQ,
+per-channel int8 weights, uint8 activations, calibrated on 64 random images).
+
+Timing: each round runs every runner once, in turn (interleaved), so drifts in background load
+hit all of them; each runner's best and median round are reported, with the load average
+(`uptime`) before and after and the CPU's features. Batch 512 uses all cores for every runner
+(Numba's and ONNX Runtime's threads); batch 1 runs one image at a time on one thread for all.
 """
 import argparse
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,8 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 # integer_engine first: importing it before NumPy shortens OpenBLAS's idle spin
 # (integer_engine/__init__.py), which would otherwise take the cores from the next Numba kernel.
 import integer_engine  # noqa: E402,F401,I001
+import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
+from integer_engine import cpu
 from integer_engine.commands import format_layer_table
 from integer_engine.executor import Engine
 from integer_engine.export import lower_graph
@@ -29,50 +41,179 @@ from tinypact.models import build_model, randomize_statistics
 from tinypact.quant import Policy
 from tinypact.tensor import Tensor, no_grad
 
+PRECISIONS = (1, 2, 4)
+
+
+def load_average() -> str:
+    return "load average " + ", ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def float_onnx(model, path: str) -> None:
+    """The lowered integer model's network in float32 ONNX (see the module docstring)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes, inits = [], []
+
+    def const(name, value):
+        inits.append(numpy_helper.from_array(np.asarray(value, np.float32), name))
+        return name
+
+    nodes.append(helper.make_node("Cast", ["images"], ["pixels"], to=TensorProto.FLOAT))
+    nodes.append(helper.make_node("Mul", ["pixels", const("inv255", 1 / 255)], ["input"]))
+    for layer in model.layers:
+        a, arr = layer.attrs, layer.arrays
+        x, y = a["inputs"][0], layer.name
+        if a["kind"] in ("conv", "linear"):
+            levels = 2 * arr["weight"].astype(np.float32) - a["n_w"]
+            fold = arr["bn_scale"] * float(arr["scale"][0])
+            weight = levels * fold.reshape(-1, *[1] * (levels.ndim - 1))
+            bias = arr["bias"] * arr["bn_scale"] + arr["bn_shift"]
+            out = y if a["output"] == "logits" else y + "_pre"
+            if a["kind"] == "conv":
+                p = a["padding"]
+                nodes.append(helper.make_node("Conv", [x, const(y + "_w", weight), const(y + "_b", bias)], [out],
+                                              kernel_shape=list(a["kernel"]), strides=[a["stride"]] * 2,
+                                              pads=[p] * 4))
+            else:
+                nodes.append(helper.make_node("Gemm", [x, const(y + "_w", weight), const(y + "_b", bias)], [out],
+                                              transB=1))
+            if a["output"] != "logits":
+                nodes.append(helper.make_node("Relu", [out], [y]))
+        elif a["kind"] == "maxpool":
+            p = a["padding"]
+            nodes.append(helper.make_node("MaxPool", [x], [y], kernel_shape=[a["kernel"]] * 2,
+                                          strides=[a["stride"]] * 2, pads=[p] * 4))
+        elif a["kind"] == "flatten":
+            nodes.append(helper.make_node("Flatten", [x], [y]))
+        else:
+            raise SystemExit(f"float_onnx: layer kind {a['kind']!r} is not in the SVHN network")
+    shape = ["batch", *model.input_shape]
+    graph = helper.make_graph(nodes, "svhn", [helper.make_tensor_value_info("images", TensorProto.UINT8, shape)],
+                              [helper.make_tensor_value_info(model.layers[-1].name, TensorProto.FLOAT, None)],
+                              inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def int8_onnx(float_path: str, path: str, calibration: np.ndarray) -> None:
+    import logging
+
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    logging.getLogger().setLevel(logging.ERROR)  # its advice to pre-process: the graph is already plain
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"images": calibration[i:i + 16]} for i in range(0, len(calibration), 16)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    quantize_static(float_path, path, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+
+
+def ort_session(path: str, threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    return lambda images: session.run(None, {"images": images})[0]
+
+
+def interleaved(runners: dict, rounds: int) -> dict:
+    """{name: (best, median) seconds}: each round times every runner once, in turn."""
+    times = {name: [] for name in runners}
+    for fn in runners.values():
+        fn()  # compile / warm caches outside the timing
+    for _ in range(rounds):
+        for name, fn in runners.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: (min(t), float(np.median(t))) for name, t in times.items()}
+
+
+def report(title: str, results: dict, images: int, peer: str) -> None:
+    """images/s (best, median), the spread (median / best time) and the ratio to `peer`'s speed,
+    best against best and median against median."""
+    print(f"\n{title}")
+    print(f"  {'runner':28s} {'images/s best':>13s} {'median':>9s} {'med/best':>8s}   x {peer}: best, median")
+    for name, (best, median) in results.items():
+        print(f"  {name:28s} {images / best:13.1f} {images / median:9.1f} {median / best:8.2f}   "
+              f"{results[peer][0] / best:5.2f}, {results[peer][1] / median:5.2f}")
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=512)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--images", type=int, default=512, help="batch size of the large-batch runs")
+    parser.add_argument("--single", type=int, default=64, help="images run one at a time for batch 1")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--quick", action="store_true", help="3 rounds, 16 images at batch 1")
+    parser.add_argument("--tinypact", action="store_true", help="add tinypact's float32 eval at batch 512")
+    parser.add_argument("--layers", action="store_true", help="print the engine's per-layer times")
     args = parser.parse_args()
     if args.quick:
-        args.images, args.rounds = 128, 2
+        args.rounds, args.single = 3, 16
 
-    model = randomize_statistics(build_model("svhn", Policy(wbits=2, abits=2)), biases=False)
-    engine = Engine(lower_graph(model.graph(), model.state_dict()))
-    images = np.random.default_rng(1).integers(0, 256, (args.images, *model.input_shape), dtype=np.uint8)
-    batches = [images[i:i + args.batch_size] for i in range(0, len(images), args.batch_size)]
+    threads = numba.get_num_threads()
+    print(cpu.describe())
+    print(f"start: {load_average()}")
+    networks = {bits: randomize_statistics(build_model("svhn", Policy(wbits=bits, abits=bits)), biases=False)
+                for bits in PRECISIONS}
+    engines = {bits: Engine(lower_graph(net.graph(), net.state_dict())) for bits, net in networks.items()}
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (args.images, *networks[2].input_shape), dtype=np.uint8)
+    single = images[:args.single]
 
-    def run_tinypact():
-        with no_grad():
-            return np.concatenate([model(Tensor(b.astype(np.float32) / np.float32(255))).data.argmax(1)
-                                   for b in batches])
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise SystemExit("the peers need ONNX Runtime: pip install onnx onnxruntime (the `onnx` extra)")
+    with tempfile.TemporaryDirectory() as tmp:
+        float_path, int8_path = os.path.join(tmp, "svhn_float.onnx"), os.path.join(tmp, "svhn_int8.onnx")
+        float_onnx(engines[2].model, float_path)
+        int8_onnx(float_path, int8_path, rng.integers(0, 256, (64, *networks[2].input_shape), dtype=np.uint8))
+        sessions = {threads: {"onnxruntime int8 (QDQ)": ort_session(int8_path, threads),
+                              "onnxruntime float32": ort_session(float_path, threads)},
+                    1: {"onnxruntime int8 (QDQ)": ort_session(int8_path, 1),
+                        "onnxruntime float32": ort_session(float_path, 1)}}
 
-    def run_engine():
-        return np.concatenate([engine.run(b).predictions for b in batches])
+    # Batch 512, all threads.
+    runners = {f"integer_engine W{b}A{b}": (lambda e=engine: e.run(images)) for b, engine in engines.items()}
+    runners.update({name: (lambda f=run: f(images)) for name, run in sessions[threads].items()})
+    if args.tinypact:
+        def run_tinypact(net=networks[2]):
+            with no_grad():
+                return net(Tensor(images.astype(np.float32) / np.float32(255))).data
+        runners["tinypact float32 eval W2A2"] = run_tinypact
+    large = interleaved(runners, args.rounds)
+    report(f"batch {args.images}, {threads} threads, best and median of {args.rounds} interleaved rounds "
+           f"({load_average()})", large, args.images, "onnxruntime int8 (QDQ)")
 
-    engine.run(batches[0][:2])  # compile / load the Numba kernels outside the timing
-    run_tinypact()
-    best = {"tinypact float32 eval": float("inf"), "integer_engine W2A2": float("inf")}
-    predictions = {}
-    for _ in range(args.rounds):
-        for name, fn in (("tinypact float32 eval", run_tinypact), ("integer_engine W2A2", run_engine)):
-            start = time.perf_counter()
-            predictions[name] = fn()
-            best[name] = min(best[name], time.perf_counter() - start)
+    # Batch 1, one thread for everyone.
+    def one_at_a_time(fn):
+        return lambda: [fn(single[i:i + 1]) for i in range(len(single))]
 
-    print(f"SVHN network (40x40x3, W2A2, 8-bit first/last), {args.images} images, batch {args.batch_size}, "
-          f"best of {args.rounds}")
-    for name, seconds in best.items():
-        print(f"  {name:24s} {args.images / seconds:9.1f} images/s  ({seconds:.3f} s)")
-    ratio = best["tinypact float32 eval"] / best["integer_engine W2A2"]
-    agree = np.mean(predictions["tinypact float32 eval"] == predictions["integer_engine W2A2"])
-    print(f"  speed-up {ratio:.2f}x (target >= 2x); prediction agreement {agree:.2%}")
-    result = engine.run(batches[0])
-    print(f"\nengine per-layer, one batch of {len(batches[0])}:")
-    print(format_layer_table(result.stats, len(batches[0])))
+    numba.set_num_threads(1)
+    try:
+        runners = {f"integer_engine W{b}A{b}": one_at_a_time(engine.run) for b, engine in engines.items()}
+        runners.update({name: one_at_a_time(run) for name, run in sessions[1].items()})
+        small = interleaved(runners, args.rounds)
+    finally:
+        numba.set_num_threads(threads)
+    report(f"batch 1 ({args.single} images one at a time), 1 thread, best and median of {args.rounds} "
+           f"interleaved rounds ({load_average()})", small, args.single, "onnxruntime float32")
+
+    if args.layers:
+        for bits, engine in engines.items():
+            result = engine.run(images)
+            print(f"\nengine W{bits}A{bits} per layer, batch {args.images}:")
+            print(format_layer_table(result.stats, args.images))
     return 0
 
 

@@ -15,6 +15,12 @@ import os
 # integer_engine is imported before NumPy (as in `python -m integer_engine`); a value the user
 # set wins. tinypact/__init__.py does the same.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+# Numba's OpenMP threads (its default threading layer here) spin between parallel kernels by
+# default; on a shared 2-core machine with other work running, the spinning took the cores from
+# the threads doing the work and every GEMM hit an ~8 ms floor (W2A2 512x512x4096: 134 GMAC/s
+# median; 580 with passive waiting, median within 3% of best; benchmarks/bitgemm.py). Effective
+# when set before the first parallel kernel runs; a value the user set wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from integer_engine.errors import EngineError
 

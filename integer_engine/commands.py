@@ -199,6 +199,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = run_model(model, images, batch_size=args.batch_size)
     seconds = time.perf_counter() - start
     accuracy = float(np.mean(result.predictions == labels))
+    from integer_engine.cpu import describe
+    print(describe())
     print(f"{description}: {len(images)} images, accuracy {accuracy:.4f}, "
           f"{len(images) / seconds:.1f} images/s ({seconds:.2f} s)")
     print(format_layer_table(result.stats, len(images)))

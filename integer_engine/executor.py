@@ -5,20 +5,29 @@ a GEMM against the weight codes j (levels c = 2j - n_w):
 
     acc[m, o] = sum_k a[m, k] * (2 j[o, k] - n_w) = 2 * (a . j)[m, o] - n_w * rowsum(a)[m]
 
-Narrow layers (abits * wbits <= BITSERIAL_MAX_PASSES) pack the patches straight into bit-planes
-(`kernels.conv_bit_planes`) and compute `j . a` with AND + popcount (`kernels.bitserial_gemm`,
-weights as rows so the result is channel-major); the `- n_w * rowsum(a)` correction
-(`kernels.plane_row_sums`) is applied inside the threshold kernel.
-Wide ones (the 8-bit first and last layers) multiply the codes by the signed levels c with BLAS in
-float32 (or float64): every partial sum is an integer bounded by the layer's static `acc_bound`
-(<= 2**24 for float32; always <= 2**31 for float64), so the float GEMM is exact, as
-`kernels.int_gemm` argues. Requantization between layers is integer-only: the accumulator goes
-through the layer's thresholds (`requant.threshold_codes`, writing NCHW codes directly), found at
-export from the layer's float epilogue. Two places evaluate the float32 epilogue itself
-(`epilogue.py`), elementwise: a residual add, whose two integer inputs admit no thresholds on one
-integer, and the logits. Max-pool works on codes, average pooling sums them. Each layer's MACs
-(as performed: rows x depth x columns of its GEMM) and wall time are counted; `reference.py` is
-the plain NumPy check.
+Which kernels run depends on the CPU (`cpu.py`, detected once):
+
+- Narrow layers (abits * wbits <= BITSERIAL_MAX_PASSES) are bit-serial: patches packed straight
+  into bit-planes, `j . a` by AND + popcount. With AVX-512 VPOPCNTDQ the activations are the
+  GEMM's rows, the weights transposed once, convs packed channel-major
+  (`kernels.conv_channel_planes`), and a threshold layer is one fused kernel (512-bit popcount
+  tile, `- n_w * rowsum(a)`, thresholds: `kernels.bitserial_threshold_codes`). Elsewhere the
+  scalar-POPCNT kernel runs with the weights as rows (`kernels.bitserial_gemm`, result
+  channel-major) and `requant.threshold_codes` after it.
+- Wide layers (the 8-bit first and last layers; with VNNI also those past the bit-serial
+  crossover) run the int8 dot product where AVX-512 VNNI exists: u8 codes x s8 weights (c, or
+  j - 128 for 8-bit weights) -> int32, fused with im2col and the thresholds for convs
+  (`kernels.int8_conv_threshold_codes`). Without VNNI they multiply the codes by the levels c with
+  BLAS in float32 (or float64): every partial sum is an integer bounded by the layer's static
+  `acc_bound` (<= 2**24 for float32; always <= 2**31 for float64), so the float GEMM is exact, as
+  `kernels.int_gemm` argues.
+
+Requantization between layers is integer-only: the accumulator goes through the layer's
+thresholds (writing NCHW codes directly), found at export from the layer's float epilogue. Two
+places evaluate the float32 epilogue itself (`epilogue.py`), elementwise: a residual add, whose
+two integer inputs admit no thresholds on one integer, and the logits. Max-pool works on codes,
+average pooling sums them. Each layer's MACs (as performed: rows x depth x columns of its GEMM)
+and wall time are counted; `reference.py` is the plain NumPy check.
 """
 from __future__ import annotations
 
@@ -27,15 +36,22 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from integer_engine import bitpack, kernels
+from integer_engine import bitpack, int8dot, kernels
 from integer_engine.epilogue import activation_code, affine
 from integer_engine.errors import EngineError
 from integer_engine.format import IntegerModel, Layer
-from integer_engine.requant import apply_thresholds, full_accumulator, threshold_codes
+from integer_engine.requant import apply_thresholds, block_thresholds, full_accumulator, threshold_codes
 
 # Bit-serial popcount GEMM costs abits * wbits AND+POPCNT passes per 64 MACs; beyond about this
-# many it loses to the BLAS-backed integer GEMM.
-BITSERIAL_MAX_PASSES = 9
+# many it loses to the integer GEMM the CPU has. Against float32 BLAS, scalar popcounts win up to
+# W3A3 (Zen 1). With VNNI (`int8dot`, 64 u8 x s8 MACs per instruction) against 512-bit popcounts
+# (Zen 5): the bare GEMMs favour bit-serial at W2A2 (benchmarks/bitgemm.py: 350-600 vs 230-390
+# GMAC/s) and W4A4 int8 (110-140 vs 230-390). Whole layers are closer: with the patch gather in
+# both fused kernels, the SVHN network at W2A2 ran as fast bit-serial as int8 (batch 512,
+# interleaved: 2639 vs 2584 images/s best, 2452 vs 2439 median; before the bit-serial gather was
+# fused, 0.8x), and at W1A1 1.4x faster bit-serial (3633 vs 2642).
+INT8_DOT = int8dot.VNNI
+BITSERIAL_MAX_PASSES = 4 if INT8_DOT and kernels.BITSERIAL_KERNEL == "vector" else 9
 
 
 @dataclass
@@ -72,17 +88,90 @@ class _Compute:
         self.n_w = int(a["n_w"])
         self.abits, self.wbits = int(a["abits"]), int(a["wbits"])
         narrow = self.abits <= bitpack.MAX_BITS and self.abits * self.wbits <= BITSERIAL_MAX_PASSES
-        self.method = "bitserial" if narrow else "int"
+        # u8 codes x s8 weights: levels c = 2j - n_w when they fit in int8, else j - 128 with
+        # a . c = 2 a.(j - 128) - (n_w - 256) rowsum(a).
+        int8 = (INT8_DOT and not narrow and int(a["in_max"]) <= 255 and self.wbits <= 8
+                and self.j.shape[1] <= int8dot.INT32_SAFE_K)
+        self.method = "bitserial" if narrow else "int8" if int8 else "int"
+        # With 512-bit popcounts the weights are transposed once and the activations are the
+        # GEMM's rows (result rows_first); threshold layers fuse the GEMM with requantization.
+        self.vector = narrow and kernels.BITSERIAL_KERNEL == "vector"
+        # Vector convs reduce in channel-major order (`kernels.conv_channel_planes`): packing is
+        # then one pass over the codes plus a copy of words (2.8x faster on SVHN conv2).
+        self.channel_major = self.vector and a["kind"] == "conv"
         if narrow:
             self.w_planes = bitpack.bit_planes(self.j, self.wbits)
+            if self.channel_major:
+                self.wt = kernels.transposed_planes(bitpack.bit_planes(kernels.channel_major_weights(w), self.wbits))
+            elif self.vector:
+                self.wt = kernels.transposed_planes(self.w_planes)
+        elif int8:
+            if self.n_w <= 127:
+                self.int8_scale, self.int8_offset = 1, 0
+                signed = 2 * w.astype(np.int16) - self.n_w
+            else:
+                self.int8_scale, self.int8_offset = 2, self.n_w - 256
+                signed = w.astype(np.int16) - 128
+            self.wt8 = kernels.int8_weights(signed.reshape(signed.shape[0], -1))
+            if a["kind"] == "conv":  # the fused conv kernel reduces in (i, j, channel) order
+                self.wt8_conv = kernels.int8_conv_weights(signed)
         else:
             self.levels = (2 * self.j.astype(np.int16) - self.n_w).astype(np.int16)
         # int_gemm's own rule (kernels.py): a float with a p-bit significand is exact when every
         # partial sum is an integer of magnitude <= 2**p; acc_bound is that bound for any input.
         # Validation caps acc_bound at 2**31 - 1, so float64 is always exact.
         self.exact_dtype = np.float32 if int(a["acc_bound"]) <= 2**24 else np.float64
-        if not narrow:
+        self.prepared: dict = {}  # block_thresholds by padded width
+        if self.method == "int":
             self.levels_t = np.ascontiguousarray(self.levels.T.astype(self.exact_dtype))
+
+    def _planes(self, x: np.ndarray) -> np.ndarray:
+        a = self.layer.attrs
+        codes = x if x.dtype == np.uint8 else x.astype(np.uint8)
+        if self.channel_major:
+            return kernels.conv_channel_planes(codes, *a["kernel"], a["stride"], a["padding"], self.abits)
+        if a["kind"] == "conv":
+            return kernels.conv_bit_planes(codes, *a["kernel"], a["stride"], a["padding"], self.abits)
+        return bitpack.bit_planes(codes, self.abits)
+
+    def _bytes(self, x: np.ndarray) -> np.ndarray:
+        """uint8 patches (N*P, K rounded up to 4) for the int8 kernels."""
+        a = self.layer.attrs
+        width = self.wt8.shape[0] * 4
+        if a["kind"] == "conv":
+            return kernels.im2col_codes(x, *a["kernel"], a["stride"], a["padding"], dtype=np.uint8, width=width)
+        out = np.zeros((x.shape[0], width), np.uint8)
+        out[:, :x.shape[1]] = x
+        return out
+
+    @property
+    def fused(self) -> bool:
+        """Whether a threshold layer runs as one GEMM + requantization kernel (`threshold_codes`)."""
+        return self.vector or self.method == "int8"
+
+    def threshold_codes(self, x: np.ndarray) -> np.ndarray:
+        """A threshold layer's codes (N, O, P) in one fused kernel (vector bit-serial and int8 layers)."""
+        a, arrays = self.layer.attrs, self.layer.arrays
+        th, direction, images = arrays["thresholds"], arrays["direction"], x.shape[0]
+        conv8 = self.method == "int8" and a["kind"] == "conv" and x.dtype == np.uint8
+        weights = self.wt8_conv if conv8 else self.wt8 if self.method == "int8" else self.wt
+        width = weights.shape[1] if self.method == "int8" else weights.shape[2]  # padded output columns
+        if width not in self.prepared:  # the thresholds in the fused kernel's layout, made once
+            self.prepared[width] = block_thresholds(th, direction, width)
+        prepared = self.prepared[width]
+        if conv8:
+            return kernels.int8_conv_threshold_codes(x, *a["kernel"], a["stride"], a["padding"], weights, th,
+                                                     direction, self.int8_scale, self.int8_offset, prepared,
+                                                     kernels.int8_ones_column(weights, th.shape[0]))
+        if self.method == "int8":
+            return kernels.int8_threshold_codes(self._bytes(x), weights, th, direction, images,
+                                                self.int8_scale, self.int8_offset, prepared)
+        if self.channel_major:
+            return kernels.bitserial_conv_threshold_codes(x if x.dtype == np.uint8 else x.astype(np.uint8),
+                                                          *a["kernel"], a["stride"], a["padding"], self.abits,
+                                                          weights, th, direction, 2, self.n_w, prepared)
+        return kernels.bitserial_threshold_codes(self._planes(x), weights, th, direction, images, 2, self.n_w,
+                                                 prepared)
 
     def accumulate(self, x: np.ndarray) -> tuple[np.ndarray, str, int, int, np.ndarray | None]:
         """Codes (N, C, H, W) or (N, F) -> (acc, layout, scale, offset, rowsum) for
@@ -91,16 +180,20 @@ class _Compute:
         conv = a["kind"] == "conv"
         images = x.shape[0]
         if self.method == "bitserial":
-            codes = x if x.dtype == np.uint8 else x.astype(np.uint8)
-            if conv:
-                planes = kernels.conv_bit_planes(codes, *a["kernel"], a["stride"], a["padding"], self.abits)
-            else:
-                planes = bitpack.bit_planes(codes, self.abits)
+            planes = self._planes(x)
+            rowsum = kernels.plane_row_sums(planes).reshape(images, -1)
+            if self.vector:
+                dot = kernels.bitserial_gemm_transposed(planes, self.wt, self.j.shape[0])
+                return dot, "rows_first", 2, self.n_w, rowsum
             # Weights as the GEMM's rows: the result (O, N*P) is already channel-major, and the
             # "- n_w * rowsum(a)" correction is applied inside the threshold kernel.
             dot = kernels.bitserial_gemm(self.w_planes, planes)
-            rowsum = kernels.plane_row_sums(planes).reshape(images, -1)
             return dot, "channels_first", 2, self.n_w, rowsum
+        if self.method == "int8":
+            patches = self._bytes(x)
+            rowsum = patches.sum(axis=1, dtype=np.int64).reshape(images, -1)
+            dot = kernels.int8_gemm(patches, self.wt8, self.j.shape[0])
+            return dot, "rows_first", self.int8_scale, self.int8_offset, rowsum
         # Every partial sum is an integer bounded by acc_bound (a static fact of the model), so
         # BLAS in exact_dtype is exact: `kernels.int_gemm`'s argument, without its scan of the data
         # for the bound. im2col converts while it gathers: one pass over the patch matrix.
@@ -153,9 +246,13 @@ class Engine:
         if kind in ("conv", "linear"):
             comp = self.compute[layer.name]
             images, channels = x.shape[0], a["out_channels"]
-            acc, layout, scale, offset, rowsum = comp.accumulate(x)
-            stats.macs = acc.size * comp.j.shape[1]  # (N*P) x O outputs, each a fan-in of MACs
             stats.method = comp.method
+            if a["output"] == "threshold" and comp.fused:
+                out = comp.threshold_codes(x)
+                stats.macs = out.size * comp.j.shape[1]  # (N*P) x O outputs, each a fan-in of MACs
+                return out.reshape(images, *a["out_shape"])
+            acc, layout, scale, offset, rowsum = comp.accumulate(x)
+            stats.macs = acc.size * comp.j.shape[1]
             if a["output"] == "threshold":
                 out = threshold_codes(acc, layer.arrays["thresholds"], layer.arrays["direction"], images,
                                       layout, scale, offset, rowsum)
@@ -205,20 +302,36 @@ def residual_add(layer: Layer, inputs: list[np.ndarray]) -> np.ndarray:
 
 
 def max_pool_slices(x: np.ndarray, k: int, s: int, p: int) -> np.ndarray:
-    """Max-pool on codes (N, C, H, W) as k*k elementwise maxima of strided views.
+    """Max-pool on codes (N, C, H, W), separably: k elementwise maxima of strided row views (whole
+    contiguous rows), then k of strided column views of that.
 
     Zero padding stands for the float model's -inf: codes are >= 0 and, with p <= k // 2 (checked
     at load), every window holds a real element. Same result as `kernels.max_pool_codes`, faster
-    than its windowed reduction.
+    than its windowed reduction (and with k == s, rows of a reshape first beat k*k 2-D strided
+    views: SVHN pool0 at batch 512, 7 vs 10 ms).
     """
     if p:
         x = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
+    n, c = x.shape[:2]
     oh, ow = (x.shape[2] - k) // s + 1, (x.shape[3] - k) // s + 1
-    out = None
+    if k == s:  # non-overlapping windows: the rows of a window are contiguous runs of a reshape
+        windows = np.ascontiguousarray(x[:, :, :oh * k, :ow * k]).reshape(n, c, oh, k, ow * k)
+        rows = windows[:, :, :, 0] if k == 1 else np.maximum(windows[:, :, :, 0], windows[:, :, :, 1])
+        for i in range(2, k):
+            np.maximum(rows, windows[:, :, :, i], out=rows)
+        rows = rows.reshape(n, c, oh, ow, k)
+        out = rows[..., 0].copy() if k == 1 else np.maximum(rows[..., 0], rows[..., 1])
+        for j in range(2, k):
+            np.maximum(out, rows[..., j], out=out)
+        return out
+    rows = None
     for i in range(k):
-        for j in range(k):
-            view = x[:, :, i:i + s * (oh - 1) + 1:s, j:j + s * (ow - 1) + 1:s]
-            out = view.copy() if out is None else np.maximum(out, view, out=out)
+        view = x[:, :, i:i + s * (oh - 1) + 1:s, :]
+        rows = view.copy() if rows is None else np.maximum(rows, view, out=rows)
+    out = None
+    for j in range(k):
+        view = rows[:, :, :, j:j + s * (ow - 1) + 1:s]
+        out = view.copy() if out is None else np.maximum(out, view, out=out)
     return out
 
 

@@ -1,4 +1,4 @@
-"""Integer kernels of the engine: bit-serial popcount GEMM, an exact 8-bit GEMM, im2col, max-pool.
+"""Integer kernels of the engine: bit-serial popcount GEMMs, int8 GEMMs, im2col, max-pool.
 
 Conventions (all kernels):
 - A GEMM multiplies activations `a` of shape (M, K) by weights `w` of shape (N, K) and returns
@@ -13,6 +13,19 @@ Bit-serial dot product, with a = sum_i 2^i a_i and w = sum_j 2^j w_j (binary pla
 
 summed over the 64-bit words of the reduction dimension. One 64-bit AND+POPCNT performs
 64 / (abits * wbits) multiply-accumulates, which is where the speed comes from at 1-2 bits.
+
+Families, chosen by the CPU (`cpu.py`; the tests run every one on any x86-64):
+- scalar bit-serial (`bitserial_gemm(kernel="scalar")`): one POPCNT per word, 4x4 register tile;
+- vector bit-serial (VPOPCNTDQ): `popcount.popcount_tile`, weights transposed once
+  (`transposed_planes`); fused with the requantization (`bitserial_threshold_codes`) and, for
+  convs, with a channel-major patch gather (`bitserial_conv_threshold_codes`);
+- int8 (VNNI): `int8dot.int8_tile`, u8 codes x s8 weights -> int32 (`int8_gemm`), fused with the
+  requantization (`int8_threshold_codes`) and with im2col (`int8_conv_threshold_codes`);
+- `int_gemm`: exact BLAS in float32/float64 for wide layers where VNNI is missing.
+
+Numba's disk cache (`cache=True`) keys a kernel by its own file only, but these kernels compile
+in code from popcount.py, int8dot.py and requant.py (`threshold_block`): after editing those,
+touch this file or clear integer_engine/__pycache__, or a cached kernel keeps the old code.
 """
 import contextlib
 
@@ -23,7 +36,11 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from integer_engine.bitpack import MAX_BITS, check_bits, words_for
 from integer_engine.errors import EngineError
-from integer_engine.popcount import popcount64
+from integer_engine.int8dot import INT32_SAFE_K, int8_conv_tile, int8_tile
+from integer_engine.int8dot import TILE_COLS as INT8_COLS
+from integer_engine.int8dot import TILE_ROWS as INT8_ROWS
+from integer_engine.requant import block_thresholds, threshold_block
+from integer_engine.popcount import POPCOUNT, TILE_COLS, TILE_ROWS, popcount64, popcount_tile
 
 # Columns of `w` handled together by one pass over an activation row: each loaded activation
 # word is reused for 4 output columns while the 4 accumulators stay in registers.
@@ -35,6 +52,11 @@ _W_BLOCK_BYTES = 192 * 1024
 # Below this many inner-loop operations a kernel runs on one thread: waking the worker threads
 # costs more than the work (and, on a busy machine, OpenMP barriers can cost milliseconds).
 _PARALLEL_MIN_WORK = 1 << 17
+
+# Blocks of rows per parallel task of the fused kernels: their scratch is allocated once per task.
+BLOCKS_PER_TASK = 16
+# Placeholder threshold arguments for the non-fused instances of the fused kernels.
+_NO_THRESHOLDS = (np.zeros((1, 1), np.int64), np.zeros((1, 1), np.int64), np.zeros(1, np.int64))
 
 _LSB_OF_EACH_BYTE = np.uint64(0x0101010101010101)
 _LOW_BYTE = np.uint64(0xFF)
@@ -136,16 +158,150 @@ def _binary_kernel(a, w, n_start, n_stop, out):  # pragma: no cover - compiled
                 out[m3, n + c] = acc[3, c]
 
 
+@njit(cache=True)
+def _generic_tile(a, wt, m0, n0, tile, total):  # pragma: no cover - compiled
+    """`popcount_tile` for any plane counts: one single-plane tile per plane pair, shifted and summed
+    into columns n0..n0+15 of `total` (`tile`, same shape, is scratch)."""
+    total[:, n0:n0 + TILE_COLS] = 0
+    for i in range(a.shape[0]):
+        for j in range(wt.shape[0]):
+            popcount_tile(a, wt, i, j, m0, n0, tile, 1, 1)
+            shift = np.uint64(i + j)
+            for r in range(TILE_ROWS):
+                for c in range(n0, n0 + TILE_COLS):
+                    total[r, c] += tile[r, c] << shift
+
+
+@njit(cache=True)
+def _block_scratch(n_pad):  # pragma: no cover - compiled
+    """A vector kernel task's scratch: tile and total (TILE_ROWS, n_pad) uint64, corr (TILE_ROWS,)
+    and v (n_pad,) int64, codes (TILE_ROWS, n_pad) uint8."""
+    return (np.empty((TILE_ROWS, n_pad), np.uint64), np.empty((TILE_ROWS, n_pad), np.uint64),
+            np.empty(TILE_ROWS, np.int64), np.empty(n_pad, np.int64), np.empty((TILE_ROWS, n_pad), np.uint8))
+
+
+def _make_vector_kernel(fixed_abits: int, fixed_wbits: int, fused: bool):
+    """The bit-serial GEMM over 512-bit vectors (`popcount.popcount_tile`, VPOPCNTDQ): a 4-row x
+    16-column register tile per step, weights transposed once so 16 columns are two vector loads.
+    A block of 4 rows x all columns is computed, then stored (int64 GEMM result) or, `fused`,
+    turned into codes at once (`requant.threshold_block`) so the accumulator never reaches memory.
+
+    Specialised (abits, wbits) are closure constants, so all plane pairs share one pass over the
+    words; generic (both 0) runs the tile once per plane pair and sums the shifted tiles.
+    """
+
+    @njit(parallel=True, cache=True)
+    def kernel(a, wt, scale, offset, signed_th, by_t, negate, pixels, out):  # pragma: no cover
+        # a: (abits, M, KW) uint64 planes; wt: (wbits, KW, Npad) uint64, Npad % TILE_COLS == 0.
+        # Not fused: out (M, N) int64, every element written (the threshold arguments unused).
+        # Fused: M = images * pixels, out (images, O, pixels) uint8 codes; signed_th, by_t,
+        # negate from `requant.block_thresholds`, scale/offset: acc = scale * dot - offset * rowsum.
+        m_rows = a.shape[1]
+        n_pad = wt.shape[2]
+        blocks = (m_rows + TILE_ROWS - 1) // TILE_ROWS
+        for task in prange((blocks + BLOCKS_PER_TASK - 1) // BLOCKS_PER_TASK):
+            tile, total, corr, v, codes = _block_scratch(n_pad)  # once per task
+            for t in range(task * BLOCKS_PER_TASK, min(blocks, (task + 1) * BLOCKS_PER_TASK)):
+                m0 = t * TILE_ROWS
+                for n0 in range(0, n_pad, TILE_COLS):
+                    if fixed_abits:
+                        popcount_tile(a, wt, 0, 0, m0, n0, total, fixed_abits, fixed_wbits)
+                    else:
+                        _generic_tile(a, wt, m0, n0, tile, total)
+                if fused:
+                    for r in range(TILE_ROWS):  # offset * rowsum(a_m): the weight-offset term
+                        corr[r] = offset * np.int64(_plane_row_sum(a, min(m0 + r, m_rows - 1)))
+                    threshold_block(total, corr, m0, scale, signed_th, by_t, negate, pixels, out, v, codes)
+                else:
+                    _store_rows(total, m0, out)
+
+    return kernel
+
+
+def _make_vector_conv_kernel(fixed_abits: int, fixed_wbits: int):
+    """`_make_vector_kernel`'s fused kernel for a convolution with the patch gather inside: each
+    block's rows are copied from the channel-packed words (`channel_packed_planes`) into a small
+    buffer, so the (bits, N*OH*OW, KW) planes of `conv_channel_planes` never reach memory."""
+
+    @njit(parallel=True, cache=True)
+    def kernel(packed, kh, kw, stride, oh_count, ow_count, wt, scale, offset, signed_th, by_t, negate,
+               out):  # pragma: no cover - compiled
+        # packed: (abits, N, Hp, Wp, CW); wt: (wbits, kh*kw*CW, Npad); out: (N, O, OH*OW) uint8.
+        bits, n_images, height, width, words = packed.shape
+        pixels = oh_count * ow_count
+        m_rows = n_images * pixels
+        n_pad = wt.shape[2]
+        run = kw * words  # a kernel row's words: contiguous in packed
+        k_words = kh * run
+        source = packed.reshape(-1)
+        blocks = (m_rows + TILE_ROWS - 1) // TILE_ROWS
+        for task in prange((blocks + BLOCKS_PER_TASK - 1) // BLOCKS_PER_TASK):
+            rows = np.empty((bits, TILE_ROWS, k_words), np.uint64)  # scratch, once per task
+            flat = rows.reshape(-1)
+            tile, total, corr, v, codes = _block_scratch(n_pad)
+            for t in range(task * BLOCKS_PER_TASK, min(blocks, (task + 1) * BLOCKS_PER_TASK)):
+                m0 = t * TILE_ROWS
+                for r in range(TILE_ROWS):
+                    m = min(m0 + r, m_rows - 1)
+                    img = m // pixels
+                    y = (m - img * pixels) // ow_count * stride
+                    z = (m - img * pixels) % ow_count * stride
+                    for b in range(bits):
+                        for i in range(kh):
+                            src = (((b * n_images + img) * height + y + i) * width + z) * words
+                            dst = (b * TILE_ROWS + r) * k_words + i * run
+                            for u in range(run):
+                                flat[dst + u] = source[src + u]
+                    corr[r] = offset * np.int64(_plane_row_sum(rows, r))
+                for n0 in range(0, n_pad, TILE_COLS):
+                    if fixed_abits:
+                        popcount_tile(rows, wt, 0, 0, 0, n0, total, fixed_abits, fixed_wbits)
+                    else:
+                        _generic_tile(rows, wt, 0, n0, tile, total)
+                threshold_block(total, corr, m0, scale, signed_th, by_t, negate, pixels, out, v, codes)
+
+    return kernel
+
+
+@njit(cache=True)
+def _store_rows(block, m0, out):  # pragma: no cover - compiled
+    """Rows m0.. of a GEMM result from a block (rows, >= N columns), up to out's last row."""
+    for r in range(min(block.shape[0], out.shape[0] - m0)):
+        for c in range(out.shape[1]):
+            out[m0 + r, c] = block[r, c]
+
+
+@njit(cache=True)
+def _plane_row_sum(a, m):  # pragma: no cover - compiled
+    """sum_k a[m, k] from bit-planes: sum_i 2^i sum_k popcount(a[i, m, k])."""
+    rowsum = np.uint64(0)
+    for i in range(a.shape[0]):
+        count = np.uint64(0)
+        for k in range(a.shape[2]):
+            count += popcount64(a[i, m, k])
+        rowsum += count << np.uint64(i)
+    return rowsum
+
+
 # (abits, wbits) pairs with their own compiled kernel; the rest share the generic one. Each
 # specialisation costs a few seconds of compilation once per machine (then the disk cache).
 SPECIALISED_PAIRS = frozenset({(1, 1), (2, 2), (3, 3), (4, 4)})
-_BITSERIAL_KERNELS: dict = {(1, 1): _binary_kernel}
+_BITSERIAL_KERNELS: dict = {("scalar", 1, 1): _binary_kernel}
+# "vector": popcount_tile (VPOPCNTDQ); "scalar": one 64-bit POPCNT at a time.
+BITSERIAL_KERNEL = "vector" if POPCOUNT == "vpopcntq" else "scalar"
 
 
-def _bitserial_kernel(abits: int, wbits: int):
-    key = (abits, wbits) if (abits, wbits) in SPECIALISED_PAIRS else (0, 0)
+def _bitserial_kernel(abits: int, wbits: int, kind: str = "scalar"):
+    """The compiled kernel for a plane-count pair: kind "scalar", "vector", "fused" (vector +
+    thresholds) or "conv" (fused, with the patch gather inside)."""
+    key = (kind, abits, wbits) if (abits, wbits) in SPECIALISED_PAIRS else (kind, 0, 0)
     if key not in _BITSERIAL_KERNELS:
-        _BITSERIAL_KERNELS[key] = _make_bitserial_kernel(*key)
+        if kind == "scalar":
+            _BITSERIAL_KERNELS[key] = _make_bitserial_kernel(*key[1:])
+        elif kind == "conv":
+            _BITSERIAL_KERNELS[key] = _make_vector_conv_kernel(*key[1:])
+        else:
+            _BITSERIAL_KERNELS[key] = _make_vector_kernel(*key[1:], fused=kind == "fused")
     return _BITSERIAL_KERNELS[key]
 
 
@@ -160,12 +316,24 @@ def _check_planes(planes: np.ndarray, name: str) -> np.ndarray:
     return np.ascontiguousarray(planes)
 
 
-def bitserial_gemm(a_planes: np.ndarray, w_planes: np.ndarray) -> np.ndarray:
+def transposed_planes(w_planes: np.ndarray) -> np.ndarray:
+    """Weight planes (wbits, N, KW) -> (wbits, KW, Npad) with Npad a multiple of TILE_COLS (zero
+    columns past N): the vector kernel's layout, 16 columns of one word side by side. Done once
+    per layer."""
+    w_planes = _check_planes(w_planes, "w_planes")
+    wbits, n_cols, kw = w_planes.shape
+    out = np.zeros((wbits, kw, n_cols + -n_cols % TILE_COLS), np.uint64)
+    out[:, :, :n_cols] = w_planes.transpose(0, 2, 1)
+    return out
+
+
+def bitserial_gemm(a_planes: np.ndarray, w_planes: np.ndarray, kernel: str | None = None) -> np.ndarray:
     """Unsigned code GEMM from bit-planes: int64 (M, N) with out[m, n] = sum_k a[m,k] * w[n,k].
 
     a_planes: uint64 (abits, M, KW); w_planes: uint64 (wbits, N, KW), KW = ceil(K/64), both
     zero-padded past K (as `bit_planes` makes them). Computes
-    `sum_{i,j} 2^(i+j) popcount(a_i AND w_j)` with Numba, parallel over M.
+    `sum_{i,j} 2^(i+j) popcount(a_i AND w_j)` with Numba, parallel over M, with the kernel the
+    CPU suits (`BITSERIAL_KERNEL`: "vector" with VPOPCNTDQ, else "scalar"; `kernel` forces one).
     Exact: the largest result, K * (2^8-1)^2 < 2^63, fits the uint64 accumulators.
     """
     a_planes = _check_planes(a_planes, "a_planes")
@@ -178,6 +346,9 @@ def bitserial_gemm(a_planes: np.ndarray, w_planes: np.ndarray) -> np.ndarray:
         )
     if m_rows == 0 or n_cols == 0 or kw == 0:
         return np.zeros((m_rows, n_cols), dtype=np.int64)
+    kind = kernel or BITSERIAL_KERNEL
+    if kind == "vector":
+        return bitserial_gemm_transposed(a_planes, transposed_planes(w_planes), n_cols)
     out = np.empty((m_rows, n_cols), dtype=np.int64)  # the kernels write every element
     n_pad = -n_cols % _COLS
     if n_pad:  # zero weight rows contribute 0; the kernel skips writing their columns
@@ -187,6 +358,53 @@ def bitserial_gemm(a_planes: np.ndarray, w_planes: np.ndarray) -> np.ndarray:
     with _threads_for(m_rows * w_planes.shape[1] * kw * abits * wbits):
         for n_start in range(0, w_planes.shape[1], block):
             kernel(a_planes, w_planes, n_start, min(n_start + block, w_planes.shape[1]), out)
+    return out
+
+
+def bitserial_gemm_transposed(a_planes: np.ndarray, wt: np.ndarray, n_cols: int) -> np.ndarray:
+    """`bitserial_gemm` with the vector kernel on weights already transposed by
+    `transposed_planes` (the executor does that once per layer): int64 (M, n_cols)."""
+    a_planes = _check_planes(a_planes, "a_planes")
+    abits, m_rows, kw = a_planes.shape
+    if wt.ndim != 3 or wt.dtype != np.uint64 or wt.shape[1] != kw or wt.shape[2] < n_cols \
+            or wt.shape[2] % TILE_COLS:
+        raise EngineError(f"transposed weight planes {wt.shape} do not fit activations {a_planes.shape} "
+                          f"and {n_cols} columns")
+    out = np.empty((m_rows, n_cols), dtype=np.int64)  # the kernel writes every element
+    if out.size and kw:
+        with _threads_for(m_rows * wt.shape[2] * kw * abits * wt.shape[0] // 8):
+            _bitserial_kernel(abits, wt.shape[0], "vector")(a_planes, wt, 0, 0, *_NO_THRESHOLDS, 1, out)
+    else:
+        out[:] = 0
+    return out
+
+
+def bitserial_threshold_codes(a_planes: np.ndarray, wt: np.ndarray, th: np.ndarray, direction: np.ndarray,
+                              images: int, scale: int = 1, offset: int = 0, prepared: tuple | None = None
+                              ) -> np.ndarray:
+    """Codes (images, O, P) uint8 of a bit-serial layer in one pass: per output channel o and
+    activation row m = img * P + p,
+
+        acc = scale * sum_k a[m, k] j[o, k] - offset * sum_k a[m, k],   code = #{t : d*acc >= d*T[o, t]}
+
+    (`requant.threshold_codes` on `bitserial_gemm(a_planes, w_planes)`, rows_first), with
+    a_planes (abits, images * P, KW) and wt = `transposed_planes(w_planes)`; th (O, n) int64,
+    direction (O,) of +-1; `prepared`: `requant.block_thresholds(th, direction, wt.shape[2])`, if
+    already made (the executor makes it once per layer)."""
+    a_planes = _check_planes(a_planes, "a_planes")
+    abits, m_rows, kw = a_planes.shape
+    wbits = wt.shape[0]
+    channels = th.shape[0]
+    if wt.ndim != 3 or wt.dtype != np.uint64 or wt.shape[1] != kw or wt.shape[2] < channels \
+            or wt.shape[2] % TILE_COLS:
+        raise EngineError(f"transposed weight planes {wt.shape} do not fit activations {a_planes.shape} "
+                          f"and {channels} channels")
+    out = np.empty((images, channels, m_rows // images), np.uint8)
+    if out.size:
+        with _threads_for(m_rows * wt.shape[2] * kw * abits * wbits // 8):
+            _bitserial_kernel(abits, wbits, "fused")(a_planes, wt, np.int64(scale), np.int64(offset),
+                                                     *(prepared or block_thresholds(th, direction, wt.shape[2])),
+                                                     m_rows // images, out)
     return out
 
 
@@ -286,6 +504,178 @@ def int_gemm(a: np.ndarray, w: np.ndarray) -> np.ndarray:
     raise EngineError(f"int_gemm result could reach {bound}, beyond int64")
 
 
+def int8_weights(w: np.ndarray) -> np.ndarray:
+    """Signed weights (N, K) in [-128, 127] -> int8 (ceil(K/4), Npad, 4), Npad a multiple of 16:
+    `int8dot.int8_tile`'s layout (the 4 consecutive k of column n in one 32-bit lane, zero past
+    K and N). Done once per layer."""
+    w = np.asarray(w)
+    if w.ndim != 2 or w.dtype.kind not in "iu" or (w.size and (w.min() < -128 or w.max() > 127)):
+        raise EngineError(f"int8_weights needs integer weights (N, K) in [-128, 127], got {w.dtype} {w.shape}")
+    n, k = w.shape
+    padded = np.zeros((n + -n % INT8_COLS, k + -k % 4), np.int8)
+    padded[:n, :k] = w
+    return np.ascontiguousarray(padded.reshape(padded.shape[0], -1, 4).transpose(1, 0, 2))
+
+
+def _check_int8_operands(a: np.ndarray, wt: np.ndarray, n_cols: int) -> np.ndarray:
+    a = np.ascontiguousarray(a)
+    if a.ndim != 2 or a.dtype != np.uint8 or wt.ndim != 3 or wt.dtype != np.int8 \
+            or a.shape[1] != 4 * wt.shape[0] or wt.shape[1] < n_cols or wt.shape[1] % INT8_COLS:
+        raise EngineError(f"int8 GEMM needs uint8 activations (M, 4*K4) and int8_weights (K4, Npad, 4) with "
+                          f"Npad >= {n_cols}, got {a.dtype} {a.shape} and {wt.dtype} {wt.shape}")
+    if a.shape[1] > INT32_SAFE_K:
+        raise EngineError(f"int8 GEMM: K = {a.shape[1]} could overflow int32 (at most {INT32_SAFE_K})")
+    return a
+
+
+def _make_int8_kernel(fused: bool):
+    """The int8 GEMM on `int8dot.int8_tile`, 8 rows x all columns per block; `fused` as in
+    `_make_vector_kernel` (same arguments, a: (M, 4*K4) uint8, wt: (K4, Npad, 4) int8)."""
+
+    @njit(parallel=True, cache=True)
+    def kernel(a, wt, scale, offset, signed_th, by_t, negate, pixels, out):  # pragma: no cover
+        m_rows = a.shape[0]
+        n_pad = wt.shape[1]
+        blocks = (m_rows + INT8_ROWS - 1) // INT8_ROWS
+        for task in prange((blocks + BLOCKS_PER_TASK - 1) // BLOCKS_PER_TASK):
+            total = np.empty((INT8_ROWS, n_pad), np.int32)  # scratch, once per task
+            corr = np.zeros(INT8_ROWS, np.int64)
+            v = np.empty(n_pad, np.int64)
+            codes = np.empty((INT8_ROWS, n_pad), np.uint8)
+            for t in range(task * BLOCKS_PER_TASK, min(blocks, (task + 1) * BLOCKS_PER_TASK)):
+                m0 = t * INT8_ROWS
+                for n0 in range(0, n_pad, INT8_COLS):
+                    int8_tile(a, wt, m0, n0, total)
+                if fused:
+                    if offset != 0:
+                        for r in range(INT8_ROWS):
+                            corr[r] = offset * np.int64(a[min(m0 + r, m_rows - 1)].sum())
+                    threshold_block(total, corr, m0, scale, signed_th, by_t, negate, pixels, out, v, codes)
+                else:
+                    _store_rows(total, m0, out)
+
+    return kernel
+
+
+_INT8_KERNELS = {False: _make_int8_kernel(False), True: _make_int8_kernel(True)}
+
+
+def int8_gemm(a: np.ndarray, wt: np.ndarray, n_cols: int) -> np.ndarray:
+    """int64 (M, n_cols) = a @ w.T for uint8 activations a (M, 4*K4) (zero columns past K) and
+    wt = `int8_weights(w)`; exact (int32 partial sums, K checked against INT32_SAFE_K)."""
+    a = _check_int8_operands(a, wt, n_cols)
+    out = np.zeros((a.shape[0], n_cols), np.int64)
+    if out.size and a.shape[1]:
+        with _threads_for(a.shape[0] * wt.shape[1] * a.shape[1] // 64):
+            _INT8_KERNELS[False](a, wt, 0, 0, *_NO_THRESHOLDS, 1, out)
+    return out
+
+
+def int8_threshold_codes(a: np.ndarray, wt: np.ndarray, th: np.ndarray, direction: np.ndarray, images: int,
+                         scale: int = 1, offset: int = 0, prepared: tuple | None = None) -> np.ndarray:
+    """Codes (images, O, P) uint8 of an int8-path layer in one pass: `requant.threshold_codes`
+    applied to `scale * int8_gemm(a, wt) - offset * rowsum(a)` (rows m = img * P + p)."""
+    channels = th.shape[0]
+    a = _check_int8_operands(a, wt, channels)
+    out = np.empty((images, channels, a.shape[0] // images), np.uint8)
+    if out.size:
+        with _threads_for(a.shape[0] * wt.shape[1] * a.shape[1] // 64):
+            _INT8_KERNELS[True](a, wt, np.int64(scale), np.int64(offset),
+                                *(prepared or block_thresholds(th, direction, wt.shape[1])), a.shape[0] // images, out)
+    return out
+
+
+@njit(parallel=True, cache=True)
+def _int8_conv_threshold_kernel(xp, kh, kw, channels, height, width, stride, oh_count, ow_count, wt, ones,
+                                scale, offset, signed_th, by_t, negate, out):  # pragma: no cover - compiled
+    # The fused int8 kernel reading its patches in place (`int8dot.int8_conv_tile`): xp holds the
+    # zero-padded codes in NHWC order, flattened, with slack at the end, so a patch row in the
+    # order (i, j, channel) is kh runs of kw*C contiguous bytes, one per kernel row; each run is
+    # read in 4-byte groups, the bytes past kw*C meeting zero weights (`int8_conv_weights`).
+    # When offset != 0 the row sums are weight column `ones` (all 1 on the real bytes) or, if
+    # ones < 0, summed here. out: (N, O, OH*OW) uint8.
+    n_images = out.shape[0]
+    pixels = oh_count * ow_count
+    m_rows = n_images * pixels
+    run = kw * channels
+    groups = wt.shape[0] // kh
+    blocks = (m_rows + INT8_ROWS - 1) // INT8_ROWS
+    for task in prange((blocks + BLOCKS_PER_TASK - 1) // BLOCKS_PER_TASK):
+        starts = np.empty(INT8_ROWS, np.int64)  # scratch, once per task
+        total = np.empty((INT8_ROWS, wt.shape[1]), np.int32)
+        corr = np.zeros(INT8_ROWS, np.int64)
+        v = np.empty(wt.shape[1], np.int64)
+        codes = np.empty((INT8_ROWS, wt.shape[1]), np.uint8)
+        for t in range(task * BLOCKS_PER_TASK, min(blocks, (task + 1) * BLOCKS_PER_TASK)):
+            m0 = t * INT8_ROWS
+            for r in range(INT8_ROWS):
+                m = min(m0 + r, m_rows - 1)
+                img = m // pixels
+                y = (m - img * pixels) // ow_count
+                z = m - img * pixels - y * ow_count
+                starts[r] = ((img * height + y * stride) * width + z * stride) * channels
+                if offset != 0 and ones < 0:
+                    rowsum = 0
+                    for i in range(kh):
+                        for b in range(run):
+                            rowsum += np.int64(xp[starts[r] + i * width * channels + b])
+                    corr[r] = offset * rowsum
+            for n0 in range(0, wt.shape[1], INT8_COLS):
+                int8_conv_tile(xp, starts, width * channels, kh, groups, wt, n0, total)
+            if offset != 0 and ones >= 0:
+                for r in range(INT8_ROWS):
+                    corr[r] = offset * np.int64(total[r, ones])
+            threshold_block(total, corr, m0, scale, signed_th, by_t, negate, pixels, out, v, codes)
+
+
+def int8_conv_weights(weight: np.ndarray) -> np.ndarray:
+    """Signed conv weights (O, C, kh, kw) -> `int8_weights` in the reduction order (i, j, channel)
+    of `int8_conv_threshold_codes`, each kernel row's kw*C bytes padded with zeros to whole 4-byte
+    groups; where the padding to 32 columns leaves one spare, column O is all ones on the real
+    bytes, so the GEMM computes each patch row's sum too (`int8_ones_column`)."""
+    o, c, kh, kw = weight.shape
+    run = kw * c
+    flat = np.zeros((o + (1 if o % INT8_COLS else 0), kh, run + -run % 4), np.int16)
+    flat[:o, :, :run] = weight.transpose(0, 2, 3, 1).reshape(o, kh, run)
+    if o % INT8_COLS:
+        flat[o, :, :run] = 1
+    return int8_weights(flat.reshape(flat.shape[0], -1))
+
+
+def int8_ones_column(wt: np.ndarray, channels: int) -> int:
+    """The row-sum column of `int8_conv_weights` for `channels` outputs, or -1 if it has none
+    (the columns past the real ones are otherwise all zero)."""
+    return channels if wt.shape[1] > channels and wt[:, channels, :].any() else -1
+
+
+def int8_conv_threshold_codes(x: np.ndarray, kh: int, kw: int, stride: int, padding: int, wt: np.ndarray,
+                              th: np.ndarray, direction: np.ndarray, scale: int = 1, offset: int = 0,
+                              prepared: tuple | None = None, ones: int | None = None) -> np.ndarray:
+    """Codes (N, O, OH*OW) uint8 of a convolution on uint8 codes x (N, C, H, W) through the int8
+    GEMM and thresholds (as `int8_threshold_codes` on its patches), without materialising the
+    patches; wt = `int8_conv_weights(weight)`. `prepared`: `requant.block_thresholds(th,
+    direction, wt.shape[1])`, if already made; `ones`: `int8_ones_column(wt, O)`, if known."""
+    x, oh, ow = _check_window(x, kh, kw, stride, padding, "int8_conv_threshold_codes")
+    n, c, h, w = x.shape
+    channels = th.shape[0]
+    if x.dtype != np.uint8 or wt.ndim != 3 or wt.shape[0] != kh * -(-kw * c // 4) or wt.shape[1] < channels:
+        raise EngineError(f"int8 conv needs uint8 codes and int8_conv_weights for a {kh}x{kw} kernel on {c} "
+                          f"channels and {channels} outputs, got {x.dtype} codes and weights {wt.shape}")
+    if 4 * wt.shape[0] > INT32_SAFE_K:
+        raise EngineError(f"int8 conv: K = {4 * wt.shape[0]} could overflow int32 (at most {INT32_SAFE_K})")
+    out = np.empty((n, channels, oh * ow), np.uint8)
+    ones = int8_ones_column(wt, channels) if ones is None else ones
+    if out.size:
+        hp, wp = h + 2 * padding, w + 2 * padding
+        flat = np.zeros(n * hp * wp * c + 8, np.uint8)  # NHWC, zero-padded, 8 bytes of slack
+        flat[:-8].reshape(n, hp, wp, c)[:, padding:padding + h, padding:padding + w] = x.transpose(0, 2, 3, 1)
+        with _threads_for(out.size * wt.shape[0] * 4 // 16):
+            _int8_conv_threshold_kernel(flat, kh, kw, c, hp, wp, stride, oh, ow, wt, ones, np.int64(scale),
+                                        np.int64(offset), *(prepared or block_thresholds(th, direction, wt.shape[1])),
+                                        out)
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # convolution lowering and pooling on codes
 # --------------------------------------------------------------------------------------------
@@ -321,9 +711,10 @@ def _pad_hw(x: np.ndarray, padding: int) -> np.ndarray:
 
 
 def im2col_codes(x: np.ndarray, kh: int, kw: int, stride: int = 1, padding: int = 0,
-                 dtype=None) -> np.ndarray:
+                 dtype=None, width: int | None = None) -> np.ndarray:
     """Integer im2col: codes x (N, C, H, W) -> patches (N*OH*OW, C*kh*kw), in `dtype` (default:
-    x's dtype; the executor asks for float32/float64 to feed BLAS).
+    x's dtype; the executor asks for float32/float64 to feed BLAS, uint8 for `int8_gemm`).
+    `width` > C*kh*kw pads each row with zero columns (the int8 kernels want a multiple of 4).
 
     Row r = (n*OH + oh)*OW + ow; column (c*kh + i)*kw + j holds x[n, c, oh*s - p + i, ow*s - p + j]
     (zero outside the image), matching `weight.reshape(O, -1)` of an OIHW weight, so a
@@ -333,7 +724,9 @@ def im2col_codes(x: np.ndarray, kh: int, kw: int, stride: int = 1, padding: int 
     """
     x, oh, ow = _check_window(x, kh, kw, stride, padding, "im2col_codes")
     n, c = x.shape[:2]
-    out = np.empty((n * oh * ow, c * kh * kw), dtype=x.dtype if dtype is None else dtype)
+    k = c * kh * kw
+    width = k if width is None else max(width, k)
+    out = (np.empty if width == k else np.zeros)((n * oh * ow, width), dtype=x.dtype if dtype is None else dtype)
     if out.size:
         with _threads_for(out.size):
             _im2col_kernel(np.ascontiguousarray(_pad_hw(x, padding)), kh, kw, stride, oh, ow, out)
@@ -489,6 +882,17 @@ def _row_bits(xp: np.ndarray, bits: int) -> np.ndarray:
     return out
 
 
+def _check_conv_codes(x, kh, kw, stride, padding, bits, what):
+    bits = check_bits(bits)
+    x, oh, ow = _check_window(x, kh, kw, stride, padding, what)
+    if x.size and (x.min() < 0 or x.max() >= 2**bits):
+        raise EngineError(
+            f"codes must lie in [0, {2**bits - 1}] for {bits}-bit packing, "
+            f"got values in [{x.min()}, {x.max()}]"
+        )
+    return bits, x, oh, ow
+
+
 def conv_bit_planes(
     x: np.ndarray, kh: int, kw: int, stride: int, padding: int, bits: int
 ) -> np.ndarray:
@@ -497,27 +901,130 @@ def conv_bit_planes(
     weights pair with `bit_planes(weight.reshape(O, -1), wbits)`) but without materialising the
     (N*OH*OW, C*kh*kw) code matrix.
 
-    Stride 1 with padded width <= 64 (the usual 3x3 convs): each padded input row becomes one
+    Stride 1 with padded width <= 64 and >= 8 output pixels (the usual 3x3 convs): each padded input row becomes one
     uint64 bitmask per plane; patch column (c, i, j) over a run of output pixels is that mask
     shifted by j, and 64x64 bit transposes turn 64 such columns into output words. Otherwise
     (strided or wide inputs): gather each patch into bytes and pack 8 codes per uint64 step.
     """
-    bits = check_bits(bits)
-    x, oh, ow = _check_window(x, kh, kw, stride, padding, "conv_bit_planes")
-    if x.size and (x.min() < 0 or x.max() >= 2**bits):
-        raise EngineError(
-            f"codes must lie in [0, {2**bits - 1}] for {bits}-bit packing, "
-            f"got values in [{x.min()}, {x.max()}]"
-        )
+    bits, x, oh, ow = _check_conv_codes(x, kh, kw, stride, padding, bits, "conv_bit_planes")
     n, c = x.shape[:2]
     xp = np.ascontiguousarray(_pad_hw(x.astype(np.uint8, copy=False), padding))
     out = np.empty((bits, n * oh * ow, words_for(c * kh * kw)), dtype=np.uint64)
     if out.size:
         with _threads_for(out.size * 64):
-            if stride == 1 and xp.shape[3] <= 64:
+            # The transposes fill 64 output pixels at a time: with few pixels per image (SVHN
+            # conv6: 1) they waste most of their work and the byte gather wins (3.0 vs 0.3 ms).
+            if stride == 1 and xp.shape[3] <= 64 and oh * ow >= 8:
                 _conv_pack_transpose_kernel(_row_bits(xp, bits), kh, kw, oh, ow, out)
             else:
                 _conv_pack_kernel(xp, kh, kw, stride, oh, ow, out)
+    return out
+
+
+def channel_major_weights(weight: np.ndarray) -> np.ndarray:
+    """Weight codes (O, C, kh, kw) -> (O, kh * kw * 64 * ceil(C/64)): the reduction in the order
+    (i, j, channel) with each kernel position's channels padded to whole 64-bit words (zeros),
+    the order of `conv_channel_planes`."""
+    o, c, kh, kw = weight.shape
+    out = np.zeros((o, kh, kw, words_for(c) * 64), weight.dtype)
+    out[..., :c] = weight.transpose(0, 2, 3, 1)
+    return out.reshape(o, -1)
+
+
+@njit(parallel=True, cache=True)
+def _channel_pack_kernel(x, padding, out):  # pragma: no cover - compiled
+    # x: (N, C, H, W) uint8 codes; out: (bits, N, Hp, Wp, CW) uint64, zero-filled by the caller.
+    # Bit w of out[b, n, y + p, z + p, q] = bit b of x[n, 64 q + w, y, z]: per input row, a
+    # channel's W codes are one contiguous run, OR-ed into every pixel's word (vectorises over z).
+    bits = out.shape[0]
+    n_images, channels, height, width = x.shape
+    words = out.shape[4]
+    for row in prange(n_images * height):
+        img = row // height
+        y = row - img * height
+        acc = np.zeros((bits, words, width), np.uint64)  # the row's words, built in L1
+        for c in range(channels):
+            q = c // 64
+            lane = np.uint64(c % 64)
+            for b in range(bits):
+                shift = np.uint64(b)
+                for z in range(width):
+                    acc[b, q, z] |= ((np.uint64(x[img, c, y, z]) >> shift) & np.uint64(1)) << lane
+        for b in range(bits):
+            for z in range(width):
+                for q in range(words):
+                    out[b, img, y + padding, z + padding, q] = acc[b, q, z]
+
+
+@njit(parallel=True, cache=True)
+def _word_im2col_kernel(packed, kh, kw, stride, oh_count, ow_count, out):  # pragma: no cover
+    # packed: (bits, N, Hp, Wp, CW); out: (bits, N*OH*OW, kh*kw*CW), a patch row being the
+    # kh*kw neighbours' channel words side by side.
+    bits, n_images = packed.shape[0], packed.shape[1]
+    words = packed.shape[4]
+    for r in prange(n_images * oh_count):
+        img = r // oh_count
+        y = (r - img * oh_count) * stride
+        for b in range(bits):
+            for zi in range(ow_count):
+                row = r * ow_count + zi
+                col = 0
+                for i in range(kh):
+                    for j in range(kw):
+                        for q in range(words):
+                            out[b, row, col] = packed[b, img, y + i, zi * stride + j, q]
+                            col += 1
+
+
+def conv_channel_planes(x: np.ndarray, kh: int, kw: int, stride: int, padding: int, bits: int) -> np.ndarray:
+    """Fused im2col + packing with the reduction in channel-major order: codes x (N, C, H, W)
+    -> uint64 planes (bits, N*OH*OW, kh * kw * ceil(C/64)) equal to
+    `bit_planes(channel-major im2col of x, bits)`, to pair with
+    `bit_planes(channel_major_weights(weight), wbits)`.
+
+    Each input pixel's channels are packed once into words (one pass over the codes); a patch
+    row is then kh*kw of those words copied side by side, not a gather of single bits (SVHN conv2
+    at batch 128: 2.1 vs 5.8 ms for `conv_bit_planes`; benchmarks/bitgemm.py times both)."""
+    bits, x, oh, ow = _check_conv_codes(x, kh, kw, stride, padding, bits, "conv_channel_planes")
+    packed = channel_packed_planes(x, bits, padding)
+    out = np.empty((bits, x.shape[0] * oh * ow, kh * kw * packed.shape[4]), np.uint64)
+    if out.size:
+        with _threads_for(out.size):
+            _word_im2col_kernel(packed, kh, kw, stride, oh, ow, out)
+    return out
+
+
+def channel_packed_planes(x: np.ndarray, bits: int, padding: int) -> np.ndarray:
+    """Codes (N, C, H, W) in [0, 2^bits) -> uint64 (bits, N, H + 2p, W + 2p, ceil(C/64)): bit w
+    of [b, n, y + p, z + p, q] is bit b of x[n, 64 q + w, y, z], zero in the padding and past C."""
+    n, c, h, w = x.shape
+    packed = np.zeros((bits, n, h + 2 * padding, w + 2 * padding, words_for(c)), np.uint64)
+    if x.size:
+        with _threads_for(x.size * bits):
+            _channel_pack_kernel(np.ascontiguousarray(x, dtype=np.uint8), padding, packed)
+    return packed
+
+
+def bitserial_conv_threshold_codes(x: np.ndarray, kh: int, kw: int, stride: int, padding: int, abits: int,
+                                   wt: np.ndarray, th: np.ndarray, direction: np.ndarray, scale: int = 1,
+                                   offset: int = 0, prepared: tuple | None = None) -> np.ndarray:
+    """`bitserial_threshold_codes(conv_channel_planes(x, ...), wt, ...)` without the planes in
+    memory: each block of output pixels gathers its patch words inside the fused kernel. wt:
+    `transposed_planes(bit_planes(channel_major_weights(weight), wbits))`; codes (N, O, OH*OW)."""
+    abits, x, oh, ow = _check_conv_codes(x, kh, kw, stride, padding, abits, "bitserial_conv_threshold_codes")
+    channels = th.shape[0]
+    words = words_for(x.shape[1])
+    if wt.ndim != 3 or wt.dtype != np.uint64 or wt.shape[1] != kh * kw * words or wt.shape[2] < channels \
+            or wt.shape[2] % TILE_COLS:
+        raise EngineError(f"transposed weight planes {wt.shape} do not fit a {kh}x{kw} conv on {x.shape[1]} "
+                          f"channels with {channels} outputs")
+    out = np.empty((x.shape[0], channels, oh * ow), np.uint8)
+    if out.size:
+        packed = channel_packed_planes(x, abits, padding)
+        with _threads_for(out.size * wt.shape[1] * abits * wt.shape[0] * 8):
+            _bitserial_kernel(abits, wt.shape[0], "conv")(
+                packed, kh, kw, stride, oh, ow, wt, np.int64(scale), np.int64(offset),
+                *(prepared or block_thresholds(th, direction, wt.shape[2])), out)
     return out
 
 
@@ -546,9 +1053,21 @@ __all__ = [
     "MAX_BITS",
     "affine_weight_gemm",
     "bitserial_gemm",
+    "bitserial_conv_threshold_codes",
+    "bitserial_gemm_transposed",
+    "bitserial_threshold_codes",
+    "transposed_planes",
+    "channel_major_weights",
+    "channel_packed_planes",
     "conv_bit_planes",
+    "conv_channel_planes",
     "conv_output_size",
     "im2col_codes",
+    "int8_conv_threshold_codes",
+    "int8_conv_weights",
+    "int8_gemm",
+    "int8_threshold_codes",
+    "int8_weights",
     "int_gemm",
     "max_pool_codes",
     "odd_weight_gemm",

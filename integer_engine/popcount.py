@@ -1,40 +1,47 @@
-"""`popcount64(x)`: the number of set bits of a uint64, callable from Numba kernels.
+"""Population counts for the Numba kernels: `popcount64` (one word) and `popcount_tile` (a register
+tile of a bit-serial GEMM in 512-bit vectors).
 
-Numba 0.68 cannot compile `np.bitwise_count` or `int.bit_count()` in nopython mode, so the
-compiled version is a tiny `numba.extending.intrinsic`.
+Numba 0.68 cannot compile `np.bitwise_count` or `int.bit_count()` in nopython mode, so both are
+small `numba.extending.intrinsic`s whose code generation is chosen by `cpu.detect().popcount`:
 
-On x86-64 with POPCNT its codegen is the `popcnt` instruction itself, as inline assembly. The
-obvious alternative, LLVM's `ctpop`, lets the loop vectoriser rewrite a kernel's popcount loop
-into AVX2 byte lookups (vpshufb); on this project's machine (AMD EPYC, Zen: four scalar POPCNTs
-per cycle) that vectorised form made the W2A2 GEMM about 1.6x slower (measured side by side:
-25-35 vs 58-65 GMAC/s on the SVHN conv shapes). Inline assembly is opaque to the vectoriser, so
-every kernel keeps scalar POPCNTs. Elsewhere (other architectures, or no POPCNT) it is `ctpop`.
-(CPUs with AVX-512 VPOPCNTDQ might prefer the vectorised form again: not measured here.)
+- "popcnt" (x86-64 with POPCNT but no AVX-512 VPOPCNTDQ, e.g. Zen 1): `popcount64` is the `popcnt`
+  instruction as inline assembly. With LLVM's `ctpop` the loop vectoriser rewrote the kernels'
+  popcount loops into AVX2 byte lookups (vpshufb), which on Zen 1 made the W2A2 GEMM about 1.6x
+  slower (25-35 vs 58-65 GMAC/s on the SVHN conv shapes); inline assembly is opaque to it.
+- "vpopcntq" (VPOPCNTDQ, e.g. Zen 4/5): plain `ctpop`, never the inline assembly, which would keep
+  LLVM from using `vpopcntq`; the GEMM itself runs `popcount_tile`, written directly as 512-bit
+  vector IR so that nothing depends on the vectoriser's mood.
+- "ctpop" elsewhere.
 
 Under `NUMBA_DISABLE_JIT=1` kernels run as plain Python and an intrinsic cannot be called from
-Python, so the same name is bound to a pure-Python function instead.
+Python, so the same names are bound to the pure-Python readings below instead; the tests run
+both against NumPy.
 """
 import llvmlite.binding as llvm
 import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
+from numba.core import cgutils
 from numba.extending import intrinsic
+
+from integer_engine.cpu import detect
+
+# popcount_tile's register tile: 4 activation rows x 16 weight columns = 8 vectors of 8 uint64
+# accumulators. Each loaded weight vector serves 4 rows, each broadcast activation word 16 columns.
+TILE_ROWS = 4
+TILE_COLS = 16
+_LANES = 8  # uint64 lanes in a 512-bit vector
+
+POPCOUNT = detect().popcount
+SCALAR_POPCNT_ASM = POPCOUNT == "popcnt"
+if SCALAR_POPCNT_ASM:
+    llvm.initialize_native_asmparser()  # Numba does not; LLVM needs it to emit inline assembly
 
 
 def _popcount64_python(x: np.uint64) -> np.uint64:
     """Pure-Python popcount (used when Numba's JIT is disabled)."""
     return np.uint64(int(x).bit_count())
-
-
-def _host_has_x86_popcnt() -> bool:
-    triple = llvm.get_process_triple()
-    return triple.startswith("x86_64") and "+popcnt" in llvm.get_host_cpu_features().flatten()
-
-
-SCALAR_POPCNT_ASM = _host_has_x86_popcnt()
-if SCALAR_POPCNT_ASM:
-    llvm.initialize_native_asmparser()  # Numba does not; LLVM needs it to emit inline assembly
 
 
 @intrinsic
@@ -57,4 +64,102 @@ def _popcount64_llvm(typingctx, x):
     return sig, codegen
 
 
+def _popcount_tile_python(a, wt, i0, j0, m0, n0, tile, abits, wbits):
+    """Plain reading of `popcount_tile`: for r < TILE_ROWS, c < TILE_COLS,
+
+        tile[r, n0+c] = sum_k sum_{i<abits, j<wbits} 2^(i+j) popcount(a[i0+i, m_r, k] AND wt[j0+j, k, n0+c])
+
+    with m_r = min(m0 + r, M - 1) (rows past the end repeat the last one). a: uint64 (planes, M, KW)
+    activation planes; wt: uint64 (planes, KW, Npad) weight planes transposed (word k of column n
+    at wt[j, k, n]), Npad >= n0 + TILE_COLS; tile: uint64 (TILE_ROWS, >= n0 + TILE_COLS), a row
+    block of results that the caller reads once every column tile is in (reading a 512-bit store
+    back at once with narrower loads stalls store forwarding). All C-contiguous."""
+    m_last = a.shape[1] - 1
+    for r in range(TILE_ROWS):
+        m = min(m0 + r, m_last)
+        for c in range(TILE_COLS):
+            total = 0
+            for k in range(a.shape[2]):
+                for i in range(abits):
+                    for j in range(wbits):
+                        total += int(a[i0 + i, m, k] & wt[j0 + j, k, n0 + c]).bit_count() << (i + j)
+            tile[r, n0 + c] = total
+
+
+@intrinsic
+def _popcount_tile_llvm(typingctx, a, wt, i0, j0, m0, n0, tile, abits, wbits):
+    """`_popcount_tile_python` as 512-bit vector code: per word k, 16 weight columns are two vector
+    loads, each activation word one broadcast, and every (plane pair, row, vector) an AND,
+    a `ctpop` of <8 x i64> (`vpopcntq` with VPOPCNTDQ), a shift by i + j and an add into one of
+    8 vector accumulators held in registers. abits and wbits must be compile-time constants."""
+    if not (isinstance(abits, types.IntegerLiteral) and isinstance(wbits, types.IntegerLiteral)):
+        return None
+    planes = types.Array(types.uint64, 3, "C")
+    if a != planes or wt != planes or tile != types.Array(types.uint64, 2, "C"):
+        return None
+    n_abits, n_wbits = abits.literal_value, wbits.literal_value
+    sig = types.void(a, wt, i0, j0, m0, n0, tile, abits, wbits)
+
+    def codegen(context, builder, signature, args):
+        a_arr = context.make_array(signature.args[0])(context, builder, args[0])
+        w_arr = context.make_array(signature.args[1])(context, builder, args[1])
+        t_arr = context.make_array(signature.args[6])(context, builder, args[6])
+        i64 = ir.IntType(64)
+        vec = ir.VectorType(i64, _LANES)
+        i0_v, j0_v, m0_v, n0_v = (context.cast(builder, args[p], signature.args[p], types.int64)
+                                  for p in range(2, 6))
+        rows = builder.extract_value(a_arr.shape, 1)
+        words = builder.extract_value(a_arr.shape, 2)
+        w_cols = builder.extract_value(w_arr.shape, 2)
+        t_cols = builder.extract_value(t_arr.shape, 1)
+        ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec]),
+                                               f"llvm.ctpop.v{_LANES}i64")
+        const = lambda v: ir.Constant(i64, v)  # noqa: E731
+        splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), _LANES), [0] * _LANES)
+        n_vecs = TILE_COLS // _LANES
+        # Accumulators as allocas in the entry block: LLVM promotes them to registers.
+        accs = [[cgutils.alloca_once_value(builder, ir.Constant(vec, [0] * _LANES)) for _ in range(n_vecs)]
+                for _ in range(TILE_ROWS)]
+        last = builder.sub(rows, const(1))
+        row_of = []
+        for r in range(TILE_ROWS):
+            m = builder.add(m0_v, const(r))
+            row_of.append(builder.select(builder.icmp_signed("<", m, rows), m, last))
+        with cgutils.for_range(builder, words) as loop:
+            k = loop.index
+            w_vecs = []
+            for j in range(n_wbits):
+                plane = builder.add(j0_v, const(j))
+                first = builder.add(builder.mul(builder.add(builder.mul(plane, words), k), w_cols), n0_v)
+                w_vecs.append([builder.load(builder.bitcast(builder.gep(w_arr.data, [builder.add(first, const(_LANES * v))]),
+                                                            vec.as_pointer()), align=8)
+                               for v in range(n_vecs)])
+            for r in range(TILE_ROWS):
+                x_vecs = []
+                for i in range(n_abits):
+                    plane = builder.add(i0_v, const(i))
+                    at = builder.add(builder.mul(builder.add(builder.mul(plane, rows), row_of[r]), words), k)
+                    x = builder.insert_element(ir.Constant(vec, ir.Undefined), builder.load(builder.gep(a_arr.data, [at])),
+                                               ir.Constant(ir.IntType(32), 0))
+                    x_vecs.append(builder.shuffle_vector(x, ir.Constant(vec, ir.Undefined), splat_mask))
+                for v in range(n_vecs):
+                    acc = builder.load(accs[r][v])
+                    for i in range(n_abits):
+                        for j in range(n_wbits):
+                            count = builder.call(ctpop, [builder.and_(x_vecs[i], w_vecs[j][v])])
+                            if i + j:
+                                count = builder.shl(count, ir.Constant(vec, [i + j] * _LANES))
+                            acc = builder.add(acc, count)
+                    builder.store(acc, accs[r][v])
+        for r in range(TILE_ROWS):
+            for v in range(n_vecs):
+                at = builder.gep(t_arr.data, [builder.add(builder.add(builder.mul(const(r), t_cols), n0_v),
+                                                          const(_LANES * v))])
+                builder.store(builder.load(accs[r][v]), builder.bitcast(at, vec.as_pointer()), align=8)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 popcount64 = _popcount64_python if numba.config.DISABLE_JIT else _popcount64_llvm
+popcount_tile = _popcount_tile_python if numba.config.DISABLE_JIT else _popcount_tile_llvm

@@ -112,7 +112,7 @@ def apply_thresholds(acc: np.ndarray, th: np.ndarray, direction: np.ndarray, cha
 
 
 @njit(cache=True)
-def _count_reached(v, signed_th, o):  # pragma: no cover - compiled
+def count_reached(v, signed_th, o):  # pragma: no cover - compiled
     """#{t : signed_th[o, t] <= v} by bisection (signed_th[o] is non-decreasing)."""
     lo = 0
     hi = signed_th.shape[1]
@@ -123,6 +123,72 @@ def _count_reached(v, signed_th, o):  # pragma: no cover - compiled
         else:
             hi = mid
     return lo
+
+
+@njit(cache=True)
+def threshold_block(total, corr, m0, scale, signed_th, by_t, negate, pixels, out, v, codes):  # pragma: no cover
+    """Codes of a block of a fused GEMM + requantization kernel, stored into NCHW out[img, o, p]
+    for rows m = m0 + r = img * pixels + p: with x = scale * total[r, c] - corr[r] (corr =
+    offset * rowsum),
+
+        code[r, c] = #{t : d[c] * x >= signed_th[c, t]}          (d * x = (x XOR m) - m)
+
+    by_t = signed_th.T and negate (m = -1 where d = -1, else 0) are padded to the block's width
+    (`block_thresholds`; padded columns are never stored), so the loops over c vectorise. One,
+    three and fifteen thresholds (1-, 2- and 4-bit outputs) are counted in one pass, other counts
+    up to 16 in a pass each, more by bisection. v (cols,) int64 and codes (rows, cols) uint8 are the caller's scratch."""
+    rows = total.shape[0]
+    cols = min(total.shape[1], (out.shape[1] + 7) // 8 * 8)  # the channels, to whole 8-lane vectors
+    n_th = by_t.shape[0]
+    last = signed_th.shape[0] - 1
+    for r in range(rows):
+        cr = corr[r]
+        if n_th == 1:
+            for c in range(cols):
+                x = scale * np.int64(total[r, c]) - cr
+                codes[r, c] = np.uint8(((x ^ negate[c]) - negate[c]) >= by_t[0, c])
+        elif n_th == 3:
+            for c in range(cols):
+                x = scale * np.int64(total[r, c]) - cr
+                y = (x ^ negate[c]) - negate[c]
+                codes[r, c] = np.uint8(y >= by_t[0, c]) + np.uint8(y >= by_t[1, c]) + np.uint8(y >= by_t[2, c])
+        elif n_th == 15:  # 4-bit outputs: a constant count, so the loop over c vectorises
+            for c in range(cols):
+                x = scale * np.int64(total[r, c]) - cr
+                y = (x ^ negate[c]) - negate[c]
+                code = np.uint8(0)
+                for q in range(15):
+                    code += np.uint8(y >= by_t[q, c])
+                codes[r, c] = code
+        else:
+            for c in range(cols):
+                x = scale * np.int64(total[r, c]) - cr
+                v[c] = (x ^ negate[c]) - negate[c]
+            if n_th <= 16:
+                for c in range(cols):
+                    codes[r, c] = 0
+                for q in range(n_th):
+                    for c in range(cols):
+                        codes[r, c] += np.uint8(v[c] >= by_t[q, c])
+            else:
+                for c in range(cols):
+                    codes[r, c] = count_reached(v[c], signed_th, min(c, last))
+    for r in range(min(rows, out.shape[0] * pixels - m0)):
+        img = (m0 + r) // pixels
+        p = m0 + r - img * pixels
+        for o in range(out.shape[1]):
+            out[img, o, p] = codes[r, o]
+
+
+def block_thresholds(th: np.ndarray, direction: np.ndarray, width: int) -> tuple:
+    """(signed_th, by_t, negate) for `threshold_block`, by_t and negate padded to `width` columns."""
+    d = np.asarray(direction).astype(np.int64)
+    signed_th = np.ascontiguousarray(th * d[:, None])
+    by_t = np.zeros((th.shape[1], width), np.int64)
+    by_t[:, :th.shape[0]] = signed_th.T
+    negate = np.zeros(width, np.int64)
+    negate[:th.shape[0]] = np.where(d < 0, -1, 0)
+    return signed_th, by_t, negate
 
 
 # Both kernels: the accumulator of (image, channel o, pixel p) is
@@ -156,7 +222,7 @@ def _threshold_rows_first(acc, scale, offset, rowsum, signed_th, direction, out)
                         codes[p, o] += np.uint8(v[o] >= by_t[t, o])
             else:
                 for o in range(channels):
-                    codes[p, o] = _count_reached(v[o], signed_th, o)
+                    codes[p, o] = count_reached(v[o], signed_th, o)
         for o in range(channels):
             for p in range(rows):
                 out[img, o, p] = codes[p, o]
@@ -183,7 +249,7 @@ def _threshold_channels_first(acc, scale, offset, rowsum, signed_th, direction, 
                     codes[p] += np.uint8(v[p] >= th)
         else:
             for p in range(rows):
-                codes[p] = _count_reached(v[p], signed_th, o)
+                codes[p] = count_reached(v[p], signed_th, o)
         out[img, o, :] = codes
 
 

@@ -17,8 +17,13 @@ from integer_engine.kernels import (
     odd_weight_gemm,
     plane_row_sums,
 )
-from integer_engine.popcount import popcount64
+from integer_engine import int8dot
+from integer_engine.popcount import TILE_COLS, TILE_ROWS, _popcount_tile_python, popcount64, popcount_tile
+from integer_engine.requant import apply_thresholds
 
+# Every bit-serial kernel runs on any x86-64 CPU (LLVM lowers 512-bit vectors it lacks), so the
+# tests check both whatever the machine would pick.
+BITSERIAL_KINDS = st.sampled_from(["scalar", "vector"])
 K_VALUES = st.one_of(
     st.integers(1, 200),
     st.sampled_from([63, 64, 65, 128, 129, 192, 320]),
@@ -47,14 +52,27 @@ def test_popcount64(value):
 
 
 @settings(max_examples=600)
-@given(abits=st.integers(1, 8), wbits=st.integers(1, 8), m=SIZES, n=SIZES, k=K_VALUES, seed=SEEDS)
-def test_bitserial_gemm_equals_int64_matmul(abits, wbits, m, n, k, seed):
+@given(abits=st.integers(1, 8), wbits=st.integers(1, 8), m=SIZES, n=SIZES, k=K_VALUES, seed=SEEDS,
+       kind=BITSERIAL_KINDS)
+def test_bitserial_gemm_equals_int64_matmul(abits, wbits, m, n, k, seed, kind):
     rng = np.random.default_rng(seed)
     a = rng.integers(0, 2**abits, (m, k))
     w = rng.integers(0, 2**wbits, (n, k))
-    got = bitserial_gemm(bit_planes(a, abits), bit_planes(w, wbits))
+    got = bitserial_gemm(bit_planes(a, abits), bit_planes(w, wbits), kind)
     assert got.dtype == np.int64
-    assert_equal(got, a @ w.T, f"W{wbits}A{abits} M={m} N={n} K={k} seed={seed}")
+    assert_equal(got, a @ w.T, f"{kind} kernel W{wbits}A{abits} M={m} N={n} K={k} seed={seed}")
+
+
+@settings(max_examples=100)
+@given(abits=st.integers(1, 4), wbits=st.integers(1, 4), m=st.integers(1, 40), n=st.integers(1, 40),
+       k=K_VALUES, seed=SEEDS)
+def test_vector_kernel_across_tile_edges(abits, wbits, m, n, k, seed):
+    """Row and column counts on both sides of the 4 x 16 register tile's edges."""
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 2**abits, (m, k))
+    w = rng.integers(0, 2**wbits, (n, k))
+    assert_equal(bitserial_gemm(bit_planes(a, abits), bit_planes(w, wbits), "vector"), a @ w.T,
+                 f"vector kernel W{wbits}A{abits} M={m} N={n} K={k} seed={seed}")
 
 
 @settings(max_examples=50)
@@ -70,7 +88,34 @@ def test_specialised_and_generic_kernels_agree(bits, m, n, k, seed):
         out = np.zeros((m, 4 * n), np.int64)
         kernel(a_planes, w_planes, 0, 4 * n, out)
         outs.append(out)
-    assert_equal(outs[0], outs[1], f"specialised {bits} vs generic, M={m} N={4 * n} K={k}")
+    wt = kernels.transposed_planes(w_planes)
+    for kernel in (kernels._bitserial_kernel(abits, wbits, "vector"), kernels._make_vector_kernel(0, 0, False)):
+        out = np.zeros((m, 4 * n), np.int64)
+        kernel(a_planes, wt, 0, 0, *kernels._NO_THRESHOLDS, 1, out)
+        outs.append(out)
+    for other, name in zip(outs[1:], ("scalar generic", "vector specialised", "vector generic")):
+        assert_equal(other, outs[0], f"{name} vs scalar specialised {bits}, M={m} N={4 * n} K={k}")
+
+
+@settings(max_examples=100)
+@given(abits=st.integers(1, 3), wbits=st.integers(1, 3), m=st.integers(1, 9), k=K_VALUES,
+       m0=st.integers(0, 8), seed=SEEDS)
+def test_popcount_tile_compiled_and_plain_agree_with_numpy(abits, wbits, m, k, m0, seed):
+    """One register tile: the compiled intrinsic and its plain-Python reading against NumPy,
+    rows past the end repeating the last row."""
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 2**abits, (m, k))
+    w = rng.integers(0, 2**wbits, (TILE_COLS, k))
+    a_planes, wt = bit_planes(a, abits), kernels.transposed_planes(bit_planes(w, wbits))
+    m0 = min(m0, m - 1)
+    rows = np.minimum(np.arange(m0, m0 + TILE_ROWS), m - 1)
+    expected = (a[rows] @ w.T).astype(np.uint64)
+    call = kernels.njit(lambda a_p, w_t, r0, out: popcount_tile(a_p, w_t, 0, 0, r0, 0, out, abits, wbits))
+    for name, run in (("compiled", call), ("plain", lambda *args: _popcount_tile_python(
+            *args[:2], 0, 0, args[2], 0, args[3], abits, wbits))):
+        tile = np.zeros((TILE_ROWS, TILE_COLS), np.uint64)
+        run(a_planes, wt, m0, tile)
+        assert_equal(tile, expected, f"{name} popcount_tile W{wbits}A{abits} M={m} K={k} m0={m0}")
 
 
 def test_extreme_codes_and_weight_column_blocks(monkeypatch):
@@ -138,6 +183,86 @@ def test_int_gemm_float32_boundary_is_exact():
     a = np.full((1, 259), 255, np.uint8)
     w = np.full((1, 259), 255, np.int16)
     assert int_gemm(a, w)[0, 0] == 259 * 255 * 255
+
+
+@settings(max_examples=200)
+@given(m=st.integers(1, 20), n=st.integers(1, 40), k=st.integers(1, 300), amax=st.sampled_from([1, 15, 255]),
+       seed=SEEDS)
+def test_int8_gemm_equals_int64_matmul(m, n, k, amax, seed):
+    """u8 codes x s8 weights with the extremes present (255 * -128 products)."""
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, amax + 1, (m, k)).astype(np.uint8)
+    w = rng.integers(-128, 128, (n, k))
+    a[0, 0], w[0, 0] = amax, -128
+    padded = np.zeros((m, k + -k % 4), np.uint8)
+    padded[:, :k] = a
+    got = kernels.int8_gemm(padded, kernels.int8_weights(w), n)
+    assert_equal(got, a.astype(np.int64) @ w.T, f"int8 M={m} N={n} K={k} |a|<={amax} seed={seed}")
+
+
+@settings(max_examples=100)
+@given(m=st.integers(1, 11), k=st.integers(1, 40), m0=st.integers(0, 10), seed=SEEDS)
+def test_int8_tile_compiled_and_plain_agree_with_numpy(m, k, m0, seed):
+    rng = np.random.default_rng(seed)
+    a = np.zeros((m, k + -k % 4), np.uint8)
+    a[:, :k] = rng.integers(0, 256, (m, k))
+    w = rng.integers(-128, 128, (int8dot.TILE_COLS, k))
+    wt = kernels.int8_weights(w)
+    m0 = min(m0, m - 1)
+    rows = np.minimum(np.arange(m0, m0 + int8dot.TILE_ROWS), m - 1)
+    expected = (a[rows, :k].astype(np.int64) @ w.T).astype(np.int32)
+    call = kernels.njit(lambda x, y, r0, out: int8dot.int8_tile(x, y, r0, 0, out))
+    for name, run in (("compiled", call), ("plain", int8dot._int8_tile_python)):
+        tile = np.zeros((int8dot.TILE_ROWS, int8dot.TILE_COLS), np.int32)
+        if name == "plain":
+            run(a, wt, m0, 0, tile)
+        else:
+            run(a, wt, m0, tile)
+        assert_equal(tile, expected, f"{name} int8_tile M={m} K={k} m0={m0}")
+
+
+@st.composite
+def threshold_cases(draw):
+    """Thresholds (O, n) with directions +-1 around a layer's accumulator range, n up to 20
+    (more than 16 takes the bisection branch)."""
+    rng = np.random.default_rng(draw(SEEDS))
+    channels, n = draw(st.integers(1, 40)), draw(st.sampled_from([1, 3, 15, 16, 17, 20]))
+    th = np.sort(rng.integers(-3000, 3000, (channels, n)), axis=1)
+    direction = rng.choice(np.array([-1, 1], np.int8), channels)
+    th[direction < 0] = th[direction < 0, ::-1]  # non-increasing for d = -1
+    return th.astype(np.int64), direction
+
+
+@settings(max_examples=100)
+@given(abits=st.integers(1, 4), wbits=st.integers(1, 4), images=st.integers(1, 3), pixels=st.integers(1, 7),
+       k=K_VALUES, case=threshold_cases(), seed=SEEDS)
+def test_bitserial_threshold_codes_equal_gemm_then_thresholds(abits, wbits, images, pixels, k, case, seed):
+    th, direction = case
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 2**abits, (images * pixels, k))
+    j = rng.integers(0, 2**wbits, (th.shape[0], k))
+    n_w = 2**wbits - 1
+    acc = (a @ (2 * j - n_w).T).reshape(images, pixels, -1).transpose(0, 2, 1)
+    got = kernels.bitserial_threshold_codes(bit_planes(a, abits), kernels.transposed_planes(bit_planes(j, wbits)),
+                                            th, direction, images, 2, n_w)
+    assert_equal(got, apply_thresholds(acc, th, direction, 1),
+                 f"fused W{wbits}A{abits} images={images} P={pixels} O={th.shape[0]} K={k} n={th.shape[1]}")
+
+
+@settings(max_examples=100)
+@given(images=st.integers(1, 3), pixels=st.integers(1, 7), k=st.integers(1, 80), case=threshold_cases(),
+       offset=st.sampled_from([0, -1, 5]), seed=SEEDS)
+def test_int8_threshold_codes_equal_gemm_then_thresholds(images, pixels, k, case, offset, seed):
+    th, direction = case
+    rng = np.random.default_rng(seed)
+    a = np.zeros((images * pixels, k + -k % 4), np.uint8)
+    a[:, :k] = rng.integers(0, 16, (images * pixels, k))
+    w = rng.integers(-128, 128, (th.shape[0], k))
+    acc = 2 * (a[:, :k].astype(np.int64) @ w.T) - offset * a.sum(axis=1, dtype=np.int64)[:, None]
+    acc = acc.reshape(images, pixels, -1).transpose(0, 2, 1)
+    got = kernels.int8_threshold_codes(a, kernels.int8_weights(w), th, direction, images, 2, offset)
+    assert_equal(got, apply_thresholds(acc, th, direction, 1),
+                 f"fused int8 images={images} P={pixels} O={th.shape[0]} K={k} n={th.shape[1]} offset={offset}")
 
 
 def conv_patches_reference(x, kh, kw, stride, padding):
@@ -280,3 +405,127 @@ def test_empty_shapes():
     assert bitserial_gemm(bit_planes(np.zeros((0, 5), np.uint8), 2),
                           bit_planes(np.zeros((3, 5), np.uint8), 2)).shape == (0, 3)
     assert int_gemm(np.zeros((0, 5), np.uint8), np.zeros((3, 5), np.int16)).shape == (0, 3)
+
+
+@settings(max_examples=100)
+@given(case=st.data(), o=st.integers(1, 20), offset=st.sampled_from([0, -1, 7]), seed=SEEDS)
+def test_int8_conv_threshold_codes_equal_im2col_path(case, o, offset, seed):
+    """The im2col-inside int8 kernel against im2col + the int8 GEMM + thresholds."""
+    x, kh, kw, stride, padding, _ = case.draw(conv_cases())
+    th, direction = case.draw(threshold_cases())
+    th, direction = th[:1].repeat(o, axis=0), direction[:1].repeat(o)
+    rng = np.random.default_rng(seed)
+    w = rng.integers(-128, 128, (o, x.shape[1] * kh * kw))
+    wt = kernels.int8_conv_weights(w.reshape(o, x.shape[1], kh, kw))
+    patches = im2col_codes(x, kh, kw, stride, padding)
+    acc = 2 * (patches.astype(np.int64) @ w.T) - offset * patches.sum(axis=1, dtype=np.int64)[:, None]
+    acc = acc.reshape(x.shape[0], -1, o).transpose(0, 2, 1)
+    got = kernels.int8_conv_threshold_codes(x, kh, kw, stride, padding, wt, th, direction, 2, offset)
+    assert_equal(got, apply_thresholds(acc, th, direction, 1),
+                 f"int8 conv x {x.shape} {kh}x{kw} s={stride} p={padding} O={o} n={th.shape[1]} offset={offset}")
+
+
+@pytest.mark.parametrize("features, x86_64, expected", [
+    ({"popcnt", "avx2", "avx512f", "avx512vpopcntdq", "avx512vnni"}, True, "vpopcntq"),  # Zen 4/5
+    ({"popcnt", "avx2"}, True, "popcnt"),  # Zen 1: scalar POPCNT as inline assembly
+    ({"avx512vpopcntdq"}, True, "ctpop"),  # VPOPCNTDQ without AVX-512F (or POPCNT): generic
+    (set(), True, "ctpop"),
+    ({"popcnt"}, False, "ctpop"),  # not x86-64: never the x86 inline assembly
+])
+def test_popcount_choice_follows_cpu_features(features, x86_64, expected):
+    from integer_engine.cpu import CPU
+    chosen = CPU("test", frozenset(features), x86_64, 2).popcount
+    assert chosen == expected, f"features {sorted(features)} (x86-64: {x86_64}): expected {expected}, got {chosen}"
+
+
+def test_cpu_description_names_the_kernels():
+    from integer_engine import cpu
+    text = cpu.describe()
+    assert cpu.detect().name in text and f"popcount kernel: {cpu.detect().popcount}" in text, text
+
+
+@settings(max_examples=200)
+@given(case=conv_cases(), wide=st.booleans())
+def test_conv_channel_planes_equals_packed_channel_major_im2col(case, wide):
+    """Reduction order (i, j, channel), channels padded to whole words; `wide` draws over 64
+    channels (two words per pixel)."""
+    x, kh, kw, stride, padding, bits = case
+    if wide:
+        x = np.random.default_rng(x.size).integers(0, 2**bits, (x.shape[0], 70, *x.shape[2:])).astype(np.uint8)
+    n, c = x.shape[:2]
+    patches = im2col_codes(x, kh, kw, stride, padding).reshape(-1, c, kh, kw).transpose(0, 2, 3, 1)
+    channel_major = np.zeros((patches.shape[0], kh, kw, 64 * -(-c // 64)), np.uint8)
+    channel_major[..., :c] = patches
+    context = f"x {x.shape} kernel {kh}x{kw} stride {stride} padding {padding} bits {bits}"
+    assert_equal(kernels.conv_channel_planes(x, kh, kw, stride, padding, bits),
+                 bit_planes(channel_major.reshape(patches.shape[0], -1), bits), context)
+    weight = np.random.default_rng(c).integers(0, 4, (3, c, kh, kw))
+    assert_equal(kernels.channel_major_weights(weight) @ channel_major.reshape(patches.shape[0], -1).T.astype(np.int64),
+                 weight.reshape(3, -1) @ im2col_codes(x, kh, kw, stride, padding).T.astype(np.int64),
+                 context + " (weights in the same order)")
+
+
+@settings(max_examples=100)
+@given(case=conv_cases(), tcase=threshold_cases(), wbits=st.integers(1, 3), seed=SEEDS)
+def test_bitserial_conv_threshold_codes_equal_planes_path(case, tcase, wbits, seed):
+    """The gather-inside bit-serial conv kernel against conv_channel_planes + the fused GEMM."""
+    x, kh, kw, stride, padding, abits = case
+    th, direction = tcase
+    if abits > 4:
+        x, abits = x >> (abits - 4), 4
+    weight = np.random.default_rng(seed).integers(0, 2**wbits, (th.shape[0], x.shape[1], kh, kw))
+    wt = kernels.transposed_planes(bit_planes(kernels.channel_major_weights(weight), wbits))
+    n_w = 2**wbits - 1
+    want = kernels.bitserial_threshold_codes(kernels.conv_channel_planes(x, kh, kw, stride, padding, abits), wt,
+                                             th, direction, x.shape[0], 2, n_w)
+    got = kernels.bitserial_conv_threshold_codes(x, kh, kw, stride, padding, abits, wt, th, direction, 2, n_w)
+    assert_equal(got, want, f"x {x.shape} {kh}x{kw} s={stride} p={padding} W{wbits}A{abits} O={th.shape[0]}")
+
+
+@pytest.mark.skipif(kernels.numba.config.DISABLE_JIT, reason="code generation choices need the JIT")
+@pytest.mark.parametrize("vnni", [False, True])
+def test_int8_tile_both_lowerings_agree_with_numpy(monkeypatch, vnni):
+    """The vpdpbusd lowering and the plain-vector one (what a CPU without VNNI compiles), each in a
+    freshly compiled caller, on extreme codes (255 x -128)."""
+    if vnni and not int8dot.VNNI:
+        pytest.skip("this CPU has no AVX-512 VNNI")
+    monkeypatch.setattr(int8dot, "VNNI", vnni)
+    rng = np.random.default_rng(5)
+    a = rng.integers(0, 256, (11, 200)).astype(np.uint8)
+    a[:, :8] = 255
+    w = rng.integers(-128, 128, (int8dot.TILE_COLS, 200))
+    w[:, :8] = -128
+    call = kernels.njit(lambda x, y, out: int8dot.int8_tile(x, y, 3, 0, out))
+    tile = np.zeros((int8dot.TILE_ROWS, int8dot.TILE_COLS), np.int32)
+    call(a, kernels.int8_weights(w), tile)
+    rows = np.minimum(np.arange(3, 3 + int8dot.TILE_ROWS), 10)
+    assert_equal(tile, (a[rows].astype(np.int64) @ w.T).astype(np.int32), f"int8_tile, VNNI lowering {vnni}")
+
+
+@pytest.mark.skipif(kernels.numba.config.DISABLE_JIT, reason="code generation choices need the JIT")
+@pytest.mark.parametrize("asm", [False, True])
+def test_popcount64_both_lowerings(monkeypatch, asm):
+    """Inline-asm popcnt (chosen without VPOPCNTDQ) and LLVM's ctpop, each freshly compiled."""
+    from integer_engine import popcount
+    from integer_engine.cpu import detect
+    if asm and not (detect().x86_64 and detect().has("popcnt")):
+        pytest.skip("no x86 POPCNT on this CPU")
+    monkeypatch.setattr(popcount, "SCALAR_POPCNT_ASM", asm)
+    if asm:
+        popcount.llvm.initialize_native_asmparser()
+    values = np.array([0, 1, 2**63, 2**64 - 1, 0x0101010101010101, 12345678901234], np.uint64)
+    counts = kernels.njit(lambda v: [popcount64(x) for x in v])(values)
+    assert [int(c) for c in counts] == [bin(int(v)).count("1") for v in values], f"asm={asm}"
+
+
+@settings(max_examples=200)
+@given(kernel=st.integers(1, 4), stride=st.integers(1, 4), data=st.data(), seed=SEEDS)
+def test_executor_max_pool_equals_max_pool_codes(kernel, stride, data, seed):
+    """The executor's separable max-pool (reshape path when kernel == stride) against the kernel."""
+    from integer_engine.executor import max_pool_slices
+    padding = data.draw(st.integers(0, kernel // 2))
+    h = data.draw(st.integers(max(1, kernel - 2 * padding), 11))
+    w = data.draw(st.integers(max(1, kernel - 2 * padding), 11))
+    x = np.random.default_rng(seed).integers(0, 16, (2, 3, h, w)).astype(np.uint8)
+    assert_equal(max_pool_slices(x, kernel, stride, padding), max_pool_codes(x, kernel, stride, padding),
+                 f"x {x.shape} kernel {kernel} stride {stride} padding {padding}")

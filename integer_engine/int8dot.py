@@ -1,0 +1,204 @@
+"""`int8_tile`: a register tile of an integer GEMM, unsigned 8-bit codes x signed 8-bit weights
+-> int32, for the layers where bit-serial popcounts would cost too many passes (the 8-bit first
+and last layers; wide layers, `executor.int8_wins`).
+
+    tile[r, c] = sum_k a[m_r, k] * w[n0 + c, k]        a in [0, 255], w in [-128, 127]
+
+The weights are packed once as `wt` (K4, Npad, 4) int8: the four consecutive k of column n are
+the 4 bytes of one 32-bit lane, 16 columns side by side in one 512-bit vector. Each step of the
+reduction loads two such vectors (32 columns), broadcasts 4 bytes of each of the 8 activation
+rows, and adds the four products per lane into 16 int32 vector accumulators:
+
+- with AVX-512 VNNI: one `vpdpbusd` per row (64 MACs per instruction);
+- elsewhere: the same sums written as plain LLVM vector code (zero/sign extension, multiply, add
+  of the four byte lanes), which LLVM lowers to what the CPU has (on AVX2 `vpmaddwd`-style code).
+
+Neither wraps: each product is at most 255 * 128 in magnitude, and the callers check that
+K * 255 * 128 < 2**31 (`INT32_SAFE_K`), so every partial sum is exact in int32.
+Under `NUMBA_DISABLE_JIT=1` the name is bound to the plain-Python reading.
+"""
+import numba
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from integer_engine.cpu import detect
+
+TILE_ROWS = 8
+TILE_COLS = 32  # two vectors of 16 int32 lanes: 16 independent accumulators hide vpdpbusd's latency
+_LANES = 16
+# Largest reduction length whose partial sums stay below 2**31: K * 255 * 128 < 2**31.
+INT32_SAFE_K = (2**31 - 1) // (255 * 128)
+VNNI = detect().int8_dot == "vpdpbusd"
+
+
+def _int8_tile_python(a, wt, m0, n0, tile):
+    """Plain reading: tile[r, n0 + c] = sum_k a[min(m0 + r, M - 1), k] * wt[k // 4, n0 + c, k % 4]
+    for r < TILE_ROWS, c < TILE_COLS. a: uint8 (M, >= 4 * K4); wt: int8 (K4, Npad, 4); tile: int32
+    (TILE_ROWS, >= n0 + TILE_COLS), a row block read once complete (as `popcount.popcount_tile`).
+    All C-contiguous."""
+    m_last = a.shape[0] - 1
+    for r in range(TILE_ROWS):
+        m = min(m0 + r, m_last)
+        for c in range(TILE_COLS):
+            total = 0
+            for k in range(4 * wt.shape[0]):  # a's rows may be longer (slack), never shorter
+                total += int(a[m, k]) * int(wt[k // 4, n0 + c, k % 4])
+            tile[r, n0 + c] = total
+
+
+def _lane_sums(builder, x, w):
+    """Generic <16 x i32> sum over each lane's 4 bytes of zext(x bytes) * sext(w bytes)."""
+    bytes64 = ir.VectorType(ir.IntType(8), 64)
+    wide = ir.VectorType(ir.IntType(32), 64)
+    prod = builder.mul(builder.zext(builder.bitcast(x, bytes64), wide),
+                       builder.sext(builder.bitcast(w, bytes64), wide))
+    total = None
+    for b in range(4):
+        part = builder.shuffle_vector(prod, ir.Constant(wide, ir.Undefined),
+                                      ir.Constant(ir.VectorType(ir.IntType(32), 16), [4 * lane + b for lane in range(16)]))
+        total = part if total is None else builder.add(total, part)
+    return total
+
+
+@intrinsic
+def _int8_tile_llvm(typingctx, a, wt, m0, n0, tile):
+    """`_int8_tile_python` in 512-bit vector code (see the module docstring)."""
+    if (a != types.Array(types.uint8, 2, "C") or wt != types.Array(types.int8, 3, "C")
+            or tile != types.Array(types.int32, 2, "C")):
+        return None
+    sig = types.void(a, wt, m0, n0, tile)
+
+    def codegen(context, builder, signature, args):
+        a_arr = context.make_array(signature.args[0])(context, builder, args[0])
+        w_arr = context.make_array(signature.args[1])(context, builder, args[1])
+        t_arr = context.make_array(signature.args[4])(context, builder, args[4])
+        i32, i64 = ir.IntType(32), ir.IntType(64)
+        vec = ir.VectorType(i32, _LANES)
+        n_vecs = TILE_COLS // _LANES
+        const = lambda v: ir.Constant(i64, v)  # noqa: E731
+        m0_v, n0_v = (context.cast(builder, args[p], signature.args[p], types.int64) for p in (2, 3))
+        rows = builder.extract_value(a_arr.shape, 0)
+        row_bytes = builder.extract_value(a_arr.shape, 1)
+        groups = builder.extract_value(w_arr.shape, 0)
+        w_cols = builder.extract_value(w_arr.shape, 1)
+        step = _dot_step(builder, vec)
+        accs = [[cgutils.alloca_once_value(builder, ir.Constant(vec, [0] * _LANES)) for _ in range(n_vecs)]
+                for _ in range(TILE_ROWS)]
+        last = builder.sub(rows, const(1))
+        row_ptrs = []
+        for r in range(TILE_ROWS):
+            m = builder.add(m0_v, const(r))
+            m = builder.select(builder.icmp_signed("<", m, rows), m, last)
+            row_ptrs.append(builder.bitcast(builder.gep(a_arr.data, [builder.mul(m, row_bytes)]), i32.as_pointer()))
+        w_words = builder.bitcast(w_arr.data, i32.as_pointer())  # one int32 = a column's 4 bytes
+        with cgutils.for_range(builder, groups) as loop:
+            g = loop.index
+            words = [builder.load(builder.gep(row_ptrs[r], [g]), align=1) for r in range(TILE_ROWS)]
+            _accumulate_group(builder, w_words, builder.add(builder.mul(g, w_cols), n0_v), words, accs, step)
+        _store_tile(builder, t_arr, accs, n0_v)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _int8_conv_tile_python(xp, starts, run_stride, runs, groups, wt, n0, tile):
+    """Plain reading of `int8_conv_tile`: `int8_tile` on patch rows read in place. Row r of the
+    patch is `runs` runs of 4*`groups` bytes of xp (1-D uint8), run i starting at
+    starts[r] + i * run_stride; its k-group g (bytes 4g..4g+3 of the run) meets weight group
+    i * groups + g:
+
+        tile[r, n0 + c] = sum_{i, g, b<4} xp[starts[r] + i*run_stride + 4g + b] * wt[i*groups + g, n0 + c, b]
+    """
+    for r in range(TILE_ROWS):
+        for c in range(TILE_COLS):
+            total = 0
+            for i in range(runs):
+                for g in range(groups):
+                    at = starts[r] + i * run_stride + 4 * g
+                    for b in range(4):
+                        total += int(xp[at + b]) * int(wt[i * groups + g, n0 + c, b])
+            tile[r, n0 + c] = total
+
+
+@intrinsic
+def _int8_conv_tile_llvm(typingctx, xp, starts, run_stride, runs, groups, wt, n0, tile):
+    """`_int8_conv_tile_python` in 512-bit vector code: as `_int8_tile_llvm`, with each row's
+    4-byte groups loaded straight from the (NHWC) codes instead of a gathered patch row."""
+    if (xp != types.Array(types.uint8, 1, "C") or starts != types.Array(types.int64, 1, "C")
+            or wt != types.Array(types.int8, 3, "C") or tile != types.Array(types.int32, 2, "C")):
+        return None
+    sig = types.void(xp, starts, run_stride, runs, groups, wt, n0, tile)
+
+    def codegen(context, builder, signature, args):
+        x_arr = context.make_array(signature.args[0])(context, builder, args[0])
+        s_arr = context.make_array(signature.args[1])(context, builder, args[1])
+        w_arr = context.make_array(signature.args[5])(context, builder, args[5])
+        t_arr = context.make_array(signature.args[7])(context, builder, args[7])
+        i32, i64 = ir.IntType(32), ir.IntType(64)
+        vec = ir.VectorType(i32, _LANES)
+        n_vecs = TILE_COLS // _LANES
+        const = lambda v: ir.Constant(i64, v)  # noqa: E731
+        stride_v, runs_v, groups_v, n0_v = (context.cast(builder, args[p], signature.args[p], types.int64)
+                                            for p in (2, 3, 4, 6))
+        w_cols = builder.extract_value(w_arr.shape, 1)
+        step = _dot_step(builder, vec)
+        accs = [[cgutils.alloca_once_value(builder, ir.Constant(vec, [0] * _LANES)) for _ in range(n_vecs)]
+                for _ in range(TILE_ROWS)]
+        starts_v = [builder.load(builder.gep(s_arr.data, [const(r)])) for r in range(TILE_ROWS)]
+        w_words = builder.bitcast(w_arr.data, i32.as_pointer())
+        with cgutils.for_range(builder, runs_v) as run_loop:
+            i = run_loop.index
+            offset = builder.mul(i, stride_v)
+            with cgutils.for_range(builder, groups_v) as group_loop:
+                g = group_loop.index
+                group = builder.add(builder.mul(i, groups_v), g)
+                byte = builder.add(offset, builder.mul(g, const(4)))
+                words = [builder.load(builder.bitcast(builder.gep(x_arr.data, [builder.add(starts_v[r], byte)]),
+                                                      i32.as_pointer()), align=1) for r in range(TILE_ROWS)]
+                _accumulate_group(builder, w_words, builder.add(builder.mul(group, w_cols), n0_v), words, accs,
+                                  step)
+        _store_tile(builder, t_arr, accs, n0_v)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _accumulate_group(builder, w_words, at, words, accs, step):
+    """One 4-byte group of the reduction: the 32 columns' weights at w_words[at..] (two vectors),
+    each row's 4 activation bytes `words[r]` broadcast, accs[r][v] += their dot products."""
+    vec = ir.VectorType(ir.IntType(32), _LANES)
+    ws = [builder.load(builder.bitcast(builder.gep(w_words, [builder.add(at, ir.Constant(ir.IntType(64), _LANES * v))]),
+                                       vec.as_pointer()), align=4) for v in range(TILE_COLS // _LANES)]
+    splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), _LANES), [0] * _LANES)
+    for r, word in enumerate(words):
+        x = builder.insert_element(ir.Constant(vec, ir.Undefined), word, ir.Constant(ir.IntType(32), 0))
+        x = builder.shuffle_vector(x, ir.Constant(vec, ir.Undefined), splat_mask)
+        for v, w in enumerate(ws):
+            builder.store(step(builder.load(accs[r][v]), x, w), accs[r][v])
+
+
+def _store_tile(builder, t_arr, accs, n0_v):
+    """tile[r, n0 + 16 v ..] = accs[r][v]."""
+    vec = ir.VectorType(ir.IntType(32), _LANES)
+    i64 = ir.IntType(64)
+    t_cols = builder.extract_value(t_arr.shape, 1)
+    for r, row in enumerate(accs):
+        for v, acc in enumerate(row):
+            at = builder.add(builder.add(builder.mul(ir.Constant(i64, r), t_cols), n0_v), ir.Constant(i64, _LANES * v))
+            builder.store(builder.load(acc), builder.bitcast(builder.gep(t_arr.data, [at]), vec.as_pointer()), align=4)
+
+
+def _dot_step(builder, vec):
+    """acc + the 4-byte dot products of x (u8) and w (s8) per lane: `vpdpbusd` with VNNI, else
+    plain vector code."""
+    if VNNI:
+        dot = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec, vec, vec]),
+                                             "llvm.x86.avx512.vpdpbusd.512")
+        return lambda acc, x, w: builder.call(dot, [acc, x, w])
+    return lambda acc, x, w: builder.add(acc, _lane_sums(builder, x, w))
+
+
+int8_tile = _int8_tile_python if numba.config.DISABLE_JIT else _int8_tile_llvm
+int8_conv_tile = _int8_conv_tile_python if numba.config.DISABLE_JIT else _int8_conv_tile_llvm
