@@ -124,11 +124,8 @@ def finished_run(run_dir: Path, config: TrainConfig) -> dict | None:
     if not (run_dir / RESULT_NAME).exists():
         return None
     # Fields added to TrainConfig after the run was made take their defaults.
-    try:
-        saved = TrainConfig.from_dict(read_config(run_dir)).to_dict()
-    except ValueError as err:
-        raise CheckpointError(f"{run_dir}: {err}") from None
-    check_resume_config(saved, config.to_dict(), str(run_dir))
+    check_resume_config(TrainConfig.with_defaults(read_config(run_dir)), config.to_dict(),
+                        str(run_dir))
     history = load_checkpoint(run_dir).meta.get("history", [])
     return run_record(run_dir, config, json.loads((run_dir / RESULT_NAME).read_text()), history)
 

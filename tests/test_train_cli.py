@@ -131,6 +131,7 @@ def test_interrupt_keeps_checkpoint_and_prints_resume_command(tmp_path, capsys, 
     (["--bits", "33"], "--bits must be between 1 and 32, got 33"),
     (["--wbits", "12"], "wbits must be one of 1..8, 16 or 32"),
     (["--epochs", "two"], "invalid int value: 'two'"),
+    (["--svhn-extra"], "svhn_extra (--svhn-extra, SVHN's extra split) needs dataset svhn, got 'sample'"),
 ])
 def test_bad_arguments_are_one_line_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as info:
@@ -185,3 +186,15 @@ def test_recipes_follow_the_paper():
         "sgd", 0.1, 0.9, [60, 120], 0.1, 2e-4, 128, 200, "crop-flip")
     assert (recipe("sample").wbits, recipe("sample").abits, recipe("sample").act_quant) == (
         2, 2, "pact")
+
+
+def test_run_made_before_a_config_field_existed_still_resumes(full_run):
+    """A field added to TrainConfig later (e.g. svhn_extra) takes its default in a saved config,
+    so a run directory written before the field existed passes the resume check."""
+    from tinypact.checkpoint import check_resume_config
+    from tinypact.recipes import TrainConfig
+
+    saved = full_run.config.to_dict()
+    old = {k: v for k, v in saved.items() if k != "svhn_extra"}
+    check_resume_config(TrainConfig.with_defaults(old), saved)
+    assert TrainConfig.with_defaults(old) == saved

@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="train on only N images (quick runs)")
     train.add_argument("--limit-test", type=int, metavar="N", help="test on only N images")
     train.add_argument("--seed", type=int)
+    train.add_argument("--svhn-extra", action="store_true",
+                       help="svhn: train on train + extra (604,388 images, as tensorpack's "
+                       "example does; downloads extra_32x32.mat, 1.3 GB, md5-checked)")
     run = parser.add_argument_group("run")
     run.add_argument("--out", metavar="RUN", help="run directory (default: runs/DATASET-POLICY)")
     run.add_argument("--resume", action="store_true",
@@ -95,6 +98,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         "schedule": args.schedule, "weight_decay": args.weight_decay, "augment": args.augment,
         "val_size": args.val_size, "limit_train": args.limit_train,
         "limit_test": args.limit_test, "seed": args.seed, "data_dir": args.data_dir,
+        "svhn_extra": True if args.svhn_extra else None,
     }
     if overrides["abits"] == 32 and args.act_quant is None:
         overrides["act_quant"] = "relu"  # a float network is a plain ReLU network

@@ -52,7 +52,7 @@ def load_splits(config: TrainConfig):
     """(train, validation or None, test) Datasets: validation is held out of the train split."""
     from tinypact.data import load_dataset
 
-    full = load_dataset(config.dataset, "train", data_dir=config.data_dir)
+    full = load_dataset(config.dataset, config.train_split, data_dir=config.data_dir)
     test = load_dataset(config.dataset, "test", data_dir=config.data_dir)
     # The hold-out depends only on the seed: a resumed run validates on the same images.
     order = np.random.default_rng([config.seed, 0xDA7A]).permutation(len(full))
@@ -300,10 +300,12 @@ def fit(config: TrainConfig, run_dir: str | Path, resume: bool = False, progress
     checkpoint = None
     if resume:
         if (run_dir / CONFIG_NAME).exists():
-            check_resume_config(read_config(run_dir), config.to_dict(), str(run_dir))
+            check_resume_config(TrainConfig.with_defaults(read_config(run_dir)),
+                                config.to_dict(), str(run_dir))
         if (run_dir / CHECKPOINT_NAME).exists():
             checkpoint = load_checkpoint(run_dir)
-            check_resume_config(checkpoint.config, config.to_dict(), str(run_dir))
+            check_resume_config(TrainConfig.with_defaults(checkpoint.config), config.to_dict(),
+                                str(run_dir))
 
     # Data first: a missing data set must not leave behind a run directory that blocks a rerun.
     train, val, test = load_splits(config)
