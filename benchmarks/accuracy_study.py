@@ -295,9 +295,9 @@ def markdown(rows: dict[str, dict], targets: list[dict], schedule: dict, meta: d
         f"weights and PACT alphas. Quantized rows keep 8-bit first/last-layer weights. PACT "
         f"alpha starts at {sample.alpha_init:g} and has its **own learning rate "
         f"{sample.alpha_lr:g}** (the fashion-mnist recipe: with Adam a parameter moves about lr "
-        f"per step, too slowly for alpha to leave 10 in a short run; the paper uses one learning "
-        f"rate for all parameters). The seed sets the initialization, the batch order and the "
-        f"hold-out.",
+        f"per step, too slowly for alpha to come down from 10 in a short run; the paper uses one "
+        f"learning rate for all parameters; docs/paper-differences.md). The seed sets the "
+        f"initialization, the batch order and the hold-out.",
         "",
         "Accuracy: mean ± sample standard deviation over the seeds. \"vs float\": mean difference "
         "± the combined spread sqrt(s_a² + s_b²); a difference no larger than that spread is "
