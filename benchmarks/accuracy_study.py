@@ -25,8 +25,8 @@ finished runs and resumes unfinished ones, so an interrupted study loses at most
 Runs go in this order: PACT W2A2 and W4A4 with the first seed (to compare with the earlier
 single-seed figures), the other configurations with the first seed, then the next seeds.
 
-    python benchmarks/accuracy_study.py --runs-dir /work/study_runs --no-progress
-                                                     # the study (~3 hours on a quiet 2-core machine)
+    python benchmarks/accuracy_study.py --runs-dir RUNS --no-progress
+                                        # the study: 21 runs, ~3 hours on a quiet 2-core machine
     python benchmarks/accuracy_study.py --quick      # smoke test on tiny settings, temp output
 """
 from __future__ import annotations

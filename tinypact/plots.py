@@ -80,24 +80,24 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 def plot_study(rows: Sequence[dict], path: str | os.PathLike, title: str = "") -> Path:
     """Left: each configuration's test error (%), mean over its seeds (square) with a +-1 sample
-    standard deviation error bar and one dot per seed beside it; right: validation error per epoch, mean over the
-    seeds with a +-1 std band. `rows` have `label` and `runs`: one dict per seed with
-    `test_error` and `history` (metrics records)."""
-    fig, (bars_ax, curves_ax) = plt.subplots(1, 2, figsize=(12, 4.8))
+    standard deviation error bar and one dot per seed beside it; right: validation error per
+    epoch, mean over the seeds with a +-1 std band. `rows` have `label` and `runs`: one dict per
+    seed with `test_error` and `history` (metrics records)."""
+    fig, (error_ax, curves_ax) = plt.subplots(1, 2, figsize=(12, 4.8))
     for i, row in enumerate(rows):
         errors = [100 * run["test_error"] for run in row["runs"]]
         mean, std = _mean_std(errors)
-        bars_ax.errorbar(i, mean, yerr=std if len(errors) > 1 else None, fmt="s",
+        error_ax.errorbar(i, mean, yerr=std if len(errors) > 1 else None, fmt="s",
                          color="tab:blue", markersize=6, capsize=5, elinewidth=1.5)
-        bars_ax.plot([i + 0.15] * len(errors), errors, "o", color="black", markersize=3)
+        error_ax.plot([i + 0.15] * len(errors), errors, "o", color="black", markersize=3)
         text = f"{mean:.2f}" + (f" ± {std:.2f}" if len(errors) > 1 else " (1 seed)")
-        bars_ax.annotate(text, (i, mean + std), xytext=(0, 5), textcoords="offset points",
+        error_ax.annotate(text, (i, mean + std), xytext=(0, 5), textcoords="offset points",
                          ha="center", va="bottom", fontsize=7)
-    bars_ax.set_xticks(range(len(rows)), [row["label"] for row in rows], rotation=30, ha="right")
-    bars_ax.set_ylabel("test error (%)")
-    bars_ax.set_title("test error: mean ± std over seeds (dots: each seed)", fontsize=10)
-    bars_ax.grid(axis="y", alpha=0.3)
-    bars_ax.margins(x=0.1, y=0.15)
+    error_ax.set_xticks(range(len(rows)), [row["label"] for row in rows], rotation=30, ha="right")
+    error_ax.set_ylabel("test error (%)")
+    error_ax.set_title("test error: mean ± std over seeds (dots: each seed)", fontsize=10)
+    error_ax.grid(axis="y", alpha=0.3)
+    error_ax.margins(x=0.1, y=0.15)
     for row in rows:
         per_epoch: dict[int, list[float]] = {}
         for run in row["runs"]:
