@@ -389,8 +389,8 @@ def main(argv: list[str] | None = None) -> int:
                         "package's /usr/share/datasets/fashion-mnist or a download)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    if len(set(args.seeds)) != len(args.seeds):
-        parser.error(f"--seeds has repeats: {args.seeds}")
+    if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
+        parser.error(f"--seeds must be distinct non-negative integers, got {args.seeds}")
 
     schedule = dict(QUICK_SCHEDULE if args.quick else STUDY_SCHEDULE)
     if args.epochs:
