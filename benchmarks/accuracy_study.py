@@ -301,7 +301,8 @@ def markdown(rows: dict[str, dict], targets: list[dict], schedule: dict, meta: d
         "",
         "Accuracy: mean ± sample standard deviation over the seeds. \"vs float\": mean difference "
         "± the combined spread sqrt(s_a² + s_b²); a difference no larger than that spread is "
-        "noise.",
+        "noise. \"train min/run\" is wall-clock time on a machine shared with other jobs: it "
+        "follows their load more than the configuration's cost.",
         "",
         "| configuration | weights | activations | W/A bits | seeds | test accuracy (%) "
         "| per seed (%) | vs float (points) | val error (%) | train min/run |",
@@ -325,9 +326,14 @@ def markdown(rows: dict[str, dict], targets: list[dict], schedule: dict, meta: d
     for t in targets:
         lines.append(f"- {t['target']}: **{t['verdict']}** (margin "
                      f"{_pm(t['margin_points'], t['noise'], signed=True)} points)")
+    if not targets:
+        lines.append("- None can be judged yet: the rows each target compares have not finished.")
     lines += ["", "## What the spread allows us to say", ""]
-    for c in comparisons(rows):
+    pairs = comparisons(rows)
+    for c in pairs:
         lines.append(f"- {c['a']} − {c['b']} ({c['what']}): {_verdict_text(c)}")
+    if not pairs:
+        lines.append("- Nothing yet: no compared pair of rows has finished.")
     earlier = [(label, row) for label, row in rows.items()
                if label in EARLIER_SEED0 and 0 in row["seeds"] and not meta["quick"]]
     if earlier:
