@@ -301,8 +301,10 @@ def markdown(rows: dict[str, dict], targets: list[dict], schedule: dict, meta: d
         "",
         "Accuracy: mean ± sample standard deviation over the seeds. \"vs float\": mean difference "
         "± the combined spread sqrt(s_a² + s_b²); a difference no larger than that spread is "
-        "noise. \"train min/run\" is wall-clock time on a machine shared with other jobs: it "
-        "follows their load more than the configuration's cost.",
+        "noise. From three seeds the standard deviation is itself rough (for normal noise its 95% "
+        "interval runs from about 0.5 to 6 times the estimate), so exceeding it is a minimum bar, "
+        "not a significance test. \"train min/run\" is wall-clock time on a machine shared with "
+        "other jobs: it follows their load more than the configuration's cost.",
         "",
         "| configuration | weights | activations | W/A bits | seeds | test accuracy (%) "
         "| per seed (%) | vs float (points) | val error (%) | train min/run |",
