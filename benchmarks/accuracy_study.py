@@ -1,9 +1,9 @@
-"""Accuracy study on full Fashion-MNIST: float vs DoReFa vs PACT (vs PACT + SAWB), one schedule.
+"""Accuracy study on full Fashion-MNIST: float vs DoReFa vs PACT (vs PACT + SAWB), several seeds.
 
 A Table-1-style comparison measured on this machine (the PACT paper's Table 1 is CIFAR10/SVHN,
 which cannot be downloaded here). Every configuration trains the same `fmnist` network with the
 same fixed schedule (STUDY_SCHEDULE below: Adam, cosine decay, full 60k train split minus a
-5,000-image validation hold-out) and is scored on the 10,000 test images:
+5,000-image validation hold-out) once per seed, and is scored on the 10,000 test images:
 
     float                     W32/A32, plain ReLU, float first/last layers
     DoReFa W2A2, W4A4         DoReFa weights, DoReFa activations (clip to [0, 1], no learned range)
@@ -11,18 +11,30 @@ same fixed schedule (STUDY_SCHEDULE below: Adam, cosine decay, full 60k train sp
     PACT+SAWB W2A2            SAWB weights, PACT activations
     (quantized configs keep 8-bit first/last-layer weights, the paper's default)
 
-Targets: PACT W4A4 within 0.5 points of float; PACT W2A2 within 2 points; PACT beats DoReFa
-activations at 2 bits. Writes benchmarks/results/accuracy_study.{md,json,png}; each run's
-directory (checkpoint, metrics, plots) goes under --runs-dir. Re-running the script reuses
-finished runs and resumes unfinished ones, so an interrupted study loses at most one epoch.
+The seed sets the weight initialization, the batch order and which 5,000 training images are
+held out. One seed is not enough to rank these rows: two seeds of one configuration can differ
+by more than two configurations do. So each row reports the mean and the sample standard
+deviation over its seeds, and a difference between two rows is stated only when it exceeds
+their combined spread (see `difference`); otherwise the report says "within noise".
 
-    python benchmarks/accuracy_study.py            # the study (~1 hour on a quiet 2-core machine)
-    python benchmarks/accuracy_study.py --quick    # smoke test on tiny settings, temp output
+Targets: PACT W4A4 within 0.5 points of float; PACT W2A2 within 2 points; PACT beats DoReFa
+activations at 2 bits. Writes benchmarks/results/accuracy_study.{md,json,png}, rewritten after
+every finished run, so a partial study can be read while the rest trains. Each run has its own
+directory RUNS/<config>-seed<k> (checkpoint, metrics, plots); re-running the script reuses
+finished runs and resumes unfinished ones, so an interrupted study loses at most one epoch.
+Runs go in this order: PACT W2A2 and W4A4 with the first seed (to compare with the earlier
+single-seed figures), the other configurations with the first seed, then the next seeds.
+
+    python benchmarks/accuracy_study.py --runs-dir RUNS --no-progress
+                                        # the study: 21 runs, ~3 hours on a quiet 2-core machine
+    python benchmarks/accuracy_study.py --quick      # smoke test on tiny settings, temp output
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import platform
 import shutil
 import sys
@@ -35,8 +47,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from tinypact import plots  # noqa: E402
-from tinypact.checkpoint import CHECKPOINT_NAME, is_run_dir  # noqa: E402
-from tinypact.recipes import recipe  # noqa: E402
+from tinypact.checkpoint import (CHECKPOINT_NAME, CheckpointError,  # noqa: E402
+                                 check_resume_config, is_run_dir, load_checkpoint, read_config)
+from tinypact.recipes import TrainConfig, recipe  # noqa: E402
 from tinypact.trainer import RESULT_NAME, fit  # noqa: E402
 
 # label -> TrainConfig overrides. Float is a plain ReLU network with float first/last layers.
@@ -49,57 +62,100 @@ CONFIGS: dict[str, dict] = {
     "PACT W4A4": dict(wbits=4, abits=4, weight_quant="dorefa", act_quant="pact"),
     "PACT+SAWB W2A2": dict(wbits=2, abits=2, weight_quant="sawb", act_quant="pact"),
 }
+# Trained first (with the first seed): the rows the earlier single-seed study is compared on.
+FIRST = ("PACT W2A2", "PACT W4A4")
+DEFAULT_SEEDS = (0, 1, 2)
 
-# The one schedule every configuration trains with. Sized for < 90 min for all seven on a quiet
-# 2-core machine: one batch of 128 measured about 0.1 s (float) to 0.2 s (2-bit), so an epoch of
-# 55,000 images is 45-90 s, and 7 configurations x 6 epochs about 50-60 min with evaluation.
+# The earlier study (2026-11-23, commit 6961202): one run per row, seed 0, same schedule, before
+# the trained model computed quantized layers as integer MACs times one scale and quantized its
+# input. Same seed, same data, same initialization: only float32 round-off differs, so the
+# change from these figures shows how far round-off alone moves a finished run.
+EARLIER_SEED0 = {"float": 88.65, "DoReFa W2A2": 85.44, "DoReFa W4A4": 87.17, "PACT W2A2": 87.12,
+                 "PACT W3A3": 88.90, "PACT W4A4": 89.03, "PACT+SAWB W2A2": 86.56}
+
+# Pairs worth a sentence: (a, b, what a - b measures).
+COMPARISONS = (
+    ("PACT W2A2", "DoReFa W2A2", "learned vs fixed [0, 1] activation range at 2 bits"),
+    ("PACT W4A4", "DoReFa W4A4", "learned vs fixed [0, 1] activation range at 4 bits"),
+    ("PACT W4A4", "float", "PACT at 4 bits vs float"),
+    ("PACT W3A3", "float", "PACT at 3 bits vs float"),
+    ("PACT W2A2", "float", "PACT at 2 bits vs float"),
+    ("PACT W3A3", "PACT W2A2", "PACT, 3 bits vs 2 bits"),
+    ("PACT W4A4", "PACT W3A3", "PACT, 4 bits vs 3 bits"),
+    ("PACT+SAWB W2A2", "PACT W2A2", "SAWB vs DoReFa weights at W2A2"),
+)
+
+# The one schedule every configuration trains with (the seed is set per run). One batch of 128
+# measured about 0.1 s (float) to 0.2 s (2-bit) on a quiet 2-core machine, so an epoch of
+# 55,000 images is 45-90 s and one run of 6 epochs about 7-8 min with evaluation.
 STUDY_SCHEDULE = dict(dataset="fashion-mnist", epochs=6, batch_size=128, optimizer="adam",
-                      lr=2e-3, schedule="cosine", val_size=5000, seed=0)
+                      lr=2e-3, schedule="cosine", val_size=5000)
 QUICK_SCHEDULE = dict(dataset="fashion-mnist", epochs=1, batch_size=64, optimizer="adam",
                       lr=2e-3, schedule="cosine", val_size=200, limit_train=400,
-                      limit_test=400, seed=0)
+                      limit_test=400)
 
 
 def slug(label: str) -> str:
     return label.lower().replace("+", "-").replace(" ", "-")
 
 
-def run_config(label: str, schedule: dict, runs_dir: Path, data_dir: str | None,
-               progress: bool) -> dict:
-    """Train one configuration (or reuse/resume its run) and return its table row."""
+def run_dir_of(runs_dir: Path, label: str, seed: int) -> Path:
+    return runs_dir / f"{slug(label)}-seed{seed}"
+
+
+def run_order(labels: list[str], seeds: list[int]) -> list[tuple[str, int]]:
+    """(label, seed) pairs: FIRST with the first seed, the other labels with it, then each
+    further seed for every label."""
+    first = [(label, seeds[0]) for label in FIRST if label in labels]
+    rest = [(label, seed) for seed in seeds for label in labels]
+    return first + [pair for pair in rest if pair not in first]
+
+
+def config_for(label: str, seed: int, schedule: dict, data_dir: str | None) -> TrainConfig:
     overrides = {k: v for k, v in schedule.items() if k != "dataset"}
-    config = recipe(schedule["dataset"], **overrides, **CONFIGS[label], data_dir=data_dir)
-    run_dir = runs_dir / slug(label)
-    if (run_dir / RESULT_NAME).exists():
-        print(f"== {label}: reusing the finished run in {run_dir}")
-        from tinypact.checkpoint import load_checkpoint
-        history = load_checkpoint(run_dir).meta.get("history", [])
-        result = json.loads((run_dir / RESULT_NAME).read_text())
-    else:
-        resume = is_run_dir(run_dir) and (run_dir / CHECKPOINT_NAME).exists()
-        if is_run_dir(run_dir) and not resume:
-            shutil.rmtree(run_dir)  # started but no epoch finished: nothing to keep
-        print(f"== {label}: {config.describe_policy()}" + (" (resuming)" if resume else ""))
-        fitted = fit(config, run_dir, resume=resume, progress=progress,
-                     log=lambda line: print("   " + line, flush=True))
-        history = fitted.history
-        result = json.loads((run_dir / RESULT_NAME).read_text())
-    return {"label": label, "wbits": config.wbits, "abits": config.abits,
-            "weight_quant": "float" if config.wbits == 32 else config.weight_quant,
-            "act_quant": "relu (float)" if config.abits == 32 else config.act_quant,
-            "test_accuracy": result["test_accuracy"], "test_error": result["test_error"],
-            "test_images": result["test_images"], "val_error": result["val_error"],
-            "train_minutes": result["train_time"] / 60,
+    return recipe(schedule["dataset"], **overrides, **CONFIGS[label], seed=seed,
+                  data_dir=data_dir)
+
+
+# ---------------------------------------------------------------------------------------- runs
+def finished_run(run_dir: Path, config: TrainConfig) -> dict | None:
+    """The record of a finished run in `run_dir`, or None if it has not finished. A finished run
+    trained with a different config is an error (CheckpointError), never silently reused."""
+    if not (run_dir / RESULT_NAME).exists():
+        return None
+    # Fields added to TrainConfig after the run was made take their defaults.
+    check_resume_config(TrainConfig.with_defaults(read_config(run_dir)), config.to_dict(),
+                        str(run_dir))
+    history = load_checkpoint(run_dir).meta.get("history", [])
+    return run_record(run_dir, config, json.loads((run_dir / RESULT_NAME).read_text()), history)
+
+
+def run_record(run_dir: Path, config: TrainConfig, result: dict, history: list[dict]) -> dict:
+    return {"seed": config.seed, "test_accuracy": result["test_accuracy"],
+            "test_error": result["test_error"], "test_images": result["test_images"],
+            "val_error": result["val_error"], "train_minutes": result["train_time"] / 60,
             "final_alphas": history[-1]["alphas"] if history else {},
             "history": history, "run_dir": str(run_dir)}
 
 
-def estimate_minutes(schedule: dict, labels: list[str], data_dir: str | None) -> float:
-    """Time one training batch of a 2-bit PACT network and extrapolate to the whole study."""
+def train_run(label: str, config: TrainConfig, run_dir: Path, progress: bool) -> dict:
+    """Train one (configuration, seed) into `run_dir`, resuming it if an epoch finished."""
+    resume = is_run_dir(run_dir) and (run_dir / CHECKPOINT_NAME).exists()
+    if is_run_dir(run_dir) and not resume:
+        shutil.rmtree(run_dir)  # started but no epoch finished: nothing to keep
+    print(f"== {label}, seed {config.seed}: {config.describe_policy()}"
+          + (" (resuming)" if resume else ""), flush=True)
+    fitted = fit(config, run_dir, resume=resume, progress=progress,
+                 log=lambda line: print("   " + line, flush=True))
+    return run_record(run_dir, config, json.loads((run_dir / RESULT_NAME).read_text()),
+                      fitted.history)
+
+
+def estimate_minutes(schedule: dict, runs: int, data_dir: str | None) -> float:
+    """Time one training batch of a 2-bit PACT network and extrapolate to `runs` runs."""
     from tinypact.trainer import build, build_optimizer, load_splits, time_one_step, train_loader
 
-    overrides = {k: v for k, v in schedule.items() if k != "dataset"}
-    config = recipe(schedule["dataset"], **overrides, **CONFIGS["PACT W2A2"], data_dir=data_dir)
+    config = config_for("PACT W2A2", 0, schedule, data_dir)
     train, val, test = load_splits(config)
     model, _ = build(config)
     optimizer, _ = build_optimizer(model, config)
@@ -107,71 +163,222 @@ def estimate_minutes(schedule: dict, labels: list[str], data_dir: str | None) ->
     step = time_one_step(model, optimizer, loader)
     # Evaluation (validation every epoch, test once) is forward only: ~1/3 of a training step.
     evals = (len(val) if val else 0) * config.epochs + len(test)
-    per_config = step * (len(loader) * config.epochs + evals / 3 / config.batch_size)
-    return per_config * len(labels) / 60
+    per_run = step * (len(loader) * config.epochs + evals / 3 / config.batch_size)
+    return per_run * runs / 60
+
+
+# ------------------------------------------------------------------------------------ statistics
+def mean_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation s = sqrt(sum_i (v_i - mean)^2 / (n - 1));
+    s is None for a single value (no spread can be measured from one seed)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+
+
+def summarize(label: str, config: TrainConfig, runs: list[dict]) -> dict:
+    """One table row: the configuration and its runs (sorted by seed), accuracies in points."""
+    runs = sorted(runs, key=lambda r: r["seed"])
+    mean, std = mean_std([100 * r["test_accuracy"] for r in runs])
+    vals = [100 * r["val_error"] for r in runs if r["val_error"] is not None]
+    return {"label": label, "wbits": config.wbits, "abits": config.abits,
+            "weight_quant": "float" if config.wbits == 32 else config.weight_quant,
+            "act_quant": "relu (float)" if config.abits == 32 else config.act_quant,
+            "seeds": [r["seed"] for r in runs], "accuracy_mean": mean, "accuracy_std": std,
+            "val_error_mean": sum(vals) / len(vals) if vals else None,
+            "train_minutes_mean": sum(r["train_minutes"] for r in runs) / len(runs),
+            "runs": runs}
+
+
+def difference(a: dict, b: dict) -> dict:
+    """Row a minus row b in accuracy points, judged against the seed-to-seed spread.
+
+    d = mean_a - mean_b and noise = sqrt(s_a^2 + s_b^2), the standard deviation of the
+    difference between one run of a and one run of b (s: sample std over seeds). The rows
+    differ ("higher"/"lower") only if |d| > noise, else "within noise"; with a single seed in
+    either row the spread is unknown ("spread unknown") and nothing is concluded.
+    """
+    d = a["accuracy_mean"] - b["accuracy_mean"]
+    if a["accuracy_std"] is None or b["accuracy_std"] is None:
+        return {"difference": d, "noise": None, "verdict": "spread unknown"}
+    noise = math.hypot(a["accuracy_std"], b["accuracy_std"])
+    verdict = "within noise" if abs(d) <= noise else ("higher" if d > 0 else "lower")
+    return {"difference": d, "noise": noise, "verdict": verdict}
+
+
+def judge_margin(margin: float, noise: float | None) -> str:
+    """'met' if margin > noise, 'missed' if margin < -noise, else 'within noise'; with an
+    unknown spread, 'met'/'missed' by the sign alone, marked as such."""
+    if noise is None:
+        return ("met" if margin >= 0 else "missed") + " (one seed, spread unknown)"
+    if margin > noise:
+        return "met"
+    return "missed" if margin < -noise else "within noise"
 
 
 def check_targets(rows: dict[str, dict]) -> list[dict]:
-    """The three targets, each with its margin in accuracy points (positive = met)."""
-    acc = {label: 100 * row["test_accuracy"] for label, row in rows.items()}
+    """The three targets: margin in points (positive = met by the means) and its verdict."""
     targets = []
 
-    def target(name: str, needed: tuple[str, ...], margin) -> None:
-        if all(label in acc for label in needed):
-            value = margin()
-            targets.append({"target": name, "margin_points": value, "met": value >= 0})
+    def target(name: str, a: str, b: str, allowed_gap: float | None) -> None:
+        if a in rows and b in rows:
+            diff = difference(rows[a], rows[b])
+            # "within g of float": a - float >= -g, margin = g + (a - float); "beats": a - b > 0.
+            margin = diff["difference"] + (allowed_gap or 0.0)
+            targets.append({"target": name, "margin_points": margin, "noise": diff["noise"],
+                            "verdict": judge_margin(margin, diff["noise"])})
 
-    target("PACT W4A4 within 0.5 points of float", ("float", "PACT W4A4"),
-           lambda: 0.5 - (acc["float"] - acc["PACT W4A4"]))
-    target("PACT W2A2 within 2 points of float", ("float", "PACT W2A2"),
-           lambda: 2.0 - (acc["float"] - acc["PACT W2A2"]))
-    target("PACT beats DoReFa activations at 2 bits", ("PACT W2A2", "DoReFa W2A2"),
-           lambda: acc["PACT W2A2"] - acc["DoReFa W2A2"])
+    target("PACT W4A4 within 0.5 points of float", "PACT W4A4", "float", 0.5)
+    target("PACT W2A2 within 2 points of float", "PACT W2A2", "float", 2.0)
+    target("PACT beats DoReFa activations at 2 bits", "PACT W2A2", "DoReFa W2A2", None)
     return targets
 
 
-def markdown(rows: dict[str, dict], targets: list[dict], schedule: dict, meta: dict) -> str:
-    float_acc = rows["float"]["test_accuracy"] if "float" in rows else None
+def comparisons(rows: dict[str, dict]) -> list[dict]:
+    return [{"a": a, "b": b, "what": what, **difference(rows[a], rows[b])}
+            for a, b, what in COMPARISONS if a in rows and b in rows]
+
+
+# -------------------------------------------------------------------------------------- machine
+def cpu_description() -> str:
+    """E.g. 'AMD EPYC (family 26, model 2), 2 cores, AVX-512': /proc/cpuinfo on Linux."""
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    name = fields.get("model name", platform.machine())
+    flags = fields.get("flags", "").split()
+    simd = "AVX-512" if "avx512f" in flags else ("AVX2" if "avx2" in flags else "no AVX2")
+    return (f"{name} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')}), "
+            f"{os.cpu_count()} cores, {simd}")
+
+
+# -------------------------------------------------------------------------------------- reports
+def _pm(mean: float, std: float | None, signed: bool = False) -> str:
+    text = f"{mean:+.2f}" if signed else f"{mean:.2f}"
+    return text + (f" ± {std:.2f}" if std is not None else "")
+
+
+def _verdict_text(c: dict) -> str:
+    value = _pm(c["difference"], c["noise"], signed=True)
+    if c["verdict"] == "spread unknown":
+        return f"{value} points: one seed so far, no conclusion"
+    if c["verdict"] == "within noise":
+        return f"{value} points: **within noise**"
+    return f"{value} points: {c['a']} is **{c['verdict']}**"
+
+
+def markdown(rows: dict[str, dict], targets: list[dict], schedule: dict, meta: dict,
+             sample: TrainConfig) -> str:
+    done, planned = meta["runs_finished"], meta["runs_planned"]
+    status = ("" if done == planned else
+              f" **Partial: {done} of {planned} runs finished**; the study is still running or "
+              f"was interrupted (rerun the same command to resume it).")
+    limit = f", limited to {schedule['limit_train']} images" if schedule.get("limit_train") else ""
     lines = [
-        "# Accuracy study: Fashion-MNIST, float vs DoReFa vs PACT",
+        "# Accuracy study: Fashion-MNIST, float vs DoReFa vs PACT, several seeds",
         "",
-        f"Measured {meta['date']} on {meta['machine']} by `benchmarks/accuracy_study.py"
-        f"{' --quick' if meta['quick'] else ''}` ({meta['minutes']:.1f} min in all).",
+        f"Updated {meta['date']} by `benchmarks/accuracy_study.py"
+        f"{' --quick' if meta['quick'] else ''}`; CPU: {meta['cpu']}; Python "
+        f"{meta['python']}, NumPy {meta['numpy']}. Training time summed over the finished runs: "
+        f"{meta['train_minutes']:.0f} min.{status}",
         "",
-        f"Schedule (identical for every row): {schedule['epochs']} epoch(s) of "
+        f"Schedule (identical for every run): {schedule['epochs']} epoch(s) of "
         f"{schedule['optimizer']} lr {schedule['lr']:g} with {schedule['schedule']} decay, batch "
-        f"{schedule['batch_size']}, training split minus a {schedule['val_size']}-image validation "
-        f"hold-out" + (f" limited to {schedule['limit_train']} images" if schedule.get("limit_train")
-                       else "") + f"; network `fmnist`; quantized rows keep 8-bit first/last-layer "
-        "weights; PACT alpha starts at 10.",
+        f"{schedule['batch_size']}, the training split minus a {schedule['val_size']}-image "
+        f"validation hold-out{limit}; network `fmnist`; L2 decay {sample.weight_decay:g} on "
+        f"weights and PACT alphas. Quantized rows keep 8-bit first/last-layer weights. PACT "
+        f"alpha starts at {sample.alpha_init:g} and has its **own learning rate "
+        f"{sample.alpha_lr:g}** (the fashion-mnist recipe: with Adam a parameter moves about lr "
+        f"per step, too slowly for alpha to come down from 10 in a short run; the paper uses one "
+        f"learning rate for all parameters; docs/paper-differences.md). The seed sets the "
+        f"initialization, the batch order and the hold-out.",
         "",
-        "| configuration | weights | activations | W/A bits | test accuracy (%) | vs float (points) "
-        "| val error (%) | train min |",
-        "|---|---|---|---|---|---|---|---|",
+        "Accuracy: mean ± sample standard deviation over the seeds. \"vs float\": mean difference "
+        "± the combined spread sqrt(s_a² + s_b²); a difference no larger than that spread is "
+        "noise. From three seeds the standard deviation is itself rough (for normal noise its 95% "
+        "interval runs from about 0.5 to 6 times the estimate), so exceeding it is a minimum bar, "
+        "not a significance test. \"train min/run\" is wall-clock time on a machine shared with "
+        "other jobs: it follows their load more than the configuration's cost.",
+        "",
+        "| configuration | weights | activations | W/A bits | seeds | test accuracy (%) "
+        "| per seed (%) | vs float (points) | val error (%) | train min/run |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows.values():
-        gap = "" if float_acc is None or row["label"] == "float" else \
-            f"{100 * (row['test_accuracy'] - float_acc):+.2f}"
+        gap = ""
+        if "float" in rows and row["label"] != "float":
+            diff = difference(row, rows["float"])
+            gap = _pm(diff["difference"], diff["noise"], signed=True)
+            gap += " (within noise)" if diff["verdict"] == "within noise" else ""
         bits = "32/32" if row["wbits"] == 32 else f"{row['wbits']}/{row['abits']}"
-        val = "" if row["val_error"] is None else f"{100 * row['val_error']:.2f}"
+        per_seed = ", ".join(f"{100 * r['test_accuracy']:.2f}" for r in row["runs"])
+        val = "" if row["val_error_mean"] is None else f"{row['val_error_mean']:.2f}"
         lines.append(f"| {row['label']} | {row['weight_quant']} | {row['act_quant']} | {bits} | "
-                     f"{100 * row['test_accuracy']:.2f} | {gap} | {val} | "
-                     f"{row['train_minutes']:.1f} |")
-    lines += ["", f"Test accuracy on {next(iter(rows.values()))['test_images']} test images.", "",
-              "## Targets", ""]
+                     f"{', '.join(map(str, row['seeds']))} | "
+                     f"{_pm(row['accuracy_mean'], row['accuracy_std'])} | {per_seed} | {gap} | "
+                     f"{val} | {row['train_minutes_mean']:.1f} |")
+    images = next(iter(rows.values()))["runs"][0]["test_images"]
+    lines += ["", f"Test accuracy on {images} test images.", "", "## Targets", ""]
     for t in targets:
-        verdict = "met" if t["met"] else "MISSED"
-        lines.append(f"- {t['target']}: **{verdict}** (margin {t['margin_points']:+.2f} points)")
-    alpha_rows = [row for row in rows.values() if row["final_alphas"]]
+        lines.append(f"- {t['target']}: **{t['verdict']}** (margin "
+                     f"{_pm(t['margin_points'], t['noise'], signed=True)} points)")
+    if not targets:
+        lines.append("- None can be judged yet: the rows each target compares have not finished.")
+    lines += ["", "## What the spread allows us to say", ""]
+    pairs = comparisons(rows)
+    for c in pairs:
+        lines.append(f"- {c['a']} − {c['b']} ({c['what']}): {_verdict_text(c)}")
+    if not pairs:
+        lines.append("- Nothing yet: no compared pair of rows has finished.")
+    earlier = [(label, row) for label, row in rows.items()
+               if label in EARLIER_SEED0 and 0 in row["seeds"] and not meta["quick"]]
+    if earlier:
+        lines += ["", "## Seed 0 before and after the integer arithmetic", "",
+                  "The earlier single-seed study (2026-11-23) trained seed 0 of each row before "
+                  "quantized layers were computed as integer MACs times one float32 scale. Same "
+                  "seed, data and initialization: only float32 round-off differs, and the "
+                  "finished runs still move by this much.", "",
+                  "| configuration | seed 0 before (%) | seed 0 now (%) | change (points) |",
+                  "|---|---|---|---|"]
+        for label, row in earlier:
+            now = 100 * row["runs"][row["seeds"].index(0)]["test_accuracy"]
+            lines.append(f"| {label} | {EARLIER_SEED0[label]:.2f} | {now:.2f} | "
+                         f"{now - EARLIER_SEED0[label]:+.2f} |")
+    alpha_rows = [row for row in rows.values() if row["runs"][0]["final_alphas"]]
     if alpha_rows:
         lines += ["", "## Learned PACT alphas (end of training)", ""]
         for row in alpha_rows:
-            alphas = ", ".join(f"{k} {v:.2f}" for k, v in row["final_alphas"].items())
-            lines.append(f"- {row['label']}: {alphas}")
+            per_seed = "; ".join(f"seed {r['seed']}: " + ", ".join(
+                f"{k} {v:.2f}" for k, v in r["final_alphas"].items()) for r in row["runs"])
+            lines.append(f"- {row['label']}: {per_seed}")
     lines += ["", "![accuracy study](accuracy_study.png)", ""]
     return "\n".join(lines)
 
 
+def write_reports(results_dir: Path, rows: dict[str, dict], schedule: dict, meta: dict,
+                  sample: TrainConfig) -> None:
+    """accuracy_study.{md,json,png} from the runs finished so far (rows in CONFIGS order)."""
+    rows = {label: rows[label] for label in CONFIGS if label in rows}
+    targets = check_targets(rows)
+    (results_dir / "accuracy_study.md").write_text(markdown(rows, targets, schedule, meta, sample))
+    json_rows = [{**row, "runs": [{k: v for k, v in r.items() if k != "history"}
+                                  for r in row["runs"]]} for row in rows.values()]
+    (results_dir / "accuracy_study.json").write_text(json.dumps(
+        {"schedule": schedule, "meta": meta, "targets": targets,
+         "comparisons": comparisons(rows), "rows": json_rows}, indent=2) + "\n")
+    seeds = sorted({s for row in rows.values() for s in row["seeds"]})
+    plots.plot_study(list(rows.values()), results_dir / "accuracy_study.png",
+                     title=f"Fashion-MNIST, {schedule['epochs']} epoch(s), same schedule for all, "
+                     f"seeds {', '.join(map(str, seeds))}\n{meta['cpu']}")
+
+
+# ----------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
@@ -179,6 +386,9 @@ def main(argv: list[str] | None = None) -> int:
                         "writes to a temporary directory unless --results-dir is given")
     parser.add_argument("--epochs", type=int, help=f"override the schedule's "
                         f"{STUDY_SCHEDULE['epochs']} epochs")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS),
+                        metavar="K", help="train every configuration once per seed (default: "
+                        f"{' '.join(map(str, DEFAULT_SEEDS))}; at least 2 to measure a spread)")
     parser.add_argument("--only", nargs="+", choices=list(CONFIGS), metavar="CONFIG",
                         help=f"run only these configurations ({', '.join(CONFIGS)})")
     parser.add_argument("--results-dir", type=Path, help="default: benchmarks/results")
@@ -187,6 +397,8 @@ def main(argv: list[str] | None = None) -> int:
                         "package's /usr/share/datasets/fashion-mnist or a download)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
+        parser.error(f"--seeds must be distinct non-negative integers, got {args.seeds}")
 
     schedule = dict(QUICK_SCHEDULE if args.quick else STUDY_SCHEDULE)
     if args.epochs:
@@ -196,21 +408,51 @@ def main(argv: list[str] | None = None) -> int:
     runs_dir = args.runs_dir or results_dir / "accuracy_study_runs"
     results_dir.mkdir(parents=True, exist_ok=True)
     labels = args.only or list(CONFIGS)
+    order = run_order(labels, args.seeds)
 
-    from tinypact.checkpoint import CheckpointError
+    import numpy as np
+
     from tinypact.data import DataError
 
-    start = time.perf_counter()
-    rows: dict[str, dict] = {}
+    runs: dict[str, list[dict]] = {label: [] for label in labels}
+    configs = {label: config_for(label, args.seeds[0], schedule, args.data_dir)
+               for label in labels}
+
+    def report() -> None:
+        meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                "cpu": cpu_description(), "python": platform.python_version(),
+                "numpy": np.__version__, "quick": args.quick,
+                "runs_finished": sum(map(len, runs.values())), "runs_planned": len(order),
+                "train_minutes": sum(r["train_minutes"] for rs in runs.values() for r in rs)}
+        rows = {label: summarize(label, configs[label], rs) for label, rs in runs.items() if rs}
+        if rows:
+            write_reports(results_dir, rows, schedule, meta, configs[labels[0]])
+
     try:
-        minutes = estimate_minutes(schedule, labels, args.data_dir)
-        print(f"estimate: about {minutes:.0f} min for {len(labels)} configuration(s) x "
-              f"{schedule['epochs']} epoch(s) (one timed batch, extrapolated)", flush=True)
-        for label in labels:
-            rows[label] = run_config(label, schedule, runs_dir, args.data_dir,
-                                     progress=not args.no_progress)
-            print(f"   -> {label}: test accuracy {100 * rows[label]['test_accuracy']:.2f}%",
-                  flush=True)
+        pending = []
+        for label, seed in order:
+            run_dir = run_dir_of(runs_dir, label, seed)
+            record = finished_run(run_dir, config_for(label, seed, schedule, args.data_dir))
+            if record is None:
+                pending.append((label, seed))
+            else:
+                runs[label].append(record)
+        print(f"{len(order) - len(pending)} of {len(order)} runs already finished in {runs_dir}",
+              flush=True)
+        report()
+        if pending:
+            minutes = estimate_minutes(schedule, len(pending), args.data_dir)
+            print(f"estimate: about {minutes:.0f} min for {len(pending)} run(s) x "
+                  f"{schedule['epochs']} epoch(s) (one timed batch, extrapolated)", flush=True)
+        for i, (label, seed) in enumerate(pending, 1):
+            print(f"\n[{i}/{len(pending)}]", end=" ")
+            config = config_for(label, seed, schedule, args.data_dir)
+            record = train_run(label, config, run_dir_of(runs_dir, label, seed),
+                               progress=not args.no_progress)
+            runs[label].append(record)
+            print(f"   -> {label}, seed {seed}: test accuracy "
+                  f"{100 * record['test_accuracy']:.2f}%", flush=True)
+            report()
     except (DataError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -218,22 +460,10 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted; run the same command again to resume the study", file=sys.stderr)
         return 130
 
-    targets = check_targets(rows)
-    meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "machine": f"{platform.machine()} {platform.node() or 'host'} "
-                       f"({__import__('os').cpu_count()} cores)",
-            "minutes": (time.perf_counter() - start) / 60, "quick": args.quick}
-    (results_dir / "accuracy_study.md").write_text(markdown(rows, targets, schedule, meta))
-    (results_dir / "accuracy_study.json").write_text(json.dumps(
-        {"schedule": schedule, "meta": meta, "targets": targets,
-         "rows": [{k: v for k, v in row.items() if k != "history"} for row in rows.values()]},
-        indent=2) + "\n")
-    plots.plot_study(list(rows.values()), results_dir / "accuracy_study.png",
-                     title=f"Fashion-MNIST, {schedule['epochs']} epoch(s), same schedule for all")
     print(f"\nwrote {results_dir}/accuracy_study.{{md,json,png}}")
-    for t in targets:
-        print(f"target {'met   ' if t['met'] else 'MISSED'} {t['target']} "
-              f"(margin {t['margin_points']:+.2f} points)")
+    rows = {label: summarize(label, configs[label], rs) for label, rs in runs.items() if rs}
+    for t in check_targets({label: rows[label] for label in CONFIGS if label in rows}):
+        print(f"target {t['verdict']}: {t['target']} (margin {t['margin_points']:+.2f} points)")
     return 0
 
 

@@ -213,6 +213,37 @@ def test_cifar10_and_svhn_download(server, cache, monkeypatch, tmp_path):
     assert files_in(cache) == ["cifar10/cifar-10-python.tar.gz", "svhn/test_32x32.mat"]
 
 
+def test_svhn_train_plus_extra_downloads_both_files(server, cache, monkeypatch, tmp_path):
+    """`--svhn-extra` (TrainConfig.svhn_extra): training draws from train followed by extra,
+    both fetched in the official .mat format and checked against their md5."""
+    from tinypact import trainer
+    from tinypact.recipes import recipe
+
+    monkeypatch.setattr(ds, "SVHN_URL", server.url("svhn/"))
+    arrays = {}
+    for split, n, seed in (("train", 4, 1), ("extra", 7, 2), ("test", 3, 3)):
+        mat = tmp_path / ds.SVHN_FILES[split][0]
+        arrays[split] = svhn_mat(mat, n=n, seed=seed)
+        server.serve(f"svhn/{mat.name}", mat.read_bytes())
+        monkeypatch.setitem(ds.SVHN_FILES, split,
+                            (mat.name, hashlib.md5(mat.read_bytes()).hexdigest()))
+
+    both = ds.load_svhn("train+extra", data_dir=cache, size=None)
+    x = np.concatenate([arrays["train"][0], arrays["extra"][0]], axis=3).transpose(3, 2, 0, 1)
+    y = np.concatenate([arrays["train"][1], arrays["extra"][1]]).ravel().astype(np.int64) % 10
+    np.testing.assert_array_equal(both.images, x)
+    np.testing.assert_array_equal(both.labels, y)
+    assert files_in(cache) == ["svhn/extra_32x32.mat", "svhn/train_32x32.mat"]
+
+    train, val, test = trainer.load_splits(recipe("svhn", svhn_extra=True, val_size=3,
+                                                  data_dir=str(cache)))
+    assert (len(train), len(val), len(test)) == (4 + 7 - 3, 3, 3)
+    assert train.images.shape[1:] == (3, 40, 40)
+    train_only, _, _ = trainer.load_splits(recipe("svhn", val_size=3, data_dir=str(cache)))
+    # 4 images: the hold-out is capped at half of them, and extra is not used.
+    assert len(train_only) == 2, "without svhn_extra, extra is not used"
+
+
 def test_loader_offline_message(cache, monkeypatch):
     dead = LocalServer()
     base = dead.url("svhn/")

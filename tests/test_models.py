@@ -201,6 +201,20 @@ def test_resnet_residual_stream_precision():
     assert not any(n["id"].endswith("in_act") for n in same)
 
 
+def test_last_layer_input_precision():
+    """docs/ARCHITECTURE.md "Precision policy": the activation feeding the last layer is at abits
+    in fmnist and svhn, and at shortcut_bits in resnet20 (the last block's out_act, globally
+    pooled), where it belongs to the residual stream."""
+    policy = Policy(wbits=2, abits=2, shortcut_bits=8)
+    for name, bits in (("fmnist", 2), ("svhn", 2), ("resnet20", 8)):
+        graph = build_model(name, policy).graph()
+        by_id = {n["id"]: n for n in graph}
+        node = by_id[graph[-1]["inputs"][0]]
+        while node["op"] != "act":  # back through flatten / pooling to the activation
+            node = by_id[node["inputs"][0]]
+        assert node["bits"] == bits, f"{name}: last layer fed by {node['id']} at {node['bits']} bits"
+
+
 @pytest.mark.parametrize("name, low, high", [("svhn", 41e6, 43e6), ("resnet20", 40e6, 42e6),
                                              ("fmnist", 1.5e6, 2.5e6)])
 def test_macs_per_image(name, low, high):

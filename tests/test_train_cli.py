@@ -133,6 +133,7 @@ def test_interrupt_keeps_checkpoint_and_prints_resume_command(tmp_path, capsys, 
     (["--wbits", "12"], "--wbits must be one of 1..8, 16 or 32, got 12"),
     (["--first-last-bits", "9"], "--first-last-bits must be one of 1..8, 16 or 32, got 9"),
     (["--epochs", "two"], "invalid int value: 'two'"),
+    (["--svhn-extra"], "svhn_extra (--svhn-extra, SVHN's extra split) needs dataset svhn, got 'sample'"),
 ])
 def test_bad_arguments_are_one_line_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as info:
@@ -258,3 +259,15 @@ def test_help_gives_every_default(capsys):
                      "cifar10 200, svhn 200)", "(default: sample 64,", "(default 0)",
                      "$TINYPACT_DATA", "~/.cache/tinypact", "--no-checksum"):
         assert expected in text, f"{expected!r} missing from --help"
+
+
+def test_run_made_before_a_config_field_existed_still_resumes(full_run):
+    """A field added to TrainConfig later (e.g. svhn_extra) takes its default in a saved config,
+    so a run directory written before the field existed passes the resume check."""
+    from tinypact.checkpoint import check_resume_config
+    from tinypact.recipes import TrainConfig
+
+    saved = full_run.config.to_dict()
+    old = {k: v for k, v in saved.items() if k != "svhn_extra"}
+    check_resume_config(TrainConfig.with_defaults(old), saved)
+    assert TrainConfig.with_defaults(old) == saved

@@ -337,6 +337,7 @@ class ResNet20(Network):
         layer2: 3 BasicBlocks, the first 16 -> 32 with stride 2            16x16
         layer3: 3 BasicBlocks, the first 32 -> 64 with stride 2            8x8
         global avg pool; flatten; fc 10, bias (first_last_bits)
+    The fc input is the last block's out_act, pooled: the residual stream, at shortcut_bits.
     State-dict names follow torchvision: layer2.0.conv1.weight, ...
     """
 

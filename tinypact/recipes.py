@@ -2,6 +2,8 @@
 
 - svhn (paper Appendix B): Adam lr 1e-3, eps 1e-5, lr halved every 50 epochs, L2 1e-7,
   batch 128, 200 epochs; brightness/contrast jitter as in tensorpack's svhn-digit-dorefa.
+  Trains on `train` (73,257 images); `svhn_extra` (`--svhn-extra`) adds `extra` (531,131) as
+  tensorpack's example does (docs/paper-differences.md).
 - cifar10 (paper Appendix B): SGD momentum 0.9, lr 0.1 scaled x0.1 at epochs 60 and 120,
   L2 2e-4, batch 128, 200 epochs, pad-4 random crop + horizontal flip.
 - fashion-mnist / sample (ours; the data sets this machine can reach): Adam with cosine decay,
@@ -30,7 +32,8 @@ class TrainConfig:
     """Everything that decides the weights a run ends with (saved in config.json and checkpoints).
 
     Bits: `wbits`/`abits` for interior layers, `first_last_bits` for the first conv's and the
-    last linear layer's weights; 32 means float.
+    last linear layer's weights; 32 means float. `svhn_extra`: train SVHN on train + extra
+    (tensorpack's svhn-digit-dorefa does) instead of train alone.
     """
 
     dataset: str = "sample"
@@ -58,6 +61,7 @@ class TrainConfig:
     limit_train: int | None = None
     limit_test: int | None = None
     seed: int = 0
+    svhn_extra: bool = False
     data_dir: str | None = None
     verify_checksums: bool = True  # False: use local data files whose MD5 is not the official one
 
@@ -72,8 +76,19 @@ class TrainConfig:
             raise ValueError(f"unknown train config fields {sorted(unknown)}")
         return cls(**values)
 
+    @classmethod
+    def with_defaults(cls, saved: dict[str, Any]) -> dict[str, Any]:
+        """A saved config with every field it lacks set to its default, so a run made before a
+        field existed resumes (and compares) as if it had used the default."""
+        return {**cls().to_dict(), **saved}
+
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
+
+    @property
+    def train_split(self) -> str:
+        """The split training (and the validation hold-out) is drawn from."""
+        return "train+extra" if self.svhn_extra else "train"
 
     @property
     def is_float(self) -> bool:
@@ -106,6 +121,9 @@ class TrainConfig:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, "
                                  f"got {getattr(self, name)!r}")
+        if self.svhn_extra and self.dataset != "svhn":
+            raise ValueError(f"svhn_extra (--svhn-extra, SVHN's extra split) needs dataset svhn, "
+                             f"got {self.dataset!r}")
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")

@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, metavar="S",
                        help="seed of the initial weights, shuffling, augmentation and validation "
                        "hold-out (default 0)")
+    train.add_argument("--svhn-extra", action="store_true",
+                       help="svhn: train on train + extra (604,388 images, as tensorpack's "
+                       "example does; downloads extra_32x32.mat, 1.3 GB, md5-checked)")
     run = parser.add_argument_group("run")
     run.add_argument("--out", metavar="RUN", help="run directory (default: runs/DATASET-POLICY)")
     run.add_argument("--resume", action="store_true",
@@ -122,6 +125,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         "val_size": args.val_size, "limit_train": args.limit_train,
         "limit_test": args.limit_test, "seed": args.seed, "data_dir": args.data_dir,
         "verify_checksums": False if args.no_checksum else None,
+        "svhn_extra": True if args.svhn_extra else None,
     }
     if overrides["abits"] == 32 and args.act_quant is None:
         overrides["act_quant"] = "relu"  # a float network is a plain ReLU network

@@ -54,7 +54,7 @@ def load_splits(config: TrainConfig):
     from tinypact.data import DataError, load_dataset
 
     options = {"data_dir": config.data_dir, "verify_checksums": config.verify_checksums}
-    full = load_dataset(config.dataset, "train", **options)
+    full = load_dataset(config.dataset, config.train_split, **options)
     test = load_dataset(config.dataset, "test", **options)
     # The hold-out depends only on the seed: a resumed run validates on the same images.
     order = np.random.default_rng([config.seed, 0xDA7A]).permutation(len(full))
@@ -315,9 +315,11 @@ def fit(config: TrainConfig, run_dir: str | Path, resume: bool = False, progress
     checkpoint = None
     if resume:
         if (run_dir / CONFIG_NAME).exists():
-            check_resume_config(read_config(run_dir), config.to_dict(), str(run_dir))
+            check_resume_config(TrainConfig.with_defaults(read_config(run_dir)),
+                                config.to_dict(), str(run_dir))
         checkpoint = load_checkpoint(run_dir)
-        check_resume_config(checkpoint.config, config.to_dict(), str(run_dir))
+        check_resume_config(TrainConfig.with_defaults(checkpoint.config), config.to_dict(),
+                            str(run_dir))
         orphans = remove_orphans(run_dir)
         if orphans:
             log(f"removed  {len(orphans)} temporary file(s) an interrupted write left in {run_dir}")

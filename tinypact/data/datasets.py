@@ -334,6 +334,8 @@ SVHN_FILES = {
     "extra": ("extra_32x32.mat", "a93ce644f1a588dc4d68dda5feec44a7"),
 }
 SVHN_SIZE = 40
+# tensorpack's svhn-digit-dorefa trains on train and extra together (604,388 images).
+SVHN_TRAIN_EXTRA = "train+extra"
 
 
 def _svhn_file(split: str, data_dir: str | os.PathLike | None, download: bool,
@@ -361,11 +363,19 @@ def load_svhn(split: str = "train", data_dir: str | os.PathLike | None = None,
     """SVHN cropped digits (73,257 train / 26,032 test / 531,131 extra), label 10 -> 0.
 
     Images are resized 32 -> `size` (default 40, the SVHN network's input) with
-    `resize_bilinear`; `size=None` keeps 32x32. Result (N, 3, size, size).
+    `resize_bilinear`; `size=None` keeps 32x32. Result (N, 3, size, size). Split
+    "train+extra" is train followed by extra (2.9 GB of uint8 at 40x40; about twice that
+    while the two are joined).
     """
     from scipy.io import loadmat  # imported here: only SVHN needs scipy
 
-    _check_split("svhn", split, tuple(SVHN_FILES))
+    _check_split("svhn", split, (*SVHN_FILES, SVHN_TRAIN_EXTRA))
+    if split == SVHN_TRAIN_EXTRA:
+        parts = [load_svhn(part, data_dir, download, size, verify_checksums)
+                 for part in ("train", "extra")]
+        return Dataset("svhn", split, np.concatenate([p.images for p in parts]),
+                       np.concatenate([p.labels for p in parts]), SVHN_CLASSES,
+                       source=" + ".join(p.source for p in parts))
     path = _svhn_file(split, data_dir, download, verify_checksums)
     try:
         mat = loadmat(path, variable_names=["X", "y"])

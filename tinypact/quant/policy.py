@@ -3,8 +3,9 @@
 - `wbits`, `abits`: weights and activations of every interior layer.
 - `first_last_bits` (default 8): weight precision of the first conv and the final linear layer
   (the first layer's input is the 8-bit image itself; the activation feeding the last layer is
-  an interior one, at `abits`).
-- `shortcut_bits` (default 8): the residual stream of ResNets (the activation after each add).
+  the network's last one: at `abits` in fmnist and svhn, at `shortcut_bits` in resnet20).
+- `shortcut_bits` (default 8): the residual stream of ResNets (the activation after each add,
+  the last of which feeds the global pool and the final linear layer).
 - `weight_quant`: "dorefa" | "sawb" | "sawb0" (zero-aligned SAWB) | "float";
   `act_quant`: "pact" | "pact+" | "dorefa" | "relu"; `alpha_init`: PACT's initial alpha.
 32 bits means float everywhere it appears. Bits are 1..8, 16 or 32.

@@ -1,0 +1,55 @@
+"""benchmarks/accuracy_study.py: run order, the statistics, and what counts as a difference."""
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy_study.py"
+_spec = importlib.util.spec_from_file_location("accuracy_study", SCRIPT)
+study = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(study)
+
+
+def row(*accuracies: float) -> dict:
+    mean, std = study.mean_std(list(accuracies))
+    return {"accuracy_mean": mean, "accuracy_std": std}
+
+
+def test_run_order_puts_the_compared_rows_first_then_seed_by_seed():
+    labels = list(study.CONFIGS)
+    order = study.run_order(labels, [0, 1, 2])
+    assert order[:2] == [("PACT W2A2", 0), ("PACT W4A4", 0)]
+    assert [seed for _, seed in order] == [0] * 7 + [1] * 7 + [2] * 7
+    assert sorted(order) == sorted((label, seed) for label in labels for seed in (0, 1, 2))
+    assert study.run_order(["float"], [3]) == [("float", 3)]
+
+
+def test_mean_and_sample_std():
+    mean, std = study.mean_std([82.61, 78.78, 82.78])
+    assert mean == pytest.approx(81.39)
+    assert std == pytest.approx(math.sqrt(((1.22) ** 2 + (2.61) ** 2 + (1.39) ** 2) / 2))
+    assert study.mean_std([87.12]) == (87.12, None)
+
+
+def test_a_difference_is_stated_only_beyond_the_combined_spread():
+    a, b = row(88.0, 88.4, 88.2), row(87.0, 87.4, 87.2)  # std 0.2 each: noise 0.28
+    diff = study.difference(a, b)
+    assert diff["difference"] == pytest.approx(1.0)
+    assert diff["noise"] == pytest.approx(math.hypot(0.2, 0.2))
+    assert diff["verdict"] == "higher" and study.difference(b, a)["verdict"] == "lower"
+    wide = row(84.0, 88.0, 86.0)  # std 2: a 1-point gap is noise
+    assert study.difference(wide, b)["verdict"] == "within noise"
+    assert study.difference(row(90.0), b)["verdict"] == "spread unknown"
+
+
+def test_targets_are_judged_against_the_spread():
+    rows = {"float": row(88.0, 88.2, 88.4), "PACT W4A4": row(88.1, 88.3, 88.5),
+            "PACT W2A2": row(82.0, 86.0, 84.0), "DoReFa W2A2": row(83.0, 83.2, 83.4)}
+    verdicts = {t["target"]: t["verdict"] for t in study.check_targets(rows)}
+    # W4A4 is 0.1 above float: margin 0.6 > noise 0.28.
+    assert verdicts["PACT W4A4 within 0.5 points of float"] == "met"
+    # W2A2 is 4.2 below float: margin -2.2, noise 2.0.
+    assert verdicts["PACT W2A2 within 2 points of float"] == "missed"
+    # W2A2 - DoReFa = +0.8 with a spread of 2.0.
+    assert verdicts["PACT beats DoReFa activations at 2 bits"] == "within noise"
