@@ -129,9 +129,11 @@ def make_batch(batch: int, seed: int = 0):
     return images, labels
 
 
-def tinypact_step_fn(batch: int):
-    tinypact.manual_seed(0)
-    net = svhn_tinypact()
+def tinypact_step_fn(net, batch: int):
+    """tinypact's Adam step on `net`, PACT alphas projected after it as the trainer does (a no-op
+    for a float network)."""
+    from tinypact.quant import clamp_alphas
+
     opt = optim.Adam(net.parameters(), lr=1e-3, eps=1e-5, weight_decay=1e-7)
     images, labels = make_batch(batch)
 
@@ -140,9 +142,10 @@ def tinypact_step_fn(batch: int):
         loss = F.cross_entropy(net(tinypact.Tensor(images)), labels)
         loss.backward()
         opt.step()
+        clamp_alphas(net)
         return loss.item()
 
-    return net, step
+    return step
 
 
 def torch_step_fn(torch, net, batch: int):
@@ -182,25 +185,12 @@ def time_interleaved(steps: dict, rounds: int, warmup: int = 2) -> dict[str, flo
 
 
 # ------------------------------------------------------------------ the quantization-aware step
-def qat_tinypact(bits: int, act_quant: str, batch: int):
-    """tinypact's own `svhn` network at `bits` (8-bit first/last layers) and its Adam step."""
+def qat_tinypact(bits: int, act_quant: str):
+    """tinypact's own `svhn` network at `bits` (8-bit first/last layers)."""
     from tinypact.models import build_model
-    from tinypact.quant import Policy, clamp_alphas
+    from tinypact.quant import Policy
 
-    tinypact.manual_seed(0)
-    net = build_model("svhn", Policy(wbits=bits, abits=bits, act_quant=act_quant))
-    opt = optim.Adam(net.parameters(), lr=1e-3, eps=1e-5, weight_decay=1e-7)
-    images, labels = make_batch(batch)
-
-    def step():
-        opt.zero_grad()
-        loss = F.cross_entropy(net(tinypact.Tensor(images)), labels)
-        loss.backward()
-        opt.step()
-        clamp_alphas(net)
-        return loss.item()
-
-    return net, step
+    return build_model("svhn", Policy(wbits=bits, abits=bits, act_quant=act_quant))
 
 
 def torch_mirror(torch, net):
@@ -449,12 +439,13 @@ def main(argv: list[str] | None = None) -> int:
         op_table(torch, args.batch)
         return 0
 
+    tinypact.manual_seed(0)
     if args.bits == 32:
-        net, step = tinypact_step_fn(args.batch)
-        what = "float"
+        net, what = svhn_tinypact(), "float"
     else:
-        net, step = qat_tinypact(args.bits, args.act_quant, args.batch)
+        net = qat_tinypact(args.bits, args.act_quant)
         what = f"QAT W{args.bits}A{args.bits} {args.act_quant} (8-bit first/last)"
+    step = tinypact_step_fn(net, args.batch)
     step()  # compile the Numba kernels before measuring memory
     tracemalloc.start()
     step()
