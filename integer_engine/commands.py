@@ -223,22 +223,11 @@ def format_layer_table(stats, images: int) -> str:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from integer_engine.verify import (agreement, check_source, load_images, random_images,
-                                       verify_against_checkpoint, verify_model)
+    from integer_engine.verify import (agreement, check_source, verify_against_checkpoint,
+                                       verify_model)
 
     model = _load(args.model)
-    labels = None
-    if args.data:
-        limit = VERIFY_DEFAULT_LIMIT if args.limit is None else args.limit
-        images, labels, description = load_images(args.data, args.split, limit, args.data_dir,
-                                                       verify_checksums=not args.no_checksum)
-        _check_images(model, images, description)
-        if args.limit is None and len(images) == VERIFY_DEFAULT_LIMIT:
-            description += f" (first {VERIFY_DEFAULT_LIMIT} images; --limit N for more)"
-    else:
-        if args.random < 1:
-            raise EngineError("--random must be at least 1")
-        images, description = random_images(model, args.random), f"{args.random} random images"
+    images, labels, description = verify_images(args, model)
     batch = max(1, args.batch_size)
     checkpoint = args.checkpoint or (model.header.get("source") or {}).get("checkpoint")
     trained = None
@@ -267,6 +256,24 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if labels is not None:
         print(f"engine accuracy: {np.mean(report.engine_predictions == labels):.4f}")
     return 0 if report.ok and (trained is None or trained.ok) else 1
+
+
+def verify_images(args: argparse.Namespace, model) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """(uint8 images, labels or None, description) for the verify commands: --data (its first
+    VERIFY_DEFAULT_LIMIT images unless --limit) or --random N images."""
+    from integer_engine.verify import load_images, random_images
+
+    if not args.data:
+        if args.random < 1:
+            raise EngineError("--random must be at least 1")
+        return random_images(model, args.random), None, f"{args.random} random images"
+    limit = VERIFY_DEFAULT_LIMIT if args.limit is None else args.limit
+    images, labels, description = load_images(args.data, args.split, limit, args.data_dir,
+                                               verify_checksums=not args.no_checksum)
+    _check_images(model, images, description)
+    if args.limit is None and len(images) == VERIFY_DEFAULT_LIMIT:
+        description += f" (first {VERIFY_DEFAULT_LIMIT} images; --limit N for more)"
+    return images, labels, description
 
 
 def print_report(report) -> None:

@@ -285,10 +285,10 @@ class Engine:
 def epilogue_affine(layer: Layer, acc: np.ndarray, term: int | None = None) -> np.ndarray:
     """The layer's float32 affine (`epilogue.affine`) on integer `acc`, channels on axis 1;
     `term` picks an add layer's row of constants."""
-    arrays = layer.arrays
-    pick = (lambda v: v) if term is None else (lambda v: v[term])
-    scale = arrays["scale"][0 if term is None else term]
-    return affine(acc, scale, pick(arrays["bias"]), pick(arrays["bn_scale"]), pick(arrays["bn_shift"]))
+    row = slice(None) if term is None else term
+    a = layer.arrays
+    return affine(acc, a["scale"][0 if term is None else term], a["bias"][row],
+                  a["bn_scale"][row], a["bn_shift"][row])
 
 
 def residual_add(layer: Layer, inputs: list[np.ndarray]) -> np.ndarray:

@@ -96,10 +96,9 @@ def reference_layer(layer: Layer, inputs: list[np.ndarray]) -> np.ndarray:
         return np.pad(y, ((0, 0), (a["pad_before"], a["pad_after"]), (0, 0), (0, 0)))
     if kind == "add":
         arr = layer.arrays
-        z = np.float32(0)
-        for i, x_i in enumerate(inputs):  # z = affine_0(x_0) + affine_1(x_1), in this order
-            term = affine(x_i, arr["scale"][i], arr["bias"][i], arr["bn_scale"][i], arr["bn_shift"][i])
-            z = term if i == 0 else z + term
+        terms = [affine(x_i, arr["scale"][i], arr["bias"][i], arr["bn_scale"][i], arr["bn_shift"][i])
+                 for i, x_i in enumerate(inputs)]
+        z = terms[0] + terms[1]  # affine_0(x_0) + affine_1(x_1), in input order, float32
         return activation_code(z, arr["alpha"][0], a["out_max"], a.get("rounding", "half_up"))
     raise ValueError(f"unknown layer kind {kind!r}")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from integer_engine.commands import VERIFY_DEFAULT_LIMIT, _data_args, _load, print_report
+from integer_engine.commands import _data_args, _load, print_report, verify_images
 from integer_engine.errors import EngineError
 
 FINN_NEXT_STEPS = """next (FINN, in its own environment):
@@ -99,21 +99,9 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
 def cmd_verify_onnx(args: argparse.Namespace) -> int:
     from integer_engine.interop.check import compare_with_engine, compare_with_source
     from integer_engine.interop.graph import META_LAYERS, metadata
-    from integer_engine.verify import load_images, random_images
-
     model = _load(args.model)
     proto = _load_onnx(args.onnx)
-    if args.data:
-        limit = VERIFY_DEFAULT_LIMIT if args.limit is None else args.limit
-        images, _, description = load_images(args.data, args.split, limit, args.data_dir,
-                                                  verify_checksums=not args.no_checksum)
-        if tuple(images.shape[1:]) != tuple(model.input_shape):
-            raise EngineError(f"{description}: images are {tuple(images.shape[1:])}, the model takes "
-                              f"{tuple(model.input_shape)}")
-    else:
-        if args.random < 1:
-            raise EngineError("--random must be at least 1")
-        images, description = random_images(model, args.random), f"{args.random} random images"
+    images, _, description = verify_images(args, model)
     batch = max(1, args.batch_size)
     if META_LAYERS in metadata(proto):
         from integer_engine.interop.graph import META_FORM

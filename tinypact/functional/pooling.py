@@ -122,8 +122,7 @@ def _pooled_codes(codes: Codes, sums: np.ndarray, area: int) -> Codes:
     scale divided by the window's area, in the scale's dtype (float32)."""
     if codes.max * area > 2**24:
         raise ValueError(f"average pooling {area} codes of up to {codes.max} is not exact in float32")
-    scale = np.asarray(codes.scale)
-    return Codes(sums, (scale / scale.dtype.type(area))[()], codes.max * area)
+    return Codes(sums, codes.scale / type(codes.scale)(area), codes.max * area)
 
 
 def global_avg_pool2d(input: Tensor) -> Tensor:  # noqa: A002
