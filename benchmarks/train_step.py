@@ -116,6 +116,15 @@ def matmul_gflops(n: int = 2048, repeats: int = 3) -> float:
     return 2 * n ** 3 / best / 1e9
 
 
+def page_faults(step) -> int:
+    """Minor page faults of one step: memory the kernel had to hand (and zero) anew."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    step()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
 def _timed(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -331,7 +340,32 @@ def machine_line(torch=None) -> str:
             f"OpenBLAS {os.environ.get('OPENBLAS_NUM_THREADS', 'default')}")
     if torch is not None:
         line += f", PyTorch {torch.get_num_threads()}"
+    line += f"\nNumPy's BLAS: OpenBLAS, {openblas_kernels()} kernels"
+    forced = {name: os.environ[name] for name in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+              if name in os.environ}
+    if forced:
+        line += (" (chosen by " + ", ".join(f"{k}={v}" for k, v in forced.items()) + " in the "
+                 "environment, not by this CPU; unset to measure what this CPU gives NumPy)")
     return line
+
+
+def openblas_kernels() -> str:
+    """The CPU kernels NumPy's OpenBLAS runs (its own name for them, e.g. Haswell, SkylakeX)."""
+    import ctypes
+
+    maps = Path("/proc/self/maps")
+    paths = sorted({line.split()[-1] for line in maps.read_text().splitlines()
+                    if "openblas" in line.lower() and line.split()[-1].startswith("/")}) \
+        if maps.exists() else []
+    for path in paths:
+        library = ctypes.CDLL(path)
+        for symbol in ("scipy_openblas_get_corename64_", "scipy_openblas_get_corename",
+                       "openblas_get_corename64_", "openblas_get_corename"):
+            function = getattr(library, symbol, None)
+            if function is not None:
+                function.restype = ctypes.c_char_p
+                return function().decode()
+    return "unknown"
 
 
 def op_table(torch, batch: int, repeats: int = 5) -> None:
@@ -468,7 +502,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"          {flops / 1e9:.1f} GFLOP/step -> {flops / seconds['tinypact'] / 1e9:.1f} GFLOP/s = "
           f"{flops / seconds['tinypact'] / 1e9 / matmul:.0%} of np.matmul's {matmul:.1f} GFLOP/s "
           f"(2048^3 float32, this run)")
-    print(f"          peak NumPy memory during one step: {peak_mib:.0f} MiB (tracemalloc)")
+    print(f"          peak NumPy memory during one step: {peak_mib:.0f} MiB (tracemalloc); "
+          f"{page_faults(step)} page faults per step")
     if torch is not None:
         print(f"PyTorch {torch.__version__}: {1e3 * seconds['torch']:.0f} ms/step, "
               f"{args.batch / seconds['torch']:.0f} images/s (medians of {args.steps} interleaved steps)")

@@ -1,0 +1,57 @@
+"""How tinypact sets up the process it runs in: thread waiting and freed memory.
+
+A training step alternates NumPy's BLAS (conv and linear as matmuls, OpenBLAS's threads) with
+parallel Numba kernels (im2col, pooling, batch-norm, quantizers; Numba's OpenMP threads) on the
+same cores, and allocates about a gigabyte of short-lived arrays. Three defaults follow, each
+measured on the SVHN step (benchmarks/train_step.py, batch 128, 2 threads, AMD EPYC Zen 5):
+
+- OPENBLAS_THREAD_TIMEOUT=4: OpenBLAS's idle threads spin for about 0.1 s (2**28 cycles) after
+  every call before they sleep; a Numba kernel that follows shares the cores with them. 2**4
+  cycles is OpenBLAS's minimum. Read when NumPy loads OpenBLAS: only effective when tinypact is
+  imported before NumPy, as in `python -m tinypact.train`.
+- OMP_WAIT_POLICY=PASSIVE: Numba's OpenMP threads spin between parallel kernels by default, and
+  took a core from every BLAS call that followed one: 228 ms per step spinning, 163 ms passive.
+  Read when Numba starts its threads (the first parallel kernel).
+- keep_freed_memory(): glibc returns every large freed array to the kernel (arrays above 32 MiB
+  are their own mmap, and the heap's top is trimmed), so every step page-faults its im2col
+  buffers in again, zero-filled by the kernel: 12,600 page faults and about 30 ms per step.
+  With freed memory kept for reuse: no page faults (benchmarks/train_step.py prints them). The
+  cost: the process keeps the memory of its largest step (about 0.5 GiB for SVHN) after it.
+
+A value the user set in the environment wins; TINYPACT_KEEP_FREED_MEMORY=0 keeps glibc's
+behaviour. Other C libraries (macOS, musl) are left as they are.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+KEEP_LIMIT = 1 << 30  # allocations up to 1 GiB come from the heap; 1 GiB of free heap is kept
+
+
+def set_thread_waits() -> None:
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed memory for reuse instead of returning it to the kernel.
+    Returns whether it applied (glibc, and not turned off by TINYPACT_KEEP_FREED_MEMORY=0)."""
+    if os.environ.get("TINYPACT_KEEP_FREED_MEMORY", "1") == "0":
+        return False
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    # Setting either threshold also turns off glibc's own adjustment of the other: set both.
+    return bool(mallopt(M_MMAP_THRESHOLD, KEEP_LIMIT) and mallopt(M_TRIM_THRESHOLD, KEEP_LIMIT))
+
+
+def configure() -> None:
+    set_thread_waits()
+    keep_freed_memory()
