@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from op_registry import (avg_pool2d_reference, batch_norm_reference, conv2d_reference,
@@ -161,10 +161,12 @@ def test_parallel_and_serial_kernels_agree_on_large_inputs():
         rows = x.reshape(-1, 64)
         bounds = _kernels.row_chunks(rows.shape[0])
         stats = getattr(_kernels.channel_mean_var, variant)(rows, bounds)
-        padded = np.zeros((8, 11, 11, 16), np.float32)
-        getattr(_kernels.col2im_nhwc, variant)(dcols, padded, 1, 1)
-        outs.append((out, arg, stats[0], stats[1], padded))
-    for name, a, b in zip(["max", "argmax", "mean", "var", "col2im"], *outs):
+        grad = np.empty((8, 9, 9, 16), np.float32)
+        getattr(_kernels.col2im_nhwc, variant)(dcols, 1, 1, 1, 1, grad)
+        cols = np.empty((8, 20, 20, 3, 3, 64), np.float32)
+        getattr(_kernels.im2col_nhwc, variant)(x, 1, 1, 1, 1, cols)
+        outs.append((out, arg, stats[0], stats[1], grad, cols))
+    for name, a, b in zip(["max", "argmax", "mean", "var", "col2im", "im2col"], *outs):
         np.testing.assert_allclose(a, b, rtol=1e-6, err_msg=f"{name}: serial vs parallel")
 
 
@@ -172,10 +174,45 @@ def test_kernels_run_as_plain_python():
     """What NUMBA_DISABLE_JIT=1 runs: the Python source gives the compiled kernel's answer."""
     rng = np.random.default_rng(6)
     dcols = rng.standard_normal((1, 3, 3, 2, 2, 2))
-    compiled, plain = np.zeros((1, 6, 6, 2)), np.zeros((1, 6, 6, 2))
-    _kernels.col2im_nhwc.serial(dcols, compiled, 2, 2)
-    _kernels.col2im_nhwc.serial.py_func(dcols, plain, 2, 2)
+    compiled, plain = np.full((1, 6, 6, 2), np.nan), np.full((1, 6, 6, 2), np.nan)
+    _kernels.col2im_nhwc.serial(dcols, 2, 2, 0, 1, compiled)
+    _kernels.col2im_nhwc.serial.py_func(dcols, 2, 2, 0, 1, plain)
     np.testing.assert_array_equal(compiled, plain)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 2), h=st.integers(1, 7), w=st.integers(1, 7), c=st.integers(1, 3),
+       kh=st.integers(1, 4), kw=st.integers(1, 4), sh=st.integers(1, 3), sw=st.integers(1, 3),
+       ph=st.integers(0, 2), pw=st.integers(0, 2), seed=st.integers(0, 2**16))
+def test_im2col_and_col2im_are_adjoint_windows_of_the_zero_padded_input(
+        n, h, w, c, kh, kw, sh, sw, ph, pw, seed):
+    """im2col = the windows of np.pad's zero-padded input; col2im = its adjoint (scatter-add of
+    the windows into the padded input, padding cut off); both written over garbage (NaN)."""
+    out_h, out_w = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    assume(out_h >= 1 and out_w >= 1)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, h, w, c))
+    padded = np.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+    want = np.empty((n, out_h, out_w, kh, kw, c))
+    for oh in range(out_h):
+        for ow in range(out_w):
+            want[:, oh, ow] = padded[:, oh * sh:oh * sh + kh, ow * sw:ow * sw + kw, :]
+    dcols = rng.standard_normal(want.shape)
+    scattered = np.zeros_like(padded)
+    for oh in range(out_h):
+        for ow in range(out_w):
+            scattered[:, oh * sh:oh * sh + kh, ow * sw:ow * sw + kw, :] += dcols[:, oh, ow]
+    for run in (_kernels.im2col_nhwc.serial, _kernels.im2col_nhwc.parallel,
+                _kernels.im2col_nhwc.serial.py_func):
+        cols = np.full(want.shape, np.nan)
+        run(x, sh, sw, ph, pw, cols)
+        np.testing.assert_array_equal(cols, want)
+    for run in (_kernels.col2im_nhwc.serial, _kernels.col2im_nhwc.parallel,
+                _kernels.col2im_nhwc.serial.py_func):
+        grad = np.full(x.shape, np.nan)
+        run(dcols, sh, sw, ph, pw, grad)
+        np.testing.assert_allclose(grad, scattered[:, ph:ph + h, pw:pw + w, :], rtol=1e-12,
+                                   atol=1e-12)
 
 
 # --------------------------------------------------------------------- losses, dropout, errors

@@ -47,37 +47,55 @@ def serial_kernel(function) -> _Kernel:
 
 
 @kernel
-def col2im_nhwc(dcols: np.ndarray, out: np.ndarray, stride_h: int, stride_w: int) -> None:
-    """Scatter-add im2col gradients back into the (padded) input.
+def im2col_nhwc(x: np.ndarray, stride_h: int, stride_w: int, pad_h: int, pad_w: int,
+                cols: np.ndarray) -> None:
+    """cols[n, oh, ow, i, j, c] = x[n, oh*sh + i - ph, ow*sw + j - pw, c], 0 outside the image.
 
-    dcols: (N, OH, OW, KH, KW, C), out: (N, Hp, Wp, C) zero-initialised;
-    out[n, oh*sh + i, ow*sw + j, c] += dcols[n, oh, ow, i, j, c].
+    x: (N, H, W, C), cols: (N, OH, OW, KH, KW, C). The zero padding is written here, so the
+    input needs no padded copy.
     """
-    n_batch, out_h, out_w, kernel_h, kernel_w, channels = dcols.shape
-    for n in prange(n_batch):
-        for oh in range(out_h):
-            for i in range(kernel_h):
-                row = oh * stride_h + i
-                for ow in range(out_w):
-                    for j in range(kernel_w):
-                        col = ow * stride_w + j
-                        for c in range(channels):
-                            out[n, row, col, c] += dcols[n, oh, ow, i, j, c]
-
-
-@kernel
-def im2col_nhwc(padded: np.ndarray, stride_h: int, stride_w: int, cols: np.ndarray) -> None:
-    """cols[n, oh, ow, i, j, c] = padded[n, oh*sh + i, ow*sw + j, c]  (cols: N, OH, OW, KH, KW, C)."""
     n_batch, out_h, out_w, kernel_h, kernel_w, channels = cols.shape
+    height, width = x.shape[1], x.shape[2]
     for n in prange(n_batch):
         for oh in range(out_h):
             for ow in range(out_w):
                 for i in range(kernel_h):
-                    row = oh * stride_h + i
+                    row = oh * stride_h + i - pad_h
                     for j in range(kernel_w):
-                        col = ow * stride_w + j
+                        col = ow * stride_w + j - pad_w
+                        if 0 <= row < height and 0 <= col < width:
+                            for c in range(channels):
+                                cols[n, oh, ow, i, j, c] = x[n, row, col, c]
+                        else:
+                            for c in range(channels):
+                                cols[n, oh, ow, i, j, c] = 0.0
+
+
+@kernel
+def col2im_nhwc(dcols: np.ndarray, stride_h: int, stride_w: int, pad_h: int, pad_w: int,
+                out: np.ndarray) -> None:
+    """The adjoint of im2col: out[n, oh*sh + i - ph, ow*sw + j - pw, c] += dcols[n, oh, ow, i, j, c]
+    for every window position inside the image (what fell on the padding is dropped).
+
+    dcols: (N, OH, OW, KH, KW, C), out: (N, H, W, C), zeroed here image by image (each image
+    is one task, so the adds of overlapping windows never race).
+    """
+    n_batch, out_h, out_w, kernel_h, kernel_w, channels = dcols.shape
+    height, width = out.shape[1], out.shape[2]
+    for n in prange(n_batch):
+        out[n] = 0.0
+        for oh in range(out_h):
+            for i in range(kernel_h):
+                row = oh * stride_h + i - pad_h
+                if row < 0 or row >= height:
+                    continue
+                for ow in range(out_w):
+                    for j in range(kernel_w):
+                        col = ow * stride_w + j - pad_w
+                        if col < 0 or col >= width:
+                            continue
                         for c in range(channels):
-                            cols[n, oh, ow, i, j, c] = padded[n, row, col, c]
+                            out[n, row, col, c] += dcols[n, oh, ow, i, j, c]
 
 
 @kernel
@@ -229,3 +247,28 @@ def clip_quantize(x: np.ndarray, alpha, n, scale, out: np.ndarray, codes: np.nda
         codes[i] = q
         out[i] = q * scale
         region[i] = 0 if xi < zero else (1 if xi < alpha else 2)
+
+
+@kernel
+def adam_update(p: np.ndarray, grad: np.ndarray, m: np.ndarray, v: np.ndarray, weight_decay,
+                beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, bias2_sqrt,
+                eps) -> None:
+    """Adam's update in one pass over flat float32 arrays (tinypact.optim.Adam):
+
+        g = grad + wd * p   (when wd != 0)
+        m = m * b1 + (1 - b1) * g;   v = v * b2 + (1 - b2) * (g * g)
+        p = p - step_size * (m / (sqrt(v) / sqrt(1 - b2^t) + eps))
+
+    Each step is one float32 operation, in the order of Adam._update_numpy's NumPy expressions
+    (the scalars arrive as float32), so the bits are the same.
+    """
+    for i in prange(p.shape[0]):
+        g = grad[i]
+        if weight_decay != 0:
+            g = g + weight_decay * p[i]
+        mi = m[i] * beta1 + one_minus_beta1 * g
+        vi = v[i] * beta2 + one_minus_beta2 * (g * g)
+        m[i] = mi
+        v[i] = vi
+        denom = np.sqrt(vi) / bias2_sqrt + eps
+        p[i] = p[i] - step_size * (mi / denom)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
 
 from tinypact import _kernels
 from tinypact.functional._integer import exact_matmul, integer_operands
@@ -15,34 +14,15 @@ def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
-def _pad_nhwc(x: np.ndarray, pad_h: int, pad_w: int) -> np.ndarray:
-    """NCHW-shaped x as a zero-padded NHWC-contiguous array (one copy, or none without padding)."""
-    if pad_h == 0 and pad_w == 0:
-        return to_nhwc(x)
-    n, c, h, w = x.shape
-    padded = np.zeros((n, h + 2 * pad_h, w + 2 * pad_w, c), dtype=x.dtype)
-    padded[:, pad_h:pad_h + h, pad_w:pad_w + w, :] = x.transpose(0, 2, 3, 1)
-    return padded
-
-
-def _windows(padded: np.ndarray, kernel_h: int, kernel_w: int, stride_h: int, stride_w: int,
-             out_h: int, out_w: int) -> np.ndarray:
-    """View (N, OH, OW, KH, KW, C) of the windows of NHWC-contiguous `padded` (no copy)."""
-    sn, sh, sw, sc = padded.strides
-    return as_strided(padded, shape=(padded.shape[0], out_h, out_w, kernel_h, kernel_w,
-                                     padded.shape[3]),
-                      strides=(sn, sh * stride_h, sw * stride_w, sh, sw, sc), writeable=False)
-
-
 def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1,  # noqa: A002
            padding=0) -> Tensor:
     """Cross-correlation (PyTorch's conv2d), NCHW input (N, C, H, W), weight (O, C, KH, KW).
 
         out[n, o, y, x] = b[o] + sum_{c,i,j} w[o, c, i, j] * xpad[n, c, y*s + i, x*s + j]
 
-    Lowered to one matmul: the windows of the padded NHWC input become the rows of
+    Lowered to one matmul: the windows of the NHWC input (zero outside it) become the rows of
     cols (N*OH*OW, KH*KW*C) and out = cols @ W^T with W reshaped to (O, KH*KW*C).
-    Backward:  dW = (cols^T @ g)^T,  db = sum g,  dcols = g @ W  scattered back (col2im) into dx.
+    Backward:  dW = (cols^T @ g)^T,  db = sum g,  dcols = g @ W  summed back (col2im) into dx.
 
     Quantized operands (input and weight both carry `Codes`, see functional/_integer.py): the
     matmul multiplies the integers, out = (q_cols @ c^T) * (s_a * s_w) + b, exact up to the one
@@ -65,10 +45,9 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
 
     integer = integer_operands(input, weight, c * kernel_h * kernel_w)
     source = x if integer is None else integer[0]
-    padded = _pad_nhwc(source, pad_h, pad_w)
     rows = n * out_h * out_w
     cols = np.empty((n, out_h, out_w, kernel_h, kernel_w, c), dtype=x.dtype)
-    _kernels.im2col_nhwc(padded, stride_h, stride_w, cols)  # the one copy of the windows
+    _kernels.im2col_nhwc(to_nhwc(source), stride_h, stride_w, pad_h, pad_w, cols)  # the one copy
     cols = cols.reshape(rows, -1)
     w_mat = weight.data.transpose(0, 2, 3, 1).reshape(out_ch, -1)  # (O, KH*KW*C), small copy
     if integer is None:
@@ -82,8 +61,6 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
     if bias is not None:
         out += bias.data
     out_nchw = to_nchw(out.reshape(n, out_h, out_w, out_ch))
-    padded_shape = padded.shape
-    del padded  # cols holds what backward needs
 
     def backward(g):
         g_rows = to_nhwc(g).reshape(rows, out_ch)
@@ -99,9 +76,9 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
             grad_b = g_rows.sum(axis=0)
         if input.requires_grad:
             dcols = (g_rows @ w_mat).reshape(n, out_h, out_w, kernel_h, kernel_w, c)
-            grad_padded = np.zeros(padded_shape, dtype=x.dtype)
-            _kernels.col2im_nhwc(dcols, grad_padded, stride_h, stride_w)
-            grad_x = to_nchw(grad_padded[:, pad_h:pad_h + h, pad_w:pad_w + w, :])
+            grad_nhwc = np.empty((n, h, w, c), dtype=x.dtype)
+            _kernels.col2im_nhwc(dcols, stride_h, stride_w, pad_h, pad_w, grad_nhwc)
+            grad_x = to_nchw(grad_nhwc)
         return (grad_x, grad_w) if bias is None else (grad_x, grad_w, grad_b)
 
     parents = (input, weight) if bias is None else (input, weight, bias)

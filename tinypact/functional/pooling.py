@@ -4,8 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from tinypact import _kernels
-from tinypact.functional._layout import pair, to_nchw, to_nhwc
-from tinypact.functional.conv import _pad_nhwc, _windows
+from tinypact.functional._layout import pad_nhwc, pair, to_nchw, to_nhwc, windows
 from tinypact.tensor import Codes, Tensor
 
 
@@ -88,13 +87,13 @@ def avg_pool2d(input: Tensor, kernel_size, stride=None, padding=0) -> Tensor:  #
     out_h = pool_output_size(h, kernel_h, stride_h, pad_h)
     out_w = pool_output_size(w, kernel_w, stride_w, pad_w)
     quantized = input.codes is not None
-    padded = _pad_nhwc(input.codes.values if quantized else x, pad_h, pad_w)
-    windows = _windows(padded, kernel_h, kernel_w, stride_h, stride_w, out_h, out_w)
+    padded = pad_nhwc(input.codes.values if quantized else x, pad_h, pad_w)
+    views = windows(padded, kernel_h, kernel_w, stride_h, stride_w, out_h, out_w)
     inv_area = 1.0 / (kernel_h * kernel_w)
     out = np.zeros((n, out_h, out_w, c), dtype=x.dtype)
     for i in range(kernel_h):  # KH*KW vectorised adds beat one strided reduction
         for j in range(kernel_w):
-            out += windows[:, :, :, i, j, :]
+            out += views[:, :, :, i, j, :]
     codes = None
     if quantized:
         codes = _pooled_codes(input.codes, to_nchw(out.copy()), kernel_h * kernel_w)

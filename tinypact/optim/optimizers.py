@@ -11,6 +11,7 @@ from typing import Iterable
 
 import numpy as np
 
+from tinypact import _kernels
 from tinypact.tensor import Tensor
 
 
@@ -49,12 +50,10 @@ class Optimizer:
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                grad = p.grad
-                if group["weight_decay"]:
-                    grad = grad + group["weight_decay"] * p.data
-                self._update(p, grad, group, self.state.setdefault(id(p), {}))
+                self._update(p, p.grad, group, self.state.setdefault(id(p), {}))
 
     def _update(self, p: Tensor, grad: np.ndarray, group: dict, state: dict) -> None:
+        """Update p in place from its gradient (weight decay not yet added)."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ checkpoints
@@ -88,6 +87,11 @@ class Optimizer:
                                  for k, v in s.items()}
 
 
+def _with_weight_decay(grad: np.ndarray, p: Tensor, group: dict) -> np.ndarray:
+    """g + wd * p (a new array; g itself when wd is 0)."""
+    return grad + group["weight_decay"] * p.data if group["weight_decay"] else grad
+
+
 class SGD(Optimizer):
     """Stochastic gradient descent with momentum (PyTorch's form):
 
@@ -106,6 +110,7 @@ class SGD(Optimizer):
                                       weight_decay=weight_decay, nesterov=nesterov))
 
     def _update(self, p, grad, group, state):
+        grad = _with_weight_decay(grad, p, group)
         momentum = group["momentum"]
         if momentum:
             if "momentum_buffer" not in state:
@@ -135,12 +140,29 @@ class Adam(Optimizer):
                                       weight_decay=weight_decay))
 
     def _update(self, p, grad, group, state):
-        beta1, beta2 = group["betas"]
         if not state:
             state["step"] = 0
             state["exp_avg"] = np.zeros_like(p.data)
             state["exp_avg_sq"] = np.zeros_like(p.data)
         state["step"] += 1
+        arrays = (p.data, grad, state["exp_avg"], state["exp_avg_sq"])
+        if p.dtype != np.float32 or not all(a.flags.c_contiguous and a.dtype == p.dtype
+                                            for a in arrays):
+            self._update_numpy(p, grad, group, state)
+            return
+        # One fused pass (_kernels.adam_update): the float32 operations below, in their order,
+        # with the same float32 constants, so the same bits as _update_numpy (tests/test_optim.py).
+        beta1, beta2 = group["betas"]
+        t, f32 = state["step"], np.float32
+        _kernels.adam_update(*(a.reshape(-1) for a in arrays), f32(group["weight_decay"]),
+                             f32(beta1), f32(1 - beta1), f32(beta2), f32(1 - beta2),
+                             f32(group["lr"] / (1 - beta1 ** t)), f32(math.sqrt(1 - beta2 ** t)),
+                             f32(group["eps"]))
+
+    def _update_numpy(self, p, grad, group, state):
+        """The update in NumPy expressions, one pass each (state["step"] already counts it)."""
+        grad = _with_weight_decay(grad, p, group)
+        beta1, beta2 = group["betas"]
         t = state["step"]
         m, v = state["exp_avg"], state["exp_avg_sq"]
         m *= beta1
