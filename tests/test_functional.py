@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from op_registry import (avg_pool2d_reference, batch_norm_reference, conv2d_reference,
                          max_pool2d_reference)
-from tinypact import Tensor, _kernels
+from tinypact import Tensor, _kernels, ops
 from tinypact import functional as F
 
 
@@ -244,3 +244,63 @@ def test_dropout_scales_kept_values_and_is_identity_in_eval():
     assert F.dropout(x, 0.3, training=False) is x
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
         F.dropout(x, 1.0)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # inf * 0 in ops.relu
+@settings(max_examples=60, deadline=None)
+@given(shape=st.sampled_from([(3, 4, 5, 6), (2, 70, 30, 32), (7,), (4, 9)]),
+       layout=st.sampled_from(["c", "nhwc", "strided"]), seed=st.integers(0, 2**16))
+def test_relu_fused_kernels_give_the_plain_ops_bits(shape, layout, seed):
+    """F.relu (Numba passes, parallel above 65,536 values) against ops.relu (NumPy), bit for
+    bit, forward and backward, with -0, infinities and NaN among the inputs and gradients and
+    the gradient in another memory layout than the input."""
+    rng = np.random.default_rng(seed)
+    special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, -1e-45], np.float32)
+
+    def data(full_shape):
+        values = rng.standard_normal(full_shape).astype(np.float32)
+        values.flat[rng.integers(0, values.size, 10)] = rng.choice(special, 10)
+        return values
+
+    x = data(shape)
+    if layout == "nhwc" and len(shape) == 4:
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    elif layout == "strided":
+        x = data(shape[:-1] + (2 * shape[-1],))[..., ::2]
+    g = data(shape)
+    fast, plain = Tensor(x, requires_grad=True), Tensor(x.copy(), requires_grad=True)
+    out_fast, out_plain = F.relu(fast), ops.relu(plain)
+    np.testing.assert_array_equal(out_fast.data, out_plain.data)
+    assert np.array_equal(np.signbit(out_fast.data), np.signbit(out_plain.data))
+    out_fast.backward(g)
+    out_plain.backward(g)
+    np.testing.assert_array_equal(fast.grad, plain.grad)
+    assert np.array_equal(np.signbit(fast.grad), np.signbit(plain.grad))
+
+
+@settings(max_examples=40, deadline=None)
+@given(o=st.integers(1, 130), c=st.integers(1, 70), kh=st.integers(1, 5), kw=st.integers(1, 5),
+       rows=st.integers(1, 300), seed=st.integers(0, 2**16))
+def test_conv_layout_kernels_match_numpy(o, c, kh, kw, rows, seed):
+    """weight_grad_to_oihw = the transposed copy it replaces; add_row = `x += row` (same bits);
+    column_sums = the column sums (float64 accumulation); each compiled serial, parallel, and
+    as plain Python."""
+    rng = np.random.default_rng(seed)
+    grad = rng.standard_normal((kh * kw * c, o)).astype(np.float32)
+    want = np.ascontiguousarray(grad.reshape(kh, kw, c, o).transpose(3, 2, 0, 1))
+    x = rng.standard_normal((rows, o)).astype(np.float32)
+    row = rng.standard_normal(o).astype(np.float32)
+    bounds = _kernels.row_chunks(rows)
+    for variant in ("serial", "parallel", "py_func"):
+        def run(k, *args):
+            fn = getattr(k, "serial" if variant == "py_func" else variant)
+            return (fn.py_func if variant == "py_func" else fn)(*args)
+
+        out = np.full((o, c, kh, kw), np.nan, np.float32)
+        run(_kernels.weight_grad_to_oihw, grad, out)
+        np.testing.assert_array_equal(out, want)
+        added = x.copy()
+        run(_kernels.add_row, added, row)
+        np.testing.assert_array_equal(added, x + row)
+        sums = run(_kernels.column_sums, x, bounds)
+        np.testing.assert_allclose(sums, x.astype(np.float64).sum(axis=0), rtol=1e-12, atol=1e-12)

@@ -140,10 +140,12 @@ def max_pool_forward_nhwc(x: np.ndarray, kernel_h: int, kernel_w: int, stride_h:
 
 @kernel
 def max_pool_backward_nhwc(grad_out: np.ndarray, argmax: np.ndarray, grad_in: np.ndarray) -> None:
-    """grad_in[n, argmax // W, argmax % W, c] += grad_out[n, oh, ow, c] (grad_in zeroed)."""
+    """grad_in[n, argmax // W, argmax % W, c] += grad_out[n, oh, ow, c]; grad_in is zeroed
+    here, image by image (one task each, so overlapping windows never race)."""
     n_batch, out_h, out_w, channels = grad_out.shape
     width = grad_in.shape[2]
     for n in prange(n_batch):
+        grad_in[n] = 0.0
         for oh in range(out_h):
             for ow in range(out_w):
                 for c in range(channels):
@@ -272,3 +274,58 @@ def adam_update(p: np.ndarray, grad: np.ndarray, m: np.ndarray, v: np.ndarray, w
         v[i] = vi
         denom = np.sqrt(vi) / bias2_sqrt + eps
         p[i] = p[i] - step_size * (mi / denom)
+
+
+@kernel
+def relu_forward(x: np.ndarray, out: np.ndarray) -> None:
+    """out = x * (x > 0), flat: x where x > 0, else x * 0 (0, or NaN for NaN, as NumPy's)."""
+    for i in prange(x.shape[0]):
+        xi = x[i]
+        out[i] = xi if xi > 0 else xi * 0
+
+
+@kernel
+def relu_backward(g: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
+    """out = g * (x > 0), flat (g * 1 or g * 0, as NumPy multiplies by the boolean mask)."""
+    for i in prange(g.shape[0]):
+        out[i] = g[i] * (1.0 if x[i] > 0 else 0.0)
+
+
+@kernel
+def add_row(x: np.ndarray, row: np.ndarray) -> None:
+    """x[r, c] += row[c] for every row of x (M, C): a bias added in place."""
+    for r in prange(x.shape[0]):
+        for c in range(x.shape[1]):
+            x[r, c] += row[c]
+
+
+@kernel
+def column_sums(x: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """sum over r of x[r, c] (M, C), accumulated in float64, one partial sum per row chunk."""
+    channels = x.shape[1]
+    parts = bounds.shape[0] - 1
+    partial = np.zeros((parts, channels))
+    for p in prange(parts):
+        for r in range(bounds[p], bounds[p + 1]):
+            for c in range(channels):
+                partial[p, c] += x[r, c]
+    return partial.sum(axis=0)
+
+
+@kernel
+def weight_grad_to_oihw(grad: np.ndarray, out: np.ndarray) -> None:
+    """out[o, c, i, j] = grad[(i * KW + j) * C + c, o]: conv2d's weight gradient, computed as
+    (KH*KW*C, O) by the matmul, in the weight's (O, C, KH, KW) layout. Blocks of 64 x 64 keep
+    both the reads and the writes in cache (a plain transposed copy strides by C*O)."""
+    rows, out_ch = grad.shape
+    channels, kernel_h, kernel_w = out.shape[1], out.shape[2], out.shape[3]
+    block = 64
+    for ob in prange((out_ch + block - 1) // block):
+        o0 = ob * block
+        for r0 in range(0, rows, block):
+            for r in range(r0, min(r0 + block, rows)):
+                c = r % channels
+                ij = r // channels
+                i, j = ij // kernel_w, ij % kernel_w
+                for o in range(o0, min(o0 + block, out_ch)):
+                    out[o, c, i, j] = grad[r, o]

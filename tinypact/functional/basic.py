@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tinypact import ops, random
+from tinypact import _kernels, ops, random
 from tinypact.functional._integer import exact_matmul, integer_operands
 from tinypact.tensor import Codes, Tensor
 
@@ -43,8 +43,40 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 
 
 def relu(input: Tensor) -> Tensor:  # noqa: A002
-    """max(x, 0);  dx = g where x > 0."""
-    return ops.relu(input)
+    """max(x, 0);  dx = g where x > 0.
+
+    tinypact.ops.relu is the plain reading (`x * (x > 0)`, `g * (x > 0)`); a float32 array
+    goes through one fused Numba pass each way instead (`_kernels.relu_forward` and
+    `relu_backward`: the same products, so the same bits), in the array's memory order.
+    """
+    x = input.data
+    if x.dtype != np.float32 or not x.size:
+        return ops.relu(input)
+    out = np.empty_like(x)  # same memory order as x, so the flat views below line up
+    _kernels.relu_forward(_flat(x), _flat(out))
+
+    def backward(g):
+        grad = np.empty_like(x)
+        _kernels.relu_backward(_flat(_like(g, x)), _flat(x), _flat(grad))
+        return (grad,)
+
+    return Tensor.from_op(out, (input,), backward, "relu")
+
+
+def _flat(a: np.ndarray) -> np.ndarray:
+    """a's elements in memory order: a 1-D view of an array from np.empty_like (dense), a
+    copy of a strided input (read only, so that is fine). empty_like(x) and x list their
+    elements in the same order."""
+    return a.ravel(order="K")
+
+
+def _like(g: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """g laid out in memory like x (no copy when it already is)."""
+    if g.strides == x.strides and g.dtype == x.dtype:
+        return g
+    same = np.empty_like(x)
+    same[...] = g
+    return same
 
 
 def dropout(input: Tensor, p: float = 0.5, training: bool = True,  # noqa: A002

@@ -59,7 +59,7 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
         out *= scale
         cols_scale = input.codes.scale  # cols holds codes: the input's values are cols * scale
     if bias is not None:
-        out += bias.data
+        _kernels.add_row(out, bias.data)
     out_nchw = to_nchw(out.reshape(n, out_h, out_w, out_ch))
 
     def backward(g):
@@ -67,13 +67,13 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
         grad_x = grad_w = grad_b = None
         if weight.requires_grad:
             # cols^T @ g, not g^T @ cols: NumPy's BLAS call is several times faster this way
-            grad_w = cols.T @ g_rows
+            grad_cols = cols.T @ g_rows
             if cols_scale is not None:
-                grad_w *= cols_scale
-            grad_w = np.ascontiguousarray(
-                grad_w.reshape(kernel_h, kernel_w, c, out_ch).transpose(3, 2, 0, 1))
+                grad_cols *= cols_scale
+            grad_w = np.empty(weight.shape, dtype=grad_cols.dtype)
+            _kernels.weight_grad_to_oihw(grad_cols, grad_w)
         if bias is not None and bias.requires_grad:
-            grad_b = g_rows.sum(axis=0)
+            grad_b = _kernels.column_sums(g_rows, _kernels.row_chunks(rows)).astype(g_rows.dtype)
         if input.requires_grad:
             dcols = (g_rows @ w_mat).reshape(n, out_h, out_w, kernel_h, kernel_w, c)
             grad_nhwc = np.empty((n, h, w, c), dtype=x.dtype)
