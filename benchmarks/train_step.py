@@ -6,7 +6,8 @@ step. With --vs-torch (PyTorch installed) the same network and step run in PyTor
 step by step with tinypact's, and the ratio of the medians is printed. With --bits K the step is
 quantization-aware training of tinypact's own `svhn` network (K-bit weights and activations,
 8-bit first/last layers; --act-quant pact|dorefa|relu) and the PyTorch peer is the same graph
-with the same quantizers written as straight-through autograd ops. --profile breaks tinypact's
+with the same quantizers written as straight-through autograd ops; tinypact's float step is
+timed in the same rounds and the QAT / float ratio printed. --profile breaks tinypact's
 step down by layer (forward), by op (backward) and the optimizer; --threads N sets the BLAS and
 Numba threads (1 or 2 here) before anything starts. With --ops, each image op (conv2d,
 max_pool2d, batch_norm; forward and backward) is timed against PyTorch's on the SVHN shapes.
@@ -491,6 +492,9 @@ def main(argv: list[str] | None = None) -> int:
 
     matmul = matmul_gflops()
     steps = {"tinypact": step}
+    if args.bits != 32:  # the QAT step's cost over the float step, timed in the same rounds
+        tinypact.manual_seed(0)
+        steps["tinypact float"] = tinypact_step_fn(svhn_tinypact(), args.batch)
     if torch is not None:
         torch.manual_seed(0)
         mirror = svhn_torch(torch, net) if args.bits == 32 else torch_mirror(torch, net)
@@ -504,6 +508,9 @@ def main(argv: list[str] | None = None) -> int:
           f"(2048^3 float32, this run)")
     print(f"          peak NumPy memory during one step: {peak_mib:.0f} MiB (tracemalloc); "
           f"{page_faults(step)} page faults per step")
+    if "tinypact float" in seconds:
+        print(f"          the float step, interleaved: {1e3 * seconds['tinypact float']:.0f} ms; "
+              f"ratio QAT / float step time: {seconds['tinypact'] / seconds['tinypact float']:.2f}x")
     if torch is not None:
         print(f"PyTorch {torch.__version__}: {1e3 * seconds['torch']:.0f} ms/step, "
               f"{args.batch / seconds['torch']:.0f} images/s (medians of {args.steps} interleaved steps)")

@@ -367,3 +367,41 @@ def test_fused_clip_quantize_kernel_equals_its_numpy_reading(bits, layout, alpha
     assert np.array_equal(codes.values, want_codes.values), "codes differ"
     assert np.array_equal(y_q, want_y_q) and np.array_equal(region, want_region)
     assert codes.scale == want_codes.scale
+
+
+@given(kind=st.sampled_from(["dorefa", "sawb", "sawb0"]), bits=st.sampled_from([2, 3, 4, 8]),
+       size=st.sampled_from([5, 300, 70_000]), ties=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_fused_weight_quantizers_give_the_codes_of_their_numpy_reading(kind, bits, size, ties,
+                                                                       seed):
+    """The one-pass Numba path of float32 weights (_kernels.weight_levels; parallel above 65,536
+    values) against the *_weight_codes functions export uses: equal levels and values. `ties`
+    puts SAWB weights exactly on the rounding ties u * n = k + 1/2 (alpha_w fixed by the
+    others), and on the clip at +-alpha_w."""
+    assume(kind == "dorefa" or bits in (SAWB_COEFFICIENTS if kind == "sawb" else (2, 4, 8)))
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal(size) * 0.05).astype(np.float32)
+    if ties and kind != "dorefa":
+        n = 2**bits - (2 if kind == "sawb0" else 1)
+        alpha = sawb_scale(w, bits, kind == "sawb0")
+        k = rng.integers(0, n, 4)
+        w[:4] = alpha * ((k + 0.5) / n * 2 - 1)  # u * n = k + 1/2 up to float32 rounding
+        w[4] = alpha
+    out = quantize_weight(Tensor(w), kind, bits)
+    j, n, scale = weight_codes(w, kind, bits)
+    np.testing.assert_array_equal(out.codes.values, (2 * j - n).astype(np.float32))
+    np.testing.assert_array_equal(out.data, out.codes.values * np.float32(scale / n))
+    assert out.codes.scale == np.float32(scale / n)
+
+
+@given(w=weights, bits=st.sampled_from([2, 4]), seed=st.integers(0, 2**16))
+def test_fused_dorefa_gradient_equals_its_float64_reading(w, bits, seed):
+    """The float32 path's two Numba passes against the NumPy reading (float64 weights), ties
+    at the max included (w and -w both present)."""
+    assume(np.abs(w).max() > 1e-3)
+    w = np.concatenate([w, -w[:1]])
+    g = np.random.default_rng(seed).standard_normal(w.shape).astype(np.float32)
+    fast, plain = Tensor(w, requires_grad=True), Tensor(w.astype(np.float64), requires_grad=True)
+    dorefa_weight(fast, bits).backward(g)
+    dorefa_weight(plain, bits).backward(g.astype(np.float64))
+    assert fast.grad.dtype == np.float32
+    np.testing.assert_allclose(fast.grad, plain.grad, rtol=1e-6, atol=1e-6)

@@ -329,3 +329,55 @@ def weight_grad_to_oihw(grad: np.ndarray, out: np.ndarray) -> None:
                 i, j = ij // kernel_w, ij % kernel_w
                 for o in range(o0, min(o0 + block, out_ch)):
                     out[o, c, i, j] = grad[r, o]
+
+
+@kernel
+def weight_levels(source: np.ndarray, divisor, clip: bool, n, s_w, levels: np.ndarray,
+                  values: np.ndarray) -> None:
+    """A weight quantizer's levels and values in one pass (tinypact.quant.functional), flat:
+
+        u = source / divisor  (float64; clipped to [-1, 1] when `clip`);  u = u * 0.5 + 0.5
+        v = u * n;  j = floor(v) + [v - floor(v) >= 1/2];  levels = float32(2j - n)
+        values = levels * s_w  (float32)
+
+    DoReFa passes tanh(w) and its max |tanh(w)|, SAWB the weights and alpha_w. Each step is the
+    float64 (then float32) operation of the NumPy reading, in its order, so the same bits.
+    """
+    for i in prange(source.shape[0]):
+        u = np.float64(source[i]) / divisor
+        if clip:
+            u = min(max(u, -1.0), 1.0)
+        u = u * 0.5 + 0.5
+        v = u * n
+        whole = np.floor(v)
+        j = whole + (1.0 if v - whole >= 0.5 else 0.0)
+        level = np.float32(2 * np.int64(j) - n)
+        levels[i] = level
+        values[i] = level * s_w
+
+
+@kernel
+def dorefa_grad_sums(g: np.ndarray, t: np.ndarray, peak, bounds: np.ndarray) -> tuple[float, int]:
+    """(sum of g * t, how many |t| equal peak), accumulated in float64 per row chunk."""
+    parts = bounds.shape[0] - 1
+    sums = np.zeros(parts)
+    counts = np.zeros(parts, dtype=np.int64)
+    for p in prange(parts):
+        for i in range(bounds[p], bounds[p + 1]):
+            sums[p] += g[i] * t[i]
+            if abs(t[i]) == peak:
+                counts[p] += 1
+    return sums.sum(), counts.sum()
+
+
+@kernel
+def dorefa_grad(g: np.ndarray, t: np.ndarray, peak, peak_share, out: np.ndarray) -> None:
+    """out = (g / peak + [|t| == peak] * sign(t) * peak_share) * (1 - t * t), flat, in float64
+    then out's dtype: the gradient of tanh(w) / max|tanh(w)| (peak_share: the max's gradient,
+    split between the tied maxima)."""
+    for i in prange(g.shape[0]):
+        ti = t[i]
+        grad_t = g[i] / peak
+        if abs(ti) == peak:
+            grad_t += peak_share * (1.0 if ti > 0 else (-1.0 if ti < 0 else 0.0))
+        out[i] = grad_t * (1.0 - ti * ti)

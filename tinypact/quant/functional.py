@@ -229,13 +229,18 @@ def dorefa_weight_codes(w, bits: int) -> tuple[np.ndarray, float]:
     bits = check_bits(bits)
     if bits == FULL_PRECISION:
         raise ValueError("32-bit (float) weights have no integer codes")
-    w64 = _weights64(w)
     if bits == 1:
+        w64 = _weights64(w)
         return (w64 >= 0).astype(np.int32), float(np.mean(np.abs(w64)))
-    t = np.tanh(w64)
-    peak = np.max(np.abs(t)) if t.size else 0.0
+    t, peak = _tanh_and_peak(w)
     u = t / (peak if peak > 0 else 1.0) * 0.5 + 0.5
     return round_half_up(u * levels(bits)).astype(np.int32), 1.0
+
+
+def _tanh_and_peak(w) -> tuple[np.ndarray, float]:
+    """t = tanh(w) in float64 (NumPy's tanh, the one the codes are defined by) and max |t|."""
+    t = np.tanh(_weights64(w))
+    return t, float(np.max(np.abs(t))) if t.size else 0.0
 
 
 def dorefa_weight(w, bits: int) -> Tensor:
@@ -250,19 +255,26 @@ def dorefa_weight(w, bits: int) -> Tensor:
     w = as_tensor(w)
     if bits == FULL_PRECISION:
         return w
-    j, scale = dorefa_weight_codes(w, bits)
-    w_q, codes = _weight_values(j, levels(bits), scale, w.dtype)
     if bits == 1:
+        j, scale = dorefa_weight_codes(w, bits)
+        w_q, codes = _weight_values(j, levels(bits), scale, w.dtype)
         return _with_codes(Tensor.from_op(w_q, (w,), lambda g: (g,), "dorefa_weight"), codes)
+    if w.dtype == np.float32:
+        t, peak = _tanh_and_peak(w)
+        w_q, codes = _fused_weight_values(t, peak if peak > 0 else 1.0, False, levels(bits), 1.0,
+                                          w.dtype)
+    else:
+        j, scale = dorefa_weight_codes(w, bits)
+        w_q, codes = _weight_values(j, levels(bits), scale, w.dtype)
+        t, peak = _tanh_and_peak(w)
 
     def backward(g):
-        t = np.tanh(w.data.astype(np.float64))
-        magnitude = np.abs(t)
-        peak = magnitude.max()
         if peak == 0:
-            return (g * (1 - t * t),)
+            return ((g * (1 - t * t)).astype(w.dtype),)
         # d(t / M) = dt / M - (t / M^2) dM,  M = max|t| (split between ties, like ops.max).
-        at_peak = magnitude == peak
+        if w.dtype == np.float32:
+            return (_dorefa_grad_fused(g, t, peak),)
+        at_peak = np.abs(t) == peak
         grad_peak = -np.sum(g * t) / peak ** 2
         grad_t = g / peak + grad_peak * np.sign(t) * at_peak / at_peak.sum()
         return ((grad_t * (1 - t * t)).astype(w.dtype),)
@@ -276,6 +288,29 @@ def _weight_values(j: np.ndarray, n: int, scale: float, dtype) -> tuple[np.ndarr
     c = (2 * j - n).astype(dtype)
     s_w = np.dtype(dtype).type(scale / n)
     return c * s_w, Codes(c, s_w, n)
+
+
+def _fused_weight_values(source: np.ndarray, divisor: float, clip: bool, n: int, scale: float,
+                         dtype) -> tuple[np.ndarray, Codes]:
+    """`_weight_values` of j = round((source / divisor, clipped to [-1, 1] if `clip`) * 0.5 + 0.5)
+    * n) in one Numba pass (`_kernels.weight_levels`): the *_weight_codes functions' float64
+    steps, in their order, so the same codes (tests/test_quant.py); for float32 weights."""
+    shape = source.shape
+    source = np.ascontiguousarray(source).reshape(-1)
+    s_w = np.dtype(dtype).type(scale / n)
+    c, w_q = np.empty(shape, dtype), np.empty(shape, dtype)
+    _kernels.weight_levels(source, float(divisor), clip, n, s_w, c.reshape(-1), w_q.reshape(-1))
+    return w_q, Codes(c, s_w, n)
+
+
+def _dorefa_grad_fused(g: np.ndarray, t: np.ndarray, peak: float) -> np.ndarray:
+    """dorefa_weight's gradient in two Numba passes (the sums, then the elementwise part)."""
+    g_flat, t_flat = np.ascontiguousarray(g).reshape(-1), t.reshape(-1)
+    sum_gt, ties = _kernels.dorefa_grad_sums(g_flat, t_flat, peak,
+                                             _kernels.row_chunks(g_flat.shape[0]))
+    grad = np.empty(t.shape, np.float32)
+    _kernels.dorefa_grad(g_flat, t_flat, peak, -sum_gt / peak ** 2 / ties, grad.reshape(-1))
+    return grad
 
 
 def sawb_scale(w, bits: int, zero_aligned: bool = False) -> float:
@@ -328,8 +363,13 @@ def sawb_weight(w, bits: int, zero_aligned: bool = False) -> Tensor:
     w = as_tensor(w)
     if bits == FULL_PRECISION:
         return w
-    j, alpha = sawb_weight_codes(w, bits, zero_aligned)
-    w_q, codes = _weight_values(j, sawb_levels(bits, zero_aligned), alpha, w.dtype)
+    n = sawb_levels(bits, zero_aligned)
+    if w.dtype == np.float32:
+        alpha = sawb_scale(w, bits, zero_aligned)
+        w_q, codes = _fused_weight_values(w.data, alpha, True, n, alpha, w.dtype)
+    else:
+        j, alpha = sawb_weight_codes(w, bits, zero_aligned)
+        w_q, codes = _weight_values(j, n, alpha, w.dtype)
     return _with_codes(Tensor.from_op(w_q, (w,), lambda g: (g,), "sawb_weight"), codes)
 
 
