@@ -8,8 +8,8 @@ quantization-aware training of tinypact's own `svhn` network (K-bit weights and 
 8-bit first/last layers; --act-quant pact|dorefa|relu) and the PyTorch peer is the same graph
 with the same quantizers written as straight-through autograd ops; tinypact's float step is
 timed in the same rounds and the QAT / float ratio printed. --profile breaks tinypact's
-step down by layer (forward), by op (backward) and the optimizer; --threads N sets the BLAS and
-Numba threads (1 or 2 here) before anything starts. With --ops, each image op (conv2d,
+step down by layer (forward and backward) and the rest (loss, optimizer); --threads N sets the
+BLAS and Numba threads (1 or 2 here) before anything starts. With --ops, each image op (conv2d,
 max_pool2d, batch_norm; forward and backward) is timed against PyTorch's on the SVHN shapes.
 
     python benchmarks/train_step.py [--steps 5] [--batch 128] [--vs-torch] [--ops]
@@ -275,20 +275,21 @@ def torch_mirror(torch, net):
 
 # ------------------------------------------------------------------------------- the profile
 def profile_step(net, step, rounds: int = 3) -> None:
-    """Where one tinypact step spends its time: each graph node's forward (module hooks), each
-    op's backward (its recorded closure, timed), and the rest (loss, optimizer, allocation)."""
+    """Where one tinypact step spends its time, layer by layer: each top-level module's forward
+    (timed around it) and the backward of every op it recorded (each op's closure, timed), then
+    the rest (loss, optimizer, graph bookkeeping)."""
     from tinypact.tensor import Tensor
 
     forward: dict[str, float] = {}
-    backward: dict[str, float] = {}
-    starts: dict[str, float] = {}
+    backward: dict[tuple[str, str], float] = {}
+    current = ["(outside the layers)"]
     original_from_op = Tensor.from_op.__func__
 
     def timed_from_op(cls, data, parents, back, op=""):
-        def timed_back(g, _back=back, _op=op or "other"):
+        def timed_back(g, _back=back, _key=(current[0], op or "other")):
             start = time.perf_counter()
             out = _back(g)
-            backward[_op] = backward.get(_op, 0.0) + time.perf_counter() - start
+            backward[_key] = backward.get(_key, 0.0) + time.perf_counter() - start
             return out
         return original_from_op(cls, data, parents, timed_back, op)
 
@@ -297,10 +298,12 @@ def profile_step(net, step, rounds: int = 3) -> None:
     for name, module in modules:
         originals[name] = module.forward
 
-        def wrapped(*args, _name=name, _forward=module.forward):
+        def wrapped(*args, _name=f"{name} {type(module).__name__}", _forward=module.forward):
+            current[0] = _name
             start = time.perf_counter()
             out = _forward(*args)
             forward[_name] = forward.get(_name, 0.0) + time.perf_counter() - start
+            current[0] = "(outside the layers)"
             return out
         module.forward = wrapped
     Tensor.from_op = classmethod(timed_from_op)
@@ -312,19 +315,17 @@ def profile_step(net, step, rounds: int = 3) -> None:
         Tensor.from_op = classmethod(original_from_op)
         for name, module in modules:
             module.forward = originals[name]
+    per_layer: dict[str, float] = {}
+    for (layer, _), seconds in backward.items():
+        per_layer[layer] = per_layer.get(layer, 0.0) + seconds
     f_total, b_total = sum(forward.values()) / rounds, sum(backward.values()) / rounds
     print(f"profile of one step ({rounds} averaged): {1e3 * total:.0f} ms = forward "
           f"{1e3 * f_total:.0f} + backward {1e3 * b_total:.0f} + loss/optimizer/other "
           f"{1e3 * (total - f_total - b_total):.0f}")
-    print(f"  {'forward, by layer':28s} {'ms':>8s} {'%':>5s}    {'backward, by op':24s} {'ms':>8s} {'%':>5s}")
-    fw = sorted(forward.items(), key=lambda kv: -kv[1])
-    bw = sorted(backward.items(), key=lambda kv: -kv[1])
-    for i in range(max(len(fw), len(bw))):
-        left = (f"  {fw[i][0]:28s} {1e3 * fw[i][1] / rounds:8.1f} {100 * fw[i][1] / rounds / total:5.1f}"
-                if i < len(fw) else " " * 45)
-        right = (f"    {bw[i][0]:24s} {1e3 * bw[i][1] / rounds:8.1f} {100 * bw[i][1] / rounds / total:5.1f}"
-                 if i < len(bw) else "")
-        print(left + right)
+    print(f"  {'layer':24s} {'forward ms':>10s} {'backward ms':>12s} {'% of step':>10s}")
+    for layer in list(forward) + [k for k in per_layer if k not in forward]:
+        f, b = forward.get(layer, 0.0) / rounds, per_layer.get(layer, 0.0) / rounds
+        print(f"  {layer:24s} {1e3 * f:10.1f} {1e3 * b:12.1f} {100 * (f + b) / total:10.1f}")
 
 
 def machine_line(torch=None) -> str:
@@ -456,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--act-quant", default="pact", choices=("pact", "dorefa", "relu"),
                         help="activation quantizer with --bits (default pact)")
     parser.add_argument("--profile", action="store_true",
-                        help="break tinypact's step down by layer, op and optimizer")
+                        help="break tinypact's step down by layer (forward, backward) and the rest")
     parser.add_argument("--threads", type=int, help="BLAS/Numba/PyTorch threads (set before start)")
     args = parser.parse_args(argv)
     torch = None
