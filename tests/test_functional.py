@@ -135,6 +135,11 @@ def test_batch_norm_rejects_a_single_value_per_channel_in_training():
 
 
 # --------------------------------------------------------------------- layout and kernels
+def plain_python(kernel):
+    """The Python function a tinypact kernel compiles (itself under NUMBA_DISABLE_JIT=1)."""
+    return getattr(kernel.serial, "py_func", kernel.serial)
+
+
 def test_nhwc_backed_activations_give_the_same_results_as_contiguous_ones():
     """conv2d returns an NCHW view of an NHWC buffer; the next ops must not care."""
     rng = np.random.default_rng(4)
@@ -176,7 +181,7 @@ def test_kernels_run_as_plain_python():
     dcols = rng.standard_normal((1, 3, 3, 2, 2, 2))
     compiled, plain = np.full((1, 6, 6, 2), np.nan), np.full((1, 6, 6, 2), np.nan)
     _kernels.col2im_nhwc.serial(dcols, 2, 2, 0, 1, compiled)
-    _kernels.col2im_nhwc.serial.py_func(dcols, 2, 2, 0, 1, plain)
+    plain_python(_kernels.col2im_nhwc)(dcols, 2, 2, 0, 1, plain)
     np.testing.assert_array_equal(compiled, plain)
 
 
@@ -203,12 +208,12 @@ def test_im2col_and_col2im_are_adjoint_windows_of_the_zero_padded_input(
         for ow in range(out_w):
             scattered[:, oh * sh:oh * sh + kh, ow * sw:ow * sw + kw, :] += dcols[:, oh, ow]
     for run in (_kernels.im2col_nhwc.serial, _kernels.im2col_nhwc.parallel,
-                _kernels.im2col_nhwc.serial.py_func):
+                plain_python(_kernels.im2col_nhwc)):
         cols = np.full(want.shape, np.nan)
         run(x, sh, sw, ph, pw, cols)
         np.testing.assert_array_equal(cols, want)
     for run in (_kernels.col2im_nhwc.serial, _kernels.col2im_nhwc.parallel,
-                _kernels.col2im_nhwc.serial.py_func):
+                plain_python(_kernels.col2im_nhwc)):
         grad = np.full(x.shape, np.nan)
         run(dcols, sh, sw, ph, pw, grad)
         np.testing.assert_allclose(grad, scattered[:, ph:ph + h, pw:pw + w, :], rtol=1e-12,
@@ -293,8 +298,7 @@ def test_conv_layout_kernels_match_numpy(o, c, kh, kw, rows, seed):
     bounds = _kernels.row_chunks(rows)
     for variant in ("serial", "parallel", "py_func"):
         def run(k, *args):
-            fn = getattr(k, "serial" if variant == "py_func" else variant)
-            return (fn.py_func if variant == "py_func" else fn)(*args)
+            return (plain_python(k) if variant == "py_func" else getattr(k, variant))(*args)
 
         out = np.full((o, c, kh, kw), np.nan, np.float32)
         run(_kernels.weight_grad_to_oihw, grad, out)

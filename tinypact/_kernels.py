@@ -1,8 +1,16 @@
-"""Numba loops behind the convolution, pooling and batch-norm ops (plain Python first).
+"""Numba loops behind tinypact's hot ops (plain Python first), one pass over memory each.
 
-Every kernel works on NHWC-contiguous float arrays (channels innermost), the layout the
-functional ops keep their activations in, and is parallel over the batch (or over row chunks).
-Each is plain Python that Numba compiles; with NUMBA_DISABLE_JIT=1 they run as written (slowly).
+- image ops on NHWC-contiguous arrays (channels innermost, the layout the functional ops keep
+  their activations in): im2col / col2im, max pooling, batch-norm statistics and gradients,
+  conv2d's bias and weight-gradient layout;
+- elementwise passes over flat arrays in memory order: ReLU, the activation quantizer, the
+  weight quantizers' levels and DoReFa's gradient, Adam's update.
+
+Each is parallel over the batch, row chunks or elements, and plain Python that Numba compiles;
+with NUMBA_DISABLE_JIT=1 they run as written (slowly). Where a kernel replaces NumPy
+expressions that say the same thing more plainly, those stay beside it (ops.relu,
+_clip_quantize_numpy, the *_weight_codes functions, Adam._update_numpy) and the tests hold the
+two to the same bits (DoReFa's gradient: to float rounding).
 """
 from __future__ import annotations
 
@@ -23,8 +31,7 @@ class _Kernel:
     """One loop compiled twice, serial and parallel (prange); the call picks by the size of
     its first argument. The serial copy gets its own name so Numba's on-disk caches differ."""
 
-    def __init__(self, function, parallel: bool = True):
-        self.allow_parallel = parallel
+    def __init__(self, function):
         serial = types.FunctionType(function.__code__, function.__globals__,
                                     function.__name__ + "_serial", function.__defaults__)
         serial.__qualname__ = function.__qualname__ + "_serial"
@@ -33,17 +40,12 @@ class _Kernel:
         self.__doc__, self.__name__ = function.__doc__, function.__name__
 
     def __call__(self, *args):
-        big = PARALLEL and self.allow_parallel and args[0].size >= PARALLEL_MIN_SIZE
+        big = PARALLEL and args[0].size >= PARALLEL_MIN_SIZE
         return (self.parallel if big else self.serial)(*args)
 
 
 def kernel(function) -> _Kernel:
     return _Kernel(function)
-
-
-def serial_kernel(function) -> _Kernel:
-    """A memory-bound loop: one core already saturates memory, so it stays on one thread."""
-    return _Kernel(function, parallel=False)
 
 
 @kernel
@@ -153,7 +155,7 @@ def max_pool_backward_nhwc(grad_out: np.ndarray, argmax: np.ndarray, grad_in: np
                     grad_in[n, index // width, index % width, c] += grad_out[n, oh, ow, c]
 
 
-@serial_kernel
+@kernel
 def channel_mean_var(x: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-column mean and biased variance of x (M, C), accumulated in float64.
 
@@ -177,7 +179,7 @@ def channel_mean_var(x: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, np.
     return mean, var
 
 
-@serial_kernel
+@kernel
 def affine_columns(x: np.ndarray, scale: np.ndarray, shift: np.ndarray, out: np.ndarray,
                    bounds: np.ndarray) -> None:
     """out[r, c] = x[r, c] * scale[c] + shift[c]."""
@@ -188,7 +190,7 @@ def affine_columns(x: np.ndarray, scale: np.ndarray, shift: np.ndarray, out: np.
                 out[r, c] = x[r, c] * scale[c] + shift[c]
 
 
-@serial_kernel
+@kernel
 def batch_norm_grad_sums(grad: np.ndarray, x: np.ndarray, mean: np.ndarray, inv_std: np.ndarray,
                          bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """sum_r g[r, c] and sum_r g[r, c] * xhat[r, c] with xhat = (x - mean) * inv_std (float64)."""
@@ -205,7 +207,7 @@ def batch_norm_grad_sums(grad: np.ndarray, x: np.ndarray, mean: np.ndarray, inv_
     return sum_g.sum(axis=0), sum_gx.sum(axis=0)
 
 
-@serial_kernel
+@kernel
 def batch_norm_grad_input(grad: np.ndarray, x: np.ndarray, mean: np.ndarray, inv_std: np.ndarray,
                           scale: np.ndarray, mean_g: np.ndarray, mean_gx: np.ndarray,
                           out: np.ndarray, bounds: np.ndarray) -> None:
