@@ -34,6 +34,46 @@ def test_conv2d_matches_nested_loops(problem):
         f"conv2d x{x.shape} w{w.shape} stride {stride} padding {padding}"))
 
 
+@settings(max_examples=40, deadline=None)
+@given(conv_problem(), st.integers(1, 3), st.booleans())
+def test_conv2d_in_image_blocks_equals_one_block(problem, images_per_block, quantized):
+    """Forward and all three gradients with blocks of 1-3 images (backward rebuilding each
+    block's cols) against one block of the whole batch; quantized operands (integer codes)
+    give bit-equal outputs either way."""
+    from tinypact.functional import conv as conv_module
+    from tinypact.quant import functional as Q
+
+    x, w, b, stride, padding = problem
+    rng = np.random.default_rng(0)
+
+    def run(block_bytes):
+        saved = conv_module.BLOCK_BYTES
+        conv_module.BLOCK_BYTES = block_bytes
+        try:
+            xt = Tensor(x.astype(np.float32), requires_grad=True)
+            wt = Tensor(w.astype(np.float32), requires_grad=True)
+            bt = None if b is None else Tensor(b.astype(np.float32), requires_grad=True)
+            xin, win = xt, wt
+            if quantized:
+                xin, win = Q.pact(xt, np.float32(2.0), 4), Q.dorefa_weight(wt, 2)
+            out = F.conv2d(xin, win, bt, stride, padding)
+            out.backward(grad)
+            return out.data, xt.grad, wt.grad, None if bt is None else bt.grad
+        finally:
+            conv_module.BLOCK_BYTES = saved
+
+    out_shape = F.conv2d(Tensor(x), Tensor(w), None, stride, padding).shape
+    grad = rng.standard_normal(out_shape).astype(np.float32)
+    pixels_bytes = out_shape[2] * out_shape[3] * w.shape[1] * w.shape[2] * w.shape[3] * 4
+    whole, blocked = run(1 << 40), run(images_per_block * pixels_bytes)
+    if quantized:
+        np.testing.assert_array_equal(blocked[0], whole[0])
+    np.testing.assert_allclose(blocked[0], whole[0], rtol=1e-5, atol=1e-5)
+    for got, want in zip(blocked[1:], whole[1:]):
+        if want is not None:
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
 def test_conv2d_rectangular_stride_and_padding():
     rng = np.random.default_rng(1)
     x, w = rng.standard_normal((2, 3, 7, 6)), rng.standard_normal((4, 3, 3, 2))
