@@ -20,6 +20,8 @@ import types
 import numpy as np
 from numba import njit, prange
 
+from tinypact import _threads
+
 # Below this many elements a kernel runs on one thread: waking the thread pool costs more.
 # TINYPACT_PARALLEL_KERNELS=0 keeps every kernel on one thread (on a machine shared by several
 # jobs, waiting for a descheduled worker thread costs more than the second core gains).
@@ -29,18 +31,19 @@ PARALLEL = os.environ.get("TINYPACT_PARALLEL_KERNELS", "1") != "0"
 
 class _Kernel:
     """One loop compiled twice, serial and parallel (prange); the call picks by the size of
-    its first argument. The serial copy gets its own name so Numba's on-disk caches differ."""
+    its first argument, and serial on conv2d's block threads (tinypact/_threads.py). The serial
+    copy gets its own name so Numba's on-disk caches differ."""
 
     def __init__(self, function):
         serial = types.FunctionType(function.__code__, function.__globals__,
                                     function.__name__ + "_serial", function.__defaults__)
         serial.__qualname__ = function.__qualname__ + "_serial"
-        self.serial = njit(cache=True)(serial)
+        self.serial = njit(cache=True, nogil=True)(serial)  # nogil: conv2d's block threads
         self.parallel = njit(parallel=True, cache=True)(function)
         self.__doc__, self.__name__ = function.__doc__, function.__name__
 
     def __call__(self, *args):
-        big = PARALLEL and args[0].size >= PARALLEL_MIN_SIZE
+        big = PARALLEL and args[0].size >= PARALLEL_MIN_SIZE and not _threads.in_worker()
         return (self.parallel if big else self.serial)(*args)
 
 

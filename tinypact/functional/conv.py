@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tinypact import _kernels
+from tinypact import _kernels, _threads
 from tinypact.functional._integer import exact_matmul, integer_operands
 from tinypact.functional._layout import pair, to_nchw, to_nhwc
 from tinypact.tensor import Tensor
@@ -79,15 +79,20 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
         w_cols = levels.transpose(0, 2, 3, 1).reshape(out_ch, -1).T
         cols_scale = input.codes.scale  # cols holds codes: the input's values are cols * scale
     out = np.empty((n * pixels, out_ch), dtype=x.dtype)
-    for start, stop in blocks:
+
+    def forward_block(block: tuple[int, int]) -> np.ndarray | None:
+        """Writes this block's rows of out; returns its cols if it is the only block."""
+        start, stop = block
         cols = im2col(start, stop)
-        block = out[start * pixels:stop * pixels]
+        rows = out[start * pixels:stop * pixels]
         if integer is None:
-            np.matmul(cols, w_cols, out=block)
+            np.matmul(cols, w_cols, out=rows)
         else:
-            block[...] = exact_matmul(cols, w_cols, dtype)
-            block *= scale
-    kept_cols = cols if len(blocks) == 1 else None  # one block: backward reuses it
+            rows[...] = exact_matmul(cols, w_cols, dtype)
+            rows *= scale
+        return cols if len(blocks) == 1 else None  # one block: backward reuses it
+
+    kept_cols = _threads.map_blocks(forward_block, blocks)[0]
     if bias is not None:
         _kernels.add_row(out, bias.data)
     out_nchw = to_nchw(out.reshape(n, out_h, out_w, out_ch))
@@ -95,17 +100,25 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
     def backward(g):
         g_rows = to_nhwc(g).reshape(n * pixels, out_ch)
         grad_x = grad_w = grad_b = None
-        grad_cols = np.zeros((window, out_ch), dtype=x.dtype) if weight.requires_grad else None
         grad_nhwc = np.empty((n, h, w, c), dtype=x.dtype) if input.requires_grad else None
-        for start, stop in blocks:
+
+        def backward_block(block: tuple[int, int]) -> np.ndarray | None:
+            """This block's share of cols^T @ g; its dx goes straight into grad_nhwc."""
+            start, stop = block
             cols = kept_cols if kept_cols is not None else im2col(start, stop)
             g_block = g_rows[start * pixels:stop * pixels]
-            if grad_cols is not None:
-                # cols^T @ g, not g^T @ cols: NumPy's BLAS call is several times faster this way
-                grad_cols += cols.T @ g_block
             if grad_nhwc is not None:
                 dcols = (g_block @ w_mat).reshape(stop - start, out_h, out_w, kernel_h, kernel_w, c)
                 _kernels.col2im_nhwc(dcols, stride_h, stride_w, pad_h, pad_w, grad_nhwc[start:stop])
+            # cols^T @ g, not g^T @ cols: NumPy's BLAS call is several times faster this way
+            return cols.T @ g_block if weight.requires_grad else None
+
+        shares = _threads.map_blocks(backward_block, blocks)
+        grad_cols = None
+        if weight.requires_grad:
+            grad_cols = shares[0]
+            for share in shares[1:]:  # in block order, whichever thread computed them
+                grad_cols += share
         if grad_cols is not None:
             if cols_scale is not None:
                 grad_cols *= cols_scale
