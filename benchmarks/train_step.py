@@ -331,6 +331,8 @@ def profile_step(net, step, rounds: int = 3) -> None:
 def machine_line(torch=None) -> str:
     """The CPU (LLVM's name for it and its widest vector features) and the threads in use."""
     import numba
+
+    from tinypact import _threads
     from llvmlite import binding as llvm
 
     features = llvm.get_host_cpu_features()
@@ -339,7 +341,8 @@ def machine_line(torch=None) -> str:
                   if line.startswith("model name")), "?") if Path("/proc/cpuinfo").exists() else "?"
     line = (f"CPU {model} ({llvm.get_host_cpu_name()}; {', '.join(wide) or 'no AVX2'}), "
             f"{os.cpu_count()} cores; threads: Numba {numba.get_num_threads()}, "
-            f"OpenBLAS {os.environ.get('OPENBLAS_NUM_THREADS', 'default')}")
+            f"OpenBLAS {os.environ.get('OPENBLAS_NUM_THREADS', 'default')}, "
+            f"conv2d blocks {_threads.workers()}")
     if torch is not None:
         line += f", PyTorch {torch.get_num_threads()}"
     line += f"\nNumPy's BLAS: OpenBLAS, {openblas_kernels()} kernels"
@@ -355,19 +358,13 @@ def openblas_kernels() -> str:
     """The CPU kernels NumPy's OpenBLAS runs (its own name for them, e.g. Haswell, SkylakeX)."""
     import ctypes
 
-    maps = Path("/proc/self/maps")
-    paths = sorted({line.split()[-1] for line in maps.read_text().splitlines()
-                    if "openblas" in line.lower() and line.split()[-1].startswith("/")}) \
-        if maps.exists() else []
-    for path in paths:
-        library = ctypes.CDLL(path)
-        for symbol in ("scipy_openblas_get_corename64_", "scipy_openblas_get_corename",
-                       "openblas_get_corename64_", "openblas_get_corename"):
-            function = getattr(library, symbol, None)
-            if function is not None:
-                function.restype = ctypes.c_char_p
-                return function().decode()
-    return "unknown"
+    from tinypact._threads import openblas_function
+
+    corename = openblas_function("get_corename")
+    if corename is None:
+        return "unknown"
+    corename.restype = ctypes.c_char_p
+    return corename().decode()
 
 
 def op_table(torch, batch: int, repeats: int = 5) -> None:

@@ -16,7 +16,7 @@ measured on the SVHN step (benchmarks/train_step.py, batch 128, 2 threads, AMD E
   are their own mmap, and the heap's top is trimmed), so every step page-faults its im2col
   buffers in again, zero-filled by the kernel: 12,600 page faults and about 30 ms per step.
   With freed memory kept for reuse: no page faults (benchmarks/train_step.py prints them). The
-  cost: the process keeps the memory of its largest step (about 0.5 GiB for SVHN) after it.
+  cost: the process keeps the memory of its largest step (about 0.2 GiB for SVHN) after it.
 
 A value the user set in the environment wins; TINYPACT_KEEP_FREED_MEMORY=0 keeps glibc's
 behaviour. Other C libraries (macOS, musl) are left as they are.
