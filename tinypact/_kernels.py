@@ -159,27 +159,18 @@ def max_pool_backward_nhwc(grad_out: np.ndarray, argmax: np.ndarray, grad_in: np
 
 
 @kernel
-def channel_mean_var(x: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-column mean and biased variance of x (M, C), accumulated in float64.
-
-    Two passes (mean, then squared deviations) over row chunks `bounds`, one chunk per task.
-    """
-    rows, channels = x.shape
+def centered_square_sums(x: np.ndarray, mean: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """sum over r of (x[r, c] - mean[c])^2 (M, C), in float64, one partial sum per row chunk:
+    batch-norm's variance times M, the second pass after the mean (`column_sums`)."""
+    channels = x.shape[1]
     parts = bounds.shape[0] - 1
     partial = np.zeros((parts, channels))
     for p in prange(parts):
         for r in range(bounds[p], bounds[p + 1]):
             for c in range(channels):
-                partial[p, c] += x[r, c]
-    mean = partial.sum(axis=0) / rows
-    partial2 = np.zeros((parts, channels))
-    for p in prange(parts):
-        for r in range(bounds[p], bounds[p + 1]):
-            for c in range(channels):
                 d = x[r, c] - mean[c]
-                partial2[p, c] += d * d
-    var = partial2.sum(axis=0) / rows
-    return mean, var
+                partial[p, c] += d * d
+    return partial.sum(axis=0)
 
 
 @kernel

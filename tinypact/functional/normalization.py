@@ -52,7 +52,8 @@ def batch_norm(input: Tensor, running_mean: np.ndarray | None,  # noqa: A002
         if count < 2:
             raise ValueError(f"batch_norm in training mode needs more than one value per "
                              f"channel, got input shape {shape}")
-        mean64, var64 = _kernels.channel_mean_var(rows, bounds)
+        mean64 = _kernels.column_sums(rows, bounds) / count  # two passes, float64 sums
+        var64 = _kernels.centered_square_sums(rows, mean64, bounds) / count
         if running_mean is not None:
             running_mean *= 1 - momentum
             running_mean += momentum * mean64
