@@ -15,12 +15,14 @@ max_pool2d, batch_norm; forward and backward) is timed against PyTorch's on the 
     python benchmarks/train_step.py [--steps 5] [--batch 128] [--vs-torch] [--ops]
     python benchmarks/train_step.py --bits 2 --vs-torch --threads 2
     python benchmarks/train_step.py --bits 2 --profile --threads 1
+    python benchmarks/train_step.py --vs-torch --avx2     # AVX2 code paths only, all frameworks
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import tempfile
 import time
 import tracemalloc
 from pathlib import Path
@@ -37,7 +39,25 @@ def _threads_from_argv(argv: list[str]) -> None:
                 os.environ[name] = value
 
 
+# --avx2: every framework in this process runs its AVX2 code (no AVX-512) on this CPU, to see
+# what an AVX2-only machine (Zen 1, Haswell) gets from each. A stand-in, not a measurement of
+# such a machine: the cores, caches and clock stay this one's.
+AVX2_ENVIRONMENT = {
+    "NUMBA_CPU_NAME": "haswell",  # Numba (tinypact's kernels) compiles for Haswell: AVX2 + FMA
+    "NUMBA_CACHE_DIR": str(Path(tempfile.gettempdir()) / "tinypact-numba-avx2"),
+    "OPENBLAS_CORETYPE": "Haswell",  # NumPy's OpenBLAS: its AVX2 kernels
+    "ATEN_CPU_CAPABILITY": "avx2",  # PyTorch's own kernels
+    "ONEDNN_MAX_CPU_ISA": "AVX2",  # PyTorch's oneDNN convolutions
+}
+
+
+def _avx2_from_argv(argv: list[str]) -> None:
+    if "--avx2" in argv:
+        os.environ.update(AVX2_ENVIRONMENT)
+
+
 _threads_from_argv(sys.argv[1:])
+_avx2_from_argv(sys.argv[1:])
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # tinypact first: importing it before NumPy shortens OpenBLAS's idle spin (tinypact/__init__.py),
 # which would otherwise take the cores from the Numba kernel after each BLAS call.
@@ -345,10 +365,14 @@ def machine_line(torch=None) -> str:
             f"conv2d blocks {_threads.workers()}")
     if torch is not None:
         line += f", PyTorch {torch.get_num_threads()}"
+    avx2 = os.environ.get("NUMBA_CPU_NAME") == AVX2_ENVIRONMENT["NUMBA_CPU_NAME"]
+    if avx2:
+        line += "\n--avx2: " + ", ".join(f"{k}={v}" for k, v in AVX2_ENVIRONMENT.items()
+                                         if k != "NUMBA_CACHE_DIR")
     line += f"\nNumPy's BLAS: OpenBLAS, {openblas_kernels()} kernels"
     forced = {name: os.environ[name] for name in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
               if name in os.environ}
-    if forced:
+    if forced and not avx2:
         line += (" (chosen by " + ", ".join(f"{k}={v}" for k, v in forced.items()) + " in the "
                  "environment, not by this CPU; unset to measure what this CPU gives NumPy)")
     return line
@@ -456,6 +480,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true",
                         help="break tinypact's step down by layer (forward, backward) and the rest")
     parser.add_argument("--threads", type=int, help="BLAS/Numba/PyTorch threads (set before start)")
+    parser.add_argument("--avx2", action="store_true",
+                        help="run NumPy's OpenBLAS, tinypact's Numba kernels and PyTorch with their "
+                             "AVX2 code only (no AVX-512): a stand-in for an AVX2-only CPU")
     args = parser.parse_args(argv)
     torch = None
     if args.vs_torch or args.ops:
