@@ -60,3 +60,25 @@ def test_thread_waits_are_defaults_the_user_overrides(monkeypatch):
     runtime.set_thread_waits()
     assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
     assert os.environ["OPENBLAS_THREAD_TIMEOUT"] == "7"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_conv_block_threads_work_in_a_forked_child():
+    """A child forked after conv2d ran on block threads must not wait for threads it lacks."""
+    code = """
+import os, sys
+import numpy as np
+from tinypact import Tensor, functional as F
+from tinypact.functional import conv
+conv.BLOCK_BYTES = 1  # one image per block: conv2d goes through the block threads
+x, w = Tensor(np.ones((4, 3, 8, 8), np.float32)), Tensor(np.ones((2, 3, 3, 3), np.float32))
+before = F.conv2d(x, w).data
+pid = os.fork()
+if pid == 0:
+    os._exit(0 if np.array_equal(F.conv2d(x, w).data, before) else 3)
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr

@@ -23,6 +23,7 @@ from pathlib import Path
 
 _local = threading.local()
 _pool: ThreadPoolExecutor | None = None
+_pool_key: tuple[int, int] | None = None  # (process id, threads): a forked child starts anew
 _pool_lock = threading.Lock()
 _openblas: dict | None = None
 
@@ -101,14 +102,15 @@ def _mark_worker() -> None:
 def map_blocks(work, blocks: list) -> list:
     """[work(block) for block in blocks], the blocks spread over `workers()` threads when there
     are two or more of each; results in the blocks' order either way."""
-    global _pool
+    global _pool, _pool_key
     count = workers()
     if count < 2 or len(blocks) < 2:
         return [work(block) for block in blocks]
     with _pool_lock:
-        if _pool is None or _pool._max_workers != count:
+        if _pool_key != (os.getpid(), count):  # a fork's child has the pool but not its threads
             _pool = ThreadPoolExecutor(count, thread_name_prefix="tinypact-block",
                                        initializer=_mark_worker)
+            _pool_key = (os.getpid(), count)
         pool = _pool
     with _single_threaded_blas():
         return list(pool.map(work, blocks))
