@@ -115,6 +115,7 @@ class _Compute:
             self.wt8 = kernels.int8_weights(signed.reshape(signed.shape[0], -1))
             if a["kind"] == "conv":  # the fused conv kernel reduces in (i, j, channel) order
                 self.wt8_conv = kernels.int8_conv_weights(signed)
+                self.ones = kernels.int8_ones_column(self.wt8_conv, self.j.shape[0])
         else:
             self.levels = (2 * self.j.astype(np.int16) - self.n_w).astype(np.int16)
         # int_gemm's own rule (kernels.py): a float with a p-bit significand is exact when every
@@ -149,11 +150,30 @@ class _Compute:
         """Whether a threshold layer runs as one GEMM + requantization kernel (`threshold_codes`)."""
         return self.vector or self.method == "int8"
 
-    def threshold_codes(self, x: np.ndarray) -> np.ndarray:
-        """A threshold layer's codes (N, O, P) in one fused kernel (vector bit-serial and int8 layers)."""
+    @property
+    def fused_conv(self) -> str | None:
+        """The layout a fused conv kernel of this threshold layer reads its input in ("nhwc" for
+        int8, "planes" for bit-serial), so a producer can write it so (`kernels.LaidOut`); None if
+        the layer is not one (its input then stays NCHW codes)."""
+        a = self.layer.attrs
+        if a["kind"] != "conv" or a["output"] != "threshold":
+            return None
+        return "nhwc" if self.method == "int8" else "planes" if self.channel_major else None
+
+    def threshold_codes(self, x, pool: int = 1, to=None):
+        """A threshold layer's codes (N, O, P) in one fused kernel (vector bit-serial and int8
+        layers); convs may also max-pool 2x2 (`pool` 2) and lay their output out `to` the next
+        conv's input layout (`kernels.conv_output`)."""
         a, arrays = self.layer.attrs, self.layer.arrays
-        th, direction, images = arrays["thresholds"], arrays["direction"], x.shape[0]
-        conv8 = self.method == "int8" and a["kind"] == "conv" and x.dtype == np.uint8
+        th, direction = arrays["thresholds"], arrays["direction"]
+        if isinstance(x, kernels.LaidOut):
+            images = x.shape[0]
+        else:
+            images = x.shape[0]
+            # Codes of an int8 layer are <= in_max <= 255 (the int8 path's condition): uint8 is exact.
+            if self.method == "int8" and a["kind"] == "conv" and x.dtype != np.uint8:
+                x = x.astype(np.uint8)
+        conv8 = self.method == "int8" and a["kind"] == "conv"
         weights = self.wt8_conv if conv8 else self.wt8 if self.method == "int8" else self.wt
         width = weights.shape[1] if self.method == "int8" else weights.shape[2]  # padded output columns
         if width not in self.prepared:  # the thresholds in the fused kernel's layout, made once
@@ -162,14 +182,15 @@ class _Compute:
         if conv8:
             return kernels.int8_conv_threshold_codes(x, *a["kernel"], a["stride"], a["padding"], weights, th,
                                                      direction, self.int8_scale, self.int8_offset, prepared,
-                                                     kernels.int8_ones_column(weights, th.shape[0]))
+                                                     self.ones, pool, to)
         if self.method == "int8":
             return kernels.int8_threshold_codes(self._bytes(x), weights, th, direction, images,
                                                 self.int8_scale, self.int8_offset, prepared)
         if self.channel_major:
-            return kernels.bitserial_conv_threshold_codes(x if x.dtype == np.uint8 else x.astype(np.uint8),
-                                                          *a["kernel"], a["stride"], a["padding"], self.abits,
-                                                          weights, th, direction, 2, self.n_w, prepared)
+            if not isinstance(x, kernels.LaidOut) and x.dtype != np.uint8:
+                x = x.astype(np.uint8)
+            return kernels.bitserial_conv_threshold_codes(x, *a["kernel"], a["stride"], a["padding"], self.abits,
+                                                          weights, th, direction, 2, self.n_w, prepared, pool, to)
         return kernels.bitserial_threshold_codes(self._planes(x), weights, th, direction, images, 2, self.n_w,
                                                  prepared)
 
@@ -207,7 +228,8 @@ class _Compute:
 class Engine:
     """Integer inference for one loaded model. `run(images)` -> EngineResult."""
 
-    def __init__(self, model: IntegerModel):
+    def __init__(self, model: IntegerModel, fuse: bool = True):
+        """`fuse` False runs every layer on its own (`_plan`'s fusions off; for comparisons)."""
         self.model = model
         self.compute = {layer.name: _Compute(layer) for layer in model.layers if layer.is_compute}
         self.tables = {}
@@ -216,6 +238,35 @@ class Engine:
                 codes = np.arange(layer.attrs["in_max"] + 1, dtype=np.int64)[:, None]
                 self.tables[layer.name] = apply_thresholds(codes, layer.arrays["thresholds"],
                                                            layer.arrays["direction"], 1)[:, 0]
+        self.pool_into, self.layout_to = self._plan() if fuse else ({}, {})
+
+    def _plan(self) -> tuple[dict, dict]:
+        """Which fused conv kernels also do the work of the layers around them:
+
+        pool_into[conv] = the 2x2 stride-2 max-pool that is the conv's only reader (the kernel
+        pools its rows before the thresholds, `requant.window_codes`); layout_to[conv] = the
+        input layout of the one conv that reads its (pooled) codes (`kernels.conv_output`), so
+        that conv skips its own re-layout pass. Both leave every layer's codes as they were."""
+        readers: dict[str, list[Layer]] = {}
+        for layer in self.model.layers:
+            for name in layer.attrs["inputs"]:
+                readers.setdefault(name, []).append(layer)
+        pool_into, layout_to = {}, {}
+        for name, comp in self.compute.items():
+            if comp.fused_conv is None:
+                continue
+            after = readers.get(name, [])
+            if len(after) == 1 and after[0].attrs["kind"] == "maxpool" and after[0].attrs["kernel"] == 2 \
+                    and after[0].attrs["stride"] == 2 and after[0].attrs["padding"] == 0 \
+                    and min(after[0].attrs["in_shape"][1:]) >= 2:
+                pool_into[name] = after[0]
+                after = readers.get(after[0].name, [])
+            reader = self.compute.get(after[0].name) if len(after) == 1 else None
+            if reader is not None and reader.fused_conv is not None:
+                ra = reader.layer.attrs
+                layout_to[name] = ((reader.fused_conv, ra["padding"]) if reader.fused_conv == "nhwc"
+                                   else (reader.fused_conv, ra["padding"], reader.abits))
+        return pool_into, layout_to
 
     def run(self, images: np.ndarray, collect: bool = False) -> EngineResult:
         """uint8 images (N, C, H, W) -> float32 logits; `collect` keeps every layer's output."""
@@ -226,18 +277,41 @@ class Engine:
                               f"got {images.dtype} {images.shape}")
         values = {"input": np.ascontiguousarray(images)}
         result = EngineResult(logits=np.zeros((0, 0), np.float32))
+        fused_by = {}  # pool layer -> the conv that computed it
         for layer in self.model.layers:
             a = layer.attrs
             stats = LayerStats(layer.name, a["kind"], tuple(a["out_shape"]), a.get("wbits"), a.get("abits"))
             start = time.perf_counter()
-            out = self._layer(layer, [values[i] for i in a["inputs"]], stats)
+            if layer.name in fused_by:
+                out, stats.method = values[layer.name], f"in {fused_by[layer.name]}"
+            elif layer.name in self.pool_into or layer.name in self.layout_to:
+                pool = self.pool_into.get(layer.name)
+                out = self._fused_conv(layer, values[a["inputs"][0]], pool, stats)
+                if pool is not None:
+                    values[pool.name], fused_by[pool.name] = out, layer.name
+                    # The conv's own codes exist only when asked for: computed again, unpooled.
+                    out = self._fused_conv(layer, values[a["inputs"][0]], None, stats) if collect else None
+            else:
+                out = self._layer(layer, [values[i] for i in a["inputs"]], stats)
             stats.seconds = time.perf_counter() - start
             values[layer.name] = out
             result.stats.append(stats)
             if collect:
-                result.outputs[layer.name] = out
+                result.outputs[layer.name] = kernels.as_codes(out)
         result.logits = values[self.model.layers[-1].name]
         return result
+
+    def _fused_conv(self, layer: Layer, x, pool: Layer | None, stats: LayerStats):
+        """A fused conv's codes (N, O, H, W), max-pooled by `pool` and laid out for the next conv as
+        planned (`_plan`); without `pool`, plain NCHW codes (collect mode)."""
+        comp, a = self.compute[layer.name], layer.attrs
+        to = self.layout_to.get(layer.name) if pool is not None or layer.name not in self.pool_into else None
+        out = comp.threshold_codes(x, 2 if pool is not None else 1, to)
+        stats.method = comp.method
+        stats.macs = x.shape[0] * int(np.prod(a["out_shape"])) * comp.j.shape[1]
+        if isinstance(out, kernels.LaidOut):
+            return out
+        return out.reshape(x.shape[0], *(pool.attrs["out_shape"] if pool is not None else a["out_shape"]))
 
     def _layer(self, layer: Layer, inputs: list[np.ndarray], stats: LayerStats) -> np.ndarray:
         a = layer.attrs

@@ -180,6 +180,86 @@ def threshold_block(total, corr, m0, scale, signed_th, by_t, negate, pixels, out
             out[img, o, p] = codes[r, o]
 
 
+@njit(cache=True)
+def window_codes(total, corr, group, scale, signed_th, by_t, negate, v, codes):  # pragma: no cover
+    """Codes of a fused conv kernel's block with an optional max-pool: for windows g of `group`
+    consecutive rows (1: no pooling; 4: the 4 pixels of a 2x2 window) and x = scale * total[r, c]
+    - corr[r],
+
+        codes[g, c] = #{t : max_{r in window g} d[c] * x[r, c] >= signed_th[c, t]}
+
+    which is the max-pool of the rows' codes: the count is non-decreasing in d * x, so the
+    largest code is the code of the largest d * x (and pooling first saves `group` - 1 counts).
+    Arguments as `threshold_block`; columns past the channels hold junk (never stored)."""
+    rows = total.shape[0]
+    cols = min(total.shape[1], (signed_th.shape[0] + 7) // 8 * 8)
+    n_th = by_t.shape[0]
+    last = signed_th.shape[0] - 1
+    for g in range(rows // group):
+        r0 = g * group
+        cr = corr[r0]
+        for c in range(cols):
+            x = scale * np.int64(total[r0, c]) - cr
+            v[c] = (x ^ negate[c]) - negate[c]
+        for r in range(r0 + 1, r0 + group):
+            cr = corr[r]
+            for c in range(cols):
+                x = scale * np.int64(total[r, c]) - cr
+                v[c] = max(v[c], (x ^ negate[c]) - negate[c])
+        if n_th <= 16:
+            for c in range(cols):
+                codes[g, c] = 0
+            for q in range(n_th):
+                for c in range(cols):
+                    codes[g, c] += np.uint8(v[c] >= by_t[q, c])
+        else:
+            for c in range(cols):
+                codes[g, c] = count_reached(v[c], signed_th, min(c, last))
+
+
+# Output layouts of the fused conv kernels (`kernels.conv_output`): the codes as the next layer
+# reads them, so that no separate pass re-lays them out.
+NCHW, NHWC, PLANES = 0, 1, 2
+
+
+@njit(cache=True)
+def store_codes(codes, count, first, dest, layout):  # pragma: no cover - compiled
+    """Rows 0..count-1 of `codes` (outputs first.. in NCHW pixel order: image i // P, pixel i % P)
+    into `dest` (uint64, 1-D) laid out by `layout` = [kind, images, channels, height, width,
+    padding, bits, words] (int64), kind:
+
+    - NCHW: uint8 (images, channels, height * width);
+    - NHWC: uint8 (images, height + 2 padding, width + 2 padding, channels), zero border;
+    - PLANES: uint64 (bits, images, height + 2 padding, width + 2 padding, words): bit l of word q
+      is bit b of channel 64 q + l (`kernels.channel_packed_planes`), zero border and lanes."""
+    kind, images, channels, height, width, pad, bits, words = (layout[0], layout[1], layout[2], layout[3],
+                                                             layout[4], layout[5], layout[6], layout[7])
+    pixels = height * width
+    hp, wp = height + 2 * pad, width + 2 * pad
+    as_bytes = dest.view(np.uint8)
+    for i in range(count):
+        m = first + i
+        img = m // pixels
+        p = m - img * pixels
+        if kind == NCHW:
+            for o in range(channels):
+                as_bytes[(img * channels + o) * pixels + p] = codes[i, o]
+            continue
+        y = p // width
+        at = (y + pad) * wp + p - y * width + pad  # the pixel in its padded image
+        if kind == NHWC:
+            for o in range(channels):
+                as_bytes[(img * hp * wp + at) * channels + o] = codes[i, o]
+            continue
+        for b in range(bits):
+            shift = np.uint64(b)
+            for q in range(words):
+                word = np.uint64(0)
+                for lane in range(min(64, channels - 64 * q)):
+                    word |= ((np.uint64(codes[i, 64 * q + lane]) >> shift) & np.uint64(1)) << np.uint64(lane)
+                dest[((b * images + img) * hp * wp + at) * words + q] = word
+
+
 def block_thresholds(th: np.ndarray, direction: np.ndarray, width: int) -> tuple:
     """(signed_th, by_t, negate) for `threshold_block`, by_t and negate padded to `width` columns."""
     d = np.asarray(direction).astype(np.int64)

@@ -529,3 +529,87 @@ def test_executor_max_pool_equals_max_pool_codes(kernel, stride, data, seed):
     x = np.random.default_rng(seed).integers(0, 16, (2, 3, h, w)).astype(np.uint8)
     assert_equal(max_pool_slices(x, kernel, stride, padding), max_pool_codes(x, kernel, stride, padding),
                  f"x {x.shape} kernel {kernel} stride {stride} padding {padding}")
+
+
+def _laid_out_cases(draw, x, kh, kw, stride, padding):
+    """A fused conv's pool (1 or 2, when its output is at least 2x2) and output layout `to`."""
+    oh = kernels.conv_output_size(x.shape[2], kh, stride, padding)
+    ow = kernels.conv_output_size(x.shape[3], kw, stride, padding)
+    pool = draw(st.sampled_from([1, 2])) if min(oh, ow) >= 2 else 1
+    to = draw(st.sampled_from([None, ("nhwc", draw(st.integers(0, 2))),
+                               ("planes", draw(st.integers(0, 2)), draw(st.integers(4, 8)))]))
+    return pool, to
+
+
+def _as_nchw(got, images, channels):
+    return got.codes().reshape(images, channels, -1) if isinstance(got, kernels.LaidOut) else got
+
+
+@settings(max_examples=100)
+@given(case=st.data(), o=st.integers(1, 70), offset=st.sampled_from([0, -1, 7]), seed=SEEDS)
+def test_int8_conv_pooled_and_laid_out_equals_pool_of_codes(case, o, offset, seed):
+    """pool 2 = `max_pool_codes(codes, 2)`; `to` layouts hold the same codes (`LaidOut.codes`), and
+    a conv reading an "nhwc" LaidOut equals one reading the NCHW codes."""
+    x, kh, kw, stride, padding, _ = case.draw(conv_cases())
+    th, direction = case.draw(threshold_cases())
+    th, direction = np.resize(th, (o, th.shape[1])), np.resize(direction, o)
+    th[direction < 0] = np.sort(th[direction < 0], axis=1)[:, ::-1]
+    th[direction > 0] = np.sort(th[direction > 0], axis=1)
+    th = np.clip(th, 0, 15) if case.draw(st.booleans()) else th  # codes < 16 for "planes" of 4+ bits
+    pool, to = _laid_out_cases(case.draw, x, kh, kw, stride, padding)
+    if to is not None and to[0] == "planes" and th.shape[1] >= 2**to[2]:
+        to = None
+    w = np.random.default_rng(seed).integers(-128, 128, (o, x.shape[1], kh, kw))
+    wt = kernels.int8_conv_weights(w)
+    plain = kernels.int8_conv_threshold_codes(x, kh, kw, stride, padding, wt, th, direction, 2, offset)
+    oh = kernels.conv_output_size(x.shape[2], kh, stride, padding)
+    want = plain.reshape(x.shape[0], o, oh, -1)
+    if pool == 2:
+        want = kernels.max_pool_codes(want, 2)
+    got = kernels.int8_conv_threshold_codes(x, kh, kw, stride, padding, wt, th, direction, 2, offset, pool=pool, to=to)
+    context = f"int8 conv x {x.shape} {kh}x{kw} s={stride} p={padding} O={o} offset={offset} pool={pool} to={to}"
+    assert_equal(_as_nchw(got, x.shape[0], o), want.reshape(x.shape[0], o, -1), context)
+    if isinstance(got, kernels.LaidOut) and got.kind == "nhwc":  # read back by a conv
+        k2, s2 = min(2, *got.shape[2:]) if got.padding == 0 else 2, 1
+        w2 = kernels.int8_conv_weights(np.random.default_rng(seed + 1).integers(-128, 128, (3, o, k2, k2)))
+        th2 = np.array([[-50, 0, 50]] * 3, np.int64)
+        d2 = np.ones(3, np.int8)
+        assert_equal(kernels.int8_conv_threshold_codes(got, k2, k2, s2, got.padding, w2, th2, d2),
+                     kernels.int8_conv_threshold_codes(got.codes(), k2, k2, s2, got.padding, w2, th2, d2),
+                     context + ", read back as nhwc")
+
+
+@settings(max_examples=100)
+@given(case=conv_cases(), tcase=threshold_cases(), wbits=st.integers(1, 3), seed=SEEDS, data=st.data())
+def test_bitserial_conv_pooled_and_laid_out_equals_pool_of_codes(case, tcase, wbits, seed, data):
+    """As the int8 test above, for the gather-inside bit-serial conv kernel; a conv reading its
+    "planes" LaidOut equals one reading the NCHW codes."""
+    x, kh, kw, stride, padding, abits = case
+    th, direction = tcase
+    if abits > 4:
+        x, abits = x >> (abits - 4), 4
+    pool, to = _laid_out_cases(data.draw, x, kh, kw, stride, padding)
+    if to is not None and to[0] == "planes" and th.shape[1] >= 2**to[2]:
+        to = ("nhwc", to[1])
+    o = th.shape[0]
+    weight = np.random.default_rng(seed).integers(0, 2**wbits, (o, x.shape[1], kh, kw))
+    wt = kernels.transposed_planes(bit_planes(kernels.channel_major_weights(weight), wbits))
+    n_w = 2**wbits - 1
+    plain = kernels.bitserial_conv_threshold_codes(x, kh, kw, stride, padding, abits, wt, th, direction, 2, n_w)
+    oh = kernels.conv_output_size(x.shape[2], kh, stride, padding)
+    want = plain.reshape(x.shape[0], o, oh, -1)
+    if pool == 2:
+        want = kernels.max_pool_codes(want, 2)
+    got = kernels.bitserial_conv_threshold_codes(x, kh, kw, stride, padding, abits, wt, th, direction, 2, n_w,
+                                                 pool=pool, to=to)
+    context = f"x {x.shape} {kh}x{kw} s={stride} p={padding} W{wbits}A{abits} O={o} pool={pool} to={to}"
+    assert_equal(_as_nchw(got, x.shape[0], o), want.reshape(x.shape[0], o, -1), context)
+    if isinstance(got, kernels.LaidOut) and got.kind == "planes":  # read back by a conv
+        k2 = 1 if got.padding == 0 else 3
+        w2 = np.random.default_rng(seed + 1).integers(0, 2, (5, o, k2, k2))
+        wt2 = kernels.transposed_planes(bit_planes(kernels.channel_major_weights(w2), 1))
+        th2, d2 = np.array([[-3, 0, 3]] * 5, np.int64), np.ones(5, np.int8)
+        assert_equal(kernels.bitserial_conv_threshold_codes(got, k2, k2, 1, got.padding, got.bits, wt2, th2, d2, 2, 1),
+                     kernels.bitserial_conv_threshold_codes(got.codes(), k2, k2, 1, got.padding, got.bits, wt2, th2,
+                                                            d2, 2, 1),
+                     context + ", read back as planes")
