@@ -177,7 +177,7 @@ class _Compute:
         weights = self.wt8_conv if conv8 else self.wt8 if self.method == "int8" else self.wt
         width = weights.shape[1] if self.method == "int8" else weights.shape[2]  # padded output columns
         if width not in self.prepared:  # the thresholds in the fused kernel's layout, made once
-            self.prepared[width] = block_thresholds(th, direction, width)
+            self.prepared[width] = block_thresholds(th, direction, width, int(a["acc_bound"]))
         prepared = self.prepared[width]
         if conv8:
             return kernels.int8_conv_threshold_codes(x, *a["kernel"], a["stride"], a["padding"], weights, th,

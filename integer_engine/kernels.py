@@ -310,7 +310,9 @@ def _make_vector_conv_kernel(fixed_abits: int, fixed_wbits: int):
         for task in prange((blocks + BLOCKS_PER_TASK - 1) // BLOCKS_PER_TASK):
             rows = np.empty((bits, TILE_ROWS, k_words), np.uint64)  # scratch, once per task
             flat = rows.reshape(-1)
-            tile, total, corr, v, codes = _block_scratch(n_pad)
+            tile, total, corr, _, _ = _block_scratch(n_pad)
+            v = np.empty(n_pad, by_t.dtype)
+            codes = np.empty((TILE_ROWS, (n_pad + 63) // 64 * 64), np.uint8)  # whole 64-byte runs
             for t in range(task * BLOCKS_PER_TASK, min(blocks, (task + 1) * BLOCKS_PER_TASK)):
                 m0 = t * TILE_ROWS
                 for r in range(TILE_ROWS):
@@ -696,8 +698,8 @@ def _int8_conv_threshold_kernel(xp, kh, kw, channels, height, width, stride, oh_
         starts = np.empty(INT8_ROWS, np.int64)  # scratch, once per task
         total = np.empty((INT8_ROWS, wt.shape[1]), np.int32)
         corr = np.zeros(INT8_ROWS, np.int64)
-        v = np.empty(wt.shape[1], np.int64)
-        codes = np.empty((INT8_ROWS, wt.shape[1]), np.uint8)
+        v = np.empty(wt.shape[1], by_t.dtype)
+        codes = np.empty((INT8_ROWS, (wt.shape[1] + 63) // 64 * 64), np.uint8)  # whole 64-byte runs
         for t in range(task * BLOCKS_PER_TASK, min(blocks, (task + 1) * BLOCKS_PER_TASK)):
             m0 = t * INT8_ROWS
             for r in range(INT8_ROWS):

@@ -20,6 +20,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from integer_engine.bitpack import plane_word
 from integer_engine.epilogue import activation_code, affine
 from integer_engine.errors import EngineError
 
@@ -190,9 +191,12 @@ def window_codes(total, corr, group, scale, signed_th, by_t, negate, v, codes): 
 
     which is the max-pool of the rows' codes: the count is non-decreasing in d * x, so the
     largest code is the code of the largest d * x (and pooling first saves `group` - 1 counts).
-    Arguments as `threshold_block`; columns past the channels hold junk (never stored)."""
+    Arguments as `threshold_block`, except that v (cols,) has by_t's dtype: int32 thresholds
+    (`block_thresholds` with a bound) count 16 lanes per vector instead of 8. 1, 3, 7 and 15
+    thresholds (1- to 4-bit outputs) are counted in one pass of constant length. Columns past the
+    channels hold junk (never stored)."""
     rows = total.shape[0]
-    cols = min(total.shape[1], (signed_th.shape[0] + 7) // 8 * 8)
+    cols = min(total.shape[1], (signed_th.shape[0] + 15) // 16 * 16)
     n_th = by_t.shape[0]
     last = signed_th.shape[0] - 1
     for g in range(rows // group):
@@ -200,13 +204,31 @@ def window_codes(total, corr, group, scale, signed_th, by_t, negate, v, codes): 
         cr = corr[r0]
         for c in range(cols):
             x = scale * np.int64(total[r0, c]) - cr
-            v[c] = (x ^ negate[c]) - negate[c]
+            v[c] = (x ^ negate[c]) - negate[c]  # |d * x| <= acc_bound: exact in by_t's dtype
         for r in range(r0 + 1, r0 + group):
             cr = corr[r]
             for c in range(cols):
                 x = scale * np.int64(total[r, c]) - cr
                 v[c] = max(v[c], (x ^ negate[c]) - negate[c])
-        if n_th <= 16:
+        if n_th == 1:
+            for c in range(cols):
+                codes[g, c] = np.uint8(v[c] >= by_t[0, c])
+        elif n_th == 3:
+            for c in range(cols):
+                codes[g, c] = np.uint8(v[c] >= by_t[0, c]) + np.uint8(v[c] >= by_t[1, c]) + np.uint8(v[c] >= by_t[2, c])
+        elif n_th == 7:
+            for c in range(cols):
+                code = np.uint8(0)
+                for q in range(7):
+                    code += np.uint8(v[c] >= by_t[q, c])
+                codes[g, c] = code
+        elif n_th == 15:
+            for c in range(cols):
+                code = np.uint8(0)
+                for q in range(15):
+                    code += np.uint8(v[c] >= by_t[q, c])
+                codes[g, c] = code
+        elif n_th <= 16:
             for c in range(cols):
                 codes[g, c] = 0
             for q in range(n_th):
@@ -231,7 +253,8 @@ def store_codes(codes, count, first, dest, layout):  # pragma: no cover - compil
     - NCHW: uint8 (images, channels, height * width);
     - NHWC: uint8 (images, height + 2 padding, width + 2 padding, channels), zero border;
     - PLANES: uint64 (bits, images, height + 2 padding, width + 2 padding, words): bit l of word q
-      is bit b of channel 64 q + l (`kernels.channel_packed_planes`), zero border and lanes."""
+      is bit b of channel 64 q + l (`kernels.channel_packed_planes`), zero border and lanes; codes'
+      rows must then hold 64 * words bytes (`bitpack.plane_word` reads whole 64-byte runs)."""
     kind, images, channels, height, width, pad, bits, words = (layout[0], layout[1], layout[2], layout[3],
                                                              layout[4], layout[5], layout[6], layout[7])
     pixels = height * width
@@ -252,21 +275,26 @@ def store_codes(codes, count, first, dest, layout):  # pragma: no cover - compil
                 as_bytes[(img * hp * wp + at) * channels + o] = codes[i, o]
             continue
         for b in range(bits):
-            shift = np.uint64(b)
             for q in range(words):
-                word = np.uint64(0)
-                for lane in range(min(64, channels - 64 * q)):
-                    word |= ((np.uint64(codes[i, 64 * q + lane]) >> shift) & np.uint64(1)) << np.uint64(lane)
+                word = plane_word(codes, i, 64 * q, b)
+                if channels < 64 * (q + 1):  # lanes past the channels hold junk codes
+                    word &= (np.uint64(1) << np.uint64(channels - 64 * q)) - np.uint64(1)
                 dest[((b * images + img) * hp * wp + at) * words + q] = word
 
 
-def block_thresholds(th: np.ndarray, direction: np.ndarray, width: int) -> tuple:
-    """(signed_th, by_t, negate) for `threshold_block`, by_t and negate padded to `width` columns."""
+def block_thresholds(th: np.ndarray, direction: np.ndarray, width: int, bound: int | None = None) -> tuple:
+    """(signed_th, by_t, negate) for `threshold_block`, by_t and negate padded to `width` columns.
+
+    With `bound` (the layer's acc_bound: every |accumulator| <= bound) below 2**31 - 1, by_t and
+    negate are int32 and by_t clipped to [-bound, bound + 1], which changes no count (every d * acc
+    lies in [-bound, bound]); the fused kernels then compare 16 lanes at a time."""
     d = np.asarray(direction).astype(np.int64)
     signed_th = np.ascontiguousarray(th * d[:, None])
-    by_t = np.zeros((th.shape[1], width), np.int64)
-    by_t[:, :th.shape[0]] = signed_th.T
-    negate = np.zeros(width, np.int64)
+    dtype = np.int32 if bound is not None and bound < 2**31 - 1 else np.int64
+    by_t = np.zeros((th.shape[1], width), dtype)
+    clipped = signed_th if dtype == np.int64 else np.clip(signed_th, -bound, bound + 1)
+    by_t[:, :th.shape[0]] = clipped.T
+    negate = np.zeros(width, dtype)
     negate[:th.shape[0]] = np.where(d < 0, -1, 0)
     return signed_th, by_t, negate
 
