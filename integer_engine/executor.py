@@ -50,8 +50,20 @@ from integer_engine.requant import apply_thresholds, block_thresholds, full_accu
 # both fused kernels, the SVHN network at W2A2 ran as fast bit-serial as int8 (batch 512,
 # interleaved: 2639 vs 2584 images/s best, 2452 vs 2439 median; before the bit-serial gather was
 # fused, 0.8x), and at W1A1 1.4x faster bit-serial (3633 vs 2642).
-INT8_DOT = int8dot.VNNI
-BITSERIAL_MAX_PASSES = 4 if INT8_DOT and kernels.BITSERIAL_KERNEL == "vector" else 9
+# AVX2 int8 (`vpmaddubsw`) against scalar POPCNT: compiled for znver1 (AVX2, 16 registers) and run
+# on Zen 5, whole SVHN layers at 64 images (`Engine(calibrate=64)`), scalar bit-serial won only at
+# W1A1 (and not every layer: conv1 3.2 ms int8 vs 5.9); at W2A2 int8 took half the time. Not yet
+# measured on an AVX2-only CPU: `Engine(calibrate=...)` measures the machine it runs on.
+INT8_DOT = int8dot.LOWERING != "generic"
+if int8dot.VNNI and kernels.BITSERIAL_KERNEL == "vector":
+    BITSERIAL_MAX_PASSES = 4
+elif int8dot.LOWERING == "vpmaddubsw":
+    BITSERIAL_MAX_PASSES = 1
+else:
+    BITSERIAL_MAX_PASSES = 9
+# `Engine(calibrate=...)` times both kernel families up to W4A4 (16 passes); past that bit-serial
+# never came close (W8A8 conv1: 150 ms vs 3 ms int8 on Zen 5).
+CALIBRATE_MAX_PASSES = 16
 
 
 @dataclass
@@ -80,18 +92,24 @@ class EngineResult:
 class _Compute:
     """Per-layer state prepared once: weight matrix (OIHW order), its bit-planes or signed levels."""
 
-    def __init__(self, layer: Layer):
+    def __init__(self, layer: Layer, bitserial: bool | None = None):
+        """`bitserial` True/False forces the choice between the bit-serial and the int8 kernels
+        where both can run (`Engine`'s calibration); None follows BITSERIAL_MAX_PASSES."""
         a = layer.attrs
         self.layer = layer
         w = layer.arrays["weight"]
         self.j = np.ascontiguousarray(w.reshape(w.shape[0], -1))
         self.n_w = int(a["n_w"])
         self.abits, self.wbits = int(a["abits"]), int(a["wbits"])
+        self.int8_possible = (INT8_DOT and int(a["in_max"]) <= 255 and self.wbits <= 8
+                              and self.j.shape[1] <= int8dot.INT32_SAFE_K)
+        self.bitserial_possible = self.abits <= bitpack.MAX_BITS and self.abits * self.wbits <= 64
         narrow = self.abits <= bitpack.MAX_BITS and self.abits * self.wbits <= BITSERIAL_MAX_PASSES
+        if bitserial is not None:
+            narrow = bitserial and self.bitserial_possible or not self.int8_possible
         # u8 codes x s8 weights: levels c = 2j - n_w when they fit in int8, else j - 128 with
         # a . c = 2 a.(j - 128) - (n_w - 256) rowsum(a).
-        int8 = (INT8_DOT and not narrow and int(a["in_max"]) <= 255 and self.wbits <= 8
-                and self.j.shape[1] <= int8dot.INT32_SAFE_K)
+        int8 = self.int8_possible and not narrow
         self.method = "bitserial" if narrow else "int8" if int8 else "int"
         # With 512-bit popcounts the weights are transposed once and the activations are the
         # GEMM's rows (result rows_first); threshold layers fuse the GEMM with requantization.
@@ -182,10 +200,10 @@ class _Compute:
         if conv8:
             return kernels.int8_conv_threshold_codes(x, *a["kernel"], a["stride"], a["padding"], weights, th,
                                                      direction, self.int8_scale, self.int8_offset, prepared,
-                                                     self.ones, pool, to)
+                                                     self.ones, pool, to, int(a["in_max"]))
         if self.method == "int8":
             return kernels.int8_threshold_codes(self._bytes(x), weights, th, direction, images,
-                                                self.int8_scale, self.int8_offset, prepared)
+                                                self.int8_scale, self.int8_offset, prepared, int(a["in_max"]))
         if self.channel_major:
             if not isinstance(x, kernels.LaidOut) and x.dtype != np.uint8:
                 x = x.astype(np.uint8)
@@ -213,7 +231,7 @@ class _Compute:
         if self.method == "int8":
             patches = self._bytes(x)
             rowsum = patches.sum(axis=1, dtype=np.int64).reshape(images, -1)
-            dot = kernels.int8_gemm(patches, self.wt8, self.j.shape[0])
+            dot = kernels.int8_gemm(patches, self.wt8, self.j.shape[0], int(a["in_max"]))
             return dot, "rows_first", self.int8_scale, self.int8_offset, rowsum
         # Every partial sum is an integer bounded by acc_bound (a static fact of the model), so
         # BLAS in exact_dtype is exact: `kernels.int_gemm`'s argument, without its scan of the data
@@ -228,10 +246,15 @@ class _Compute:
 class Engine:
     """Integer inference for one loaded model. `run(images)` -> EngineResult."""
 
-    def __init__(self, model: IntegerModel, fuse: bool = True):
-        """`fuse` False runs every layer on its own (`_plan`'s fusions off; for comparisons)."""
+    def __init__(self, model: IntegerModel, fuse: bool = True, calibrate: int = 0):
+        """`fuse` False runs every layer on its own (`_plan`'s fusions off; for comparisons).
+        `calibrate` > 0: choose bit-serial or int8 per layer by timing both on this CPU, on
+        `calibrate` random input images (`_calibrate`), instead of BITSERIAL_MAX_PASSES."""
         self.model = model
         self.compute = {layer.name: _Compute(layer) for layer in model.layers if layer.is_compute}
+        self.calibration: dict[str, tuple[float, float]] = {}
+        if calibrate:
+            self._calibrate(calibrate)
         self.tables = {}
         for layer in model.layers:
             if layer.attrs["kind"] == "requant":
@@ -239,6 +262,36 @@ class Engine:
                 self.tables[layer.name] = apply_thresholds(codes, layer.arrays["thresholds"],
                                                            layer.arrays["direction"], 1)[:, 0]
         self.pool_into, self.layout_to = self._plan() if fuse else ({}, {})
+
+    def _calibrate(self, images: int, repeats: int = 3) -> None:
+        """The bit-serial vs int8 crossover measured on this CPU, layer by layer: every threshold
+        conv that both kernel families can run is timed both ways (best of `repeats`, fused
+        kernels, random codes of its input shape, `images` images, the current thread count) and
+        keeps the faster (whole layers: fused where fused, as `run` runs them);
+        `self.calibration[name]` = (bit-serial s, int8 s). Both are exact, so
+        the choice changes the speed only. (Zen 5, SVHN at batch 512: int8 won W2A2 conv1-2 and
+        W3A3 conv1-5, bit-serial the rest, benchmarks/engine.py --layers.)"""
+        rng = np.random.default_rng(0)
+        for name, comp in list(self.compute.items()):
+            a = comp.layer.attrs
+            if not (comp.int8_possible and comp.bitserial_possible and a["kind"] == "conv"
+                    and a["output"] == "threshold" and comp.abits * comp.wbits <= CALIBRATE_MAX_PASSES):
+                continue
+            x = rng.integers(0, int(a["in_max"]) + 1, (images, *a["in_shape"])).astype(np.uint8)
+            candidates = {True: _Compute(comp.layer, bitserial=True), False: _Compute(comp.layer, bitserial=False)}
+            seconds = {}
+            for choice, candidate in candidates.items():
+                self.compute[name] = candidate
+                stats = LayerStats(name, "conv", (), None, None)
+                self._layer(comp.layer, [x], stats)  # compile / warm up
+                times = []
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    self._layer(comp.layer, [x], stats)
+                    times.append(time.perf_counter() - start)
+                seconds[choice] = min(times)
+            self.calibration[name] = (seconds[True], seconds[False])
+            self.compute[name] = candidates[seconds[True] <= seconds[False]]
 
     def _plan(self) -> tuple[dict, dict]:
         """Which fused conv kernels also do the work of the layers around them:

@@ -37,6 +37,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from integer_engine.bitpack import MAX_BITS, check_bits, words_for
 from integer_engine.errors import EngineError
+from integer_engine import int8dot
 from integer_engine.int8dot import INT32_SAFE_K, int8_conv_tile, int8_tile
 from integer_engine.int8dot import TILE_COLS as INT8_COLS
 from integer_engine.int8dot import TILE_ROWS as INT8_ROWS
@@ -621,9 +622,10 @@ def _check_int8_operands(a: np.ndarray, wt: np.ndarray, n_cols: int) -> np.ndarr
     return a
 
 
-def _make_int8_kernel(fused: bool):
-    """The int8 GEMM on `int8dot.int8_tile`, 8 rows x all columns per block; `fused` as in
-    `_make_vector_kernel` (same arguments, a: (M, 4*K4) uint8, wt: (K4, Npad, 4) int8)."""
+def _make_int8_kernel(fused: bool, split: int):
+    """The int8 GEMM on `int8dot.int8_tile`, TILE_ROWS rows x all columns per block; `fused` as in
+    `_make_vector_kernel` (same arguments, a: (M, 4*K4) uint8, wt: (K4, Npad, 4) int8); `split`
+    as in `int8dot` (a compile-time constant)."""
 
     @njit(parallel=True, cache=True)
     def kernel(a, wt, scale, offset, signed_th, by_t, negate, pixels, out):  # pragma: no cover
@@ -638,7 +640,7 @@ def _make_int8_kernel(fused: bool):
             for t in range(task * BLOCKS_PER_TASK, min(blocks, (task + 1) * BLOCKS_PER_TASK)):
                 m0 = t * INT8_ROWS
                 for n0 in range(0, n_pad, INT8_COLS):
-                    int8_tile(a, wt, m0, n0, total)
+                    int8_tile(a, wt, m0, n0, total, split)
                 if fused:
                     if offset != 0:
                         for r in range(INT8_ROWS):
@@ -650,22 +652,38 @@ def _make_int8_kernel(fused: bool):
     return kernel
 
 
-_INT8_KERNELS = {False: _make_int8_kernel(False), True: _make_int8_kernel(True)}
+_INT8_KERNELS: dict = {}
 
 
-def int8_gemm(a: np.ndarray, wt: np.ndarray, n_cols: int) -> np.ndarray:
+def _int8_kernel(kind: str, split: bool):
+    """The compiled int8 kernel: kind "gemm", "fused" (+ thresholds) or "conv" (+ im2col)."""
+    key = (kind, int(split))
+    if key not in _INT8_KERNELS:
+        _INT8_KERNELS[key] = (_make_int8_conv_kernel(key[1]) if kind == "conv"
+                              else _make_int8_kernel(kind == "fused", key[1]))
+    return _INT8_KERNELS[key]
+
+
+def _split_for(a_max: int, wt: np.ndarray) -> bool:
+    """`int8dot.pairs_saturate` for codes <= a_max against the packed int8 weights wt."""
+    return int8dot.pairs_saturate(a_max, int(np.abs(wt.astype(np.int16)).max()) if wt.size else 0)
+
+
+def int8_gemm(a: np.ndarray, wt: np.ndarray, n_cols: int, a_max: int = 255) -> np.ndarray:
     """int64 (M, n_cols) = a @ w.T for uint8 activations a (M, 4*K4) (zero columns past K) and
-    wt = `int8_weights(w)`; exact (int32 partial sums, K checked against INT32_SAFE_K)."""
+    wt = `int8_weights(w)`; exact (int32 partial sums, K checked against INT32_SAFE_K). a_max:
+    a bound on the codes (picks the AVX2 sequence, `int8dot.pairs_saturate`)."""
     a = _check_int8_operands(a, wt, n_cols)
     out = np.zeros((a.shape[0], n_cols), np.int64)
     if out.size and a.shape[1]:
         with _threads_for(a.shape[0] * wt.shape[1] * a.shape[1] // 64):
-            _INT8_KERNELS[False](a, wt, 0, 0, *_NO_THRESHOLDS, 1, out)
+            _int8_kernel("gemm", _split_for(a_max, wt))(a, wt, 0, 0, *_NO_THRESHOLDS, 1, out)
     return out
 
 
 def int8_threshold_codes(a: np.ndarray, wt: np.ndarray, th: np.ndarray, direction: np.ndarray, images: int,
-                         scale: int = 1, offset: int = 0, prepared: tuple | None = None) -> np.ndarray:
+                         scale: int = 1, offset: int = 0, prepared: tuple | None = None,
+                         a_max: int = 255) -> np.ndarray:
     """Codes (images, O, P) uint8 of an int8-path layer in one pass: `requant.threshold_codes`
     applied to `scale * int8_gemm(a, wt) - offset * rowsum(a)` (rows m = img * P + p)."""
     channels = th.shape[0]
@@ -673,51 +691,57 @@ def int8_threshold_codes(a: np.ndarray, wt: np.ndarray, th: np.ndarray, directio
     out = np.empty((images, channels, a.shape[0] // images), np.uint8)
     if out.size:
         with _threads_for(a.shape[0] * wt.shape[1] * a.shape[1] // 64):
-            _INT8_KERNELS[True](a, wt, np.int64(scale), np.int64(offset),
-                                *(prepared or block_thresholds(th, direction, wt.shape[1])), a.shape[0] // images, out)
+            _int8_kernel("fused", _split_for(a_max, wt))(
+                a, wt, np.int64(scale), np.int64(offset), *(prepared or block_thresholds(th, direction, wt.shape[1])),
+                a.shape[0] // images, out)
     return out
 
 
-@njit(parallel=True, cache=True)
-def _int8_conv_threshold_kernel(xp, kh, kw, channels, height, width, stride, oh_count, ow_count, pool, wt, ones,
-                                scale, offset, signed_th, by_t, negate, dest, layout):  # pragma: no cover
-    # The fused int8 kernel reading its patches in place (`int8dot.int8_conv_tile`): xp holds the
-    # zero-padded codes in NHWC order, flattened, with slack at the end, so a patch row in the
-    # order (i, j, channel) is kh runs of kw*C contiguous bytes, one per kernel row; each run is
-    # read in 4-byte groups, the bytes past kw*C meeting zero weights (`int8_conv_weights`).
-    # When offset != 0 the row sums are weight column `ones` (all 1 on the real bytes) or, if
-    # ones < 0, summed here. pool == 2: rows in 2x2 max-pool windows (`_conv_output_pixel`).
-    # dest, layout: `requant.store_codes`'s.
-    n_images = layout[1]
-    group = 1 if pool == 1 else 4
-    m_rows = n_images * (oh_count * ow_count if pool == 1 else 4 * (oh_count // 2) * (ow_count // 2))
-    run = kw * channels
-    groups = wt.shape[0] // kh
-    blocks = (m_rows + INT8_ROWS - 1) // INT8_ROWS
-    for task in prange((blocks + BLOCKS_PER_TASK - 1) // BLOCKS_PER_TASK):
-        starts = np.empty(INT8_ROWS, np.int64)  # scratch, once per task
-        total = np.empty((INT8_ROWS, wt.shape[1]), np.int32)
-        corr = np.zeros(INT8_ROWS, np.int64)
-        v = np.empty(wt.shape[1], by_t.dtype)
-        codes = np.empty((INT8_ROWS, (wt.shape[1] + 63) // 64 * 64), np.uint8)  # whole 64-byte runs
-        for t in range(task * BLOCKS_PER_TASK, min(blocks, (task + 1) * BLOCKS_PER_TASK)):
-            m0 = t * INT8_ROWS
-            for r in range(INT8_ROWS):
-                img, y, z = _conv_output_pixel(min(m0 + r, m_rows - 1), pool, oh_count, ow_count)
-                starts[r] = ((img * height + y * stride) * width + z * stride) * channels
-                if offset != 0 and ones < 0:
-                    rowsum = 0
-                    for i in range(kh):
-                        for b in range(run):
-                            rowsum += np.int64(xp[starts[r] + i * width * channels + b])
-                    corr[r] = offset * rowsum
-            for n0 in range(0, wt.shape[1], INT8_COLS):
-                int8_conv_tile(xp, starts, width * channels, kh, groups, wt, n0, total)
-            if offset != 0 and ones >= 0:
+def _make_int8_conv_kernel(split: int):
+    """The fused int8 conv kernel, with `split` (`int8dot`) a compile-time constant."""
+
+    @njit(parallel=True, cache=True)
+    def kernel(xp, kh, kw, channels, height, width, stride, oh_count, ow_count, pool, wt, ones, scale, offset,
+               signed_th, by_t, negate, dest, layout):  # pragma: no cover - compiled
+        # The fused int8 kernel reading its patches in place (`int8dot.int8_conv_tile`): xp holds the
+        # zero-padded codes in NHWC order, flattened, with slack at the end, so a patch row in the
+        # order (i, j, channel) is kh runs of kw*C contiguous bytes, one per kernel row; each run is
+        # read in 4-byte groups, the bytes past kw*C meeting zero weights (`int8_conv_weights`).
+        # When offset != 0 the row sums are weight column `ones` (all 1 on the real bytes) or, if
+        # ones < 0, summed here. pool == 2: rows in 2x2 max-pool windows (`_conv_output_pixel`).
+        # dest, layout: `requant.store_codes`'s.
+        n_images = layout[1]
+        group = 1 if pool == 1 else 4
+        m_rows = n_images * (oh_count * ow_count if pool == 1 else 4 * (oh_count // 2) * (ow_count // 2))
+        run = kw * channels
+        groups = wt.shape[0] // kh
+        blocks = (m_rows + INT8_ROWS - 1) // INT8_ROWS
+        for task in prange((blocks + BLOCKS_PER_TASK - 1) // BLOCKS_PER_TASK):
+            starts = np.empty(INT8_ROWS, np.int64)  # scratch, once per task
+            total = np.empty((INT8_ROWS, wt.shape[1]), np.int32)
+            corr = np.zeros(INT8_ROWS, np.int64)
+            v = np.empty(wt.shape[1], by_t.dtype)
+            codes = np.empty((INT8_ROWS, (wt.shape[1] + 63) // 64 * 64), np.uint8)  # whole 64-byte runs
+            for t in range(task * BLOCKS_PER_TASK, min(blocks, (task + 1) * BLOCKS_PER_TASK)):
+                m0 = t * INT8_ROWS
                 for r in range(INT8_ROWS):
-                    corr[r] = offset * np.int64(total[r, ones])
-            window_codes(total, corr, group, scale, signed_th, by_t, negate, v, codes)
-            store_codes(codes, min(INT8_ROWS, m_rows - m0) // group, m0 // group, dest, layout)
+                    img, y, z = _conv_output_pixel(min(m0 + r, m_rows - 1), pool, oh_count, ow_count)
+                    starts[r] = ((img * height + y * stride) * width + z * stride) * channels
+                    if offset != 0 and ones < 0:
+                        rowsum = 0
+                        for i in range(kh):
+                            for b in range(run):
+                                rowsum += np.int64(xp[starts[r] + i * width * channels + b])
+                        corr[r] = offset * rowsum
+                for n0 in range(0, wt.shape[1], INT8_COLS):
+                    int8_conv_tile(xp, starts, width * channels, kh, groups, wt, n0, total, split)
+                if offset != 0 and ones >= 0:
+                    for r in range(INT8_ROWS):
+                        corr[r] = offset * np.int64(total[r, ones])
+                window_codes(total, corr, group, scale, signed_th, by_t, negate, v, codes)
+                store_codes(codes, min(INT8_ROWS, m_rows - m0) // group, m0 // group, dest, layout)
+
+    return kernel
 
 
 def int8_conv_weights(weight: np.ndarray) -> np.ndarray:
@@ -742,13 +766,15 @@ def int8_ones_column(wt: np.ndarray, channels: int) -> int:
 
 def int8_conv_threshold_codes(x, kh: int, kw: int, stride: int, padding: int, wt: np.ndarray,
                               th: np.ndarray, direction: np.ndarray, scale: int = 1, offset: int = 0,
-                              prepared: tuple | None = None, ones: int | None = None, pool: int = 1, to=None):
+                              prepared: tuple | None = None, ones: int | None = None, pool: int = 1, to=None,
+                              a_max: int = 255):
     """Codes (N, O, OH*OW) uint8 of a convolution on uint8 codes x (N, C, H, W) through the int8
     GEMM and thresholds (as `int8_threshold_codes` on its patches), without materialising the
     patches; wt = `int8_conv_weights(weight)`. `prepared`: `requant.block_thresholds(th,
     direction, wt.shape[1])`, if already made; `ones`: `int8_ones_column(wt, O)`, if known.
     x may be a `LaidOut` "nhwc" with this padding; pool 2 applies a 2x2 max-pool (stride 2) to
-    the codes (N, O, OH//2 * OW//2); `to` lays the result out for the next conv (`conv_output`)."""
+    the codes (N, O, OH//2 * OW//2); `to` lays the result out for the next conv (`conv_output`);
+    a_max: a bound on the codes (picks the AVX2 sequence, `int8dot.pairs_saturate`)."""
     laid = isinstance(x, LaidOut)
     if laid:
         if x.kind != "nhwc" or x.padding != padding:
@@ -776,9 +802,9 @@ def int8_conv_threshold_codes(x, kh: int, kw: int, stride: int, padding: int, wt
             flat = np.zeros(n * hp * wp * c + 8, np.uint8)  # NHWC, zero-padded, 8 bytes of slack
             flat[:-8].reshape(n, hp, wp, c)[:, padding:padding + h, padding:padding + w] = x.transpose(0, 2, 3, 1)
         with _threads_for(n * channels * ph * pw * pool * pool * wt.shape[0] * 4 // 16):
-            _int8_conv_threshold_kernel(flat, kh, kw, c, hp, wp, stride, oh, ow, pool, wt, ones, np.int64(scale),
-                                        np.int64(offset), *(prepared or block_thresholds(th, direction, wt.shape[1])),
-                                        dest, layout)
+            _int8_kernel("conv", _split_for(a_max, wt))(
+                flat, kh, kw, c, hp, wp, stride, oh, ow, pool, wt, ones, np.int64(scale), np.int64(offset),
+                *(prepared or block_thresholds(th, direction, wt.shape[1])), dest, layout)
     return result
 
 
