@@ -131,6 +131,7 @@ class _Compute:
                 self.int8_scale, self.int8_offset = 2, self.n_w - 256
                 signed = w.astype(np.int16) - 128
             self.wt8 = kernels.int8_weights(signed.reshape(signed.shape[0], -1))
+            self.w_abs_max = int(np.abs(signed).max()) if signed.size else 0
             if a["kind"] == "conv":  # the fused conv kernel reduces in (i, j, channel) order
                 self.wt8_conv = kernels.int8_conv_weights(signed)
                 self.ones = kernels.int8_ones_column(self.wt8_conv, self.j.shape[0])
@@ -200,10 +201,11 @@ class _Compute:
         if conv8:
             return kernels.int8_conv_threshold_codes(x, *a["kernel"], a["stride"], a["padding"], weights, th,
                                                      direction, self.int8_scale, self.int8_offset, prepared,
-                                                     self.ones, pool, to, int(a["in_max"]))
+                                                     self.ones, pool, to, int(a["in_max"]), self.w_abs_max)
         if self.method == "int8":
             return kernels.int8_threshold_codes(self._bytes(x), weights, th, direction, images,
-                                                self.int8_scale, self.int8_offset, prepared, int(a["in_max"]))
+                                                self.int8_scale, self.int8_offset, prepared, int(a["in_max"]),
+                                                self.w_abs_max)
         if self.channel_major:
             if not isinstance(x, kernels.LaidOut) and x.dtype != np.uint8:
                 x = x.astype(np.uint8)
@@ -231,7 +233,7 @@ class _Compute:
         if self.method == "int8":
             patches = self._bytes(x)
             rowsum = patches.sum(axis=1, dtype=np.int64).reshape(images, -1)
-            dot = kernels.int8_gemm(patches, self.wt8, self.j.shape[0], int(a["in_max"]))
+            dot = kernels.int8_gemm(patches, self.wt8, self.j.shape[0], int(a["in_max"]), self.w_abs_max)
             return dot, "rows_first", self.int8_scale, self.int8_offset, rowsum
         # Every partial sum is an integer bounded by acc_bound (a static fact of the model), so
         # BLAS in exact_dtype is exact: `kernels.int_gemm`'s argument, without its scan of the data

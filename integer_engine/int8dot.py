@@ -123,15 +123,17 @@ def _int8_tile_llvm(typingctx, a, wt, m0, n0, tile, split):
     return sig, codegen
 
 
-def _int8_conv_tile_python(xp, starts, run_stride, runs, groups, wt, n0, tile, split=0):
+def _int8_conv_tile_python(xp, starts, run_stride, runs, groups, wt, n0, tile, split=0, rows=TILE_ROWS):
     """Plain reading of `int8_conv_tile`: `int8_tile` on patch rows read in place. Row r of the
     patch is `runs` runs of 4*`groups` bytes of xp (1-D uint8), run i starting at
     starts[r] + i * run_stride; its k-group g (bytes 4g..4g+3 of the run) meets weight group
     i * groups + g:
 
         tile[r, n0 + c] = sum_{i, g, b<4} xp[starts[r] + i*run_stride + 4g + b] * wt[i*groups + g, n0 + c, b]
-    """
-    for r in range(TILE_ROWS):
+
+    for r < rows: TILE_ROWS, or 1 for a layer of fewer rows (a single-pixel conv at batch 1),
+    which a full tile would compute TILE_ROWS times over."""
+    for r in range(rows):
         for c in range(TILE_COLS):
             total = 0
             for i in range(runs):
@@ -143,14 +145,15 @@ def _int8_conv_tile_python(xp, starts, run_stride, runs, groups, wt, n0, tile, s
 
 
 @intrinsic
-def _int8_conv_tile_llvm(typingctx, xp, starts, run_stride, runs, groups, wt, n0, tile, split):
+def _int8_conv_tile_llvm(typingctx, xp, starts, run_stride, runs, groups, wt, n0, tile, split, rows):
     """`_int8_conv_tile_python` in 512-bit vector code: as `_int8_tile_llvm`, with each row's
-    4-byte groups loaded straight from the (NHWC) codes instead of a gathered patch row."""
+    4-byte groups loaded straight from the (NHWC) codes instead of a gathered patch row; split
+    and rows are compile-time constants."""
     if (xp != types.Array(types.uint8, 1, "C") or starts != types.Array(types.int64, 1, "C")
             or wt != types.Array(types.int8, 3, "C") or tile != types.Array(types.int32, 2, "C")
-            or not isinstance(split, types.IntegerLiteral)):
+            or not isinstance(split, types.IntegerLiteral) or not isinstance(rows, types.IntegerLiteral)):
         return None
-    sig = types.void(xp, starts, run_stride, runs, groups, wt, n0, tile, split)
+    sig = types.void(xp, starts, run_stride, runs, groups, wt, n0, tile, split, rows)
 
     def codegen(context, builder, signature, args):
         x_arr = context.make_array(signature.args[0])(context, builder, args[0])
@@ -165,9 +168,10 @@ def _int8_conv_tile_llvm(typingctx, xp, starts, run_stride, runs, groups, wt, n0
                                             for p in (2, 3, 4, 6))
         w_cols = builder.extract_value(w_arr.shape, 1)
         step = _dot_step(builder, vec, signature.args[8].literal_value)
+        n_rows = signature.args[9].literal_value
         accs = [[cgutils.alloca_once_value(builder, ir.Constant(vec, [0] * _LANES)) for _ in range(n_vecs)]
-                for _ in range(TILE_ROWS)]
-        starts_v = [builder.load(builder.gep(s_arr.data, [const(r)])) for r in range(TILE_ROWS)]
+                for _ in range(n_rows)]
+        starts_v = [builder.load(builder.gep(s_arr.data, [const(r)])) for r in range(n_rows)]
         w_words = builder.bitcast(w_arr.data, i32.as_pointer())
         with cgutils.for_range(builder, runs_v) as run_loop:
             i = run_loop.index
@@ -177,7 +181,7 @@ def _int8_conv_tile_llvm(typingctx, xp, starts, run_stride, runs, groups, wt, n0
                 group = builder.add(builder.mul(i, groups_v), g)
                 byte = builder.add(offset, builder.mul(g, const(4)))
                 words = [builder.load(builder.bitcast(builder.gep(x_arr.data, [builder.add(starts_v[r], byte)]),
-                                                      i32.as_pointer()), align=1) for r in range(TILE_ROWS)]
+                                                      i32.as_pointer()), align=1) for r in range(n_rows)]
                 _accumulate_group(builder, w_words, builder.add(builder.mul(group, w_cols), n0_v), words, accs,
                                   step)
         _store_tile(builder, t_arr, accs, n0_v)

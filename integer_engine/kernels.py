@@ -664,26 +664,34 @@ def _int8_kernel(kind: str, split: bool):
     return _INT8_KERNELS[key]
 
 
-def _split_for(a_max: int, wt: np.ndarray) -> bool:
-    """`int8dot.pairs_saturate` for codes <= a_max against the packed int8 weights wt."""
-    return int8dot.pairs_saturate(a_max, int(np.abs(wt.astype(np.int16)).max()) if wt.size else 0)
+def _split_for(a_max: int, wt: np.ndarray, w_abs_max: int | None) -> bool:
+    """`int8dot.pairs_saturate` for codes <= a_max against the packed int8 weights wt, whose
+    largest magnitude is w_abs_max (found here if None: a pass over the weights, so the executor
+    passes it)."""
+    if int8dot.LOWERING != "vpmaddubsw":
+        return False
+    if w_abs_max is None:
+        w_abs_max = int(np.abs(wt.astype(np.int16)).max()) if wt.size else 0
+    return int8dot.pairs_saturate(a_max, w_abs_max)
 
 
-def int8_gemm(a: np.ndarray, wt: np.ndarray, n_cols: int, a_max: int = 255) -> np.ndarray:
+def int8_gemm(a: np.ndarray, wt: np.ndarray, n_cols: int, a_max: int = 255, w_abs_max: int | None = None
+              ) -> np.ndarray:
     """int64 (M, n_cols) = a @ w.T for uint8 activations a (M, 4*K4) (zero columns past K) and
     wt = `int8_weights(w)`; exact (int32 partial sums, K checked against INT32_SAFE_K). a_max:
-    a bound on the codes (picks the AVX2 sequence, `int8dot.pairs_saturate`)."""
+    a bound on the codes, w_abs_max on |w| if known (they pick the AVX2 sequence,
+    `int8dot.pairs_saturate`)."""
     a = _check_int8_operands(a, wt, n_cols)
     out = np.zeros((a.shape[0], n_cols), np.int64)
     if out.size and a.shape[1]:
         with _threads_for(a.shape[0] * wt.shape[1] * a.shape[1] // 64):
-            _int8_kernel("gemm", _split_for(a_max, wt))(a, wt, 0, 0, *_NO_THRESHOLDS, 1, out)
+            _int8_kernel("gemm", _split_for(a_max, wt, w_abs_max))(a, wt, 0, 0, *_NO_THRESHOLDS, 1, out)
     return out
 
 
 def int8_threshold_codes(a: np.ndarray, wt: np.ndarray, th: np.ndarray, direction: np.ndarray, images: int,
                          scale: int = 1, offset: int = 0, prepared: tuple | None = None,
-                         a_max: int = 255) -> np.ndarray:
+                         a_max: int = 255, w_abs_max: int | None = None) -> np.ndarray:
     """Codes (images, O, P) uint8 of an int8-path layer in one pass: `requant.threshold_codes`
     applied to `scale * int8_gemm(a, wt) - offset * rowsum(a)` (rows m = img * P + p)."""
     channels = th.shape[0]
@@ -691,7 +699,7 @@ def int8_threshold_codes(a: np.ndarray, wt: np.ndarray, th: np.ndarray, directio
     out = np.empty((images, channels, a.shape[0] // images), np.uint8)
     if out.size:
         with _threads_for(a.shape[0] * wt.shape[1] * a.shape[1] // 64):
-            _int8_kernel("fused", _split_for(a_max, wt))(
+            _int8_kernel("fused", _split_for(a_max, wt, w_abs_max))(
                 a, wt, np.int64(scale), np.int64(offset), *(prepared or block_thresholds(th, direction, wt.shape[1])),
                 a.shape[0] // images, out)
     return out
@@ -715,6 +723,28 @@ def _make_int8_conv_kernel(split: int):
         m_rows = n_images * (oh_count * ow_count if pool == 1 else 4 * (oh_count // 2) * (ow_count // 2))
         run = kw * channels
         groups = wt.shape[0] // kh
+        if pool == 1 and m_rows < INT8_ROWS:  # e.g. a single-pixel conv at batch 1: one row at a time
+            starts = np.empty(INT8_ROWS, np.int64)
+            total = np.empty((1, wt.shape[1]), np.int32)
+            corr = np.zeros(1, np.int64)
+            v = np.empty(wt.shape[1], by_t.dtype)
+            codes = np.empty((1, (wt.shape[1] + 63) // 64 * 64), np.uint8)
+            for m in range(m_rows):
+                img, y, z = _conv_output_pixel(m, 1, oh_count, ow_count)
+                starts[0] = ((img * height + y * stride) * width + z * stride) * channels
+                if offset != 0 and ones < 0:
+                    rowsum = 0
+                    for i in range(kh):
+                        for b in range(run):
+                            rowsum += np.int64(xp[starts[0] + i * width * channels + b])
+                    corr[0] = offset * rowsum
+                for n0 in range(0, wt.shape[1], INT8_COLS):
+                    int8_conv_tile(xp, starts, width * channels, kh, groups, wt, n0, total, split, 1)
+                if offset != 0 and ones >= 0:
+                    corr[0] = offset * np.int64(total[0, ones])
+                window_codes(total, corr, 1, scale, signed_th, by_t, negate, v, codes)
+                store_codes(codes, 1, m, dest, layout)
+            return
         blocks = (m_rows + INT8_ROWS - 1) // INT8_ROWS
         for task in prange((blocks + BLOCKS_PER_TASK - 1) // BLOCKS_PER_TASK):
             starts = np.empty(INT8_ROWS, np.int64)  # scratch, once per task
@@ -734,7 +764,7 @@ def _make_int8_conv_kernel(split: int):
                                 rowsum += np.int64(xp[starts[r] + i * width * channels + b])
                         corr[r] = offset * rowsum
                 for n0 in range(0, wt.shape[1], INT8_COLS):
-                    int8_conv_tile(xp, starts, width * channels, kh, groups, wt, n0, total, split)
+                    int8_conv_tile(xp, starts, width * channels, kh, groups, wt, n0, total, split, INT8_ROWS)
                 if offset != 0 and ones >= 0:
                     for r in range(INT8_ROWS):
                         corr[r] = offset * np.int64(total[r, ones])
@@ -767,14 +797,14 @@ def int8_ones_column(wt: np.ndarray, channels: int) -> int:
 def int8_conv_threshold_codes(x, kh: int, kw: int, stride: int, padding: int, wt: np.ndarray,
                               th: np.ndarray, direction: np.ndarray, scale: int = 1, offset: int = 0,
                               prepared: tuple | None = None, ones: int | None = None, pool: int = 1, to=None,
-                              a_max: int = 255):
+                              a_max: int = 255, w_abs_max: int | None = None):
     """Codes (N, O, OH*OW) uint8 of a convolution on uint8 codes x (N, C, H, W) through the int8
     GEMM and thresholds (as `int8_threshold_codes` on its patches), without materialising the
     patches; wt = `int8_conv_weights(weight)`. `prepared`: `requant.block_thresholds(th,
     direction, wt.shape[1])`, if already made; `ones`: `int8_ones_column(wt, O)`, if known.
     x may be a `LaidOut` "nhwc" with this padding; pool 2 applies a 2x2 max-pool (stride 2) to
     the codes (N, O, OH//2 * OW//2); `to` lays the result out for the next conv (`conv_output`);
-    a_max: a bound on the codes (picks the AVX2 sequence, `int8dot.pairs_saturate`)."""
+    a_max, w_abs_max: bounds on the codes and |weights| (`int8_gemm`)."""
     laid = isinstance(x, LaidOut)
     if laid:
         if x.kind != "nhwc" or x.padding != padding:
@@ -802,7 +832,7 @@ def int8_conv_threshold_codes(x, kh: int, kw: int, stride: int, padding: int, wt
             flat = np.zeros(n * hp * wp * c + 8, np.uint8)  # NHWC, zero-padded, 8 bytes of slack
             flat[:-8].reshape(n, hp, wp, c)[:, padding:padding + h, padding:padding + w] = x.transpose(0, 2, 3, 1)
         with _threads_for(n * channels * ph * pw * pool * pool * wt.shape[0] * 4 // 16):
-            _int8_kernel("conv", _split_for(a_max, wt))(
+            _int8_kernel("conv", _split_for(a_max, wt, w_abs_max))(
                 flat, kh, kw, c, hp, wp, stride, oh, ow, pool, wt, ones, np.int64(scale), np.int64(offset),
                 *(prepared or block_thresholds(th, direction, wt.shape[1])), dest, layout)
     return result
