@@ -4,6 +4,10 @@ Runtime float32 and int8 on the same network, side by side in one run, at batch 
     python benchmarks/engine.py               # batch 512 (7 rounds) and batch 1 (64 images, 7 rounds)
     python benchmarks/engine.py --quick       # 3 rounds, 16 images at batch 1
     python benchmarks/engine.py --tinypact    # add tinypact's float32 eval forward at batch 512
+    python benchmarks/engine.py --calibrate 0 # bit-serial vs int8 by the fixed rule, not timed here
+    NUMBA_CPU_NAME=znver1 NUMBA_CPU_FEATURES=+avx2,+popcnt,... python benchmarks/engine.py
+                                              # the AVX2 kernels (scalar POPCNT, vpmaddubsw) on any
+                                              # AVX2 machine: "AVX2 code on <this CPU>"
 
 Builds tinypact's `svhn` network (40x40x3, 8-bit first/last layers, DoReFa weights, PACT
 activations) with randomised batch-norm statistics and alphas (speed does not depend on
@@ -18,6 +22,8 @@ Timing: each round runs every runner once, in turn (interleaved), so drifts in b
 hit all of them; each runner's best and median round are reported, with the load average
 (`uptime`) before and after and the CPU's features. Batch 512 uses all cores for every runner
 (Numba's and ONNX Runtime's threads); batch 1 runs one image at a time on one thread for all.
+The engines are built with `Engine(model, calibrate=64)`: each conv that can run bit-serial or
+int8 is timed both ways on this CPU and keeps the faster (printed as "kernels per layer").
 """
 import argparse
 import os
@@ -155,6 +161,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="3 rounds, 16 images at batch 1")
     parser.add_argument("--tinypact", action="store_true", help="add tinypact's float32 eval at batch 512")
     parser.add_argument("--layers", action="store_true", help="print the engine's per-layer times")
+    parser.add_argument("--calibrate", type=int, default=64,
+                        help="images for the per-layer bit-serial vs int8 timing (0: the fixed rule)")
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.single = 3, 16
@@ -164,7 +172,11 @@ def main() -> int:
     print(f"start: {load_average()}")
     networks = {bits: randomize_statistics(build_model("svhn", Policy(wbits=bits, abits=bits)), biases=False)
                 for bits in PRECISIONS}
-    engines = {bits: Engine(lower_graph(net.graph(), net.state_dict())) for bits, net in networks.items()}
+    engines = {bits: Engine(lower_graph(net.graph(), net.state_dict()), calibrate=args.calibrate)
+               for bits, net in networks.items()}
+    for bits, engine in engines.items():
+        chosen = " ".join(f"{name}:{comp.method}" for name, comp in engine.compute.items())
+        print(f"W{bits}A{bits} kernels per layer ({'timed' if args.calibrate else 'fixed rule'}): {chosen}")
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, (args.images, *networks[2].input_shape), dtype=np.uint8)
     single = images[:args.single]
