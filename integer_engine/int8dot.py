@@ -123,67 +123,64 @@ def _int8_tile_llvm(typingctx, a, wt, m0, n0, tile, split):
     return sig, codegen
 
 
-def _int8_conv_tile_python(xp, starts, run_stride, runs, groups, wt, n0, tile, split=0, rows=TILE_ROWS):
-    """Plain reading of `int8_conv_tile`: `int8_tile` on patch rows read in place. Row r of the
-    patch is `runs` runs of 4*`groups` bytes of xp (1-D uint8), run i starting at
-    starts[r] + i * run_stride; its k-group g (bytes 4g..4g+3 of the run) meets weight group
-    i * groups + g:
+def _int8_conv_tile_python(xp, starts, offsets, wt, n0, tile, split=0, rows=TILE_ROWS):
+    """Plain reading of `int8_conv_tile`: `int8_tile` on patch rows read in place. The k-group t
+    (4 bytes) of patch row r starts at byte starts[r] + offsets[t] of xp (1-D uint8) and meets
+    weight group t:
 
-        tile[r, n0 + c] = sum_{i, g, b<4} xp[starts[r] + i*run_stride + 4g + b] * wt[i*groups + g, n0 + c, b]
+        tile[r, n0 + c] = sum_{t, b<4} xp[starts[r] + offsets[t] + b] * wt[t, n0 + c, b]
 
     for r < rows: TILE_ROWS, or 1 for a layer of fewer rows (a single-pixel conv at batch 1),
-    which a full tile would compute TILE_ROWS times over."""
+    which a full tile would compute TILE_ROWS times over. (A conv's offsets: run i of kernel row i
+    at i * row stride, its groups 4 bytes apart, `kernels.int8_conv_offsets`.)"""
     for r in range(rows):
         for c in range(TILE_COLS):
             total = 0
-            for i in range(runs):
-                for g in range(groups):
-                    at = starts[r] + i * run_stride + 4 * g
-                    for b in range(4):
-                        total += int(xp[at + b]) * int(wt[i * groups + g, n0 + c, b])
+            for t in range(wt.shape[0]):
+                at = starts[r] + offsets[t]
+                for b in range(4):
+                    total += int(xp[at + b]) * int(wt[t, n0 + c, b])
             tile[r, n0 + c] = total
 
 
 @intrinsic
-def _int8_conv_tile_llvm(typingctx, xp, starts, run_stride, runs, groups, wt, n0, tile, split, rows):
+def _int8_conv_tile_llvm(typingctx, xp, starts, offsets, wt, n0, tile, split, rows):
     """`_int8_conv_tile_python` in 512-bit vector code: as `_int8_tile_llvm`, with each row's
-    4-byte groups loaded straight from the (NHWC) codes instead of a gathered patch row; split
-    and rows are compile-time constants."""
-    if (xp != types.Array(types.uint8, 1, "C") or starts != types.Array(types.int64, 1, "C")
+    4-byte groups loaded straight from the (NHWC) codes at their offsets instead of a gathered
+    patch row (one loop over all groups: a conv's short kernel rows, 16 bytes on SVHN conv0, made
+    a nested loop pay its setup every 4 groups); split and rows are compile-time constants."""
+    index = types.Array(types.int64, 1, "C")
+    if (xp != types.Array(types.uint8, 1, "C") or starts != index or offsets != index
             or wt != types.Array(types.int8, 3, "C") or tile != types.Array(types.int32, 2, "C")
             or not isinstance(split, types.IntegerLiteral) or not isinstance(rows, types.IntegerLiteral)):
         return None
-    sig = types.void(xp, starts, run_stride, runs, groups, wt, n0, tile, split, rows)
+    sig = types.void(xp, starts, offsets, wt, n0, tile, split, rows)
 
     def codegen(context, builder, signature, args):
         x_arr = context.make_array(signature.args[0])(context, builder, args[0])
         s_arr = context.make_array(signature.args[1])(context, builder, args[1])
-        w_arr = context.make_array(signature.args[5])(context, builder, args[5])
-        t_arr = context.make_array(signature.args[7])(context, builder, args[7])
+        o_arr = context.make_array(signature.args[2])(context, builder, args[2])
+        w_arr = context.make_array(signature.args[3])(context, builder, args[3])
+        t_arr = context.make_array(signature.args[5])(context, builder, args[5])
         i32, i64 = ir.IntType(32), ir.IntType(64)
         vec = ir.VectorType(i32, _LANES)
         n_vecs = TILE_COLS // _LANES
         const = lambda v: ir.Constant(i64, v)  # noqa: E731
-        stride_v, runs_v, groups_v, n0_v = (context.cast(builder, args[p], signature.args[p], types.int64)
-                                            for p in (2, 3, 4, 6))
+        n0_v = context.cast(builder, args[4], signature.args[4], types.int64)
+        groups = builder.extract_value(w_arr.shape, 0)
         w_cols = builder.extract_value(w_arr.shape, 1)
-        step = _dot_step(builder, vec, signature.args[8].literal_value)
-        n_rows = signature.args[9].literal_value
+        step = _dot_step(builder, vec, signature.args[6].literal_value)
+        n_rows = signature.args[7].literal_value
         accs = [[cgutils.alloca_once_value(builder, ir.Constant(vec, [0] * _LANES)) for _ in range(n_vecs)]
                 for _ in range(n_rows)]
-        starts_v = [builder.load(builder.gep(s_arr.data, [const(r)])) for r in range(n_rows)]
+        row_ptrs = [builder.gep(x_arr.data, [builder.load(builder.gep(s_arr.data, [const(r)]))]) for r in range(n_rows)]
         w_words = builder.bitcast(w_arr.data, i32.as_pointer())
-        with cgutils.for_range(builder, runs_v) as run_loop:
-            i = run_loop.index
-            offset = builder.mul(i, stride_v)
-            with cgutils.for_range(builder, groups_v) as group_loop:
-                g = group_loop.index
-                group = builder.add(builder.mul(i, groups_v), g)
-                byte = builder.add(offset, builder.mul(g, const(4)))
-                words = [builder.load(builder.bitcast(builder.gep(x_arr.data, [builder.add(starts_v[r], byte)]),
-                                                      i32.as_pointer()), align=1) for r in range(n_rows)]
-                _accumulate_group(builder, w_words, builder.add(builder.mul(group, w_cols), n0_v), words, accs,
-                                  step)
+        with cgutils.for_range(builder, groups) as loop:
+            t = loop.index
+            byte = builder.load(builder.gep(o_arr.data, [t]))
+            words = [builder.load(builder.bitcast(builder.gep(row_ptrs[r], [byte]), i32.as_pointer()), align=1)
+                     for r in range(n_rows)]
+            _accumulate_group(builder, w_words, builder.add(builder.mul(t, w_cols), n0_v), words, accs, step)
         _store_tile(builder, t_arr, accs, n0_v)
         return context.get_dummy_value()
 

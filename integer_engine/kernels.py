@@ -722,56 +722,80 @@ def _make_int8_conv_kernel(split: int):
         group = 1 if pool == 1 else 4
         m_rows = n_images * (oh_count * ow_count if pool == 1 else 4 * (oh_count // 2) * (ow_count // 2))
         run = kw * channels
-        groups = wt.shape[0] // kh
-        if pool == 1 and m_rows < INT8_ROWS:  # e.g. a single-pixel conv at batch 1: one row at a time
-            starts = np.empty(INT8_ROWS, np.int64)
-            total = np.empty((1, wt.shape[1]), np.int32)
-            corr = np.zeros(1, np.int64)
-            v = np.empty(wt.shape[1], by_t.dtype)
-            codes = np.empty((1, (wt.shape[1] + 63) // 64 * 64), np.uint8)
-            for m in range(m_rows):
-                img, y, z = _conv_output_pixel(m, 1, oh_count, ow_count)
-                starts[0] = ((img * height + y * stride) * width + z * stride) * channels
-                if offset != 0 and ones < 0:
-                    rowsum = 0
-                    for i in range(kh):
-                        for b in range(run):
-                            rowsum += np.int64(xp[starts[0] + i * width * channels + b])
-                    corr[0] = offset * rowsum
-                for n0 in range(0, wt.shape[1], INT8_COLS):
-                    int8_conv_tile(xp, starts, width * channels, kh, groups, wt, n0, total, split, 1)
-                if offset != 0 and ones >= 0:
-                    corr[0] = offset * np.int64(total[0, ones])
-                window_codes(total, corr, 1, scale, signed_th, by_t, negate, v, codes)
-                store_codes(codes, 1, m, dest, layout)
-            return
-        blocks = (m_rows + INT8_ROWS - 1) // INT8_ROWS
+        offsets = int8_conv_offsets(kh, wt.shape[0] // kh, width * channels)
+        one_row = pool == 1 and m_rows < INT8_ROWS  # e.g. a single-pixel conv at batch 1: no repeated rows
+        rows = 1 if one_row else INT8_ROWS
+        blocks = (m_rows + rows - 1) // rows
         for task in prange((blocks + BLOCKS_PER_TASK - 1) // BLOCKS_PER_TASK):
             starts = np.empty(INT8_ROWS, np.int64)  # scratch, once per task
-            total = np.empty((INT8_ROWS, wt.shape[1]), np.int32)
-            corr = np.zeros(INT8_ROWS, np.int64)
+            total = np.empty((rows, wt.shape[1]), np.int32)
+            corr = np.zeros(rows, np.int64)
             v = np.empty(wt.shape[1], by_t.dtype)
-            codes = np.empty((INT8_ROWS, (wt.shape[1] + 63) // 64 * 64), np.uint8)  # whole 64-byte runs
+            codes = np.empty((rows, (wt.shape[1] + 63) // 64 * 64), np.uint8)  # whole 64-byte runs
             for t in range(task * BLOCKS_PER_TASK, min(blocks, (task + 1) * BLOCKS_PER_TASK)):
-                m0 = t * INT8_ROWS
-                for r in range(INT8_ROWS):
-                    img, y, z = _conv_output_pixel(min(m0 + r, m_rows - 1), pool, oh_count, ow_count)
-                    starts[r] = ((img * height + y * stride) * width + z * stride) * channels
-                    if offset != 0 and ones < 0:
+                m0 = t * rows
+                _conv_row_starts(m0, m_rows, pool, oh_count, ow_count, stride, height, width, channels, starts)
+                if offset != 0 and ones < 0:
+                    for r in range(rows):
                         rowsum = 0
                         for i in range(kh):
                             for b in range(run):
                                 rowsum += np.int64(xp[starts[r] + i * width * channels + b])
                         corr[r] = offset * rowsum
                 for n0 in range(0, wt.shape[1], INT8_COLS):
-                    int8_conv_tile(xp, starts, width * channels, kh, groups, wt, n0, total, split, INT8_ROWS)
+                    if one_row:
+                        int8_conv_tile(xp, starts, offsets, wt, n0, total, split, 1)
+                    else:
+                        int8_conv_tile(xp, starts, offsets, wt, n0, total, split, INT8_ROWS)
                 if offset != 0 and ones >= 0:
-                    for r in range(INT8_ROWS):
+                    for r in range(rows):
                         corr[r] = offset * np.int64(total[r, ones])
                 window_codes(total, corr, group, scale, signed_th, by_t, negate, v, codes)
-                store_codes(codes, min(INT8_ROWS, m_rows - m0) // group, m0 // group, dest, layout)
+                store_codes(codes, min(rows, m_rows - m0) // group, m0 // group, dest, layout)
 
     return kernel
+
+
+@njit(cache=True)
+def int8_conv_offsets(kh, groups, row_stride):  # pragma: no cover - compiled
+    """Byte offsets of a conv patch row's 4-byte groups in NHWC codes (`int8dot.int8_conv_tile`):
+    group t = i * groups + g of kernel row i at i * row_stride + 4 g."""
+    offsets = np.empty(kh * groups, np.int64)
+    for i in range(kh):
+        for g in range(groups):
+            offsets[i * groups + g] = i * row_stride + 4 * g
+    return offsets
+
+
+@njit(cache=True)
+def _conv_row_starts(m0, m_rows, pool, oh_count, ow_count, stride, height, width, channels, starts):
+    # pragma: no cover - compiled.  starts[r] = the NHWC byte offset of the patch of GEMM row
+    # m0 + r (`_conv_output_pixel`; rows past the end repeat the last), for r < len(starts): the
+    # first row by division, the rest by stepping (a division per row cost as much as the tile on
+    # SVHN conv0's short rows).
+    img, y, z = _conv_output_pixel(min(m0, m_rows - 1), pool, oh_count, ow_count)
+    if pool == 1:
+        a, b, a_count, b_count = y, z, oh_count, ow_count
+    else:
+        a, b, a_count, b_count = y // 2, z // 2, oh_count // 2, ow_count // 2
+    for r in range(starts.shape[0]):
+        m = m0 + r
+        if m >= m_rows:
+            starts[r] = starts[r - 1] if r else starts[0]
+            continue
+        if pool == 1:
+            y, z = a, b
+        else:
+            y, z = 2 * a + ((m >> 1) & 1), 2 * b + (m & 1)
+        starts[r] = ((img * height + y * stride) * width + z * stride) * channels
+        if pool == 1 or m & 3 == 3:  # to the next pixel (window)
+            b += 1
+            if b == b_count:
+                b = 0
+                a += 1
+                if a == a_count:
+                    a = 0
+                    img += 1
 
 
 def int8_conv_weights(weight: np.ndarray) -> np.ndarray:
