@@ -298,7 +298,7 @@ def _make_vector_conv_kernel(fixed_abits: int, fixed_wbits: int):
 
     @njit(parallel=True, cache=True)
     def kernel(packed, kh, kw, stride, oh_count, ow_count, pool, wt, scale, offset, signed_th, by_t, negate,
-               dest, layout):  # pragma: no cover - compiled
+               dest, dest_bytes, layout):  # pragma: no cover - compiled
         # packed: (abits, N, Hp, Wp, CW); wt: (wbits, kh*kw*CW, Npad); dest, layout: store_codes's.
         bits, n_images, height, width, words = packed.shape
         group = 1 if pool == 1 else 4
@@ -331,7 +331,7 @@ def _make_vector_conv_kernel(fixed_abits: int, fixed_wbits: int):
                     else:
                         _generic_tile(rows, wt, 0, n0, tile, total)
                 window_codes(total, corr, group, scale, signed_th, by_t, negate, v, codes)
-                store_codes(codes, min(TILE_ROWS, m_rows - m0) // group, m0 // group, dest, layout)
+                store_codes(codes, min(TILE_ROWS, m_rows - m0) // group, m0 // group, dest, dest_bytes, layout)
 
     return kernel
 
@@ -710,7 +710,7 @@ def _make_int8_conv_kernel(split: int):
 
     @njit(parallel=True, cache=True)
     def kernel(xp, kh, kw, channels, height, width, stride, oh_count, ow_count, pool, wt, ones, scale, offset,
-               signed_th, by_t, negate, dest, layout):  # pragma: no cover - compiled
+               signed_th, by_t, negate, dest, dest_bytes, layout):  # pragma: no cover - compiled
         # The fused int8 kernel reading its patches in place (`int8dot.int8_conv_tile`): xp holds the
         # zero-padded codes in NHWC order, flattened, with slack at the end, so a patch row in the
         # order (i, j, channel) is kh runs of kw*C contiguous bytes, one per kernel row; each run is
@@ -751,7 +751,7 @@ def _make_int8_conv_kernel(split: int):
                     for r in range(rows):
                         corr[r] = offset * np.int64(total[r, ones])
                 window_codes(total, corr, group, scale, signed_th, by_t, negate, v, codes)
-                store_codes(codes, min(rows, m_rows - m0) // group, m0 // group, dest, layout)
+                store_codes(codes, min(rows, m_rows - m0) // group, m0 // group, dest, dest_bytes, layout)
 
     return kernel
 
@@ -858,7 +858,7 @@ def int8_conv_threshold_codes(x, kh: int, kw: int, stride: int, padding: int, wt
         with _threads_for(n * channels * ph * pw * pool * pool * wt.shape[0] * 4 // 16):
             _int8_kernel("conv", _split_for(a_max, wt, w_abs_max))(
                 flat, kh, kw, c, hp, wp, stride, oh, ow, pool, wt, ones, np.int64(scale), np.int64(offset),
-                *(prepared or block_thresholds(th, direction, wt.shape[1])), dest, layout)
+                *(prepared or block_thresholds(th, direction, wt.shape[1])), dest, dest.view(np.uint8), layout)
     return result
 
 
@@ -1224,7 +1224,7 @@ def bitserial_conv_threshold_codes(x, kh: int, kw: int, stride: int, padding: in
         with _threads_for(n * channels * ph * pw * pool * pool * wt.shape[1] * abits * wt.shape[0] * 8):
             _bitserial_kernel(abits, wt.shape[0], "conv")(
                 packed, kh, kw, stride, oh, ow, pool, wt, np.int64(scale), np.int64(offset),
-                *(prepared or block_thresholds(th, direction, wt.shape[2])), dest, layout)
+                *(prepared or block_thresholds(th, direction, wt.shape[2])), dest, dest.view(np.uint8), layout)
     return result
 
 

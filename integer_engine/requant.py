@@ -245,10 +245,11 @@ NCHW, NHWC, PLANES = 0, 1, 2
 
 
 @njit(cache=True)
-def store_codes(codes, count, first, dest, layout):  # pragma: no cover - compiled
+def store_codes(codes, count, first, dest, as_bytes, layout):  # pragma: no cover - compiled
     """Rows 0..count-1 of `codes` (outputs first.. in NCHW pixel order: image i // P, pixel i % P)
-    into `dest` (uint64, 1-D) laid out by `layout` = [kind, images, channels, height, width,
-    padding, bits, words] (int64), kind:
+    into `dest` (uint64, 1-D; `as_bytes` the same memory as uint8, passed in because a view made
+    here would share its reference count between the kernel's threads) laid out by `layout` =
+    [kind, images, channels, height, width, padding, bits, words] (int64), kind:
 
     - NCHW: uint8 (images, channels, height * width);
     - NHWC: uint8 (images, height + 2 padding, width + 2 padding, channels), zero border;
@@ -259,17 +260,26 @@ def store_codes(codes, count, first, dest, layout):  # pragma: no cover - compil
                                                              layout[4], layout[5], layout[6], layout[7])
     pixels = height * width
     hp, wp = height + 2 * pad, width + 2 * pad
-    as_bytes = dest.view(np.uint8)
+    # (image, y, x) of output `first` by division, the next ones by stepping: a division per code
+    # row cost as much as the rest of the store (SVHN conv0).
+    img = first // pixels
+    y = (first - img * pixels) // width
+    z = first - img * pixels - y * width
     for i in range(count):
-        m = first + i
-        img = m // pixels
-        p = m - img * pixels
+        if i:
+            z += 1
+            if z == width:
+                z = 0
+                y += 1
+                if y == height:
+                    y = 0
+                    img += 1
+        p = y * width + z
         if kind == NCHW:
             for o in range(channels):
                 as_bytes[(img * channels + o) * pixels + p] = codes[i, o]
             continue
-        y = p // width
-        at = (y + pad) * wp + p - y * width + pad  # the pixel in its padded image
+        at = (y + pad) * wp + z + pad  # the pixel in its padded image
         if kind == NHWC:
             for o in range(channels):
                 as_bytes[(img * hp * wp + at) * channels + o] = codes[i, o]
