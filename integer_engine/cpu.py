@@ -16,7 +16,10 @@ Wide layers (8-bit, or too many bit-plane passes) run an int8 dot product (`int8
 VNNI `vpdpbusd` (64 u8 x s8 MACs per instruction) where it exists, else AVX2 `vpmaddubsw` +
 `vpmaddwd` (exact by construction, `int8dot.pairs_saturate`), else exact float BLAS.
 
-`describe()` is the one-line summary that `integer_engine run` and the benchmarks print.
+`describe()` is the one-line summary that `integer_engine run` and the benchmarks print. To run
+another CPU family's kernels on this machine (tests, "AVX2 code on Zen 5" measurements), set
+NUMBA_CPU_NAME and NUMBA_CPU_FEATURES, e.g. NUMBA_CPU_NAME=znver1 with an AVX2 feature list:
+LLVM then compiles for that CPU (16 vector registers, no AVX-512) and these properties follow.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The integer engine: runs a `.tpq` model with integer arithmetic only.
 
-Activations flow as unsigned integer codes in NCHW layout. A conv is im2col on codes followed by
+Activations flow as unsigned integer codes (NCHW, or the next conv's layout: below). A conv is im2col on codes followed by
 a GEMM against the weight codes j (levels c = 2j - n_w):
 
     acc[m, o] = sum_k a[m, k] * (2 j[o, k] - n_w) = 2 * (a . j)[m, o] - n_w * rowsum(a)[m]
@@ -14,20 +14,25 @@ Which kernels run depends on the CPU (`cpu.py`, detected once):
   tile, `- n_w * rowsum(a)`, thresholds: `kernels.bitserial_threshold_codes`). Elsewhere the
   scalar-POPCNT kernel runs with the weights as rows (`kernels.bitserial_gemm`, result
   channel-major) and `requant.threshold_codes` after it.
-- Wide layers (the 8-bit first and last layers; with VNNI also those past the bit-serial
-  crossover) run the int8 dot product where AVX-512 VNNI exists: u8 codes x s8 weights (c, or
-  j - 128 for 8-bit weights) -> int32, fused with im2col and the thresholds for convs
-  (`kernels.int8_conv_threshold_codes`). Without VNNI they multiply the codes by the levels c with
-  BLAS in float32 (or float64): every partial sum is an integer bounded by the layer's static
+- Wide layers (the 8-bit first and last layers, and those past the bit-serial crossover) run the
+  int8 dot product (`int8dot`: VNNI `vpdpbusd`, or AVX2 `vpmaddubsw` + `vpmaddwd` kept exact by
+  splitting the codes where int16 pair sums could saturate): u8 codes x s8 weights (c, or j - 128
+  for 8-bit weights) -> int32, fused with im2col and the thresholds for convs
+  (`kernels.int8_conv_threshold_codes`). Without either they multiply the codes by the levels c
+  with BLAS in float32 (or float64): every partial sum is an integer bounded by the layer's static
   `acc_bound` (<= 2**24 for float32; always <= 2**31 for float64), so the float GEMM is exact, as
   `kernels.int_gemm` argues.
+- The crossover is BITSERIAL_MAX_PASSES (set per CPU family below), or measured per layer on the
+  CPU at hand with `Engine(model, calibrate=N)`.
 
 Requantization between layers is integer-only: the accumulator goes through the layer's
-thresholds (writing NCHW codes directly), found at export from the layer's float epilogue. Two
-places evaluate the float32 epilogue itself (`epilogue.py`), elementwise: a residual add, whose
-two integer inputs admit no thresholds on one integer, and the logits. Max-pool works on codes,
-average pooling sums them. Each layer's MACs (as performed: rows x depth x columns of its GEMM)
-and wall time are counted; `reference.py` is the plain NumPy check.
+thresholds, found at export from the layer's float epilogue. Fused conv kernels write their codes
+in the layout the next conv reads (`kernels.LaidOut`: padded NHWC bytes for int8, channel-packed
+bit-planes for bit-serial) and do a following 2x2 max-pool themselves (`Engine._plan`); other
+layers see NCHW codes. Two places evaluate the float32 epilogue itself (`epilogue.py`),
+elementwise: a residual add, whose two integer inputs admit no thresholds on one integer, and the
+logits. Max-pool works on codes, average pooling sums them. Each layer's MACs (as performed: rows
+x depth x columns of its GEMM) and wall time are counted; `reference.py` is the plain NumPy check.
 """
 from __future__ import annotations
 
