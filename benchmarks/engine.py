@@ -19,7 +19,7 @@ float32 as exported, and int8 as `onnxruntime.quantization.quantize_static` make
 per-channel int8 weights, uint8 activations, calibrated on 64 random images).
 
 Timing: each round runs every runner once, in turn (interleaved), so drifts in background load
-hit all of them; each runner's best and median round are reported, with the load average
+hit all of them, with a 0.2 s pause before each run (ONNX Runtime's threads spin after a run); each runner's best and median round are reported, with the load average
 (`uptime`) before and after and the CPU's features. Batch 512 uses all cores for every runner
 (Numba's and ONNX Runtime's threads); batch 1 runs one image at a time on one thread for all.
 The engines are built with `Engine(model, calibrate=64)`: each conv that can run bit-serial or
@@ -130,13 +130,17 @@ def ort_session(path: str, threads: int):
     return lambda images: session.run(None, {"images": images})[0]
 
 
-def interleaved(runners: dict, rounds: int) -> dict:
-    """{name: (best, median) seconds}: each round times every runner once, in turn."""
+def interleaved(runners: dict, rounds: int, settle: float = 0.2) -> dict:
+    """{name: (best, median) seconds}: each round times every runner once, in turn, `settle`
+    seconds after the previous one: ONNX Runtime's pool threads spin after a run (its default)
+    and took the cores from whichever runner came next (the engine's W1A1, after ORT float32:
+    10,500 images/s at batch 512 without the pause, 15,600 with it, same machine, same minute)."""
     times = {name: [] for name in runners}
     for fn in runners.values():
         fn()  # compile / warm caches outside the timing
     for _ in range(rounds):
         for name, fn in runners.items():
+            time.sleep(settle)
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
