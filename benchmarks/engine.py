@@ -22,8 +22,9 @@ Timing: each round runs every runner once, in turn (interleaved), so drifts in b
 hit all of them, with a 0.2 s pause before each run (ONNX Runtime's threads spin after a run); each runner's best and median round are reported, with the load average
 (`uptime`) before and after and the CPU's features. Batch 512 uses all cores for every runner
 (Numba's and ONNX Runtime's threads); batch 1 runs one image at a time on one thread for all.
-The engines are built with `Engine(model, calibrate=64)`: each conv that can run bit-serial or
-int8 is timed both ways on this CPU and keeps the faster (printed as "kernels per layer").
+The engines are built with `Engine(model, calibrate=64)` (batch 1: `calibrate=1` on one thread):
+each conv that can run bit-serial or int8 is timed both ways on this CPU and keeps the faster
+(printed as "kernels").
 """
 import argparse
 import os
@@ -176,11 +177,17 @@ def main() -> int:
     print(f"start: {load_average()}")
     networks = {bits: randomize_statistics(build_model("svhn", Policy(wbits=bits, abits=bits)), biases=False)
                 for bits in PRECISIONS}
-    engines = {bits: Engine(lower_graph(net.graph(), net.state_dict()), calibrate=args.calibrate)
-               for bits, net in networks.items()}
-    for bits, engine in engines.items():
-        chosen = " ".join(f"{name}:{comp.method}" for name, comp in engine.compute.items())
-        print(f"W{bits}A{bits} kernels per layer ({'timed' if args.calibrate else 'fixed rule'}): {chosen}")
+    models = {bits: lower_graph(net.graph(), net.state_dict()) for bits, net in networks.items()}
+    # Each engine is calibrated the way it will run: 64 images on all threads for the large batch,
+    # one image on one thread for batch 1 (the crossover moves with both).
+    engines = {bits: Engine(model, calibrate=args.calibrate) for bits, model in models.items()}
+    numba.set_num_threads(1)
+    single_engines = {bits: Engine(model, calibrate=args.calibrate and 1) for bits, model in models.items()}
+    numba.set_num_threads(threads)
+    for label, group in (("batch 512", engines), ("batch 1", single_engines)):
+        for bits, engine in group.items():
+            chosen = " ".join(f"{name}:{comp.method}" for name, comp in engine.compute.items())
+            print(f"W{bits}A{bits} {label} kernels ({'timed' if args.calibrate else 'fixed rule'}): {chosen}")
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, (args.images, *networks[2].input_shape), dtype=np.uint8)
     single = images[:args.single]
@@ -217,7 +224,7 @@ def main() -> int:
 
     numba.set_num_threads(1)
     try:
-        runners = {f"integer_engine W{b}A{b}": one_at_a_time(engine.run) for b, engine in engines.items()}
+        runners = {f"integer_engine W{b}A{b}": one_at_a_time(engine.run) for b, engine in single_engines.items()}
         runners.update({name: one_at_a_time(run) for name, run in sessions[1].items()})
         small = interleaved(runners, args.rounds)
     finally:

@@ -255,13 +255,12 @@ class Engine:
 
     def __init__(self, model: IntegerModel, fuse: bool = True, calibrate: int = 0):
         """`fuse` False runs every layer on its own (`_plan`'s fusions off; for comparisons).
-        `calibrate` > 0: choose bit-serial or int8 per layer by timing both on this CPU, on
-        `calibrate` random input images (`_calibrate`), instead of BITSERIAL_MAX_PASSES."""
+        `calibrate` > 0: choose bit-serial or int8 per layer by timing the whole network both
+        ways on this CPU, on `calibrate` random images (`_calibrate`), instead of
+        BITSERIAL_MAX_PASSES."""
         self.model = model
+        self.fuse = fuse
         self.compute = {layer.name: _Compute(layer) for layer in model.layers if layer.is_compute}
-        self.calibration: dict[str, tuple[float, float]] = {}
-        if calibrate:
-            self._calibrate(calibrate)
         self.tables = {}
         for layer in model.layers:
             if layer.attrs["kind"] == "requant":
@@ -269,36 +268,48 @@ class Engine:
                 self.tables[layer.name] = apply_thresholds(codes, layer.arrays["thresholds"],
                                                            layer.arrays["direction"], 1)[:, 0]
         self.pool_into, self.layout_to = self._plan() if fuse else ({}, {})
+        self.calibration: dict[str, tuple[float, float]] = {}
+        if calibrate:
+            self._calibrate(calibrate)
 
-    def _calibrate(self, images: int, repeats: int = 3) -> None:
-        """The bit-serial vs int8 crossover measured on this CPU, layer by layer: every threshold
-        conv that both kernel families can run is timed both ways (best of `repeats`, fused
-        kernels, random codes of its input shape, `images` images, the current thread count) and
-        keeps the faster (whole layers: fused where fused, as `run` runs them);
-        `self.calibration[name]` = (bit-serial s, int8 s). Both are exact, so
-        the choice changes the speed only. (Zen 5, SVHN at batch 512: int8 won W2A2 conv1-2 and
-        W3A3 conv1-5, bit-serial the rest, benchmarks/engine.py --layers.)"""
-        rng = np.random.default_rng(0)
+    def _calibrate(self, images: int) -> None:
+        """The bit-serial vs int8 crossover measured on this CPU: for every threshold conv that
+        both kernel families can run (up to CALIBRATE_MAX_PASSES), in order, the whole network is
+        timed with the layer's kernel switched (and the fusions planned again, since the layouts
+        between layers follow the kernels), and the switch is kept if the network got faster.
+        Timings are best of 3 runs on `images` random images (of 64 // images for small batches
+        whose runs take microseconds), with the current thread count. `self.calibration[name]` =
+        (network seconds with the layer bit-serial, with it int8). Both kernels are exact, so the
+        choice changes the speed only. (Timing layers alone missed what the layouts between them
+        cost: on SVHN W1A1 at batch 1 it picked int8 for conv1 and the network ran 7% slower.)"""
+        x = np.random.default_rng(0).integers(0, 256, (images, *self.model.input_shape)).astype(np.uint8)
+        repeats = max(3, 64 // images)
+
+        def network_seconds() -> float:
+            self.pool_into, self.layout_to = self._plan() if self.fuse else ({}, {})
+            self.run(x)  # compile / warm up
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                self.run(x)
+                times.append(time.perf_counter() - start)
+            return min(times)
+
+        best = network_seconds()
         for name, comp in list(self.compute.items()):
             a = comp.layer.attrs
             if not (comp.int8_possible and comp.bitserial_possible and a["kind"] == "conv"
                     and a["output"] == "threshold" and comp.abits * comp.wbits <= CALIBRATE_MAX_PASSES):
                 continue
-            x = rng.integers(0, int(a["in_max"]) + 1, (images, *a["in_shape"])).astype(np.uint8)
-            candidates = {True: _Compute(comp.layer, bitserial=True), False: _Compute(comp.layer, bitserial=False)}
-            seconds = {}
-            for choice, candidate in candidates.items():
-                self.compute[name] = candidate
-                stats = LayerStats(name, "conv", (), None, None)
-                self._layer(comp.layer, [x], stats)  # compile / warm up
-                times = []
-                for _ in range(repeats):
-                    start = time.perf_counter()
-                    self._layer(comp.layer, [x], stats)
-                    times.append(time.perf_counter() - start)
-                seconds[choice] = min(times)
-            self.calibration[name] = (seconds[True], seconds[False])
-            self.compute[name] = candidates[seconds[True] <= seconds[False]]
+            self.compute[name] = _Compute(comp.layer, bitserial=comp.method != "bitserial")
+            seconds = network_seconds()
+            bitserial_first = comp.method == "bitserial"
+            self.calibration[name] = (best, seconds) if bitserial_first else (seconds, best)
+            if seconds < best:
+                best = seconds
+            else:
+                self.compute[name] = comp
+        self.pool_into, self.layout_to = self._plan() if self.fuse else ({}, {})
 
     def _plan(self) -> tuple[dict, dict]:
         """Which fused conv kernels also do the work of the layers around them:
