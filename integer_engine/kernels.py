@@ -19,12 +19,15 @@ Families, chosen by the CPU (`cpu.py`; the tests run every one on any x86-64):
 - vector bit-serial (VPOPCNTDQ): `popcount.popcount_tile`, weights transposed once
   (`transposed_planes`); fused with the requantization (`bitserial_threshold_codes`) and, for
   convs, with a channel-major patch gather (`bitserial_conv_threshold_codes`);
-- int8 (VNNI): `int8dot.int8_tile`, u8 codes x s8 weights -> int32 (`int8_gemm`), fused with the
-  requantization (`int8_threshold_codes`) and with im2col (`int8_conv_threshold_codes`);
-- `int_gemm`: exact BLAS in float32/float64 for wide layers where VNNI is missing.
+- int8 (VNNI, or AVX2 `vpmaddubsw`): `int8dot.int8_tile`, u8 codes x s8 weights -> int32
+  (`int8_gemm`), fused with the requantization (`int8_threshold_codes`) and with im2col
+  (`int8_conv_threshold_codes`, which can also max-pool and lay its codes out for the next conv:
+  `LaidOut`, `conv_output`);
+- `int_gemm`: exact BLAS in float32/float64 for wide layers where neither exists.
 
 Numba's disk cache (`cache=True`) keys a kernel by its own file only, but these kernels compile
-in code from popcount.py, int8dot.py and requant.py (`threshold_block`): after editing those,
+in code from popcount.py, int8dot.py, bitpack.py (`plane_word`) and requant.py (`threshold_block`,
+`window_codes`, `store_codes`): after editing those,
 touch this file or clear integer_engine/__pycache__, or a cached kernel keeps the old code.
 """
 import contextlib
@@ -35,9 +38,9 @@ import numpy as np
 from numba import njit, prange
 from numpy.lib.stride_tricks import sliding_window_view
 
+from integer_engine import int8dot
 from integer_engine.bitpack import MAX_BITS, check_bits, words_for
 from integer_engine.errors import EngineError
-from integer_engine import int8dot
 from integer_engine.int8dot import INT32_SAFE_K, int8_conv_tile, int8_tile
 from integer_engine.int8dot import TILE_COLS as INT8_COLS
 from integer_engine.int8dot import TILE_ROWS as INT8_ROWS
