@@ -801,6 +801,22 @@ def _conv_row_starts(m0, m_rows, pool, oh_count, ow_count, stride, height, width
                     img += 1
 
 
+@njit(parallel=True, cache=True)
+def _nhwc_kernel(x, padding, flat):  # pragma: no cover - compiled
+    # x: (N, C, H, W) uint8 codes -> flat: zero-filled (N, H + 2p, W + 2p, C) bytes (and slack):
+    # the int8 conv's input, in parallel over rows (NumPy's strided copy took 2 ms for SVHN's
+    # 512 input images, 6% of the W1A1 network).
+    n_images, channels, height, width = x.shape
+    hp, wp = height + 2 * padding, width + 2 * padding
+    for row in prange(n_images * height):
+        img = row // height
+        y = row - img * height
+        base = ((img * hp + y + padding) * wp + padding) * channels
+        for z in range(width):
+            for c in range(channels):
+                flat[base + z * channels + c] = x[img, c, y, z]
+
+
 def int8_conv_weights(weight: np.ndarray) -> np.ndarray:
     """Signed conv weights (O, C, kh, kw) -> `int8_weights` in the reduction order (i, j, channel)
     of `int8_conv_threshold_codes`, each kernel row's kw*C bytes padded with zeros to whole 4-byte
@@ -857,7 +873,8 @@ def int8_conv_threshold_codes(x, kh: int, kw: int, stride: int, padding: int, wt
             flat = x.data
         else:
             flat = np.zeros(n * hp * wp * c + 8, np.uint8)  # NHWC, zero-padded, 8 bytes of slack
-            flat[:-8].reshape(n, hp, wp, c)[:, padding:padding + h, padding:padding + w] = x.transpose(0, 2, 3, 1)
+            with _threads_for(x.size):
+                _nhwc_kernel(np.ascontiguousarray(x), padding, flat)
         with _threads_for(n * channels * ph * pw * pool * pool * wt.shape[0] * 4 // 16):
             _int8_kernel("conv", _split_for(a_max, wt, w_abs_max))(
                 flat, kh, kw, c, hp, wp, stride, oh, ow, pool, wt, ones, np.int64(scale), np.int64(offset),
