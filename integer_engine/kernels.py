@@ -360,7 +360,7 @@ def _conv_output_pixel(m, pool, oh_count, ow_count):  # pragma: no cover - compi
     return img, 2 * py + ((m >> 1) & 1), 2 * (q - py * pw) + (m & 1)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _store_rows(block, m0, out):  # pragma: no cover - compiled
     """Rows m0.. of a GEMM result from a block (rows, >= N columns), up to out's last row."""
     for r in range(min(block.shape[0], out.shape[0] - m0)):
@@ -368,7 +368,7 @@ def _store_rows(block, m0, out):  # pragma: no cover - compiled
             out[m0 + r, c] = block[r, c]
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _plane_row_sum(a, m):  # pragma: no cover - compiled
     """sum_k a[m, k] from bit-planes: sum_i 2^i sum_k popcount(a[i, m, k])."""
     rowsum = np.uint64(0)
@@ -770,7 +770,7 @@ def int8_conv_offsets(kh, groups, row_stride):  # pragma: no cover - compiled
     return offsets
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _conv_row_starts(m0, m_rows, pool, oh_count, ow_count, stride, height, width, channels, starts):
     # pragma: no cover - compiled.  starts[r] = the NHWC byte offset of the patch of GEMM row
     # m0 + r (`_conv_output_pixel`; rows past the end repeat the last), for r < len(starts): the
