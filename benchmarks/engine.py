@@ -4,6 +4,10 @@ Runtime float32 and int8 on the same network, side by side in one run, at batch 
     python benchmarks/engine.py               # batch 512 (7 rounds) and batch 1 (64 images, 7 rounds)
     python benchmarks/engine.py --quick       # 3 rounds, 16 images at batch 1
     python benchmarks/engine.py --tinypact    # add tinypact's float32 eval forward at batch 512
+    python benchmarks/engine.py --calibrate 0 # bit-serial vs int8 by the fixed rule, not timed here
+    NUMBA_CPU_NAME=znver1 NUMBA_CPU_FEATURES=+avx2,+popcnt,... python benchmarks/engine.py
+                                              # the AVX2 kernels (scalar POPCNT, vpmaddubsw) on any
+                                              # AVX2 machine: "AVX2 code on <this CPU>"
 
 Builds tinypact's `svhn` network (40x40x3, 8-bit first/last layers, DoReFa weights, PACT
 activations) with randomised batch-norm statistics and alphas (speed does not depend on
@@ -15,9 +19,12 @@ float32 as exported, and int8 as `onnxruntime.quantization.quantize_static` make
 per-channel int8 weights, uint8 activations, calibrated on 64 random images).
 
 Timing: each round runs every runner once, in turn (interleaved), so drifts in background load
-hit all of them; each runner's best and median round are reported, with the load average
+hit all of them, with a 0.2 s pause before each run (ONNX Runtime's threads spin after a run); each runner's best and median round are reported, with the load average
 (`uptime`) before and after and the CPU's features. Batch 512 uses all cores for every runner
 (Numba's and ONNX Runtime's threads); batch 1 runs one image at a time on one thread for all.
+The engines are built with `Engine(model, calibrate=64)` (batch 1: `calibrate=1` on one thread):
+each conv that can run bit-serial or int8 is timed both ways on this CPU and keeps the faster
+(printed as "kernels").
 """
 import argparse
 import os
@@ -124,13 +131,17 @@ def ort_session(path: str, threads: int):
     return lambda images: session.run(None, {"images": images})[0]
 
 
-def interleaved(runners: dict, rounds: int) -> dict:
-    """{name: (best, median) seconds}: each round times every runner once, in turn."""
+def interleaved(runners: dict, rounds: int, settle: float = 0.2) -> dict:
+    """{name: (best, median) seconds}: each round times every runner once, in turn, `settle`
+    seconds after the previous one: ONNX Runtime's pool threads spin after a run (its default)
+    and took the cores from whichever runner came next (the engine's W1A1, after ORT float32:
+    10,500 images/s at batch 512 without the pause, 15,600 with it, same machine, same minute)."""
     times = {name: [] for name in runners}
     for fn in runners.values():
         fn()  # compile / warm caches outside the timing
     for _ in range(rounds):
         for name, fn in runners.items():
+            time.sleep(settle)
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
@@ -155,6 +166,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="3 rounds, 16 images at batch 1")
     parser.add_argument("--tinypact", action="store_true", help="add tinypact's float32 eval at batch 512")
     parser.add_argument("--layers", action="store_true", help="print the engine's per-layer times")
+    parser.add_argument("--calibrate", type=int, default=64,
+                        help="images for the per-layer bit-serial vs int8 timing (0: the fixed rule)")
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.single = 3, 16
@@ -164,7 +177,17 @@ def main() -> int:
     print(f"start: {load_average()}")
     networks = {bits: randomize_statistics(build_model("svhn", Policy(wbits=bits, abits=bits)), biases=False)
                 for bits in PRECISIONS}
-    engines = {bits: Engine(lower_graph(net.graph(), net.state_dict())) for bits, net in networks.items()}
+    models = {bits: lower_graph(net.graph(), net.state_dict()) for bits, net in networks.items()}
+    # Each engine is calibrated the way it will run: 64 images on all threads for the large batch,
+    # one image on one thread for batch 1 (the crossover moves with both).
+    engines = {bits: Engine(model, calibrate=args.calibrate) for bits, model in models.items()}
+    numba.set_num_threads(1)
+    single_engines = {bits: Engine(model, calibrate=args.calibrate and 1) for bits, model in models.items()}
+    numba.set_num_threads(threads)
+    for label, group in (("batch 512", engines), ("batch 1", single_engines)):
+        for bits, engine in group.items():
+            chosen = " ".join(f"{name}:{comp.method}" for name, comp in engine.compute.items())
+            print(f"W{bits}A{bits} {label} kernels ({'timed' if args.calibrate else 'fixed rule'}): {chosen}")
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, (args.images, *networks[2].input_shape), dtype=np.uint8)
     single = images[:args.single]
@@ -201,7 +224,7 @@ def main() -> int:
 
     numba.set_num_threads(1)
     try:
-        runners = {f"integer_engine W{b}A{b}": one_at_a_time(engine.run) for b, engine in engines.items()}
+        runners = {f"integer_engine W{b}A{b}": one_at_a_time(engine.run) for b, engine in single_engines.items()}
         runners.update({name: one_at_a_time(run) for name, run in sessions[1].items()})
         small = interleaved(runners, args.rounds)
     finally:

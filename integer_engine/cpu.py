@@ -12,10 +12,14 @@ same facts rather than this project's machine of the day. Measured on the machin
   "vectorise" into AVX2 byte lookups (vpshufb; 1.6x slower on Zen 1).
 - Neither (or not x86-64): LLVM's generic `ctpop`.
 
-Wide layers (8-bit, or too many bit-plane passes) run an int8 dot product (`int8dot`) where
-AVX-512 VNNI exists (`vpdpbusd`, 64 u8 x s8 MACs per instruction), else exact float BLAS.
+Wide layers (8-bit, or too many bit-plane passes) run an int8 dot product (`int8dot`): AVX-512
+VNNI `vpdpbusd` (64 u8 x s8 MACs per instruction) where it exists, else AVX2 `vpmaddubsw` +
+`vpmaddwd` (exact by construction, `int8dot.pairs_saturate`), else exact float BLAS.
 
-`describe()` is the one-line summary that `integer_engine run` and the benchmarks print.
+`describe()` is the one-line summary that `integer_engine run` and the benchmarks print. To run
+another CPU family's kernels on this machine (tests, "AVX2 code on Zen 5" measurements), set
+NUMBA_CPU_NAME and NUMBA_CPU_FEATURES, e.g. NUMBA_CPU_NAME=znver1 with an AVX2 feature list:
+LLVM then compiles for that CPU (16 vector registers, no AVX-512) and these properties follow.
 """
 from __future__ import annotations
 
@@ -52,10 +56,12 @@ class CPU:
 
     @property
     def int8_dot(self) -> str:
-        """The u8 x s8 dot product of `int8dot`: "vpdpbusd" (AVX-512 VNNI) or "generic" (plain
-        vector code; the executor then keeps float32/64 BLAS for wide layers, not measured to
-        lose there)."""
-        return "vpdpbusd" if self.x86_64 and self.has("avx512vnni") and self.has("avx512f") else "generic"
+        """The u8 x s8 dot product of `int8dot`: "vpdpbusd" (AVX-512 VNNI), "vpmaddubsw" (AVX2)
+        or "generic" (plain vector code; the executor then keeps float32/64 BLAS for wide layers,
+        not measured to lose there)."""
+        if self.x86_64 and self.has("avx512vnni") and self.has("avx512f"):
+            return "vpdpbusd"
+        return "vpmaddubsw" if self.x86_64 and self.has("avx2") else "generic"
 
     def describe(self) -> str:
         shown = [f for f in _SHOWN if self.has(f)]

@@ -1,6 +1,6 @@
 """The integer engine: runs a `.tpq` model with integer arithmetic only.
 
-Activations flow as unsigned integer codes in NCHW layout. A conv is im2col on codes followed by
+Activations flow as unsigned integer codes (NCHW, or the next conv's layout: below). A conv is im2col on codes followed by
 a GEMM against the weight codes j (levels c = 2j - n_w):
 
     acc[m, o] = sum_k a[m, k] * (2 j[o, k] - n_w) = 2 * (a . j)[m, o] - n_w * rowsum(a)[m]
@@ -14,20 +14,25 @@ Which kernels run depends on the CPU (`cpu.py`, detected once):
   tile, `- n_w * rowsum(a)`, thresholds: `kernels.bitserial_threshold_codes`). Elsewhere the
   scalar-POPCNT kernel runs with the weights as rows (`kernels.bitserial_gemm`, result
   channel-major) and `requant.threshold_codes` after it.
-- Wide layers (the 8-bit first and last layers; with VNNI also those past the bit-serial
-  crossover) run the int8 dot product where AVX-512 VNNI exists: u8 codes x s8 weights (c, or
-  j - 128 for 8-bit weights) -> int32, fused with im2col and the thresholds for convs
-  (`kernels.int8_conv_threshold_codes`). Without VNNI they multiply the codes by the levels c with
-  BLAS in float32 (or float64): every partial sum is an integer bounded by the layer's static
+- Wide layers (the 8-bit first and last layers, and those past the bit-serial crossover) run the
+  int8 dot product (`int8dot`: VNNI `vpdpbusd`, or AVX2 `vpmaddubsw` + `vpmaddwd` kept exact by
+  splitting the codes where int16 pair sums could saturate): u8 codes x s8 weights (c, or j - 128
+  for 8-bit weights) -> int32, fused with im2col and the thresholds for convs
+  (`kernels.int8_conv_threshold_codes`). Without either they multiply the codes by the levels c
+  with BLAS in float32 (or float64): every partial sum is an integer bounded by the layer's static
   `acc_bound` (<= 2**24 for float32; always <= 2**31 for float64), so the float GEMM is exact, as
   `kernels.int_gemm` argues.
+- The crossover is BITSERIAL_MAX_PASSES (set per CPU family below), or measured per layer on the
+  CPU at hand with `Engine(model, calibrate=N)`.
 
 Requantization between layers is integer-only: the accumulator goes through the layer's
-thresholds (writing NCHW codes directly), found at export from the layer's float epilogue. Two
-places evaluate the float32 epilogue itself (`epilogue.py`), elementwise: a residual add, whose
-two integer inputs admit no thresholds on one integer, and the logits. Max-pool works on codes,
-average pooling sums them. Each layer's MACs (as performed: rows x depth x columns of its GEMM)
-and wall time are counted; `reference.py` is the plain NumPy check.
+thresholds, found at export from the layer's float epilogue. Fused conv kernels write their codes
+in the layout the next conv reads (`kernels.LaidOut`: padded NHWC bytes for int8, channel-packed
+bit-planes for bit-serial) and do a following 2x2 max-pool themselves (`Engine._plan`); other
+layers see NCHW codes. Two places evaluate the float32 epilogue itself (`epilogue.py`),
+elementwise: a residual add, whose two integer inputs admit no thresholds on one integer, and the
+logits. Max-pool works on codes, average pooling sums them. Each layer's MACs (as performed: rows
+x depth x columns of its GEMM) and wall time are counted; `reference.py` is the plain NumPy check.
 """
 from __future__ import annotations
 
@@ -50,8 +55,20 @@ from integer_engine.requant import apply_thresholds, block_thresholds, full_accu
 # both fused kernels, the SVHN network at W2A2 ran as fast bit-serial as int8 (batch 512,
 # interleaved: 2639 vs 2584 images/s best, 2452 vs 2439 median; before the bit-serial gather was
 # fused, 0.8x), and at W1A1 1.4x faster bit-serial (3633 vs 2642).
-INT8_DOT = int8dot.VNNI
-BITSERIAL_MAX_PASSES = 4 if INT8_DOT and kernels.BITSERIAL_KERNEL == "vector" else 9
+# AVX2 int8 (`vpmaddubsw`) against scalar POPCNT: compiled for znver1 (AVX2, 16 registers) and run
+# on Zen 5, whole SVHN layers at 64 images (`Engine(calibrate=64)`), scalar bit-serial won only at
+# W1A1 (and not every layer: conv1 3.2 ms int8 vs 5.9); at W2A2 int8 took half the time. Not yet
+# measured on an AVX2-only CPU: `Engine(calibrate=...)` measures the machine it runs on.
+INT8_DOT = int8dot.LOWERING != "generic"
+if int8dot.VNNI and kernels.BITSERIAL_KERNEL == "vector":
+    BITSERIAL_MAX_PASSES = 4
+elif int8dot.LOWERING == "vpmaddubsw":
+    BITSERIAL_MAX_PASSES = 1
+else:
+    BITSERIAL_MAX_PASSES = 9
+# `Engine(calibrate=...)` times both kernel families up to W4A4 (16 passes); past that bit-serial
+# never came close (W8A8 conv1: 150 ms vs 3 ms int8 on Zen 5).
+CALIBRATE_MAX_PASSES = 16
 
 
 @dataclass
@@ -80,18 +97,24 @@ class EngineResult:
 class _Compute:
     """Per-layer state prepared once: weight matrix (OIHW order), its bit-planes or signed levels."""
 
-    def __init__(self, layer: Layer):
+    def __init__(self, layer: Layer, bitserial: bool | None = None):
+        """`bitserial` True/False forces the choice between the bit-serial and the int8 kernels
+        where both can run (`Engine`'s calibration); None follows BITSERIAL_MAX_PASSES."""
         a = layer.attrs
         self.layer = layer
         w = layer.arrays["weight"]
         self.j = np.ascontiguousarray(w.reshape(w.shape[0], -1))
         self.n_w = int(a["n_w"])
         self.abits, self.wbits = int(a["abits"]), int(a["wbits"])
+        self.int8_possible = (INT8_DOT and int(a["in_max"]) <= 255 and self.wbits <= 8
+                              and self.j.shape[1] <= int8dot.INT32_SAFE_K)
+        self.bitserial_possible = self.abits <= bitpack.MAX_BITS and self.abits * self.wbits <= 64
         narrow = self.abits <= bitpack.MAX_BITS and self.abits * self.wbits <= BITSERIAL_MAX_PASSES
+        if bitserial is not None:
+            narrow = bitserial and self.bitserial_possible or not self.int8_possible
         # u8 codes x s8 weights: levels c = 2j - n_w when they fit in int8, else j - 128 with
         # a . c = 2 a.(j - 128) - (n_w - 256) rowsum(a).
-        int8 = (INT8_DOT and not narrow and int(a["in_max"]) <= 255 and self.wbits <= 8
-                and self.j.shape[1] <= int8dot.INT32_SAFE_K)
+        int8 = self.int8_possible and not narrow
         self.method = "bitserial" if narrow else "int8" if int8 else "int"
         # With 512-bit popcounts the weights are transposed once and the activations are the
         # GEMM's rows (result rows_first); threshold layers fuse the GEMM with requantization.
@@ -113,8 +136,10 @@ class _Compute:
                 self.int8_scale, self.int8_offset = 2, self.n_w - 256
                 signed = w.astype(np.int16) - 128
             self.wt8 = kernels.int8_weights(signed.reshape(signed.shape[0], -1))
+            self.w_abs_max = int(np.abs(signed).max()) if signed.size else 0
             if a["kind"] == "conv":  # the fused conv kernel reduces in (i, j, channel) order
                 self.wt8_conv = kernels.int8_conv_weights(signed)
+                self.ones = kernels.int8_ones_column(self.wt8_conv, self.j.shape[0])
         else:
             self.levels = (2 * self.j.astype(np.int16) - self.n_w).astype(np.int16)
         # int_gemm's own rule (kernels.py): a float with a p-bit significand is exact when every
@@ -149,27 +174,48 @@ class _Compute:
         """Whether a threshold layer runs as one GEMM + requantization kernel (`threshold_codes`)."""
         return self.vector or self.method == "int8"
 
-    def threshold_codes(self, x: np.ndarray) -> np.ndarray:
-        """A threshold layer's codes (N, O, P) in one fused kernel (vector bit-serial and int8 layers)."""
+    @property
+    def fused_conv(self) -> str | None:
+        """The layout a fused conv kernel of this threshold layer reads its input in ("nhwc" for
+        int8, "planes" for bit-serial), so a producer can write it so (`kernels.LaidOut`); None if
+        the layer is not one (its input then stays NCHW codes)."""
+        a = self.layer.attrs
+        if a["kind"] != "conv" or a["output"] != "threshold":
+            return None
+        return "nhwc" if self.method == "int8" else "planes" if self.channel_major else None
+
+    def threshold_codes(self, x, pool: int = 1, to=None):
+        """A threshold layer's codes (N, O, P) in one fused kernel (vector bit-serial and int8
+        layers); convs may also max-pool 2x2 (`pool` 2) and lay their output out `to` the next
+        conv's input layout (`kernels.conv_output`)."""
         a, arrays = self.layer.attrs, self.layer.arrays
-        th, direction, images = arrays["thresholds"], arrays["direction"], x.shape[0]
-        conv8 = self.method == "int8" and a["kind"] == "conv" and x.dtype == np.uint8
+        th, direction = arrays["thresholds"], arrays["direction"]
+        if isinstance(x, kernels.LaidOut):
+            images = x.shape[0]
+        else:
+            images = x.shape[0]
+            # Codes of an int8 layer are <= in_max <= 255 (the int8 path's condition): uint8 is exact.
+            if self.method == "int8" and a["kind"] == "conv" and x.dtype != np.uint8:
+                x = x.astype(np.uint8)
+        conv8 = self.method == "int8" and a["kind"] == "conv"
         weights = self.wt8_conv if conv8 else self.wt8 if self.method == "int8" else self.wt
         width = weights.shape[1] if self.method == "int8" else weights.shape[2]  # padded output columns
         if width not in self.prepared:  # the thresholds in the fused kernel's layout, made once
-            self.prepared[width] = block_thresholds(th, direction, width)
+            self.prepared[width] = block_thresholds(th, direction, width, int(a["acc_bound"]))
         prepared = self.prepared[width]
         if conv8:
             return kernels.int8_conv_threshold_codes(x, *a["kernel"], a["stride"], a["padding"], weights, th,
                                                      direction, self.int8_scale, self.int8_offset, prepared,
-                                                     kernels.int8_ones_column(weights, th.shape[0]))
+                                                     self.ones, pool, to, int(a["in_max"]), self.w_abs_max)
         if self.method == "int8":
             return kernels.int8_threshold_codes(self._bytes(x), weights, th, direction, images,
-                                                self.int8_scale, self.int8_offset, prepared)
+                                                self.int8_scale, self.int8_offset, prepared, int(a["in_max"]),
+                                                self.w_abs_max)
         if self.channel_major:
-            return kernels.bitserial_conv_threshold_codes(x if x.dtype == np.uint8 else x.astype(np.uint8),
-                                                          *a["kernel"], a["stride"], a["padding"], self.abits,
-                                                          weights, th, direction, 2, self.n_w, prepared)
+            if not isinstance(x, kernels.LaidOut) and x.dtype != np.uint8:
+                x = x.astype(np.uint8)
+            return kernels.bitserial_conv_threshold_codes(x, *a["kernel"], a["stride"], a["padding"], self.abits,
+                                                          weights, th, direction, 2, self.n_w, prepared, pool, to)
         return kernels.bitserial_threshold_codes(self._planes(x), weights, th, direction, images, 2, self.n_w,
                                                  prepared)
 
@@ -192,7 +238,7 @@ class _Compute:
         if self.method == "int8":
             patches = self._bytes(x)
             rowsum = patches.sum(axis=1, dtype=np.int64).reshape(images, -1)
-            dot = kernels.int8_gemm(patches, self.wt8, self.j.shape[0])
+            dot = kernels.int8_gemm(patches, self.wt8, self.j.shape[0], int(a["in_max"]), self.w_abs_max)
             return dot, "rows_first", self.int8_scale, self.int8_offset, rowsum
         # Every partial sum is an integer bounded by acc_bound (a static fact of the model), so
         # BLAS in exact_dtype is exact: `kernels.int_gemm`'s argument, without its scan of the data
@@ -207,8 +253,13 @@ class _Compute:
 class Engine:
     """Integer inference for one loaded model. `run(images)` -> EngineResult."""
 
-    def __init__(self, model: IntegerModel):
+    def __init__(self, model: IntegerModel, fuse: bool = True, calibrate: int = 0):
+        """`fuse` False runs every layer on its own (`_plan`'s fusions off; for comparisons).
+        `calibrate` > 0: choose bit-serial or int8 per layer by timing the whole network both
+        ways on this CPU, on `calibrate` random images (`_calibrate`), instead of
+        BITSERIAL_MAX_PASSES."""
         self.model = model
+        self.fuse = fuse
         self.compute = {layer.name: _Compute(layer) for layer in model.layers if layer.is_compute}
         self.tables = {}
         for layer in model.layers:
@@ -216,6 +267,77 @@ class Engine:
                 codes = np.arange(layer.attrs["in_max"] + 1, dtype=np.int64)[:, None]
                 self.tables[layer.name] = apply_thresholds(codes, layer.arrays["thresholds"],
                                                            layer.arrays["direction"], 1)[:, 0]
+        self.pool_into, self.layout_to = self._plan() if fuse else ({}, {})
+        self.calibration: dict[str, tuple[float, float]] = {}
+        if calibrate:
+            self._calibrate(calibrate)
+
+    def _calibrate(self, images: int) -> None:
+        """The bit-serial vs int8 crossover measured on this CPU: for every threshold conv that
+        both kernel families can run (up to CALIBRATE_MAX_PASSES), in order, the whole network is
+        timed with the layer's kernel switched (and the fusions planned again, since the layouts
+        between layers follow the kernels), and the switch is kept if the network got faster.
+        Timings are best of 3 runs on `images` random images (of 64 // images for small batches
+        whose runs take microseconds), with the current thread count. `self.calibration[name]` =
+        (network seconds with the layer bit-serial, with it int8). Both kernels are exact, so the
+        choice changes the speed only. (Timing layers alone missed what the layouts between them
+        cost: on SVHN W1A1 at batch 1 it picked int8 for conv1 and the network ran 7% slower.)"""
+        x = np.random.default_rng(0).integers(0, 256, (images, *self.model.input_shape)).astype(np.uint8)
+        repeats = max(3, 64 // images)
+
+        def network_seconds() -> float:
+            self.pool_into, self.layout_to = self._plan() if self.fuse else ({}, {})
+            self.run(x)  # compile / warm up
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                self.run(x)
+                times.append(time.perf_counter() - start)
+            return min(times)
+
+        best = network_seconds()
+        for name, comp in list(self.compute.items()):
+            a = comp.layer.attrs
+            if not (comp.int8_possible and comp.bitserial_possible and a["kind"] == "conv"
+                    and a["output"] == "threshold" and comp.abits * comp.wbits <= CALIBRATE_MAX_PASSES):
+                continue
+            self.compute[name] = _Compute(comp.layer, bitserial=comp.method != "bitserial")
+            seconds = network_seconds()
+            bitserial_first = comp.method == "bitserial"
+            self.calibration[name] = (best, seconds) if bitserial_first else (seconds, best)
+            if seconds < best:
+                best = seconds
+            else:
+                self.compute[name] = comp
+        self.pool_into, self.layout_to = self._plan() if self.fuse else ({}, {})
+
+    def _plan(self) -> tuple[dict, dict]:
+        """Which fused conv kernels also do the work of the layers around them:
+
+        pool_into[conv] = the 2x2 stride-2 max-pool that is the conv's only reader (the kernel
+        pools its rows before the thresholds, `requant.window_codes`); layout_to[conv] = the
+        input layout of the one conv that reads its (pooled) codes (`kernels.conv_output`), so
+        that conv skips its own re-layout pass. Both leave every layer's codes as they were."""
+        readers: dict[str, list[Layer]] = {}
+        for layer in self.model.layers:
+            for name in layer.attrs["inputs"]:
+                readers.setdefault(name, []).append(layer)
+        pool_into, layout_to = {}, {}
+        for name, comp in self.compute.items():
+            if comp.fused_conv is None:
+                continue
+            after = readers.get(name, [])
+            if len(after) == 1 and after[0].attrs["kind"] == "maxpool" and after[0].attrs["kernel"] == 2 \
+                    and after[0].attrs["stride"] == 2 and after[0].attrs["padding"] == 0 \
+                    and min(after[0].attrs["in_shape"][1:]) >= 2:
+                pool_into[name] = after[0]
+                after = readers.get(after[0].name, [])
+            reader = self.compute.get(after[0].name) if len(after) == 1 else None
+            if reader is not None and reader.fused_conv is not None:
+                ra = reader.layer.attrs
+                layout_to[name] = ((reader.fused_conv, ra["padding"]) if reader.fused_conv == "nhwc"
+                                   else (reader.fused_conv, ra["padding"], reader.abits))
+        return pool_into, layout_to
 
     def run(self, images: np.ndarray, collect: bool = False) -> EngineResult:
         """uint8 images (N, C, H, W) -> float32 logits; `collect` keeps every layer's output."""
@@ -226,18 +348,41 @@ class Engine:
                               f"got {images.dtype} {images.shape}")
         values = {"input": np.ascontiguousarray(images)}
         result = EngineResult(logits=np.zeros((0, 0), np.float32))
+        fused_by = {}  # pool layer -> the conv that computed it
         for layer in self.model.layers:
             a = layer.attrs
             stats = LayerStats(layer.name, a["kind"], tuple(a["out_shape"]), a.get("wbits"), a.get("abits"))
             start = time.perf_counter()
-            out = self._layer(layer, [values[i] for i in a["inputs"]], stats)
+            if layer.name in fused_by:
+                out, stats.method = values[layer.name], f"in {fused_by[layer.name]}"
+            elif layer.name in self.pool_into or layer.name in self.layout_to:
+                pool = self.pool_into.get(layer.name)
+                out = self._fused_conv(layer, values[a["inputs"][0]], pool, stats)
+                if pool is not None:
+                    values[pool.name], fused_by[pool.name] = out, layer.name
+                    # The conv's own codes exist only when asked for: computed again, unpooled.
+                    out = self._fused_conv(layer, values[a["inputs"][0]], None, stats) if collect else None
+            else:
+                out = self._layer(layer, [values[i] for i in a["inputs"]], stats)
             stats.seconds = time.perf_counter() - start
             values[layer.name] = out
             result.stats.append(stats)
             if collect:
-                result.outputs[layer.name] = out
+                result.outputs[layer.name] = kernels.as_codes(out)
         result.logits = values[self.model.layers[-1].name]
         return result
+
+    def _fused_conv(self, layer: Layer, x, pool: Layer | None, stats: LayerStats):
+        """A fused conv's codes (N, O, H, W), max-pooled by `pool` and laid out for the next conv as
+        planned (`_plan`); without `pool`, plain NCHW codes (collect mode)."""
+        comp, a = self.compute[layer.name], layer.attrs
+        to = self.layout_to.get(layer.name) if pool is not None or layer.name not in self.pool_into else None
+        out = comp.threshold_codes(x, 2 if pool is not None else 1, to)
+        stats.method = comp.method
+        stats.macs = x.shape[0] * int(np.prod(a["out_shape"])) * comp.j.shape[1]
+        if isinstance(out, kernels.LaidOut):
+            return out
+        return out.reshape(x.shape[0], *(pool.attrs["out_shape"] if pool is not None else a["out_shape"]))
 
     def _layer(self, layer: Layer, inputs: list[np.ndarray], stats: LayerStats) -> np.ndarray:
         a = layer.attrs

@@ -9,13 +9,22 @@ the 4 bytes of one 32-bit lane, 16 columns side by side in one 512-bit vector. E
 reduction loads two such vectors (32 columns), broadcasts 4 bytes of each of the 8 activation
 rows, and adds the four products per lane into 16 int32 vector accumulators:
 
-- with AVX-512 VNNI: one `vpdpbusd` per row (64 MACs per instruction);
-- elsewhere: the same sums written as plain LLVM vector code (zero/sign extension, multiply, add
-  of the four byte lanes), which LLVM lowers to what the CPU has (on AVX2 `vpmaddwd`-style code).
+- with AVX-512 VNNI ("vpdpbusd"): one `vpdpbusd` per row (64 MACs per instruction);
+- with AVX2 ("vpmaddubsw", e.g. Zen 1): per 256-bit half, `vpmaddubsw` (u8 x s8, adjacent pairs
+  summed to int16) then `vpmaddwd` by ones (int16 pairs to int32) and an add;
+- elsewhere ("generic"): the same sums as plain LLVM vector code (zero/sign extension, multiply,
+  add of the four byte lanes).
 
-Neither wraps: each product is at most 255 * 128 in magnitude, and the callers check that
-K * 255 * 128 < 2**31 (`INT32_SAFE_K`), so every partial sum is exact in int32.
-Under `NUMBA_DISABLE_JIT=1` the name is bound to the plain-Python reading.
+None wraps: each product is at most 255 * 128 in magnitude, and the callers check that
+K * 255 * 128 < 2**31 (`INT32_SAFE_K`), so every partial sum is exact in int32. `vpmaddubsw`
+saturates its int16 pair sums, so it is exact only when |a0 w0 + a1 w1| <= 2 * a_max * w_max <=
+32767 (`pairs_saturate`: e.g. 4-bit layers, 15 * 15, or codes <= 127 against int8 weights). Where
+that bound fails (8-bit pixels against 8-bit weights: 2 * 255 * 128 = 65280) the tiles take
+`split` = 1: the codes are split as a = (a AND 127) + 128 (a >> 7), both parts within the bound
+(2 * 127 * 128 = 32512 and 2 * 1 * 128), each part's pairs widened by `vpmaddwd` (by 1 and by
+128) before they are added: twice the instructions, exact.
+Under `NUMBA_DISABLE_JIT=1` the names are bound to the plain-Python readings (split changes
+nothing there: it only selects an exact instruction sequence).
 """
 import numba
 from llvmlite import ir
@@ -25,15 +34,25 @@ from numba.extending import intrinsic
 
 from integer_engine.cpu import detect
 
-TILE_ROWS = 8
-TILE_COLS = 32  # two vectors of 16 int32 lanes: 16 independent accumulators hide vpdpbusd's latency
 _LANES = 16
 # Largest reduction length whose partial sums stay below 2**31: K * 255 * 128 < 2**31.
 INT32_SAFE_K = (2**31 - 1) // (255 * 128)
-VNNI = detect().int8_dot == "vpdpbusd"
+# "vpdpbusd", "vpmaddubsw" or "generic" (`cpu.CPU.int8_dot`); tests may set it before compiling.
+LOWERING = detect().int8_dot
+VNNI = LOWERING == "vpdpbusd"
+# 8 rows x two vectors of 16 int32 lanes: 16 independent accumulators hide vpdpbusd's latency in
+# AVX-512's 32 registers. AVX2 has 16 (256-bit) registers: 4 rows x 16 columns (8 of them) leaves
+# room for the weights and the int16 intermediates.
+TILE_ROWS, TILE_COLS = (8, 32) if VNNI or LOWERING == "generic" else (4, 16)
 
 
-def _int8_tile_python(a, wt, m0, n0, tile):
+def pairs_saturate(a_max: int, w_abs_max: int) -> bool:
+    """Whether `vpmaddubsw`'s int16 pair sums could saturate for codes <= a_max and weights of
+    magnitude <= w_abs_max, i.e. whether the tiles need `split` on this CPU (never off AVX2)."""
+    return LOWERING == "vpmaddubsw" and 2 * int(a_max) * int(w_abs_max) > 32767
+
+
+def _int8_tile_python(a, wt, m0, n0, tile, split=0):
     """Plain reading: tile[r, n0 + c] = sum_k a[min(m0 + r, M - 1), k] * wt[k // 4, n0 + c, k % 4]
     for r < TILE_ROWS, c < TILE_COLS. a: uint8 (M, >= 4 * K4); wt: int8 (K4, Npad, 4); tile: int32
     (TILE_ROWS, >= n0 + TILE_COLS), a row block read once complete (as `popcount.popcount_tile`).
@@ -63,12 +82,13 @@ def _lane_sums(builder, x, w):
 
 
 @intrinsic
-def _int8_tile_llvm(typingctx, a, wt, m0, n0, tile):
-    """`_int8_tile_python` in 512-bit vector code (see the module docstring)."""
+def _int8_tile_llvm(typingctx, a, wt, m0, n0, tile, split):
+    """`_int8_tile_python` in 512-bit vector code (see the module docstring); `split` (0 or 1) a
+    compile-time constant."""
     if (a != types.Array(types.uint8, 2, "C") or wt != types.Array(types.int8, 3, "C")
-            or tile != types.Array(types.int32, 2, "C")):
+            or tile != types.Array(types.int32, 2, "C") or not isinstance(split, types.IntegerLiteral)):
         return None
-    sig = types.void(a, wt, m0, n0, tile)
+    sig = types.void(a, wt, m0, n0, tile, split)
 
     def codegen(context, builder, signature, args):
         a_arr = context.make_array(signature.args[0])(context, builder, args[0])
@@ -83,7 +103,7 @@ def _int8_tile_llvm(typingctx, a, wt, m0, n0, tile):
         row_bytes = builder.extract_value(a_arr.shape, 1)
         groups = builder.extract_value(w_arr.shape, 0)
         w_cols = builder.extract_value(w_arr.shape, 1)
-        step = _dot_step(builder, vec)
+        step = _dot_step(builder, vec, signature.args[5].literal_value)
         accs = [[cgutils.alloca_once_value(builder, ir.Constant(vec, [0] * _LANES)) for _ in range(n_vecs)]
                 for _ in range(TILE_ROWS)]
         last = builder.sub(rows, const(1))
@@ -103,62 +123,64 @@ def _int8_tile_llvm(typingctx, a, wt, m0, n0, tile):
     return sig, codegen
 
 
-def _int8_conv_tile_python(xp, starts, run_stride, runs, groups, wt, n0, tile):
-    """Plain reading of `int8_conv_tile`: `int8_tile` on patch rows read in place. Row r of the
-    patch is `runs` runs of 4*`groups` bytes of xp (1-D uint8), run i starting at
-    starts[r] + i * run_stride; its k-group g (bytes 4g..4g+3 of the run) meets weight group
-    i * groups + g:
+def _int8_conv_tile_python(xp, starts, offsets, wt, n0, tile, split=0, rows=TILE_ROWS):
+    """Plain reading of `int8_conv_tile`: `int8_tile` on patch rows read in place. The k-group t
+    (4 bytes) of patch row r starts at byte starts[r] + offsets[t] of xp (1-D uint8) and meets
+    weight group t:
 
-        tile[r, n0 + c] = sum_{i, g, b<4} xp[starts[r] + i*run_stride + 4g + b] * wt[i*groups + g, n0 + c, b]
-    """
-    for r in range(TILE_ROWS):
+        tile[r, n0 + c] = sum_{t, b<4} xp[starts[r] + offsets[t] + b] * wt[t, n0 + c, b]
+
+    for r < rows: TILE_ROWS, or 1 for a layer of fewer rows (a single-pixel conv at batch 1),
+    which a full tile would compute TILE_ROWS times over. (A conv's offsets: run i of kernel row i
+    at i * row stride, its groups 4 bytes apart, `kernels.int8_conv_offsets`.)"""
+    for r in range(rows):
         for c in range(TILE_COLS):
             total = 0
-            for i in range(runs):
-                for g in range(groups):
-                    at = starts[r] + i * run_stride + 4 * g
-                    for b in range(4):
-                        total += int(xp[at + b]) * int(wt[i * groups + g, n0 + c, b])
+            for t in range(wt.shape[0]):
+                at = starts[r] + offsets[t]
+                for b in range(4):
+                    total += int(xp[at + b]) * int(wt[t, n0 + c, b])
             tile[r, n0 + c] = total
 
 
 @intrinsic
-def _int8_conv_tile_llvm(typingctx, xp, starts, run_stride, runs, groups, wt, n0, tile):
+def _int8_conv_tile_llvm(typingctx, xp, starts, offsets, wt, n0, tile, split, rows):
     """`_int8_conv_tile_python` in 512-bit vector code: as `_int8_tile_llvm`, with each row's
-    4-byte groups loaded straight from the (NHWC) codes instead of a gathered patch row."""
-    if (xp != types.Array(types.uint8, 1, "C") or starts != types.Array(types.int64, 1, "C")
-            or wt != types.Array(types.int8, 3, "C") or tile != types.Array(types.int32, 2, "C")):
+    4-byte groups loaded straight from the (NHWC) codes at their offsets instead of a gathered
+    patch row (one loop over all groups: a conv's short kernel rows, 16 bytes on SVHN conv0, made
+    a nested loop pay its setup every 4 groups); split and rows are compile-time constants."""
+    index = types.Array(types.int64, 1, "C")
+    if (xp != types.Array(types.uint8, 1, "C") or starts != index or offsets != index
+            or wt != types.Array(types.int8, 3, "C") or tile != types.Array(types.int32, 2, "C")
+            or not isinstance(split, types.IntegerLiteral) or not isinstance(rows, types.IntegerLiteral)):
         return None
-    sig = types.void(xp, starts, run_stride, runs, groups, wt, n0, tile)
+    sig = types.void(xp, starts, offsets, wt, n0, tile, split, rows)
 
     def codegen(context, builder, signature, args):
         x_arr = context.make_array(signature.args[0])(context, builder, args[0])
         s_arr = context.make_array(signature.args[1])(context, builder, args[1])
-        w_arr = context.make_array(signature.args[5])(context, builder, args[5])
-        t_arr = context.make_array(signature.args[7])(context, builder, args[7])
+        o_arr = context.make_array(signature.args[2])(context, builder, args[2])
+        w_arr = context.make_array(signature.args[3])(context, builder, args[3])
+        t_arr = context.make_array(signature.args[5])(context, builder, args[5])
         i32, i64 = ir.IntType(32), ir.IntType(64)
         vec = ir.VectorType(i32, _LANES)
         n_vecs = TILE_COLS // _LANES
         const = lambda v: ir.Constant(i64, v)  # noqa: E731
-        stride_v, runs_v, groups_v, n0_v = (context.cast(builder, args[p], signature.args[p], types.int64)
-                                            for p in (2, 3, 4, 6))
+        n0_v = context.cast(builder, args[4], signature.args[4], types.int64)
+        groups = builder.extract_value(w_arr.shape, 0)
         w_cols = builder.extract_value(w_arr.shape, 1)
-        step = _dot_step(builder, vec)
+        step = _dot_step(builder, vec, signature.args[6].literal_value)
+        n_rows = signature.args[7].literal_value
         accs = [[cgutils.alloca_once_value(builder, ir.Constant(vec, [0] * _LANES)) for _ in range(n_vecs)]
-                for _ in range(TILE_ROWS)]
-        starts_v = [builder.load(builder.gep(s_arr.data, [const(r)])) for r in range(TILE_ROWS)]
+                for _ in range(n_rows)]
+        row_ptrs = [builder.gep(x_arr.data, [builder.load(builder.gep(s_arr.data, [const(r)]))]) for r in range(n_rows)]
         w_words = builder.bitcast(w_arr.data, i32.as_pointer())
-        with cgutils.for_range(builder, runs_v) as run_loop:
-            i = run_loop.index
-            offset = builder.mul(i, stride_v)
-            with cgutils.for_range(builder, groups_v) as group_loop:
-                g = group_loop.index
-                group = builder.add(builder.mul(i, groups_v), g)
-                byte = builder.add(offset, builder.mul(g, const(4)))
-                words = [builder.load(builder.bitcast(builder.gep(x_arr.data, [builder.add(starts_v[r], byte)]),
-                                                      i32.as_pointer()), align=1) for r in range(TILE_ROWS)]
-                _accumulate_group(builder, w_words, builder.add(builder.mul(group, w_cols), n0_v), words, accs,
-                                  step)
+        with cgutils.for_range(builder, groups) as loop:
+            t = loop.index
+            byte = builder.load(builder.gep(o_arr.data, [t]))
+            words = [builder.load(builder.bitcast(builder.gep(row_ptrs[r], [byte]), i32.as_pointer()), align=1)
+                     for r in range(n_rows)]
+            _accumulate_group(builder, w_words, builder.add(builder.mul(t, w_cols), n0_v), words, accs, step)
         _store_tile(builder, t_arr, accs, n0_v)
         return context.get_dummy_value()
 
@@ -190,14 +212,43 @@ def _store_tile(builder, t_arr, accs, n0_v):
             builder.store(builder.load(acc), builder.bitcast(builder.gep(t_arr.data, [at]), vec.as_pointer()), align=4)
 
 
-def _dot_step(builder, vec):
-    """acc + the 4-byte dot products of x (u8) and w (s8) per lane: `vpdpbusd` with VNNI, else
-    plain vector code."""
-    if VNNI:
+def _dot_step(builder, vec, split=0):
+    """acc + the 4-byte dot products of x (u8) and w (s8) per lane, lowered as `LOWERING` says
+    (module docstring); `split` for `vpmaddubsw` where its pair sums could saturate."""
+    if LOWERING == "vpdpbusd":
         dot = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec, vec, vec]),
                                              "llvm.x86.avx512.vpdpbusd.512")
         return lambda acc, x, w: builder.call(dot, [acc, x, w])
+    if LOWERING == "vpmaddubsw":
+        return lambda acc, x, w: builder.add(acc, _maddubs_sums(builder, x, w, split))
     return lambda acc, x, w: builder.add(acc, _lane_sums(builder, x, w))
+
+
+def _maddubs_sums(builder, x, w, split):
+    """<16 x i32> lane sums of zext(x bytes) * sext(w bytes) by AVX2 `vpmaddubsw` + `vpmaddwd`,
+    one 256-bit half at a time; with `split` the codes' low 7 bits and top bit separately."""
+    i8, i16, i32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)
+    b32, w16, d8 = ir.VectorType(i8, 32), ir.VectorType(i16, 16), ir.VectorType(i32, 8)
+    maddubs = cgutils.get_or_insert_function(builder.module, ir.FunctionType(w16, [b32, b32]),
+                                             "llvm.x86.avx2.pmadd.ub.sw")
+    maddwd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(d8, [w16, w16]),
+                                            "llvm.x86.avx2.pmadd.wd")
+    ones, by128 = ir.Constant(w16, [1] * 16), ir.Constant(w16, [128] * 16)
+    bytes64 = ir.VectorType(i8, 64)
+    xb, wb = builder.bitcast(x, bytes64), builder.bitcast(w, bytes64)
+    halves = []
+    for h in range(2):
+        pick = ir.Constant(ir.VectorType(i32, 32), list(range(32 * h, 32 * h + 32)))
+        xh = builder.shuffle_vector(xb, ir.Constant(bytes64, ir.Undefined), pick)
+        wh = builder.shuffle_vector(wb, ir.Constant(bytes64, ir.Undefined), pick)
+        if split:
+            low = builder.and_(xh, ir.Constant(b32, [127] * 32))
+            top = builder.lshr(xh, ir.Constant(b32, [7] * 32))
+            halves.append(builder.add(builder.call(maddwd, [builder.call(maddubs, [low, wh]), ones]),
+                                      builder.call(maddwd, [builder.call(maddubs, [top, wh]), by128])))
+        else:
+            halves.append(builder.call(maddwd, [builder.call(maddubs, [xh, wh]), ones]))
+    return builder.shuffle_vector(halves[0], halves[1], ir.Constant(ir.VectorType(i32, 16), list(range(16))))
 
 
 int8_tile = _int8_tile_python if numba.config.DISABLE_JIT else _int8_tile_llvm

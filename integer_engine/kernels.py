@@ -19,27 +19,32 @@ Families, chosen by the CPU (`cpu.py`; the tests run every one on any x86-64):
 - vector bit-serial (VPOPCNTDQ): `popcount.popcount_tile`, weights transposed once
   (`transposed_planes`); fused with the requantization (`bitserial_threshold_codes`) and, for
   convs, with a channel-major patch gather (`bitserial_conv_threshold_codes`);
-- int8 (VNNI): `int8dot.int8_tile`, u8 codes x s8 weights -> int32 (`int8_gemm`), fused with the
-  requantization (`int8_threshold_codes`) and with im2col (`int8_conv_threshold_codes`);
-- `int_gemm`: exact BLAS in float32/float64 for wide layers where VNNI is missing.
+- int8 (VNNI, or AVX2 `vpmaddubsw`): `int8dot.int8_tile`, u8 codes x s8 weights -> int32
+  (`int8_gemm`), fused with the requantization (`int8_threshold_codes`) and with im2col
+  (`int8_conv_threshold_codes`, which can also max-pool and lay its codes out for the next conv:
+  `LaidOut`, `conv_output`);
+- `int_gemm`: exact BLAS in float32/float64 for wide layers where neither exists.
 
 Numba's disk cache (`cache=True`) keys a kernel by its own file only, but these kernels compile
-in code from popcount.py, int8dot.py and requant.py (`threshold_block`): after editing those,
+in code from popcount.py, int8dot.py, bitpack.py (`plane_word`) and requant.py (`threshold_block`,
+`window_codes`, `store_codes`): after editing those,
 touch this file or clear integer_engine/__pycache__, or a cached kernel keeps the old code.
 """
 import contextlib
+from dataclasses import dataclass
 
 import numba
 import numpy as np
 from numba import njit, prange
 from numpy.lib.stride_tricks import sliding_window_view
 
+from integer_engine import int8dot
 from integer_engine.bitpack import MAX_BITS, check_bits, words_for
 from integer_engine.errors import EngineError
 from integer_engine.int8dot import INT32_SAFE_K, int8_conv_tile, int8_tile
 from integer_engine.int8dot import TILE_COLS as INT8_COLS
 from integer_engine.int8dot import TILE_ROWS as INT8_ROWS
-from integer_engine.requant import block_thresholds, threshold_block
+from integer_engine.requant import NCHW, NHWC, PLANES, block_thresholds, store_codes, threshold_block, window_codes
 from integer_engine.popcount import POPCOUNT, TILE_COLS, TILE_ROWS, popcount64, popcount_tile
 
 # Columns of `w` handled together by one pass over an activation row: each loaded activation
@@ -74,6 +79,75 @@ def _threads_for(work: int):
         yield
     finally:
         numba.set_num_threads(previous)
+
+
+@dataclass(frozen=True)
+class LaidOut:
+    """Codes of shape (N, C, H, W) already in the layout of the conv that reads them, written so by
+    the fused conv kernel that made them (`conv_output`), so the reader skips its re-layout pass:
+
+    - "nhwc": uint8 (N, H + 2p, W + 2p, C) flattened with 8 bytes of slack, zero border: the input
+      of `int8_conv_threshold_codes`;
+    - "planes": uint64 (bits, N, H + 2p, W + 2p, ceil(C/64)), `channel_packed_planes(codes, bits,
+      p)`: the input of `bitserial_conv_threshold_codes`.
+    """
+    kind: str
+    data: np.ndarray
+    shape: tuple  # (N, C, H, W) of the codes
+    padding: int
+    bits: int = 0
+
+    def codes(self) -> np.ndarray:
+        """The codes as NCHW uint8 (N, C, H, W)."""
+        n, c, h, w = self.shape
+        p = self.padding
+        if self.kind == "nhwc":
+            grid = self.data[:n * (h + 2 * p) * (w + 2 * p) * c].reshape(n, h + 2 * p, w + 2 * p, c)
+            return np.ascontiguousarray(grid[:, p:p + h, p:p + w].transpose(0, 3, 1, 2))
+        inner = np.ascontiguousarray(self.data[:, :, p:p + h, p:p + w, :])
+        lanes = np.unpackbits(inner.view(np.uint8), axis=-1, bitorder="little")[..., :c]  # (bits, n, h, w, c)
+        codes = np.zeros((n, h, w, c), np.uint8)
+        for b in range(self.bits):
+            codes |= lanes[b] << np.uint8(b)
+        return np.ascontiguousarray(codes.transpose(0, 3, 1, 2))
+
+
+def as_codes(x) -> np.ndarray:
+    """NCHW codes of an array or a `LaidOut`."""
+    return x.codes() if isinstance(x, LaidOut) else x
+
+
+def conv_output(to, images: int, channels: int, height: int, width: int):
+    """(dest, layout, result) for a fused conv kernel writing codes (images, channels, height,
+    width) through `requant.store_codes`: `to` None gives NCHW codes (images, channels,
+    height * width) as result, ("nhwc", p) or ("planes", p, bits) a `LaidOut` for a next conv with
+    padding p (and `bits`-bit activations)."""
+    shape = (images, channels, height, width)
+    if to is None:
+        size = images * channels * height * width
+        dest = np.empty(-(-size // 8), np.uint64)  # every code is written
+        return dest, np.array([NCHW, *shape, 0, 0, 0], np.int64), dest.view(np.uint8)[:size].reshape(
+            images, channels, height * width)
+    p = int(to[1])
+    hp, wp = height + 2 * p, width + 2 * p
+    if to[0] == "nhwc":
+        size = images * hp * wp * channels + 8
+        dest = np.zeros(-(-size // 8), np.uint64)
+        return dest, np.array([NHWC, *shape, p, 0, 0], np.int64), LaidOut("nhwc", dest.view(np.uint8)[:size],
+                                                                           shape, p)
+    if to[0] == "planes":
+        bits, words = int(to[2]), words_for(channels)
+        dest = np.zeros(bits * images * hp * wp * words, np.uint64)
+        return dest, np.array([PLANES, *shape, p, bits, words], np.int64), LaidOut(
+            "planes", dest.reshape(bits, images, hp, wp, words), shape, p, bits)
+    raise EngineError(f"unknown conv output layout {to!r}")
+
+
+def _pooled_size(oh: int, ow: int, pool: int) -> tuple[int, int]:
+    if pool not in (1, 2) or (pool == 2 and min(oh, ow) < 2):
+        raise EngineError(f"fused max-pool must be 1 (none) or 2 (2x2, stride 2) on at least 2x2, got {pool} "
+                          f"on {oh}x{ow}")
+    return (oh, ow) if pool == 1 else (oh // 2, ow // 2)
 
 
 # --------------------------------------------------------------------------------------------
@@ -221,15 +295,17 @@ def _make_vector_kernel(fixed_abits: int, fixed_wbits: int, fused: bool):
 def _make_vector_conv_kernel(fixed_abits: int, fixed_wbits: int):
     """`_make_vector_kernel`'s fused kernel for a convolution with the patch gather inside: each
     block's rows are copied from the channel-packed words (`channel_packed_planes`) into a small
-    buffer, so the (bits, N*OH*OW, KW) planes of `conv_channel_planes` never reach memory."""
+    buffer, so the (bits, N*OH*OW, KW) planes of `conv_channel_planes` never reach memory. With
+    pool == 2 a block is one 2x2 max-pool window (`requant.window_codes`); the codes go to `dest`
+    in the next layer's layout (`requant.store_codes`)."""
 
     @njit(parallel=True, cache=True)
-    def kernel(packed, kh, kw, stride, oh_count, ow_count, wt, scale, offset, signed_th, by_t, negate,
-               out):  # pragma: no cover - compiled
-        # packed: (abits, N, Hp, Wp, CW); wt: (wbits, kh*kw*CW, Npad); out: (N, O, OH*OW) uint8.
+    def kernel(packed, kh, kw, stride, oh_count, ow_count, pool, wt, scale, offset, signed_th, by_t, negate,
+               dest, dest_bytes, layout):  # pragma: no cover - compiled
+        # packed: (abits, N, Hp, Wp, CW); wt: (wbits, kh*kw*CW, Npad); dest, layout: store_codes's.
         bits, n_images, height, width, words = packed.shape
-        pixels = oh_count * ow_count
-        m_rows = n_images * pixels
+        group = 1 if pool == 1 else 4
+        m_rows = n_images * (oh_count * ow_count if pool == 1 else 4 * (oh_count // 2) * (ow_count // 2))
         n_pad = wt.shape[2]
         run = kw * words  # a kernel row's words: contiguous in packed
         k_words = kh * run
@@ -238,17 +314,16 @@ def _make_vector_conv_kernel(fixed_abits: int, fixed_wbits: int):
         for task in prange((blocks + BLOCKS_PER_TASK - 1) // BLOCKS_PER_TASK):
             rows = np.empty((bits, TILE_ROWS, k_words), np.uint64)  # scratch, once per task
             flat = rows.reshape(-1)
-            tile, total, corr, v, codes = _block_scratch(n_pad)
+            tile, total, corr, _, _ = _block_scratch(n_pad)
+            v = np.empty(n_pad, by_t.dtype)
+            codes = np.empty((TILE_ROWS, (n_pad + 63) // 64 * 64), np.uint8)  # whole 64-byte runs
             for t in range(task * BLOCKS_PER_TASK, min(blocks, (task + 1) * BLOCKS_PER_TASK)):
                 m0 = t * TILE_ROWS
                 for r in range(TILE_ROWS):
-                    m = min(m0 + r, m_rows - 1)
-                    img = m // pixels
-                    y = (m - img * pixels) // ow_count * stride
-                    z = (m - img * pixels) % ow_count * stride
+                    img, y, z = _conv_output_pixel(min(m0 + r, m_rows - 1), pool, oh_count, ow_count)
                     for b in range(bits):
                         for i in range(kh):
-                            src = (((b * n_images + img) * height + y + i) * width + z) * words
+                            src = (((b * n_images + img) * height + y * stride + i) * width + z * stride) * words
                             dst = (b * TILE_ROWS + r) * k_words + i * run
                             for u in range(run):
                                 flat[dst + u] = source[src + u]
@@ -258,12 +333,34 @@ def _make_vector_conv_kernel(fixed_abits: int, fixed_wbits: int):
                         popcount_tile(rows, wt, 0, 0, 0, n0, total, fixed_abits, fixed_wbits)
                     else:
                         _generic_tile(rows, wt, 0, n0, tile, total)
-                threshold_block(total, corr, m0, scale, signed_th, by_t, negate, pixels, out, v, codes)
+                window_codes(total, corr, group, scale, signed_th, by_t, negate, v, codes)
+                store_codes(codes, min(TILE_ROWS, m_rows - m0) // group, m0 // group, dest, dest_bytes, layout)
 
     return kernel
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
+def _conv_output_pixel(m, pool, oh_count, ow_count):  # pragma: no cover - compiled
+    """(image, y, x) of the conv output pixel that a fused conv kernel computes as GEMM row m: the
+    output pixels in NCHW order (pool == 1), or with a fused 2x2 max-pool (pool == 2) the pooled
+    output's windows in NCHW order, each window's 4 pixels in turn (the rest of an odd size
+    feeds no window and is never computed)."""
+    if pool == 1:
+        pixels = oh_count * ow_count
+        img = m // pixels
+        p = m - img * pixels
+        y = p // ow_count
+        return img, y, p - y * ow_count
+    pw = ow_count // 2
+    windows = (oh_count // 2) * pw
+    window = m >> 2
+    img = window // windows
+    q = window - img * windows
+    py = q // pw
+    return img, 2 * py + ((m >> 1) & 1), 2 * (q - py * pw) + (m & 1)
+
+
+@njit(cache=True, inline="always")
 def _store_rows(block, m0, out):  # pragma: no cover - compiled
     """Rows m0.. of a GEMM result from a block (rows, >= N columns), up to out's last row."""
     for r in range(min(block.shape[0], out.shape[0] - m0)):
@@ -271,7 +368,7 @@ def _store_rows(block, m0, out):  # pragma: no cover - compiled
             out[m0 + r, c] = block[r, c]
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _plane_row_sum(a, m):  # pragma: no cover - compiled
     """sum_k a[m, k] from bit-planes: sum_i 2^i sum_k popcount(a[i, m, k])."""
     rowsum = np.uint64(0)
@@ -528,9 +625,10 @@ def _check_int8_operands(a: np.ndarray, wt: np.ndarray, n_cols: int) -> np.ndarr
     return a
 
 
-def _make_int8_kernel(fused: bool):
-    """The int8 GEMM on `int8dot.int8_tile`, 8 rows x all columns per block; `fused` as in
-    `_make_vector_kernel` (same arguments, a: (M, 4*K4) uint8, wt: (K4, Npad, 4) int8)."""
+def _make_int8_kernel(fused: bool, split: int):
+    """The int8 GEMM on `int8dot.int8_tile`, TILE_ROWS rows x all columns per block; `fused` as in
+    `_make_vector_kernel` (same arguments, a: (M, 4*K4) uint8, wt: (K4, Npad, 4) int8); `split`
+    as in `int8dot` (a compile-time constant)."""
 
     @njit(parallel=True, cache=True)
     def kernel(a, wt, scale, offset, signed_th, by_t, negate, pixels, out):  # pragma: no cover
@@ -545,7 +643,7 @@ def _make_int8_kernel(fused: bool):
             for t in range(task * BLOCKS_PER_TASK, min(blocks, (task + 1) * BLOCKS_PER_TASK)):
                 m0 = t * INT8_ROWS
                 for n0 in range(0, n_pad, INT8_COLS):
-                    int8_tile(a, wt, m0, n0, total)
+                    int8_tile(a, wt, m0, n0, total, split)
                 if fused:
                     if offset != 0:
                         for r in range(INT8_ROWS):
@@ -557,22 +655,46 @@ def _make_int8_kernel(fused: bool):
     return kernel
 
 
-_INT8_KERNELS = {False: _make_int8_kernel(False), True: _make_int8_kernel(True)}
+_INT8_KERNELS: dict = {}
 
 
-def int8_gemm(a: np.ndarray, wt: np.ndarray, n_cols: int) -> np.ndarray:
+def _int8_kernel(kind: str, split: bool):
+    """The compiled int8 kernel: kind "gemm", "fused" (+ thresholds) or "conv" (+ im2col)."""
+    key = (kind, int(split))
+    if key not in _INT8_KERNELS:
+        _INT8_KERNELS[key] = (_make_int8_conv_kernel(key[1]) if kind == "conv"
+                              else _make_int8_kernel(kind == "fused", key[1]))
+    return _INT8_KERNELS[key]
+
+
+def _split_for(a_max: int, wt: np.ndarray, w_abs_max: int | None) -> bool:
+    """`int8dot.pairs_saturate` for codes <= a_max against the packed int8 weights wt, whose
+    largest magnitude is w_abs_max (found here if None: a pass over the weights, so the executor
+    passes it)."""
+    if int8dot.LOWERING != "vpmaddubsw":
+        return False
+    if w_abs_max is None:
+        w_abs_max = int(np.abs(wt.astype(np.int16)).max()) if wt.size else 0
+    return int8dot.pairs_saturate(a_max, w_abs_max)
+
+
+def int8_gemm(a: np.ndarray, wt: np.ndarray, n_cols: int, a_max: int = 255, w_abs_max: int | None = None
+              ) -> np.ndarray:
     """int64 (M, n_cols) = a @ w.T for uint8 activations a (M, 4*K4) (zero columns past K) and
-    wt = `int8_weights(w)`; exact (int32 partial sums, K checked against INT32_SAFE_K)."""
+    wt = `int8_weights(w)`; exact (int32 partial sums, K checked against INT32_SAFE_K). a_max:
+    a bound on the codes, w_abs_max on |w| if known (they pick the AVX2 sequence,
+    `int8dot.pairs_saturate`)."""
     a = _check_int8_operands(a, wt, n_cols)
     out = np.zeros((a.shape[0], n_cols), np.int64)
     if out.size and a.shape[1]:
         with _threads_for(a.shape[0] * wt.shape[1] * a.shape[1] // 64):
-            _INT8_KERNELS[False](a, wt, 0, 0, *_NO_THRESHOLDS, 1, out)
+            _int8_kernel("gemm", _split_for(a_max, wt, w_abs_max))(a, wt, 0, 0, *_NO_THRESHOLDS, 1, out)
     return out
 
 
 def int8_threshold_codes(a: np.ndarray, wt: np.ndarray, th: np.ndarray, direction: np.ndarray, images: int,
-                         scale: int = 1, offset: int = 0, prepared: tuple | None = None) -> np.ndarray:
+                         scale: int = 1, offset: int = 0, prepared: tuple | None = None,
+                         a_max: int = 255, w_abs_max: int | None = None) -> np.ndarray:
     """Codes (images, O, P) uint8 of an int8-path layer in one pass: `requant.threshold_codes`
     applied to `scale * int8_gemm(a, wt) - offset * rowsum(a)` (rows m = img * P + p)."""
     channels = th.shape[0]
@@ -580,52 +702,119 @@ def int8_threshold_codes(a: np.ndarray, wt: np.ndarray, th: np.ndarray, directio
     out = np.empty((images, channels, a.shape[0] // images), np.uint8)
     if out.size:
         with _threads_for(a.shape[0] * wt.shape[1] * a.shape[1] // 64):
-            _INT8_KERNELS[True](a, wt, np.int64(scale), np.int64(offset),
-                                *(prepared or block_thresholds(th, direction, wt.shape[1])), a.shape[0] // images, out)
+            _int8_kernel("fused", _split_for(a_max, wt, w_abs_max))(
+                a, wt, np.int64(scale), np.int64(offset), *(prepared or block_thresholds(th, direction, wt.shape[1])),
+                a.shape[0] // images, out)
     return out
 
 
-@njit(parallel=True, cache=True)
-def _int8_conv_threshold_kernel(xp, kh, kw, channels, height, width, stride, oh_count, ow_count, wt, ones,
-                                scale, offset, signed_th, by_t, negate, out):  # pragma: no cover - compiled
-    # The fused int8 kernel reading its patches in place (`int8dot.int8_conv_tile`): xp holds the
-    # zero-padded codes in NHWC order, flattened, with slack at the end, so a patch row in the
-    # order (i, j, channel) is kh runs of kw*C contiguous bytes, one per kernel row; each run is
-    # read in 4-byte groups, the bytes past kw*C meeting zero weights (`int8_conv_weights`).
-    # When offset != 0 the row sums are weight column `ones` (all 1 on the real bytes) or, if
-    # ones < 0, summed here. out: (N, O, OH*OW) uint8.
-    n_images = out.shape[0]
-    pixels = oh_count * ow_count
-    m_rows = n_images * pixels
-    run = kw * channels
-    groups = wt.shape[0] // kh
-    blocks = (m_rows + INT8_ROWS - 1) // INT8_ROWS
-    for task in prange((blocks + BLOCKS_PER_TASK - 1) // BLOCKS_PER_TASK):
-        starts = np.empty(INT8_ROWS, np.int64)  # scratch, once per task
-        total = np.empty((INT8_ROWS, wt.shape[1]), np.int32)
-        corr = np.zeros(INT8_ROWS, np.int64)
-        v = np.empty(wt.shape[1], np.int64)
-        codes = np.empty((INT8_ROWS, wt.shape[1]), np.uint8)
-        for t in range(task * BLOCKS_PER_TASK, min(blocks, (task + 1) * BLOCKS_PER_TASK)):
-            m0 = t * INT8_ROWS
-            for r in range(INT8_ROWS):
-                m = min(m0 + r, m_rows - 1)
-                img = m // pixels
-                y = (m - img * pixels) // ow_count
-                z = m - img * pixels - y * ow_count
-                starts[r] = ((img * height + y * stride) * width + z * stride) * channels
+def _make_int8_conv_kernel(split: int):
+    """The fused int8 conv kernel, with `split` (`int8dot`) a compile-time constant."""
+
+    @njit(parallel=True, cache=True)
+    def kernel(xp, kh, kw, channels, height, width, stride, oh_count, ow_count, pool, wt, ones, scale, offset,
+               signed_th, by_t, negate, dest, dest_bytes, layout):  # pragma: no cover - compiled
+        # The fused int8 kernel reading its patches in place (`int8dot.int8_conv_tile`): xp holds the
+        # zero-padded codes in NHWC order, flattened, with slack at the end, so a patch row in the
+        # order (i, j, channel) is kh runs of kw*C contiguous bytes, one per kernel row; each run is
+        # read in 4-byte groups, the bytes past kw*C meeting zero weights (`int8_conv_weights`).
+        # When offset != 0 the row sums are weight column `ones` (all 1 on the real bytes) or, if
+        # ones < 0, summed here. pool == 2: rows in 2x2 max-pool windows (`_conv_output_pixel`).
+        # dest, layout: `requant.store_codes`'s.
+        n_images = layout[1]
+        group = 1 if pool == 1 else 4
+        m_rows = n_images * (oh_count * ow_count if pool == 1 else 4 * (oh_count // 2) * (ow_count // 2))
+        run = kw * channels
+        offsets = int8_conv_offsets(kh, wt.shape[0] // kh, width * channels)
+        one_row = pool == 1 and m_rows < INT8_ROWS  # e.g. a single-pixel conv at batch 1: no repeated rows
+        rows = 1 if one_row else INT8_ROWS
+        blocks = (m_rows + rows - 1) // rows
+        for task in prange((blocks + BLOCKS_PER_TASK - 1) // BLOCKS_PER_TASK):
+            starts = np.empty(INT8_ROWS, np.int64)  # scratch, once per task
+            total = np.empty((rows, wt.shape[1]), np.int32)
+            corr = np.zeros(rows, np.int64)
+            v = np.empty(wt.shape[1], by_t.dtype)
+            codes = np.empty((rows, (wt.shape[1] + 63) // 64 * 64), np.uint8)  # whole 64-byte runs
+            for t in range(task * BLOCKS_PER_TASK, min(blocks, (task + 1) * BLOCKS_PER_TASK)):
+                m0 = t * rows
+                _conv_row_starts(m0, m_rows, pool, oh_count, ow_count, stride, height, width, channels, starts)
                 if offset != 0 and ones < 0:
-                    rowsum = 0
-                    for i in range(kh):
-                        for b in range(run):
-                            rowsum += np.int64(xp[starts[r] + i * width * channels + b])
-                    corr[r] = offset * rowsum
-            for n0 in range(0, wt.shape[1], INT8_COLS):
-                int8_conv_tile(xp, starts, width * channels, kh, groups, wt, n0, total)
-            if offset != 0 and ones >= 0:
-                for r in range(INT8_ROWS):
-                    corr[r] = offset * np.int64(total[r, ones])
-            threshold_block(total, corr, m0, scale, signed_th, by_t, negate, pixels, out, v, codes)
+                    for r in range(rows):
+                        rowsum = 0
+                        for i in range(kh):
+                            for b in range(run):
+                                rowsum += np.int64(xp[starts[r] + i * width * channels + b])
+                        corr[r] = offset * rowsum
+                for n0 in range(0, wt.shape[1], INT8_COLS):
+                    if one_row:
+                        int8_conv_tile(xp, starts, offsets, wt, n0, total, split, 1)
+                    else:
+                        int8_conv_tile(xp, starts, offsets, wt, n0, total, split, INT8_ROWS)
+                if offset != 0 and ones >= 0:
+                    for r in range(rows):
+                        corr[r] = offset * np.int64(total[r, ones])
+                window_codes(total, corr, group, scale, signed_th, by_t, negate, v, codes)
+                store_codes(codes, min(rows, m_rows - m0) // group, m0 // group, dest, dest_bytes, layout)
+
+    return kernel
+
+
+@njit(cache=True)
+def int8_conv_offsets(kh, groups, row_stride):  # pragma: no cover - compiled
+    """Byte offsets of a conv patch row's 4-byte groups in NHWC codes (`int8dot.int8_conv_tile`):
+    group t = i * groups + g of kernel row i at i * row_stride + 4 g."""
+    offsets = np.empty(kh * groups, np.int64)
+    for i in range(kh):
+        for g in range(groups):
+            offsets[i * groups + g] = i * row_stride + 4 * g
+    return offsets
+
+
+@njit(cache=True, inline="always")
+def _conv_row_starts(m0, m_rows, pool, oh_count, ow_count, stride, height, width, channels, starts):
+    # pragma: no cover - compiled.  starts[r] = the NHWC byte offset of the patch of GEMM row
+    # m0 + r (`_conv_output_pixel`; rows past the end repeat the last), for r < len(starts): the
+    # first row by division, the rest by stepping (a division per row cost as much as the tile on
+    # SVHN conv0's short rows).
+    img, y, z = _conv_output_pixel(min(m0, m_rows - 1), pool, oh_count, ow_count)
+    if pool == 1:
+        a, b, a_count, b_count = y, z, oh_count, ow_count
+    else:
+        a, b, a_count, b_count = y // 2, z // 2, oh_count // 2, ow_count // 2
+    for r in range(starts.shape[0]):
+        m = m0 + r
+        if m >= m_rows:
+            starts[r] = starts[r - 1] if r else starts[0]
+            continue
+        if pool == 1:
+            y, z = a, b
+        else:
+            y, z = 2 * a + ((m >> 1) & 1), 2 * b + (m & 1)
+        starts[r] = ((img * height + y * stride) * width + z * stride) * channels
+        if pool == 1 or m & 3 == 3:  # to the next pixel (window)
+            b += 1
+            if b == b_count:
+                b = 0
+                a += 1
+                if a == a_count:
+                    a = 0
+                    img += 1
+
+
+@njit(parallel=True, cache=True)
+def _nhwc_kernel(x, padding, flat):  # pragma: no cover - compiled
+    # x: (N, C, H, W) uint8 codes -> flat: zero-filled (N, H + 2p, W + 2p, C) bytes (and slack):
+    # the int8 conv's input, in parallel over rows (NumPy's strided copy took 2 ms for SVHN's
+    # 512 input images, 6% of the W1A1 network).
+    n_images, channels, height, width = x.shape
+    hp, wp = height + 2 * padding, width + 2 * padding
+    for row in prange(n_images * height):
+        img = row // height
+        y = row - img * height
+        base = ((img * hp + y + padding) * wp + padding) * channels
+        for z in range(width):
+            for c in range(channels):
+                flat[base + z * channels + c] = x[img, c, y, z]
 
 
 def int8_conv_weights(weight: np.ndarray) -> np.ndarray:
@@ -648,32 +837,49 @@ def int8_ones_column(wt: np.ndarray, channels: int) -> int:
     return channels if wt.shape[1] > channels and wt[:, channels, :].any() else -1
 
 
-def int8_conv_threshold_codes(x: np.ndarray, kh: int, kw: int, stride: int, padding: int, wt: np.ndarray,
+def int8_conv_threshold_codes(x, kh: int, kw: int, stride: int, padding: int, wt: np.ndarray,
                               th: np.ndarray, direction: np.ndarray, scale: int = 1, offset: int = 0,
-                              prepared: tuple | None = None, ones: int | None = None) -> np.ndarray:
+                              prepared: tuple | None = None, ones: int | None = None, pool: int = 1, to=None,
+                              a_max: int = 255, w_abs_max: int | None = None):
     """Codes (N, O, OH*OW) uint8 of a convolution on uint8 codes x (N, C, H, W) through the int8
     GEMM and thresholds (as `int8_threshold_codes` on its patches), without materialising the
     patches; wt = `int8_conv_weights(weight)`. `prepared`: `requant.block_thresholds(th,
-    direction, wt.shape[1])`, if already made; `ones`: `int8_ones_column(wt, O)`, if known."""
-    x, oh, ow = _check_window(x, kh, kw, stride, padding, "int8_conv_threshold_codes")
-    n, c, h, w = x.shape
+    direction, wt.shape[1])`, if already made; `ones`: `int8_ones_column(wt, O)`, if known.
+    x may be a `LaidOut` "nhwc" with this padding; pool 2 applies a 2x2 max-pool (stride 2) to
+    the codes (N, O, OH//2 * OW//2); `to` lays the result out for the next conv (`conv_output`);
+    a_max, w_abs_max: bounds on the codes and |weights| (`int8_gemm`)."""
+    laid = isinstance(x, LaidOut)
+    if laid:
+        if x.kind != "nhwc" or x.padding != padding:
+            raise EngineError(f"int8 conv with padding {padding} cannot read {x.kind} codes padded by {x.padding}")
+        n, c, h, w = x.shape
+        oh, ow = conv_output_size(h, kh, stride, padding), conv_output_size(w, kw, stride, padding)
+    else:
+        x, oh, ow = _check_window(x, kh, kw, stride, padding, "int8_conv_threshold_codes")
+        n, c, h, w = x.shape
     channels = th.shape[0]
-    if x.dtype != np.uint8 or wt.ndim != 3 or wt.shape[0] != kh * -(-kw * c // 4) or wt.shape[1] < channels:
+    if (not laid and x.dtype != np.uint8) or wt.ndim != 3 or wt.shape[0] != kh * -(-kw * c // 4) \
+            or wt.shape[1] < channels:
         raise EngineError(f"int8 conv needs uint8 codes and int8_conv_weights for a {kh}x{kw} kernel on {c} "
-                          f"channels and {channels} outputs, got {x.dtype} codes and weights {wt.shape}")
+                          f"channels and {channels} outputs, got codes {x.shape} and weights {wt.shape}")
     if 4 * wt.shape[0] > INT32_SAFE_K:
         raise EngineError(f"int8 conv: K = {4 * wt.shape[0]} could overflow int32 (at most {INT32_SAFE_K})")
-    out = np.empty((n, channels, oh * ow), np.uint8)
+    ph, pw = _pooled_size(oh, ow, pool)
+    dest, layout, result = conv_output(to, n, channels, ph, pw)
     ones = int8_ones_column(wt, channels) if ones is None else ones
-    if out.size:
+    if n * channels * ph * pw:
         hp, wp = h + 2 * padding, w + 2 * padding
-        flat = np.zeros(n * hp * wp * c + 8, np.uint8)  # NHWC, zero-padded, 8 bytes of slack
-        flat[:-8].reshape(n, hp, wp, c)[:, padding:padding + h, padding:padding + w] = x.transpose(0, 2, 3, 1)
-        with _threads_for(out.size * wt.shape[0] * 4 // 16):
-            _int8_conv_threshold_kernel(flat, kh, kw, c, hp, wp, stride, oh, ow, wt, ones, np.int64(scale),
-                                        np.int64(offset), *(prepared or block_thresholds(th, direction, wt.shape[1])),
-                                        out)
-    return out
+        if laid:
+            flat = x.data
+        else:
+            flat = np.zeros(n * hp * wp * c + 8, np.uint8)  # NHWC, zero-padded, 8 bytes of slack
+            with _threads_for(x.size):
+                _nhwc_kernel(np.ascontiguousarray(x), padding, flat)
+        with _threads_for(n * channels * ph * pw * pool * pool * wt.shape[0] * 4 // 16):
+            _int8_kernel("conv", _split_for(a_max, wt, w_abs_max))(
+                flat, kh, kw, c, hp, wp, stride, oh, ow, pool, wt, ones, np.int64(scale), np.int64(offset),
+                *(prepared or block_thresholds(th, direction, wt.shape[1])), dest, dest.view(np.uint8), layout)
+    return result
 
 
 # --------------------------------------------------------------------------------------------
@@ -1005,27 +1211,41 @@ def channel_packed_planes(x: np.ndarray, bits: int, padding: int) -> np.ndarray:
     return packed
 
 
-def bitserial_conv_threshold_codes(x: np.ndarray, kh: int, kw: int, stride: int, padding: int, abits: int,
+def bitserial_conv_threshold_codes(x, kh: int, kw: int, stride: int, padding: int, abits: int,
                                    wt: np.ndarray, th: np.ndarray, direction: np.ndarray, scale: int = 1,
-                                   offset: int = 0, prepared: tuple | None = None) -> np.ndarray:
+                                   offset: int = 0, prepared: tuple | None = None, pool: int = 1, to=None):
     """`bitserial_threshold_codes(conv_channel_planes(x, ...), wt, ...)` without the planes in
     memory: each block of output pixels gathers its patch words inside the fused kernel. wt:
-    `transposed_planes(bit_planes(channel_major_weights(weight), wbits))`; codes (N, O, OH*OW)."""
-    abits, x, oh, ow = _check_conv_codes(x, kh, kw, stride, padding, abits, "bitserial_conv_threshold_codes")
+    `transposed_planes(bit_planes(channel_major_weights(weight), wbits))`; codes (N, O, OH*OW).
+    x may be a `LaidOut` "planes" of abits with this padding; pool and to as in
+    `int8_conv_threshold_codes`."""
+    if isinstance(x, LaidOut):
+        if x.kind != "planes" or x.padding != padding or x.bits != abits:
+            raise EngineError(f"bit-serial conv with padding {padding} on {abits}-bit codes cannot read "
+                              f"{x.kind} codes padded by {x.padding} ({x.bits} bits)")
+        n, c, h, w = x.shape
+        oh, ow = conv_output_size(h, kh, stride, padding), conv_output_size(w, kw, stride, padding)
+        packed = x.data
+    else:
+        abits, x, oh, ow = _check_conv_codes(x, kh, kw, stride, padding, abits, "bitserial_conv_threshold_codes")
+        n, c = x.shape[:2]
+        packed = None
     channels = th.shape[0]
-    words = words_for(x.shape[1])
+    words = words_for(c)
     if wt.ndim != 3 or wt.dtype != np.uint64 or wt.shape[1] != kh * kw * words or wt.shape[2] < channels \
             or wt.shape[2] % TILE_COLS:
-        raise EngineError(f"transposed weight planes {wt.shape} do not fit a {kh}x{kw} conv on {x.shape[1]} "
+        raise EngineError(f"transposed weight planes {wt.shape} do not fit a {kh}x{kw} conv on {c} "
                           f"channels with {channels} outputs")
-    out = np.empty((x.shape[0], channels, oh * ow), np.uint8)
-    if out.size:
-        packed = channel_packed_planes(x, abits, padding)
-        with _threads_for(out.size * wt.shape[1] * abits * wt.shape[0] * 8):
+    ph, pw = _pooled_size(oh, ow, pool)
+    dest, layout, result = conv_output(to, n, channels, ph, pw)
+    if n * channels * ph * pw:
+        if packed is None:
+            packed = channel_packed_planes(x, abits, padding)
+        with _threads_for(n * channels * ph * pw * pool * pool * wt.shape[1] * abits * wt.shape[0] * 8):
             _bitserial_kernel(abits, wt.shape[0], "conv")(
-                packed, kh, kw, stride, oh, ow, wt, np.int64(scale), np.int64(offset),
-                *(prepared or block_thresholds(th, direction, wt.shape[2])), out)
-    return out
+                packed, kh, kw, stride, oh, ow, pool, wt, np.int64(scale), np.int64(offset),
+                *(prepared or block_thresholds(th, direction, wt.shape[2])), dest, dest.view(np.uint8), layout)
+    return result
 
 
 def max_pool_codes(
@@ -1051,6 +1271,9 @@ def max_pool_codes(
 
 __all__ = [
     "MAX_BITS",
+    "LaidOut",
+    "as_codes",
+    "conv_output",
     "affine_weight_gemm",
     "bitserial_gemm",
     "bitserial_conv_threshold_codes",

@@ -20,6 +20,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from integer_engine.bitpack import plane_word
 from integer_engine.epilogue import activation_code, affine
 from integer_engine.errors import EngineError
 
@@ -125,7 +126,7 @@ def count_reached(v, signed_th, o):  # pragma: no cover - compiled
     return lo
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def threshold_block(total, corr, m0, scale, signed_th, by_t, negate, pixels, out, v, codes):  # pragma: no cover
     """Codes of a block of a fused GEMM + requantization kernel, stored into NCHW out[img, o, p]
     for rows m = m0 + r = img * pixels + p: with x = scale * total[r, c] - corr[r] (corr =
@@ -180,13 +181,134 @@ def threshold_block(total, corr, m0, scale, signed_th, by_t, negate, pixels, out
             out[img, o, p] = codes[r, o]
 
 
-def block_thresholds(th: np.ndarray, direction: np.ndarray, width: int) -> tuple:
-    """(signed_th, by_t, negate) for `threshold_block`, by_t and negate padded to `width` columns."""
+# The per-block helpers of the fused kernels (`threshold_block`, `window_codes`, `store_codes`,
+# and in kernels.py `_plane_row_sum`, `_conv_row_starts`, `_store_rows`) are inlined into them:
+# called, each paid an argument copy and a reference-count increment and decrement per array per
+# block (SVHN conv0 10.0 vs 12.5-13.0 ms, conv1 at W1A1 5.0 vs 6.6-7.4, alternating processes).
+@njit(cache=True, inline="always")
+def window_codes(total, corr, group, scale, signed_th, by_t, negate, v, codes):  # pragma: no cover
+    """Codes of a fused conv kernel's block with an optional max-pool: for windows g of `group`
+    consecutive rows (1: no pooling; 4: the 4 pixels of a 2x2 window) and x = scale * total[r, c]
+    - corr[r],
+
+        codes[g, c] = #{t : max_{r in window g} d[c] * x[r, c] >= signed_th[c, t]}
+
+    which is the max-pool of the rows' codes: the count is non-decreasing in d * x, so the
+    largest code is the code of the largest d * x (and pooling first saves `group` - 1 counts).
+    Arguments as `threshold_block`, except that v (cols,) has by_t's dtype: int32 thresholds
+    (`block_thresholds` with a bound) count 16 lanes per vector instead of 8. 1, 3, 7 and 15
+    thresholds (1- to 4-bit outputs) are counted in one pass of constant length. Columns past the
+    channels hold junk (never stored)."""
+    rows = total.shape[0]
+    cols = min(total.shape[1], (signed_th.shape[0] + 15) // 16 * 16)
+    n_th = by_t.shape[0]
+    last = signed_th.shape[0] - 1
+    for g in range(rows // group):
+        r0 = g * group
+        cr = corr[r0]
+        for c in range(cols):
+            x = scale * np.int64(total[r0, c]) - cr
+            v[c] = (x ^ negate[c]) - negate[c]  # |d * x| <= acc_bound: exact in by_t's dtype
+        for r in range(r0 + 1, r0 + group):
+            cr = corr[r]
+            for c in range(cols):
+                x = scale * np.int64(total[r, c]) - cr
+                v[c] = max(v[c], (x ^ negate[c]) - negate[c])
+        if n_th == 1:
+            for c in range(cols):
+                codes[g, c] = np.uint8(v[c] >= by_t[0, c])
+        elif n_th == 3:
+            for c in range(cols):
+                codes[g, c] = np.uint8(v[c] >= by_t[0, c]) + np.uint8(v[c] >= by_t[1, c]) + np.uint8(v[c] >= by_t[2, c])
+        elif n_th == 7:
+            for c in range(cols):
+                code = np.uint8(0)
+                for q in range(7):
+                    code += np.uint8(v[c] >= by_t[q, c])
+                codes[g, c] = code
+        elif n_th == 15:
+            for c in range(cols):
+                code = np.uint8(0)
+                for q in range(15):
+                    code += np.uint8(v[c] >= by_t[q, c])
+                codes[g, c] = code
+        elif n_th <= 16:
+            for c in range(cols):
+                codes[g, c] = 0
+            for q in range(n_th):
+                for c in range(cols):
+                    codes[g, c] += np.uint8(v[c] >= by_t[q, c])
+        else:
+            for c in range(cols):
+                codes[g, c] = count_reached(v[c], signed_th, min(c, last))
+
+
+# Output layouts of the fused conv kernels (`kernels.conv_output`): the codes as the next layer
+# reads them, so that no separate pass re-lays them out.
+NCHW, NHWC, PLANES = 0, 1, 2
+
+
+@njit(cache=True, inline="always")
+def store_codes(codes, count, first, dest, as_bytes, layout):  # pragma: no cover - compiled
+    """Rows 0..count-1 of `codes` (outputs first.. in NCHW pixel order: image i // P, pixel i % P)
+    into `dest` (uint64, 1-D; `as_bytes` the same memory as uint8, passed in because a view made
+    here would share its reference count between the kernel's threads) laid out by `layout` =
+    [kind, images, channels, height, width, padding, bits, words] (int64), kind:
+
+    - NCHW: uint8 (images, channels, height * width);
+    - NHWC: uint8 (images, height + 2 padding, width + 2 padding, channels), zero border;
+    - PLANES: uint64 (bits, images, height + 2 padding, width + 2 padding, words): bit l of word q
+      is bit b of channel 64 q + l (`kernels.channel_packed_planes`), zero border and lanes; codes'
+      rows must then hold 64 * words bytes (`bitpack.plane_word` reads whole 64-byte runs)."""
+    kind, images, channels, height, width, pad, bits, words = (layout[0], layout[1], layout[2], layout[3],
+                                                             layout[4], layout[5], layout[6], layout[7])
+    pixels = height * width
+    hp, wp = height + 2 * pad, width + 2 * pad
+    # (image, y, x) of output `first` by division, the next ones by stepping: a division per code
+    # row cost as much as the rest of the store (SVHN conv0).
+    img = first // pixels
+    y = (first - img * pixels) // width
+    z = first - img * pixels - y * width
+    for i in range(count):
+        if i:
+            z += 1
+            if z == width:
+                z = 0
+                y += 1
+                if y == height:
+                    y = 0
+                    img += 1
+        p = y * width + z
+        if kind == NCHW:
+            for o in range(channels):
+                as_bytes[(img * channels + o) * pixels + p] = codes[i, o]
+            continue
+        at = (y + pad) * wp + z + pad  # the pixel in its padded image
+        if kind == NHWC:
+            for o in range(channels):
+                as_bytes[(img * hp * wp + at) * channels + o] = codes[i, o]
+            continue
+        for b in range(bits):
+            for q in range(words):
+                word = plane_word(codes, i, 64 * q, b)
+                if channels < 64 * (q + 1):  # lanes past the channels hold junk codes
+                    word &= (np.uint64(1) << np.uint64(channels - 64 * q)) - np.uint64(1)
+                dest[((b * images + img) * hp * wp + at) * words + q] = word
+
+
+def block_thresholds(th: np.ndarray, direction: np.ndarray, width: int, bound: int | None = None) -> tuple:
+    """(signed_th, by_t, negate) for `threshold_block`, by_t and negate padded to `width` columns.
+
+    With `bound` (the layer's acc_bound: every |accumulator| <= bound) below 2**31 - 1, by_t and
+    negate are int32 and by_t clipped to [-bound, bound + 1], which changes no count (every d * acc
+    lies in [-bound, bound]); the fused kernels then compare 16 lanes at a time."""
     d = np.asarray(direction).astype(np.int64)
     signed_th = np.ascontiguousarray(th * d[:, None])
-    by_t = np.zeros((th.shape[1], width), np.int64)
-    by_t[:, :th.shape[0]] = signed_th.T
-    negate = np.zeros(width, np.int64)
+    dtype = np.int32 if bound is not None and bound < 2**31 - 1 else np.int64
+    by_t = np.zeros((th.shape[1], width), dtype)
+    clipped = signed_th if dtype == np.int64 else np.clip(signed_th, -bound, bound + 1)
+    by_t[:, :th.shape[0]] = clipped.T
+    negate = np.zeros(width, dtype)
     negate[:th.shape[0]] = np.where(d < 0, -1, 0)
     return signed_th, by_t, negate
 

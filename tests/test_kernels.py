@@ -211,7 +211,7 @@ def test_int8_tile_compiled_and_plain_agree_with_numpy(m, k, m0, seed):
     m0 = min(m0, m - 1)
     rows = np.minimum(np.arange(m0, m0 + int8dot.TILE_ROWS), m - 1)
     expected = (a[rows, :k].astype(np.int64) @ w.T).astype(np.int32)
-    call = kernels.njit(lambda x, y, r0, out: int8dot.int8_tile(x, y, r0, 0, out))
+    call = kernels.njit(lambda x, y, r0, out: int8dot.int8_tile(x, y, r0, 0, out, 1))
     for name, run in (("compiled", call), ("plain", int8dot._int8_tile_python)):
         tile = np.zeros((int8dot.TILE_ROWS, int8dot.TILE_COLS), np.int32)
         if name == "plain":
@@ -483,23 +483,34 @@ def test_bitserial_conv_threshold_codes_equal_planes_path(case, tcase, wbits, se
 
 
 @pytest.mark.skipif(kernels.numba.config.DISABLE_JIT, reason="code generation choices need the JIT")
-@pytest.mark.parametrize("vnni", [False, True])
-def test_int8_tile_both_lowerings_agree_with_numpy(monkeypatch, vnni):
-    """The vpdpbusd lowering and the plain-vector one (what a CPU without VNNI compiles), each in a
-    freshly compiled caller, on extreme codes (255 x -128)."""
-    if vnni and not int8dot.VNNI:
-        pytest.skip("this CPU has no AVX-512 VNNI")
-    monkeypatch.setattr(int8dot, "VNNI", vnni)
+@pytest.mark.parametrize("lowering, split, a_max", [
+    ("vpdpbusd", 0, 255), ("vpmaddubsw", 1, 255), ("vpmaddubsw", 0, 127), ("vpmaddubsw", 0, 15),
+    ("generic", 0, 255)])
+def test_int8_tile_every_lowering_agrees_with_numpy(monkeypatch, lowering, split, a_max):
+    """Each lowering of the int8 tile (VNNI, AVX2 with and without the split codes, plain vector
+    code), in a freshly compiled caller, on extreme codes (a_max x -128): the AVX2 sequence without
+    `split` only where `pairs_saturate` allows it (codes <= 127: 2 * 127 * 128 <= 32767)."""
+    from integer_engine.cpu import detect
+    if lowering == "vpdpbusd" and not int8dot.VNNI or lowering == "vpmaddubsw" and not detect().has("avx2"):
+        pytest.skip(f"this CPU cannot run the {lowering} lowering")
+    monkeypatch.setattr(int8dot, "LOWERING", lowering)
+    assert int8dot.pairs_saturate(a_max, 128) == (lowering == "vpmaddubsw" and a_max > 127)
+    assert split or not int8dot.pairs_saturate(a_max, 128)
     rng = np.random.default_rng(5)
-    a = rng.integers(0, 256, (11, 200)).astype(np.uint8)
-    a[:, :8] = 255
+    a = rng.integers(0, a_max + 1, (11, 200)).astype(np.uint8)
+    a[:, :8] = a_max
     w = rng.integers(-128, 128, (int8dot.TILE_COLS, 200))
     w[:, :8] = -128
-    call = kernels.njit(lambda x, y, out: int8dot.int8_tile(x, y, 3, 0, out))
+    w[:3, 8:16] = 127
+    if split:
+        call = kernels.njit(lambda x, y, out: int8dot.int8_tile(x, y, 3, 0, out, 1))
+    else:
+        call = kernels.njit(lambda x, y, out: int8dot.int8_tile(x, y, 3, 0, out, 0))
     tile = np.zeros((int8dot.TILE_ROWS, int8dot.TILE_COLS), np.int32)
     call(a, kernels.int8_weights(w), tile)
     rows = np.minimum(np.arange(3, 3 + int8dot.TILE_ROWS), 10)
-    assert_equal(tile, (a[rows].astype(np.int64) @ w.T).astype(np.int32), f"int8_tile, VNNI lowering {vnni}")
+    assert_equal(tile, (a[rows].astype(np.int64) @ w.T).astype(np.int32),
+                 f"int8_tile, {lowering} lowering, split {split}, codes <= {a_max}")
 
 
 @pytest.mark.skipif(kernels.numba.config.DISABLE_JIT, reason="code generation choices need the JIT")
@@ -529,3 +540,96 @@ def test_executor_max_pool_equals_max_pool_codes(kernel, stride, data, seed):
     x = np.random.default_rng(seed).integers(0, 16, (2, 3, h, w)).astype(np.uint8)
     assert_equal(max_pool_slices(x, kernel, stride, padding), max_pool_codes(x, kernel, stride, padding),
                  f"x {x.shape} kernel {kernel} stride {stride} padding {padding}")
+
+
+def _laid_out_cases(draw, x, kh, kw, stride, padding):
+    """A fused conv's pool (1 or 2, when its output is at least 2x2) and output layout `to`."""
+    oh = kernels.conv_output_size(x.shape[2], kh, stride, padding)
+    ow = kernels.conv_output_size(x.shape[3], kw, stride, padding)
+    pool = draw(st.sampled_from([1, 2])) if min(oh, ow) >= 2 else 1
+    to = draw(st.sampled_from([None, ("nhwc", draw(st.integers(0, 2))),
+                               ("planes", draw(st.integers(0, 2)), draw(st.integers(4, 8)))]))
+    return pool, to
+
+
+def _as_nchw(got, images, channels):
+    return got.codes().reshape(images, channels, -1) if isinstance(got, kernels.LaidOut) else got
+
+
+@settings(max_examples=100)
+@given(case=st.data(), o=st.integers(1, 70), offset=st.sampled_from([0, -1, 7]), seed=SEEDS)
+def test_int8_conv_pooled_and_laid_out_equals_pool_of_codes(case, o, offset, seed):
+    """pool 2 = `max_pool_codes(codes, 2)`; `to` layouts hold the same codes (`LaidOut.codes`), and
+    a conv reading an "nhwc" LaidOut equals one reading the NCHW codes."""
+    x, kh, kw, stride, padding, _ = case.draw(conv_cases())
+    th, direction = case.draw(threshold_cases())
+    th, direction = np.resize(th, (o, th.shape[1])), np.resize(direction, o)
+    th[direction < 0] = np.sort(th[direction < 0], axis=1)[:, ::-1]
+    th[direction > 0] = np.sort(th[direction > 0], axis=1)
+    th = np.clip(th, 0, 15) if case.draw(st.booleans()) else th  # codes < 16 for "planes" of 4+ bits
+    pool, to = _laid_out_cases(case.draw, x, kh, kw, stride, padding)
+    if to is not None and to[0] == "planes" and th.shape[1] >= 2**to[2]:
+        to = None
+    w = np.random.default_rng(seed).integers(-128, 128, (o, x.shape[1], kh, kw))
+    wt = kernels.int8_conv_weights(w)
+    plain = kernels.int8_conv_threshold_codes(x, kh, kw, stride, padding, wt, th, direction, 2, offset)
+    oh = kernels.conv_output_size(x.shape[2], kh, stride, padding)
+    want = plain.reshape(x.shape[0], o, oh, -1)
+    if pool == 2:
+        want = kernels.max_pool_codes(want, 2)
+    prepared = None
+    if case.draw(st.booleans()):  # int32 thresholds clipped to the accumulators' exact bound
+        patches = im2col_codes(x, kh, kw, stride, padding).astype(np.int64)
+        acc = 2 * (patches @ w.reshape(o, -1).T) - offset * patches.sum(axis=1)[:, None]
+        bound = int(np.abs(acc).max())
+        prepared = kernels.block_thresholds(th, direction, wt.shape[1], bound)
+        assert prepared[1].dtype == np.int32
+    got = kernels.int8_conv_threshold_codes(x, kh, kw, stride, padding, wt, th, direction, 2, offset, prepared,
+                                            pool=pool, to=to)
+    context = (f"int8 conv x {x.shape} {kh}x{kw} s={stride} p={padding} O={o} offset={offset} pool={pool} to={to} "
+               f"int32 thresholds={prepared is not None}")
+    assert_equal(_as_nchw(got, x.shape[0], o), want.reshape(x.shape[0], o, -1), context)
+    if isinstance(got, kernels.LaidOut) and got.kind == "nhwc":  # read back by a conv
+        k2, s2 = min(2, *got.shape[2:]) if got.padding == 0 else 2, 1
+        w2 = kernels.int8_conv_weights(np.random.default_rng(seed + 1).integers(-128, 128, (3, o, k2, k2)))
+        th2 = np.array([[-50, 0, 50]] * 3, np.int64)
+        d2 = np.ones(3, np.int8)
+        assert_equal(kernels.int8_conv_threshold_codes(got, k2, k2, s2, got.padding, w2, th2, d2),
+                     kernels.int8_conv_threshold_codes(got.codes(), k2, k2, s2, got.padding, w2, th2, d2),
+                     context + ", read back as nhwc")
+
+
+@settings(max_examples=100)
+@given(case=conv_cases(), tcase=threshold_cases(), wbits=st.integers(1, 3), seed=SEEDS, data=st.data())
+def test_bitserial_conv_pooled_and_laid_out_equals_pool_of_codes(case, tcase, wbits, seed, data):
+    """As the int8 test above, for the gather-inside bit-serial conv kernel; a conv reading its
+    "planes" LaidOut equals one reading the NCHW codes."""
+    x, kh, kw, stride, padding, abits = case
+    th, direction = tcase
+    if abits > 4:
+        x, abits = x >> (abits - 4), 4
+    pool, to = _laid_out_cases(data.draw, x, kh, kw, stride, padding)
+    if to is not None and to[0] == "planes" and th.shape[1] >= 2**to[2]:
+        to = ("nhwc", to[1])
+    o = th.shape[0]
+    weight = np.random.default_rng(seed).integers(0, 2**wbits, (o, x.shape[1], kh, kw))
+    wt = kernels.transposed_planes(bit_planes(kernels.channel_major_weights(weight), wbits))
+    n_w = 2**wbits - 1
+    plain = kernels.bitserial_conv_threshold_codes(x, kh, kw, stride, padding, abits, wt, th, direction, 2, n_w)
+    oh = kernels.conv_output_size(x.shape[2], kh, stride, padding)
+    want = plain.reshape(x.shape[0], o, oh, -1)
+    if pool == 2:
+        want = kernels.max_pool_codes(want, 2)
+    got = kernels.bitserial_conv_threshold_codes(x, kh, kw, stride, padding, abits, wt, th, direction, 2, n_w,
+                                                 pool=pool, to=to)
+    context = f"x {x.shape} {kh}x{kw} s={stride} p={padding} W{wbits}A{abits} O={o} pool={pool} to={to}"
+    assert_equal(_as_nchw(got, x.shape[0], o), want.reshape(x.shape[0], o, -1), context)
+    if isinstance(got, kernels.LaidOut) and got.kind == "planes":  # read back by a conv
+        k2 = 1 if got.padding == 0 else 3
+        w2 = np.random.default_rng(seed + 1).integers(0, 2, (5, o, k2, k2))
+        wt2 = kernels.transposed_planes(bit_planes(kernels.channel_major_weights(w2), 1))
+        th2, d2 = np.array([[-3, 0, 3]] * 5, np.int64), np.ones(5, np.int8)
+        assert_equal(kernels.bitserial_conv_threshold_codes(got, k2, k2, 1, got.padding, got.bits, wt2, th2, d2, 2, 1),
+                     kernels.bitserial_conv_threshold_codes(got.codes(), k2, k2, 1, got.padding, got.bits, wt2, th2,
+                                                            d2, 2, 1),
+                     context + ", read back as planes")
