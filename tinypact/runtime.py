@@ -2,7 +2,7 @@
 
 A training step alternates NumPy's BLAS (conv and linear as matmuls, OpenBLAS's threads) with
 parallel Numba kernels (im2col, pooling, batch-norm, quantizers; Numba's OpenMP threads) on the
-same cores, and allocates about a gigabyte of short-lived arrays. Three defaults follow, each
+same cores, and allocates hundreds of megabytes of short-lived arrays. Three defaults follow, each
 measured on the SVHN step (benchmarks/train_step.py, batch 128, 2 threads, AMD EPYC Zen 5):
 
 - OPENBLAS_THREAD_TIMEOUT=4: OpenBLAS's idle threads spin for about 0.1 s (2**28 cycles) after
@@ -12,11 +12,12 @@ measured on the SVHN step (benchmarks/train_step.py, batch 128, 2 threads, AMD E
 - OMP_WAIT_POLICY=PASSIVE: Numba's OpenMP threads spin between parallel kernels by default, and
   took a core from every BLAS call that followed one: 228 ms per step spinning, 163 ms passive.
   Read when Numba starts its threads (the first parallel kernel).
-- keep_freed_memory(): glibc returns every large freed array to the kernel (arrays above 32 MiB
-  are their own mmap, and the heap's top is trimmed), so every step page-faults its im2col
-  buffers in again, zero-filled by the kernel: 12,600 page faults and about 30 ms per step.
-  With freed memory kept for reuse: no page faults (benchmarks/train_step.py prints them). The
-  cost: the process keeps the memory of its largest step (about 0.2 GiB for SVHN) after it.
+- keep_freed_memory(): glibc returns large freed arrays to the kernel (arrays above 32 MiB are
+  their own mmap, and the heap's top is trimmed), so every step page-faults its buffers in
+  again, zero-filled by the kernel: 12,548 page faults and about 30 ms per step when each conv
+  kept the batch's im2col rows, 7,872 with today's cache-sized blocks. With freed memory kept
+  for reuse: none (benchmarks/train_step.py prints them). The cost: the process keeps the
+  memory of its largest step (about 0.2 GiB for SVHN) after it.
 
 A value the user set in the environment wins; TINYPACT_KEEP_FREED_MEMORY=0 keeps glibc's
 behaviour. Other C libraries (macOS, musl) are left as they are.

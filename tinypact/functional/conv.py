@@ -1,4 +1,4 @@
-"""2-D convolution lowered to one BLAS matmul (im2col), forward beside backward."""
+"""2-D convolution as BLAS matmuls (im2col) over blocks of images, forward beside backward."""
 from __future__ import annotations
 
 import numpy as np
