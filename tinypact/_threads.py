@@ -66,7 +66,9 @@ def _blas_threads() -> dict:
     global _openblas
     if _openblas is None:
         get, set_ = openblas_function("get_num_threads"), openblas_function("set_num_threads")
-        if get is not None and set_ is not None:
+        if get is None or set_ is None:
+            get = set_ = None  # both or neither
+        else:
             get.restype, set_.argtypes = ctypes.c_int, (ctypes.c_int,)
         _openblas = {"get": get, "set": set_}
     return _openblas
