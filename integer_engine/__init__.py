@@ -13,14 +13,21 @@ import os
 # the bit-serial layer after the 8-bit first layer about 3x slower (benchmarks/engine.py, SVHN
 # conv1: 127 ms vs 42 ms with OpenBLAS's minimum spin, 2**4 cycles). Only effective when
 # integer_engine is imported before NumPy (as in `python -m integer_engine`); a value the user
-# set wins. tinypact/__init__.py does the same.
+# set wins. tinypact/runtime.py does the same.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
-# Numba's OpenMP threads (its default threading layer here) spin between parallel kernels by
-# default; on a shared 2-core machine with other work running, the spinning took the cores from
-# the threads doing the work and every GEMM hit an ~8 ms floor (W2A2 512x512x4096: 134 GMAC/s
-# median; 580 with passive waiting, median within 3% of best; benchmarks/bitgemm.py). Effective
-# when set before the first parallel kernel runs; a value the user set wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Numba's OpenMP threads (its default threading layer here): how long they spin after a parallel
+# kernel before they sleep. The engine runs its kernels back to back; on this project's VM a
+# thread that slept at once sometimes missed a whole layer (the layer took twice its time).
+# benchmarks/engine.py, SVHN at batch 512, images/s W1A1 / W2A2 / W4A4 (2-core Zen 5):
+#   quiet:                 sleep at once (OMP_WAIT_POLICY=PASSIVE) 20,900 / 10,400 / 12,300 best
+#                          with medians 3-29% lower; GOMP_SPINCOUNT=10000 (about 0.1 ms)
+#                          23,300 / 14,600 / 13,100, medians within 4%; 100000 about the same;
+#   another process busy on one core: passive 11,800 / 7,900 / 7,000, 10000 11,700 / 6,600 /
+#                          6,700, 100000 6,900 / 5,400 / 2,800 (spinning took that core's turns).
+# So a short spin. Only when the user set neither variable; read when the first parallel kernel
+# starts (tinypact, imported first, makes them sleep at once: its training step measured better).
+if "OMP_WAIT_POLICY" not in os.environ:
+    os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 from integer_engine.errors import EngineError
 
