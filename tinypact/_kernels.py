@@ -14,7 +14,6 @@ two to the same bits (DoReFa's gradient: to float rounding).
 """
 from __future__ import annotations
 
-import os
 import types
 
 import numpy as np
@@ -23,10 +22,8 @@ from numba import njit, prange
 from tinypact import _threads
 
 # Below this many elements a kernel runs on one thread: waking the thread pool costs more.
-# TINYPACT_PARALLEL_KERNELS=0 keeps every kernel on one thread (on a machine shared by several
-# jobs, waiting for a descheduled worker thread costs more than the second core gains).
+# (TINYPACT_PARALLEL_KERNELS=0 keeps every kernel on one thread: _threads.PARALLEL.)
 PARALLEL_MIN_SIZE = 1 << 16
-PARALLEL = os.environ.get("TINYPACT_PARALLEL_KERNELS", "1") != "0"
 
 
 class _Kernel:
@@ -43,7 +40,7 @@ class _Kernel:
         self.__doc__, self.__name__ = function.__doc__, function.__name__
 
     def __call__(self, *args):
-        big = PARALLEL and args[0].size >= PARALLEL_MIN_SIZE and not _threads.in_worker()
+        big = _threads.PARALLEL and args[0].size >= PARALLEL_MIN_SIZE and not _threads.in_worker()
         return (self.parallel if big else self.serial)(*args)
 
 

@@ -21,6 +21,11 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
+# TINYPACT_PARALLEL_KERNELS=0 keeps tinypact on one thread: Numba kernels and conv2d's blocks (on
+# a machine shared by several jobs, waiting for a descheduled worker thread can cost more than
+# the second core gains).
+PARALLEL = os.environ.get("TINYPACT_PARALLEL_KERNELS", "1") != "0"
+
 _local = threading.local()
 _pool: ThreadPoolExecutor | None = None
 _pool_key: tuple[int, int] | None = None  # (process id, threads): a forked child starts anew
@@ -90,7 +95,7 @@ def workers() -> int:
     default), 1 with TINYPACT_PARALLEL_KERNELS=0 or without a settable OpenBLAS."""
     import numba
 
-    if os.environ.get("TINYPACT_PARALLEL_KERNELS", "1") == "0" or in_worker():
+    if not PARALLEL or in_worker():
         return 1
     if _blas_threads()["set"] is None:
         return 1

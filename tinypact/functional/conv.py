@@ -114,12 +114,10 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
             return cols.T @ g_block if weight.requires_grad else None
 
         shares = _threads.map_blocks(backward_block, blocks)
-        grad_cols = None
         if weight.requires_grad:
             grad_cols = shares[0]
             for share in shares[1:]:  # in block order, whichever thread computed them
                 grad_cols += share
-        if grad_cols is not None:
             if cols_scale is not None:
                 grad_cols *= cols_scale
             grad_w = np.empty(weight.shape, dtype=grad_cols.dtype)

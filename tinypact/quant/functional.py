@@ -232,9 +232,13 @@ def dorefa_weight_codes(w, bits: int) -> tuple[np.ndarray, float]:
     if bits == 1:
         w64 = _weights64(w)
         return (w64 >= 0).astype(np.int32), float(np.mean(np.abs(w64)))
-    t, peak = _tanh_and_peak(w)
+    return _dorefa_codes(*_tanh_and_peak(w), bits), 1.0
+
+
+def _dorefa_codes(t: np.ndarray, peak: float, bits: int) -> np.ndarray:
+    """j = round((t / max|t|) * 0.5 + 0.5) * n), float64 steps, as int32."""
     u = t / (peak if peak > 0 else 1.0) * 0.5 + 0.5
-    return round_half_up(u * levels(bits)).astype(np.int32), 1.0
+    return round_half_up(u * levels(bits)).astype(np.int32)
 
 
 def _tanh_and_peak(w) -> tuple[np.ndarray, float]:
@@ -259,14 +263,12 @@ def dorefa_weight(w, bits: int) -> Tensor:
         j, scale = dorefa_weight_codes(w, bits)
         w_q, codes = _weight_values(j, levels(bits), scale, w.dtype)
         return _with_codes(Tensor.from_op(w_q, (w,), lambda g: (g,), "dorefa_weight"), codes)
+    t, peak = _tanh_and_peak(w)  # kept for backward
     if w.dtype == np.float32:
-        t, peak = _tanh_and_peak(w)
         w_q, codes = _fused_weight_values(t, peak if peak > 0 else 1.0, False, levels(bits), 1.0,
                                           w.dtype)
     else:
-        j, scale = dorefa_weight_codes(w, bits)
-        w_q, codes = _weight_values(j, levels(bits), scale, w.dtype)
-        t, peak = _tanh_and_peak(w)
+        w_q, codes = _weight_values(_dorefa_codes(t, peak, bits), levels(bits), 1.0, w.dtype)
 
     def backward(g):
         if peak == 0:
