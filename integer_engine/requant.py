@@ -205,15 +205,34 @@ def window_codes(total, corr, group, scale, signed_th, by_t, negate, v, codes): 
     last = signed_th.shape[0] - 1
     for g in range(rows // group):
         r0 = g * group
-        cr = corr[r0]
-        for c in range(cols):
-            x = scale * np.int64(total[r0, c]) - cr
-            v[c] = (x ^ negate[c]) - negate[c]  # |d * x| <= acc_bound: exact in by_t's dtype
-        for r in range(r0 + 1, r0 + group):
-            cr = corr[r]
+        if group == 4:  # a 2x2 window: its 4 rows in one pass (a pass per row cost twice as much)
+            c0, c1, c2, c3 = corr[r0], corr[r0 + 1], corr[r0 + 2], corr[r0 + 3]
+            if n_th == 1:  # 1-bit codes counted in the same pass (v's round trip cost as much again)
+                for c in range(cols):
+                    m = negate[c]  # the max of (x XOR m), then - m: subtracting m keeps the order
+                    x0 = (scale * np.int64(total[r0, c]) - c0) ^ m
+                    x1 = (scale * np.int64(total[r0 + 1, c]) - c1) ^ m
+                    x2 = (scale * np.int64(total[r0 + 2, c]) - c2) ^ m
+                    x3 = (scale * np.int64(total[r0 + 3, c]) - c3) ^ m
+                    codes[g, c] = np.uint8(max(max(x0, x1), max(x2, x3)) - m >= by_t[0, c])
+                continue
             for c in range(cols):
-                x = scale * np.int64(total[r, c]) - cr
-                v[c] = max(v[c], (x ^ negate[c]) - negate[c])
+                m = negate[c]
+                x0 = (scale * np.int64(total[r0, c]) - c0) ^ m
+                x1 = (scale * np.int64(total[r0 + 1, c]) - c1) ^ m
+                x2 = (scale * np.int64(total[r0 + 2, c]) - c2) ^ m
+                x3 = (scale * np.int64(total[r0 + 3, c]) - c3) ^ m
+                v[c] = max(max(x0, x1), max(x2, x3)) - m  # |d * x| <= acc_bound: exact in by_t's dtype
+        else:
+            cr = corr[r0]
+            for c in range(cols):
+                x = scale * np.int64(total[r0, c]) - cr
+                v[c] = (x ^ negate[c]) - negate[c]
+            for r in range(r0 + 1, r0 + group):
+                cr = corr[r]
+                for c in range(cols):
+                    x = scale * np.int64(total[r, c]) - cr
+                    v[c] = max(v[c], (x ^ negate[c]) - negate[c])
         if n_th == 1:
             for c in range(cols):
                 codes[g, c] = np.uint8(v[c] >= by_t[0, c])
