@@ -712,7 +712,7 @@ def int8_threshold_codes(a: np.ndarray, wt: np.ndarray, th: np.ndarray, directio
 
 def _make_int8_conv_kernel(split: int, rows: int):
     """The fused int8 conv kernel, with `split` (`int8dot`) and the rows per block compile-time
-    constants (a constant block let LLVM unroll the epilogue's loops: SVHN conv0 1 ms faster)."""
+    constants."""
 
     @njit(parallel=True, cache=True)
     def kernel(xp, kh, kw, channels, height, width, stride, oh_count, ow_count, pool, wt, ones, scale, offset,
