@@ -275,41 +275,43 @@ class Engine:
     def _calibrate(self, images: int) -> None:
         """The bit-serial vs int8 crossover measured on this CPU: for every threshold conv that
         both kernel families can run (up to CALIBRATE_MAX_PASSES), in order, the whole network is
-        timed with the layer's kernel switched (and the fusions planned again, since the layouts
-        between layers follow the kernels), and the switch is kept if the network got faster.
-        Timings are best of 3 runs on `images` random images (of 64 // images for small batches
-        whose runs take microseconds), with the current thread count. `self.calibration[name]` =
-        (network seconds with the layer bit-serial, with it int8). Both kernels are exact, so the
-        choice changes the speed only. (Timing layers alone missed what the layouts between them
-        cost: on SVHN W1A1 at batch 1 it picked int8 for conv1 and the network ran 7% slower.)"""
+        timed with the layer's current kernel and with the other one (and the fusions planned
+        again each time, since the layouts between layers follow the kernels), and the faster is
+        kept. The two are timed in turn, `repeats` times each, and compared by their best: each
+        comparison measures both in the same moments, so a change in the machine's speed between
+        them (this VM's threads sometimes wake late) cannot decide it. `images` random images (64 //
+        images repeats for small batches whose runs take microseconds, at least 5), with the
+        current thread count. `self.calibration[name]` = (network seconds with the layer
+        bit-serial, with it int8). Both kernels are exact, so the choice changes the speed only.
+        (Timing layers alone missed what the layouts between them cost: on SVHN W1A1 at batch 1 it
+        picked int8 for conv1 and the network ran 7% slower; timing one way then the other picked
+        int8 for W1A1's conv1 at batch 512 in one benchmark run of two, 5.1 vs 6.6 ms alone.)"""
         x = np.random.default_rng(0).integers(0, 256, (images, *self.model.input_shape)).astype(np.uint8)
-        repeats = max(3, 64 // images)
+        repeats = max(5, 64 // images)
 
-        def network_seconds() -> float:
+        def use(name: str, comp: _Compute) -> None:
+            self.compute[name] = comp
             self.pool_into, self.layout_to = self._plan() if self.fuse else ({}, {})
-            self.run(x)  # compile / warm up
-            times = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                self.run(x)
-                times.append(time.perf_counter() - start)
-            return min(times)
 
-        best = network_seconds()
         for name, comp in list(self.compute.items()):
             a = comp.layer.attrs
             if not (comp.int8_possible and comp.bitserial_possible and a["kind"] == "conv"
                     and a["output"] == "threshold" and comp.abits * comp.wbits <= CALIBRATE_MAX_PASSES):
                 continue
-            self.compute[name] = _Compute(comp.layer, bitserial=comp.method != "bitserial")
-            seconds = network_seconds()
-            bitserial_first = comp.method == "bitserial"
-            self.calibration[name] = (best, seconds) if bitserial_first else (seconds, best)
-            if seconds < best:
-                best = seconds
-            else:
-                self.compute[name] = comp
-        self.pool_into, self.layout_to = self._plan() if self.fuse else ({}, {})
+            pair = (comp, _Compute(comp.layer, bitserial=comp.method != "bitserial"))
+            times: tuple[list, list] = ([], [])
+            for candidate in pair:  # compile / warm up
+                use(name, candidate)
+                self.run(x)
+            for _ in range(repeats):
+                for candidate, seconds in zip(pair, times):
+                    use(name, candidate)
+                    start = time.perf_counter()
+                    self.run(x)
+                    seconds.append(time.perf_counter() - start)
+            kept, other = (min(times[0]), min(times[1]))
+            self.calibration[name] = (kept, other) if comp.method == "bitserial" else (other, kept)
+            use(name, pair[1] if other < kept else comp)
 
     def _plan(self) -> tuple[dict, dict]:
         """Which fused conv kernels also do the work of the layers around them:

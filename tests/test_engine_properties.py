@@ -194,3 +194,7 @@ def test_calibrated_engine_equals_reference(seed):
     for layer in model.layers:
         assert np.array_equal(got[layer.name], want[layer.name]), (
             f"seed {seed}: layer {layer.name} differs after calibration {engine.calibration}")
+    for name, (bitserial, int8) in engine.calibration.items():  # the faster of the two was kept
+        if bitserial != int8:
+            assert engine.compute[name].method == ("bitserial" if bitserial < int8 else "int8"), (
+                f"seed {seed}: {name} kept {engine.compute[name].method} after {engine.calibration[name]}")
