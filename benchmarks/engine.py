@@ -22,9 +22,10 @@ Timing: each round runs every runner once, in turn (interleaved), so drifts in b
 hit all of them, with a 0.2 s pause before each run (ONNX Runtime's threads spin after a run); each runner's best and median round are reported, with the load average
 (`uptime`) before and after and the CPU's features. Batch 512 uses all cores for every runner
 (Numba's and ONNX Runtime's threads); batch 1 runs one image at a time on one thread for all.
-The engines are built with `Engine(model, calibrate=64)` (batch 1: `calibrate=1` on one thread):
-each conv that can run bit-serial or int8 is timed both ways on this CPU and keeps the faster
-(printed as "kernels").
+The engines are built with `Engine(model, calibrate=512)`, the batch they run (batch 1:
+`calibrate=1` on one thread): each conv that can run bit-serial or int8 is timed both ways on this
+CPU and keeps the faster (printed as "kernels"). The crossover moves with the batch: on 64 images
+int8 won W1A1's conv2 in one run, at 512 it cost 3 ms more.
 """
 import argparse
 import os
@@ -166,11 +167,14 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="3 rounds, 16 images at batch 1")
     parser.add_argument("--tinypact", action="store_true", help="add tinypact's float32 eval at batch 512")
     parser.add_argument("--layers", action="store_true", help="print the engine's per-layer times")
-    parser.add_argument("--calibrate", type=int, default=64,
-                        help="images for the per-layer bit-serial vs int8 timing (0: the fixed rule)")
+    parser.add_argument("--calibrate", type=int, default=None,
+                        help="images for the per-layer bit-serial vs int8 timing (default: --images; "
+                             "0: the fixed rule)")
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.single = 3, 16
+    if args.calibrate is None:
+        args.calibrate = args.images
 
     threads = numba.get_num_threads()
     print(cpu.describe())
@@ -178,7 +182,7 @@ def main() -> int:
     networks = {bits: randomize_statistics(build_model("svhn", Policy(wbits=bits, abits=bits)), biases=False)
                 for bits in PRECISIONS}
     models = {bits: lower_graph(net.graph(), net.state_dict()) for bits, net in networks.items()}
-    # Each engine is calibrated the way it will run: 64 images on all threads for the large batch,
+    # Each engine is calibrated the way it will run: the large batch on all threads,
     # one image on one thread for batch 1 (the crossover moves with both).
     engines = {bits: Engine(model, calibrate=args.calibrate) for bits, model in models.items()}
     numba.set_num_threads(1)
@@ -186,8 +190,11 @@ def main() -> int:
     numba.set_num_threads(threads)
     for label, group in (("batch 512", engines), ("batch 1", single_engines)):
         for bits, engine in group.items():
-            chosen = " ".join(f"{name}:{comp.method}" for name, comp in engine.compute.items())
-            print(f"W{bits}A{bits} {label} kernels ({'timed' if args.calibrate else 'fixed rule'}): {chosen}")
+            chosen = " ".join(f"{name}:{comp.method}" + (
+                "({:.2f}/{:.2f})".format(*(1e3 * s for s in engine.calibration[name])) if name in engine.calibration
+                else "") for name, comp in engine.compute.items())
+            print(f"W{bits}A{bits} {label} kernels ({'timed: network ms bit-serial/int8' if args.calibrate else 'fixed rule'}): "
+                  f"{chosen}")
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, (args.images, *networks[2].input_shape), dtype=np.uint8)
     single = images[:args.single]
