@@ -186,6 +186,42 @@ def threshold_block(total, corr, m0, scale, signed_th, by_t, negate, pixels, out
 # called, each paid an argument copy and a reference-count increment and decrement per array per
 # block (SVHN conv0 10.0 vs 12.5-13.0 ms, conv1 at W1A1 5.0 vs 6.6-7.4, alternating processes).
 @njit(cache=True, inline="always")
+def _window_max(total, r0, c, scale, c0, c1, c2, c3, m):  # pragma: no cover - compiled
+    """d * x of the 4 rows r0.. of a 2x2 window, the largest (`window_codes`): the max of
+    (x XOR m), then - m (subtracting m keeps the order)."""
+    x0 = (scale * np.int64(total[r0, c]) - c0) ^ m
+    x1 = (scale * np.int64(total[r0 + 1, c]) - c1) ^ m
+    x2 = (scale * np.int64(total[r0 + 2, c]) - c2) ^ m
+    x3 = (scale * np.int64(total[r0 + 3, c]) - c3) ^ m
+    return max(max(x0, x1), max(x2, x3)) - m
+
+
+# `window_codes` for 2x2 windows counting 1 or 3 thresholds (1- and 2-bit codes) in the
+# pass that finds each window's max: one function per count, called once per block, so that each
+# is one straight vector loop (inside `window_codes`'s loop over windows, under its branches and
+# with the values through v, the same arithmetic cost SVHN conv0's epilogue at W1A1 twice as
+# much, 5.5 vs 2.8 ms on one thread).
+@njit(cache=True, inline="always")
+def _pooled_1(total, corr, scale, by_t, negate, cols, codes):  # pragma: no cover - compiled
+    for g in range(total.shape[0] // 4):
+        r0 = 4 * g
+        c0, c1, c2, c3 = corr[r0], corr[r0 + 1], corr[r0 + 2], corr[r0 + 3]
+        for c in range(cols):
+            y = _window_max(total, r0, c, scale, c0, c1, c2, c3, negate[c])
+            codes[g, c] = np.uint8(y >= by_t[0, c])
+
+
+@njit(cache=True, inline="always")
+def _pooled_3(total, corr, scale, by_t, negate, cols, codes):  # pragma: no cover - compiled
+    for g in range(total.shape[0] // 4):
+        r0 = 4 * g
+        c0, c1, c2, c3 = corr[r0], corr[r0 + 1], corr[r0 + 2], corr[r0 + 3]
+        for c in range(cols):
+            y = _window_max(total, r0, c, scale, c0, c1, c2, c3, negate[c])
+            codes[g, c] = np.uint8(y >= by_t[0, c]) + np.uint8(y >= by_t[1, c]) + np.uint8(y >= by_t[2, c])
+
+
+@njit(cache=True, inline="always")
 def window_codes(total, corr, group, scale, signed_th, by_t, negate, v, codes):  # pragma: no cover
     """Codes of a fused conv kernel's block with an optional max-pool: for windows g of `group`
     consecutive rows (1: no pooling; 4: the 4 pixels of a 2x2 window) and x = scale * total[r, c]
@@ -196,38 +232,31 @@ def window_codes(total, corr, group, scale, signed_th, by_t, negate, v, codes): 
     which is the max-pool of the rows' codes: the count is non-decreasing in d * x, so the
     largest code is the code of the largest d * x (and pooling first saves `group` - 1 counts).
     Arguments as `threshold_block`, except that v (cols,) has by_t's dtype: int32 thresholds
-    (`block_thresholds` with a bound) count 16 lanes per vector instead of 8. 1, 3, 7 and 15
-    thresholds (1- to 4-bit outputs) are counted in one pass of constant length. Columns past the
-    channels hold junk (never stored)."""
+    (`block_thresholds` with a bound) compare 16 lanes per vector instead of 8. 1, 3, 7 and 15
+    thresholds (1- to 4-bit outputs) are counted in one pass of constant length; for 2x2 windows
+    and 1 or 3 thresholds in the pass that finds the max (`_pooled_1`, `_pooled_3`). Columns past
+    the channels hold junk (never stored)."""
     rows = total.shape[0]
     cols = min(total.shape[1], (signed_th.shape[0] + 15) // 16 * 16)
     n_th = by_t.shape[0]
     last = signed_th.shape[0] - 1
+    if group == 4 and n_th == 1:
+        _pooled_1(total, corr, scale, by_t, negate, cols, codes)
+        return
+    if group == 4 and n_th == 3:
+        _pooled_3(total, corr, scale, by_t, negate, cols, codes)
+        return
     for g in range(rows // group):
         r0 = g * group
-        if group == 4:  # a 2x2 window: its 4 rows in one pass (a pass per row cost twice as much)
+        if group == 4:  # the window's 4 rows in one pass (a pass per row cost twice as much)
             c0, c1, c2, c3 = corr[r0], corr[r0 + 1], corr[r0 + 2], corr[r0 + 3]
-            if n_th == 1:  # 1-bit codes counted in the same pass (v's round trip cost as much again)
-                for c in range(cols):
-                    m = negate[c]  # the max of (x XOR m), then - m: subtracting m keeps the order
-                    x0 = (scale * np.int64(total[r0, c]) - c0) ^ m
-                    x1 = (scale * np.int64(total[r0 + 1, c]) - c1) ^ m
-                    x2 = (scale * np.int64(total[r0 + 2, c]) - c2) ^ m
-                    x3 = (scale * np.int64(total[r0 + 3, c]) - c3) ^ m
-                    codes[g, c] = np.uint8(max(max(x0, x1), max(x2, x3)) - m >= by_t[0, c])
-                continue
             for c in range(cols):
-                m = negate[c]
-                x0 = (scale * np.int64(total[r0, c]) - c0) ^ m
-                x1 = (scale * np.int64(total[r0 + 1, c]) - c1) ^ m
-                x2 = (scale * np.int64(total[r0 + 2, c]) - c2) ^ m
-                x3 = (scale * np.int64(total[r0 + 3, c]) - c3) ^ m
-                v[c] = max(max(x0, x1), max(x2, x3)) - m  # |d * x| <= acc_bound: exact in by_t's dtype
+                v[c] = _window_max(total, r0, c, scale, c0, c1, c2, c3, negate[c])
         else:
             cr = corr[r0]
             for c in range(cols):
                 x = scale * np.int64(total[r0, c]) - cr
-                v[c] = (x ^ negate[c]) - negate[c]
+                v[c] = (x ^ negate[c]) - negate[c]  # |d * x| <= acc_bound: exact in by_t's dtype
             for r in range(r0 + 1, r0 + group):
                 cr = corr[r]
                 for c in range(cols):

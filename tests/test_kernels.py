@@ -226,7 +226,7 @@ def threshold_cases(draw):
     """Thresholds (O, n) with directions +-1 around a layer's accumulator range, n up to 20
     (more than 16 takes the bisection branch)."""
     rng = np.random.default_rng(draw(SEEDS))
-    channels, n = draw(st.integers(1, 40)), draw(st.sampled_from([1, 3, 15, 16, 17, 20]))
+    channels, n = draw(st.integers(1, 40)), draw(st.sampled_from([1, 3, 7, 15, 16, 17, 20]))
     th = np.sort(rng.integers(-3000, 3000, (channels, n)), axis=1)
     direction = rng.choice(np.array([-1, 1], np.int8), channels)
     th[direction < 0] = th[direction < 0, ::-1]  # non-increasing for d = -1
