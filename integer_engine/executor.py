@@ -139,7 +139,6 @@ class _Compute:
             self.w_abs_max = int(np.abs(signed).max()) if signed.size else 0
             if a["kind"] == "conv":  # the fused conv kernel reduces in (i, j, channel) order
                 self.wt8_conv = kernels.int8_conv_weights(signed)
-                self.ones = kernels.int8_ones_column(self.wt8_conv, self.j.shape[0])
         else:
             self.levels = (2 * self.j.astype(np.int16) - self.n_w).astype(np.int16)
         # int_gemm's own rule (kernels.py): a float with a p-bit significand is exact when every
@@ -206,7 +205,7 @@ class _Compute:
         if conv8:
             return kernels.int8_conv_threshold_codes(x, *a["kernel"], a["stride"], a["padding"], weights, th,
                                                      direction, self.int8_scale, self.int8_offset, prepared,
-                                                     self.ones, pool, to, int(a["in_max"]), self.w_abs_max)
+                                                     pool, to, int(a["in_max"]), self.w_abs_max)
         if self.method == "int8":
             return kernels.int8_threshold_codes(self._bytes(x), weights, th, direction, images,
                                                 self.int8_scale, self.int8_offset, prepared, int(a["in_max"]),

@@ -35,6 +35,7 @@ from numba.extending import intrinsic
 from integer_engine.cpu import detect
 
 _LANES = 16
+LANES = _LANES  # int32 lanes per weight vector: tiles are 16 * vecs columns wide
 # Largest reduction length whose partial sums stay below 2**31: K * 255 * 128 < 2**31.
 INT32_SAFE_K = (2**31 - 1) // (255 * 128)
 # "vpdpbusd", "vpmaddubsw" or "generic" (`cpu.CPU.int8_dot`); tests may set it before compiling.
@@ -123,18 +124,22 @@ def _int8_tile_llvm(typingctx, a, wt, m0, n0, tile, split):
     return sig, codegen
 
 
-def _int8_conv_tile_python(xp, starts, offsets, wt, n0, tile, split=0, rows=TILE_ROWS):
+def _int8_conv_tile_python(xp, starts, offsets, wt, n0, tile, split=0, row0=0, rows=TILE_ROWS, vecs=TILE_COLS // _LANES):
     """Plain reading of `int8_conv_tile`: `int8_tile` on patch rows read in place. The k-group t
     (4 bytes) of patch row r starts at byte starts[r] + offsets[t] of xp (1-D uint8) and meets
     weight group t:
 
         tile[r, n0 + c] = sum_{t, b<4} xp[starts[r] + offsets[t] + b] * wt[t, n0 + c, b]
 
-    for r < rows: TILE_ROWS, or 1 for a layer of fewer rows (a single-pixel conv at batch 1),
-    which a full tile would compute TILE_ROWS times over. (A conv's offsets: run i of kernel row i
-    at i * row stride, its groups 4 bytes apart, `kernels.int8_conv_offsets`.)"""
-    for r in range(rows):
-        for c in range(TILE_COLS):
+    for row0 <= r < row0 + rows: TILE_ROWS rows, or 1 for a layer of fewer rows (a single-pixel
+    conv at batch 1), which a full tile would compute TILE_ROWS times over; c < 16 * vecs:
+    TILE_COLS, or 16 or 48 columns for a layer's last ones (48 outputs, SVHN's first layer, fill
+    three vectors exactly where 32-column tiles would compute 64; 48 columns go 4 rows at a time,
+    as 8 rows x 3 vectors of accumulators spill out of AVX-512's 32 registers: 4x slower). (A
+    conv's offsets: run i of kernel row i at i * row stride, its groups 4 bytes apart,
+    `kernels.int8_conv_offsets`.)"""
+    for r in range(row0, row0 + rows):
+        for c in range(_LANES * vecs):
             total = 0
             for t in range(wt.shape[0]):
                 at = starts[r] + offsets[t]
@@ -144,17 +149,18 @@ def _int8_conv_tile_python(xp, starts, offsets, wt, n0, tile, split=0, rows=TILE
 
 
 @intrinsic
-def _int8_conv_tile_llvm(typingctx, xp, starts, offsets, wt, n0, tile, split, rows):
+def _int8_conv_tile_llvm(typingctx, xp, starts, offsets, wt, n0, tile, split, row0, rows, vecs):
     """`_int8_conv_tile_python` in 512-bit vector code: as `_int8_tile_llvm`, with each row's
     4-byte groups loaded straight from the (NHWC) codes at their offsets instead of a gathered
     patch row (one loop over all groups: a conv's short kernel rows, 16 bytes on SVHN conv0, made
-    a nested loop pay its setup every 4 groups); split and rows are compile-time constants."""
+    a nested loop pay its setup every 4 groups); split, rows and vecs (the tile's 16-column weight
+    vectors) are compile-time constants."""
     index = types.Array(types.int64, 1, "C")
     if (xp != types.Array(types.uint8, 1, "C") or starts != index or offsets != index
             or wt != types.Array(types.int8, 3, "C") or tile != types.Array(types.int32, 2, "C")
-            or not isinstance(split, types.IntegerLiteral) or not isinstance(rows, types.IntegerLiteral)):
+            or not all(isinstance(v, types.IntegerLiteral) for v in (split, rows, vecs))):
         return None
-    sig = types.void(xp, starts, offsets, wt, n0, tile, split, rows)
+    sig = types.void(xp, starts, offsets, wt, n0, tile, split, row0, rows, vecs)
 
     def codegen(context, builder, signature, args):
         x_arr = context.make_array(signature.args[0])(context, builder, args[0])
@@ -164,16 +170,17 @@ def _int8_conv_tile_llvm(typingctx, xp, starts, offsets, wt, n0, tile, split, ro
         t_arr = context.make_array(signature.args[5])(context, builder, args[5])
         i32, i64 = ir.IntType(32), ir.IntType(64)
         vec = ir.VectorType(i32, _LANES)
-        n_vecs = TILE_COLS // _LANES
         const = lambda v: ir.Constant(i64, v)  # noqa: E731
         n0_v = context.cast(builder, args[4], signature.args[4], types.int64)
         groups = builder.extract_value(w_arr.shape, 0)
         w_cols = builder.extract_value(w_arr.shape, 1)
         step = _dot_step(builder, vec, signature.args[6].literal_value)
-        n_rows = signature.args[7].literal_value
+        row0_v = context.cast(builder, args[7], signature.args[7], types.int64)
+        n_rows, n_vecs = signature.args[8].literal_value, signature.args[9].literal_value
         accs = [[cgutils.alloca_once_value(builder, ir.Constant(vec, [0] * _LANES)) for _ in range(n_vecs)]
                 for _ in range(n_rows)]
-        row_ptrs = [builder.gep(x_arr.data, [builder.load(builder.gep(s_arr.data, [const(r)]))]) for r in range(n_rows)]
+        row_ptrs = [builder.gep(x_arr.data, [builder.load(builder.gep(s_arr.data, [builder.add(row0_v, const(r))]))])
+                    for r in range(n_rows)]
         w_words = builder.bitcast(w_arr.data, i32.as_pointer())
         with cgutils.for_range(builder, groups) as loop:
             t = loop.index
@@ -181,18 +188,19 @@ def _int8_conv_tile_llvm(typingctx, xp, starts, offsets, wt, n0, tile, split, ro
             words = [builder.load(builder.bitcast(builder.gep(row_ptrs[r], [byte]), i32.as_pointer()), align=1)
                      for r in range(n_rows)]
             _accumulate_group(builder, w_words, builder.add(builder.mul(t, w_cols), n0_v), words, accs, step)
-        _store_tile(builder, t_arr, accs, n0_v)
+        _store_tile(builder, t_arr, accs, n0_v, row0_v)
         return context.get_dummy_value()
 
     return sig, codegen
 
 
 def _accumulate_group(builder, w_words, at, words, accs, step):
-    """One 4-byte group of the reduction: the 32 columns' weights at w_words[at..] (two vectors),
-    each row's 4 activation bytes `words[r]` broadcast, accs[r][v] += their dot products."""
+    """One 4-byte group of the reduction: the tile's columns' weights at w_words[at..] (one vector
+    of 16 per accs[r][v]), each row's 4 activation bytes `words[r]` broadcast, accs[r][v] += their
+    dot products."""
     vec = ir.VectorType(ir.IntType(32), _LANES)
     ws = [builder.load(builder.bitcast(builder.gep(w_words, [builder.add(at, ir.Constant(ir.IntType(64), _LANES * v))]),
-                                       vec.as_pointer()), align=4) for v in range(TILE_COLS // _LANES)]
+                                       vec.as_pointer()), align=4) for v in range(len(accs[0]))]
     splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), _LANES), [0] * _LANES)
     for r, word in enumerate(words):
         x = builder.insert_element(ir.Constant(vec, ir.Undefined), word, ir.Constant(ir.IntType(32), 0))
@@ -201,14 +209,15 @@ def _accumulate_group(builder, w_words, at, words, accs, step):
             builder.store(step(builder.load(accs[r][v]), x, w), accs[r][v])
 
 
-def _store_tile(builder, t_arr, accs, n0_v):
-    """tile[r, n0 + 16 v ..] = accs[r][v]."""
+def _store_tile(builder, t_arr, accs, n0_v, row0_v=None):
+    """tile[row0 + r, n0 + 16 v ..] = accs[r][v] (row0 0 if None)."""
     vec = ir.VectorType(ir.IntType(32), _LANES)
     i64 = ir.IntType(64)
     t_cols = builder.extract_value(t_arr.shape, 1)
     for r, row in enumerate(accs):
+        row_v = ir.Constant(i64, r) if row0_v is None else builder.add(row0_v, ir.Constant(i64, r))
         for v, acc in enumerate(row):
-            at = builder.add(builder.add(builder.mul(ir.Constant(i64, r), t_cols), n0_v), ir.Constant(i64, _LANES * v))
+            at = builder.add(builder.add(builder.mul(row_v, t_cols), n0_v), ir.Constant(i64, _LANES * v))
             builder.store(builder.load(acc), builder.bitcast(builder.gep(t_arr.data, [at]), vec.as_pointer()), align=4)
 
 

@@ -41,7 +41,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from integer_engine import int8dot
 from integer_engine.bitpack import MAX_BITS, check_bits, words_for
 from integer_engine.errors import EngineError
-from integer_engine.int8dot import INT32_SAFE_K, int8_conv_tile, int8_tile
+from integer_engine.int8dot import INT32_SAFE_K, LANES, int8_conv_tile, int8_tile
 from integer_engine.int8dot import TILE_COLS as INT8_COLS
 from integer_engine.int8dot import TILE_ROWS as INT8_ROWS
 from integer_engine.requant import NCHW, NHWC, PLANES, block_thresholds, store_codes, threshold_block, window_codes
@@ -601,15 +601,16 @@ def int_gemm(a: np.ndarray, w: np.ndarray) -> np.ndarray:
     raise EngineError(f"int_gemm result could reach {bound}, beyond int64")
 
 
-def int8_weights(w: np.ndarray) -> np.ndarray:
-    """Signed weights (N, K) in [-128, 127] -> int8 (ceil(K/4), Npad, 4), Npad a multiple of 16:
-    `int8dot.int8_tile`'s layout (the 4 consecutive k of column n in one 32-bit lane, zero past
-    K and N). Done once per layer."""
+def int8_weights(w: np.ndarray, multiple: int = INT8_COLS) -> np.ndarray:
+    """Signed weights (N, K) in [-128, 127] -> int8 (ceil(K/4), Npad, 4), Npad a multiple of
+    `multiple` (INT8_COLS, the GEMM tile's width; 16 for the conv kernel's tiles): `int8dot.int8_tile`'s
+    layout (the 4 consecutive k of column n in one 32-bit lane, zero past K and N). Done once per
+    layer."""
     w = np.asarray(w)
     if w.ndim != 2 or w.dtype.kind not in "iu" or (w.size and (w.min() < -128 or w.max() > 127)):
         raise EngineError(f"int8_weights needs integer weights (N, K) in [-128, 127], got {w.dtype} {w.shape}")
     n, k = w.shape
-    padded = np.zeros((n + -n % INT8_COLS, k + -k % 4), np.int8)
+    padded = np.zeros((n + -n % multiple, k + -k % 4), np.int8)
     padded[:n, :k] = w
     return np.ascontiguousarray(padded.reshape(padded.shape[0], -1, 4).transpose(1, 0, 2))
 
@@ -655,6 +656,7 @@ def _make_int8_kernel(fused: bool, split: int):
     return kernel
 
 
+_INT8_VECS = INT8_COLS // LANES  # 16-column weight vectors per int8 tile
 _INT8_KERNELS: dict = {}
 
 
@@ -715,42 +717,49 @@ def _make_int8_conv_kernel(split: int, rows: int):
     constants."""
 
     @njit(parallel=True, cache=True)
-    def kernel(xp, kh, kw, channels, height, width, stride, oh_count, ow_count, pool, wt, ones, scale, offset,
+    def kernel(xp, kh, kw, channels, height, width, stride, oh_count, ow_count, pool, wt, sums, scale, offset,
                signed_th, by_t, negate, dest, dest_bytes, layout):  # pragma: no cover - compiled
         # The fused int8 kernel reading its patches in place (`int8dot.int8_conv_tile`): xp holds the
         # zero-padded codes in NHWC order, flattened, with slack at the end, so a patch row in the
         # order (i, j, channel) is kh runs of kw*C contiguous bytes, one per kernel row; each run is
         # read in 4-byte groups, the bytes past kw*C meeting zero weights (`int8_conv_weights`).
-        # When offset != 0 the row sums are weight column `ones` (all 1 on the real bytes) or, if
-        # ones < 0, summed here. pool == 2: rows in 2x2 max-pool windows (`_conv_output_pixel`).
-        # dest, layout: `requant.store_codes`'s.
+        # When offset != 0, sums holds each patch's sum at its top-left pixel (`_patch_sums_kernel`).
+        # pool == 2: rows in 2x2 max-pool windows (`_conv_output_pixel`). Columns in tiles of
+        # INT8_COLS, the last 16 or 48 in a tile of their own (`int8dot.int8_conv_tile`: 48 outputs
+        # as one 48-column tile instead of 64). dest, layout: `requant.store_codes`'s.
         n_images = layout[1]
         group = 1 if pool == 1 else 4
         m_rows = n_images * (oh_count * ow_count if pool == 1 else 4 * (oh_count // 2) * (ow_count // 2))
-        run = kw * channels
         offsets = int8_conv_offsets(kh, wt.shape[0] // kh, width * channels)
+        n_pad = wt.shape[1]  # a multiple of 16
+        tail = n_pad % INT8_COLS
+        if tail and n_pad >= 48:
+            tail = 48
         blocks = (m_rows + rows - 1) // rows
         for task in prange((blocks + BLOCKS_PER_TASK - 1) // BLOCKS_PER_TASK):
             starts = np.empty(INT8_ROWS, np.int64)  # scratch, once per task
-            total = np.empty((rows, wt.shape[1]), np.int32)
+            pixels = np.empty(INT8_ROWS, np.int64)
+            total = np.empty((rows, n_pad), np.int32)
             corr = np.zeros(rows, np.int64)
-            v = np.empty(wt.shape[1], by_t.dtype)
-            codes = np.empty((rows, (wt.shape[1] + 63) // 64 * 64), np.uint8)  # whole 64-byte runs
+            v = np.empty(n_pad, by_t.dtype)
+            codes = np.empty((rows, (n_pad + 63) // 64 * 64), np.uint8)  # whole 64-byte runs
             for t in range(task * BLOCKS_PER_TASK, min(blocks, (task + 1) * BLOCKS_PER_TASK)):
                 m0 = t * rows
-                _conv_row_starts(m0, m_rows, pool, oh_count, ow_count, stride, height, width, channels, starts)
-                if offset != 0 and ones < 0:
+                _conv_row_starts(m0, m_rows, pool, oh_count, ow_count, stride, height, width, channels, starts,
+                                 pixels)
+                for n0 in range(0, n_pad - tail, INT8_COLS):
+                    int8_conv_tile(xp, starts, offsets, wt, n0, total, split, 0, rows, _INT8_VECS)
+                if tail == 48:  # 4 rows at a time (`int8dot.int8_conv_tile`)
+                    if rows == 1:
+                        int8_conv_tile(xp, starts, offsets, wt, n_pad - 48, total, split, 0, 1, 3)
+                    else:
+                        for r0 in range(0, rows, 4):
+                            int8_conv_tile(xp, starts, offsets, wt, n_pad - 48, total, split, r0, 4, 3)
+                elif tail == 16:
+                    int8_conv_tile(xp, starts, offsets, wt, n_pad - 16, total, split, 0, rows, 1)
+                if offset != 0:
                     for r in range(rows):
-                        rowsum = 0
-                        for i in range(kh):
-                            for b in range(run):
-                                rowsum += np.int64(xp[starts[r] + i * width * channels + b])
-                        corr[r] = offset * rowsum
-                for n0 in range(0, wt.shape[1], INT8_COLS):
-                    int8_conv_tile(xp, starts, offsets, wt, n0, total, split, rows)
-                if offset != 0 and ones >= 0:
-                    for r in range(rows):
-                        corr[r] = offset * np.int64(total[r, ones])
+                        corr[r] = offset * np.int64(sums[pixels[r]])
                 window_codes(total, corr, group, scale, signed_th, by_t, negate, v, codes)
                 store_codes(codes, min(rows, m_rows - m0) // group, m0 // group, dest, dest_bytes, layout)
 
@@ -769,11 +778,12 @@ def int8_conv_offsets(kh, groups, row_stride):  # pragma: no cover - compiled
 
 
 @njit(cache=True, inline="always")
-def _conv_row_starts(m0, m_rows, pool, oh_count, ow_count, stride, height, width, channels, starts):
-    # pragma: no cover - compiled.  starts[r] = the NHWC byte offset of the patch of GEMM row
-    # m0 + r (`_conv_output_pixel`; rows past the end repeat the last), for r < len(starts): the
-    # first row by division, the rest by stepping (a division per row cost as much as the tile on
-    # SVHN conv0's short rows).
+def _conv_row_starts(m0, m_rows, pool, oh_count, ow_count, stride, height, width, channels, starts, pixels):
+    # pragma: no cover - compiled.  pixels[r] = the index of the top-left pixel of the patch of
+    # GEMM row m0 + r in the padded image (`_conv_output_pixel`; rows past the end repeat the
+    # last) and starts[r] = its NHWC byte offset, for r < len(starts): the first row by division,
+    # the rest by stepping (a division per row cost as much as the tile on SVHN conv0's short
+    # rows).
     img, y, z = _conv_output_pixel(min(m0, m_rows - 1), pool, oh_count, ow_count)
     if pool == 1:
         a, b, a_count, b_count = y, z, oh_count, ow_count
@@ -783,12 +793,14 @@ def _conv_row_starts(m0, m_rows, pool, oh_count, ow_count, stride, height, width
         m = m0 + r
         if m >= m_rows:
             starts[r] = starts[r - 1] if r else starts[0]
+            pixels[r] = pixels[r - 1] if r else pixels[0]
             continue
         if pool == 1:
             y, z = a, b
         else:
             y, z = 2 * a + ((m >> 1) & 1), 2 * b + (m & 1)
-        starts[r] = ((img * height + y * stride) * width + z * stride) * channels
+        pixels[r] = (img * height + y * stride) * width + z * stride
+        starts[r] = pixels[r] * channels
         if pool == 1 or m & 3 == 3:  # to the next pixel (window)
             b += 1
             if b == b_count:
@@ -818,32 +830,72 @@ def _nhwc_kernel(x, padding, flat):  # pragma: no cover - compiled
 def int8_conv_weights(weight: np.ndarray) -> np.ndarray:
     """Signed conv weights (O, C, kh, kw) -> `int8_weights` in the reduction order (i, j, channel)
     of `int8_conv_threshold_codes`, each kernel row's kw*C bytes padded with zeros to whole 4-byte
-    groups; where the padding to 32 columns leaves one spare, column O is all ones on the real
-    bytes, so the GEMM computes each patch row's sum too (`int8_ones_column`)."""
+    groups, the outputs to a multiple of 16 (the conv kernel's narrowest tile)."""
     o, c, kh, kw = weight.shape
     run = kw * c
-    flat = np.zeros((o + (1 if o % INT8_COLS else 0), kh, run + -run % 4), np.int16)
-    flat[:o, :, :run] = weight.transpose(0, 2, 3, 1).reshape(o, kh, run)
-    if o % INT8_COLS:
-        flat[o, :, :run] = 1
-    return int8_weights(flat.reshape(flat.shape[0], -1))
+    flat = np.zeros((o, kh, run + -run % 4), np.int16)
+    flat[:, :, :run] = weight.transpose(0, 2, 3, 1).reshape(o, kh, run)
+    return int8_weights(flat.reshape(o, -1), LANES)
 
 
-def int8_ones_column(wt: np.ndarray, channels: int) -> int:
-    """The row-sum column of `int8_conv_weights` for `channels` outputs, or -1 if it has none
-    (the columns past the real ones are otherwise all zero)."""
-    return channels if wt.shape[1] > channels and wt[:, channels, :].any() else -1
+@njit(parallel=True, cache=True)
+def _patch_sums_kernel(xp, n_images, kh, kw, channels, height, width, stride, oh_count, ow_count, out):
+    # pragma: no cover - compiled.  out[(img * height + y * stride) * width + z * stride] = the sum
+    # of the kh x kw x channels patch of output pixel (y, z) in xp, the padded NHWC codes of the
+    # int8 conv (height, width: padded), for the `- offset * rowsum` term of 8-bit weights; other
+    # entries are left alone. Per output row: the kh image rows added (contiguous bytes), their
+    # channels added per pixel, then kw pixels per output. (Before, a spare weight column of ones computed the sums
+    # in the GEMM: SVHN's first layer, 48 outputs, then took 64 columns of tiles instead of 48.)
+    row_bytes = width * channels
+    used = (ow_count - 1) * stride + kw  # pixels of a row that some patch covers
+    u = np.uint64
+    for img in prange(n_images):
+        down = np.empty(row_bytes, np.int32)
+        pixel = np.empty(width, np.int32)
+        across = np.empty(ow_count, np.int32)
+        for y in range(oh_count):
+            # Unsigned indices throughout: Numba's negative-index wraparound kept LLVM from
+            # vectorising these loops (5.3 vs 1.2 ms for SVHN's first layer at batch 512).
+            top = u((img * height + y * stride) * row_bytes)
+            for b in range(row_bytes):
+                down[u(b)] = np.int32(xp[top + u(b)])
+            for i in range(1, kh):
+                at = top + u(i * row_bytes)
+                for b in range(row_bytes):
+                    down[u(b)] += np.int32(xp[at + u(b)])
+            for zz in range(used):
+                pixel[u(zz)] = 0
+            for c in range(channels):
+                for zz in range(used):
+                    pixel[u(zz)] += down[u(zz * channels + c)]
+            for z in range(ow_count):
+                across[u(z)] = 0
+            for j in range(kw):
+                for z in range(ow_count):
+                    across[u(z)] += pixel[u(z * stride + j)]
+            base = u((img * height + y * stride) * width)
+            for z in range(ow_count):
+                out[base + u(z * stride)] = across[u(z)]
+
+
+def patch_sums(flat: np.ndarray, n: int, kh: int, kw: int, c: int, hp: int, wp: int, stride: int,
+               oh: int, ow: int) -> np.ndarray:
+    """int32 (n * hp * wp,): each conv patch's code sum at its top-left pixel of the padded image,
+    from the int8 conv's padded NHWC bytes `flat` (`_patch_sums_kernel`; exact: at most K * 255)."""
+    out = np.zeros(n * hp * wp, np.int32)
+    with _threads_for(n * hp * ow * kw * c):
+        _patch_sums_kernel(flat, n, kh, kw, c, hp, wp, stride, oh, ow, out)
+    return out
 
 
 def int8_conv_threshold_codes(x, kh: int, kw: int, stride: int, padding: int, wt: np.ndarray,
                               th: np.ndarray, direction: np.ndarray, scale: int = 1, offset: int = 0,
-                              prepared: tuple | None = None, ones: int | None = None, pool: int = 1, to=None,
+                              prepared: tuple | None = None, pool: int = 1, to=None,
                               a_max: int = 255, w_abs_max: int | None = None):
     """Codes (N, O, OH*OW) uint8 of a convolution on uint8 codes x (N, C, H, W) through the int8
     GEMM and thresholds (as `int8_threshold_codes` on its patches), without materialising the
     patches; wt = `int8_conv_weights(weight)`. `prepared`: `requant.block_thresholds(th,
-    direction, wt.shape[1])`, if already made; `ones`: `int8_ones_column(wt, O)`, if known.
-    x may be a `LaidOut` "nhwc" with this padding; pool 2 applies a 2x2 max-pool (stride 2) to
+    direction, wt.shape[1])`, if already made. x may be a `LaidOut` "nhwc" with this padding; pool 2 applies a 2x2 max-pool (stride 2) to
     the codes (N, O, OH//2 * OW//2); `to` lays the result out for the next conv (`conv_output`);
     a_max, w_abs_max: bounds on the codes and |weights| (`int8_gemm`)."""
     laid = isinstance(x, LaidOut)
@@ -857,14 +909,13 @@ def int8_conv_threshold_codes(x, kh: int, kw: int, stride: int, padding: int, wt
         n, c, h, w = x.shape
     channels = th.shape[0]
     if (not laid and x.dtype != np.uint8) or wt.ndim != 3 or wt.shape[0] != kh * -(-kw * c // 4) \
-            or wt.shape[1] < channels:
+            or wt.shape[1] < channels or wt.shape[1] % LANES:
         raise EngineError(f"int8 conv needs uint8 codes and int8_conv_weights for a {kh}x{kw} kernel on {c} "
                           f"channels and {channels} outputs, got codes {x.shape} and weights {wt.shape}")
     if 4 * wt.shape[0] > INT32_SAFE_K:
         raise EngineError(f"int8 conv: K = {4 * wt.shape[0]} could overflow int32 (at most {INT32_SAFE_K})")
     ph, pw = _pooled_size(oh, ow, pool)
     dest, layout, result = conv_output(to, n, channels, ph, pw)
-    ones = int8_ones_column(wt, channels) if ones is None else ones
     if n * channels * ph * pw:
         hp, wp = h + 2 * padding, w + 2 * padding
         if laid:
@@ -873,10 +924,11 @@ def int8_conv_threshold_codes(x, kh: int, kw: int, stride: int, padding: int, wt
             flat = np.zeros(n * hp * wp * c + 8, np.uint8)  # NHWC, zero-padded, 8 bytes of slack
             with _threads_for(x.size):
                 _nhwc_kernel(np.ascontiguousarray(x), padding, flat)
+        sums = patch_sums(flat, n, kh, kw, c, hp, wp, stride, oh, ow) if offset else np.zeros(1, np.int32)
         with _threads_for(n * channels * ph * pw * pool * pool * wt.shape[0] * 4 // 16):
             one_row = pool == 1 and n * oh * ow < INT8_ROWS  # no repeated rows (`_int8_kernel`)
             _int8_kernel("conv", _split_for(a_max, wt, w_abs_max), 1 if one_row else INT8_ROWS)(
-                flat, kh, kw, c, hp, wp, stride, oh, ow, pool, wt, ones, np.int64(scale), np.int64(offset),
+                flat, kh, kw, c, hp, wp, stride, oh, ow, pool, wt, sums, np.int64(scale), np.int64(offset),
                 *(prepared or block_thresholds(th, direction, wt.shape[1])), dest, dest.view(np.uint8), layout)
     return result
 
@@ -1293,5 +1345,6 @@ __all__ = [
     "int_gemm",
     "max_pool_codes",
     "odd_weight_gemm",
+    "patch_sums",
     "plane_row_sums",
 ]

@@ -407,6 +407,82 @@ def test_empty_shapes():
     assert int_gemm(np.zeros((0, 5), np.uint8), np.zeros((3, 5), np.int16)).shape == (0, 3)
 
 
+@settings(max_examples=200)
+@given(case=conv_cases(), full=st.booleans())
+def test_patch_sums_equal_im2col_row_sums(case, full):
+    """Each conv patch's code sum at its top-left padded pixel (the int8 conv's `- offset * rowsum`
+    term), against the sums of im2col's rows; codes at the top of their range when `full` (the
+    largest sums)."""
+    x, kh, kw, stride, padding, bits = case
+    if full:
+        x = np.full_like(x, 255)
+    n, c, h, w = x.shape
+    hp, wp = h + 2 * padding, w + 2 * padding
+    oh, ow = kernels.conv_output_size(h, kh, stride, padding), kernels.conv_output_size(w, kw, stride, padding)
+    flat = np.zeros(n * hp * wp * c + 8, np.uint8)
+    flat[:n * hp * wp * c] = np.pad(x, ((0, 0), (0, 0), (padding,) * 2, (padding,) * 2)).transpose(0, 2, 3, 1).ravel()
+    got = kernels.patch_sums(flat, n, kh, kw, c, hp, wp, stride, oh, ow).reshape(n, hp, wp)
+    want = im2col_codes(x, kh, kw, stride, padding).astype(np.int64).sum(axis=1).reshape(n, oh, ow)
+    assert_equal(got[:, :oh * stride:stride, :ow * stride:stride], want,
+                 f"x {x.shape} kernel {kh}x{kw} stride {stride} padding {padding}")
+
+
+_CONV_TILES: dict = {}
+
+
+def _compiled_conv_tile(row0, rows, vecs):
+    """A jitted call of `int8dot.int8_conv_tile` with row0, rows and vecs as compile-time constants
+    (closure variables, as in the conv kernel), on any 8-bit codes."""
+    split = int(int8dot.pairs_saturate(255, 128))  # the AVX2 sequence's exact form for 8-bit codes
+    if (row0, rows, vecs) not in _CONV_TILES:
+        _CONV_TILES[row0, rows, vecs] = kernels.njit(
+            lambda xp, starts, offsets, wt, n0, tile: int8dot.int8_conv_tile(xp, starts, offsets, wt, n0, tile, split,
+                                                                             row0, rows, vecs))
+    return _CONV_TILES[row0, rows, vecs]
+
+
+@settings(max_examples=100)
+@given(k_row=st.integers(1, 24), kh=st.integers(1, 3), shape=st.sampled_from(
+    [(0, int8dot.TILE_ROWS, int8dot.TILE_COLS // 16), (0, 1, 1), (0, 1, 3), (0, 4, 3), (4, 4, 3),
+     (0, int8dot.TILE_ROWS, 1)]), seed=SEEDS)
+def test_int8_conv_tile_compiled_and_plain_agree_with_numpy(k_row, kh, shape, seed):
+    """`int8_conv_tile` in every shape the conv kernel calls (rows from row0, 16 * vecs columns,
+    the last column tile possibly 16 or 48 wide), compiled and plain, against NumPy on the same
+    bytes; codes 255 and weights -128 in the first group (the largest products)."""
+    row0, rows, vecs = shape
+    rng = np.random.default_rng(seed)
+    groups = -(-k_row // 4)
+    row_stride = 4 * groups + int(rng.integers(0, 9))
+    xp = rng.integers(0, 256, 8 * kh * row_stride + 64).astype(np.uint8)
+    xp[:4] = 255
+    starts = np.sort(rng.integers(0, 8 * kh * row_stride - (kh - 1) * row_stride - 4 * groups + 1,
+                                  max(8, int8dot.TILE_ROWS))).astype(np.int64)  # rows up to row0 + rows
+    starts[0] = 0
+    offsets = kernels.int8_conv_offsets(kh, groups, row_stride)
+    cols = 16 * vecs
+    w = rng.integers(-128, 128, (cols + 16, kh * 4 * groups))
+    w[:, :4] = -128
+    wt = kernels.int8_weights(w, 16)
+    n0 = 16 if vecs != int8dot.TILE_COLS // 16 else 0
+    patches = np.stack([np.concatenate([xp[s + o:s + o + 4] for o in offsets]) for s in starts]).astype(np.int64)
+    want = patches[row0:row0 + rows] @ w[n0:n0 + cols].T
+    compiled = None if kernels.numba.config.DISABLE_JIT else _compiled_conv_tile(row0, rows, vecs)
+    for name in ("compiled", "plain"):
+        tile = np.zeros((len(starts), wt.shape[1]), np.int32)
+        if name == "plain":
+            int8dot._int8_conv_tile_python(xp, starts, offsets, wt, n0, tile, 0, row0, rows, vecs)
+        elif kernels.numba.config.DISABLE_JIT:
+            continue
+        else:
+            compiled(xp, starts, offsets, wt, n0, tile)
+        assert_equal(tile[row0:row0 + rows, n0:n0 + cols], want.astype(np.int32),
+                     f"{name} int8_conv_tile rows {row0}..{row0 + rows - 1} x {cols} columns, {kh} kernel rows "
+                     f"of {k_row} bytes, seed {seed}")
+        untouched = np.ones(tile.shape, bool)
+        untouched[row0:row0 + rows, n0:n0 + cols] = False
+        assert not tile[untouched].any(), f"{name} int8_conv_tile wrote outside its tile"
+
+
 @settings(max_examples=100)
 @given(case=st.data(), o=st.integers(1, 20), offset=st.sampled_from([0, -1, 7]), seed=SEEDS)
 def test_int8_conv_threshold_codes_equal_im2col_path(case, o, offset, seed):
