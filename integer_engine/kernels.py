@@ -44,7 +44,8 @@ from integer_engine.errors import EngineError
 from integer_engine.int8dot import INT32_SAFE_K, LANES, int8_conv_tile, int8_tile
 from integer_engine.int8dot import TILE_COLS as INT8_COLS
 from integer_engine.int8dot import TILE_ROWS as INT8_ROWS
-from integer_engine.requant import NCHW, NHWC, PLANES, block_thresholds, store_codes, threshold_block, window_codes
+from integer_engine.requant import (NCHW, NHWC, PLANES, block_thresholds, next_pixel, store_codes, threshold_block,
+                                     window_codes)
 from integer_engine.popcount import POPCOUNT, TILE_COLS, TILE_ROWS, popcount64, popcount_tile
 
 # Columns of `w` handled together by one pass over an activation row: each loaded activation
@@ -334,13 +335,7 @@ def _make_vector_conv_kernel(fixed_abits: int, fixed_wbits: int):
                     else:
                         y, z = 2 * wy + ((m >> 1) & 1), 2 * wz + (m & 1)
                     if m < m_rows - 1 and (pool == 1 or m & 3 == 3):  # on to the next pixel (window)
-                        wz += 1
-                        if wz == wz_count:
-                            wz = 0
-                            wy += 1
-                            if wy == wy_count:
-                                wy = 0
-                                img += 1
+                        wz, wy, img = next_pixel(wz, wy, img, wz_count, wy_count)
                     for b in range(bits):
                         for i in range(kh):
                             src = (((b * n_images + row_img) * height + y * stride + i) * width + z * stride) * words
@@ -822,13 +817,7 @@ def _conv_row_starts(m0, m_rows, pool, oh_count, ow_count, stride, height, width
         pixels[r] = (img * height + y * stride) * width + z * stride
         starts[r] = pixels[r] * channels
         if pool == 1 or m & 3 == 3:  # to the next pixel (window)
-            b += 1
-            if b == b_count:
-                b = 0
-                a += 1
-                if a == a_count:
-                    a = 0
-                    img += 1
+            b, a, img = next_pixel(b, a, img, b_count, a_count)
 
 
 @njit(parallel=True, cache=True)

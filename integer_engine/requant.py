@@ -323,6 +323,20 @@ NCHW, NHWC, PLANES = 0, 1, 2
 
 
 @njit(cache=True, inline="always")
+def next_pixel(z, y, img, width, height):  # pragma: no cover - compiled
+    """(x, y, image) of the pixel after (z, y, img) in NCHW order, in a width x height grid: the
+    kernels step from row to row with it instead of dividing per row."""
+    z += 1
+    if z == width:
+        z = 0
+        y += 1
+        if y == height:
+            y = 0
+            img += 1
+    return z, y, img
+
+
+@njit(cache=True, inline="always")
 def store_codes(codes, count, first, dest, as_bytes, layout):  # pragma: no cover - compiled
     """Rows 0..count-1 of `codes` (outputs first.. in NCHW pixel order: image i // P, pixel i % P)
     into `dest` (uint64, 1-D; `as_bytes` the same memory as uint8, passed in because a view made
@@ -345,13 +359,7 @@ def store_codes(codes, count, first, dest, as_bytes, layout):  # pragma: no cove
     z = first - img * pixels - y * width
     for i in range(count):
         if i:
-            z += 1
-            if z == width:
-                z = 0
-                y += 1
-                if y == height:
-                    y = 0
-                    img += 1
+            z, y, img = next_pixel(z, y, img, width, height)
         p = y * width + z
         if kind == NCHW:
             for o in range(channels):
