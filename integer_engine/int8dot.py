@@ -124,7 +124,8 @@ def _int8_tile_llvm(typingctx, a, wt, m0, n0, tile, split):
     return sig, codegen
 
 
-def _int8_conv_tile_python(xp, starts, offsets, wt, n0, tile, split=0, row0=0, rows=TILE_ROWS, vecs=TILE_COLS // _LANES):
+def _int8_conv_tile_python(xp, starts, offsets, wt, n0, tile, split=0, row0=0, rows=TILE_ROWS,
+                           vecs=TILE_COLS // _LANES):
     """Plain reading of `int8_conv_tile`: `int8_tile` on patch rows read in place. The k-group t
     (4 bytes) of patch row r starts at byte starts[r] + offsets[t] of xp (1-D uint8) and meets
     weight group t:

@@ -618,9 +618,9 @@ def int_gemm(a: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 def int8_weights(w: np.ndarray, multiple: int = INT8_COLS) -> np.ndarray:
     """Signed weights (N, K) in [-128, 127] -> int8 (ceil(K/4), Npad, 4), Npad a multiple of
-    `multiple` (INT8_COLS, the GEMM tile's width; 16 for the conv kernel's tiles): `int8dot.int8_tile`'s
-    layout (the 4 consecutive k of column n in one 32-bit lane, zero past K and N). Done once per
-    layer."""
+    `multiple` (INT8_COLS, the GEMM tile's width; 16 for the conv kernel's tiles):
+    `int8dot.int8_tile`'s layout (the 4 consecutive k of column n in one 32-bit lane, zero past K
+    and N). Done once per layer."""
     w = np.asarray(w)
     if w.ndim != 2 or w.dtype.kind not in "iu" or (w.size and (w.min() < -128 or w.max() > 127)):
         raise EngineError(f"int8_weights needs integer weights (N, K) in [-128, 127], got {w.dtype} {w.shape}")
@@ -928,9 +928,10 @@ def int8_conv_threshold_codes(x, kh: int, kw: int, stride: int, padding: int, wt
     """Codes (N, O, OH*OW) uint8 of a convolution on uint8 codes x (N, C, H, W) through the int8
     GEMM and thresholds (as `int8_threshold_codes` on its patches), without materialising the
     patches; wt = `int8_conv_weights(weight)`. `prepared`: `requant.block_thresholds(th,
-    direction, wt.shape[1])`, if already made. x may be a `LaidOut` "nhwc" with this padding; pool 2 applies a 2x2 max-pool (stride 2) to
-    the codes (N, O, OH//2 * OW//2); `to` lays the result out for the next conv (`conv_output`);
-    a_max, w_abs_max: bounds on the codes and |weights| (`int8_gemm`)."""
+    direction, wt.shape[1])`, if already made. x may be a `LaidOut` "nhwc" with this padding;
+    pool 2 applies a 2x2 max-pool (stride 2) to the codes (N, O, OH//2 * OW//2); `to` lays the
+    result out for the next conv (`conv_output`); a_max, w_abs_max: bounds on the codes and
+    |weights| (`int8_gemm`). With offset != 0 each patch's sum comes from `patch_sums`."""
     laid = isinstance(x, LaidOut)
     if laid:
         if x.kind != "nhwc" or x.padding != padding:
