@@ -46,7 +46,7 @@ from integer_engine.int8dot import TILE_COLS as INT8_COLS
 from integer_engine.int8dot import TILE_ROWS as INT8_ROWS
 from integer_engine.requant import (NCHW, NHWC, PLANES, block_thresholds, next_pixel, store_codes, threshold_block,
                                      window_codes)
-from integer_engine.popcount import POPCOUNT, TILE_COLS, TILE_ROWS, popcount64, popcount_tile
+from integer_engine.popcount import POPCOUNT, TILE_COLS, TILE_ROWS, popcount64, popcount_conv_tile, popcount_tile
 
 # Columns of `w` handled together by one pass over an activation row: each loaded activation
 # word is reused for 4 output columns while the 4 accumulators stay in registers.
@@ -294,9 +294,11 @@ def _make_vector_kernel(fixed_abits: int, fixed_wbits: int, fused: bool):
 
 
 def _make_vector_conv_kernel(fixed_abits: int, fixed_wbits: int):
-    """`_make_vector_kernel`'s fused kernel for a convolution with the patch gather inside: each
-    block's rows are copied from the channel-packed words (`channel_packed_planes`) into a small
-    buffer, so the (bits, N*OH*OW, KW) planes of `conv_channel_planes` never reach memory. With
+    """`_make_vector_kernel`'s fused kernel for a convolution with the patch gather inside: the
+    tiles read each row's patch words in place from the channel-packed planes
+    (`channel_packed_planes`, `popcount.popcount_conv_tile`; for the (abits, wbits) pairs without
+    a kernel of their own the block's rows are copied into a small buffer first), so the (bits,
+    N*OH*OW, KW) planes of `conv_channel_planes` never reach memory. With
     pool == 2 a block is one 2x2 max-pool window (`requant.window_codes`); the codes go to `dest`
     in the next layer's layout (`requant.store_codes`)."""
 
@@ -311,6 +313,8 @@ def _make_vector_conv_kernel(fixed_abits: int, fixed_wbits: int):
         run = kw * words  # a kernel row's words: contiguous in packed
         k_words = kh * run
         source = packed.reshape(-1)
+        plane_words = n_images * height * width * words
+        offsets = conv_word_offsets(kh, run, width * words)
         blocks = (m_rows + TILE_ROWS - 1) // TILE_ROWS
         for task in prange((blocks + BLOCKS_PER_TASK - 1) // BLOCKS_PER_TASK):
             rows = np.empty((bits, TILE_ROWS, k_words), np.uint64)  # scratch, once per task
@@ -318,6 +322,7 @@ def _make_vector_conv_kernel(fixed_abits: int, fixed_wbits: int):
             tile, total, corr, _, _ = _block_scratch(n_pad)
             v = np.empty(n_pad, by_t.dtype)
             codes = np.empty((TILE_ROWS, (n_pad + 63) // 64 * 64), np.uint8)  # whole 64-byte runs
+            starts = np.zeros(TILE_ROWS, np.int64)
             # The task's rows in order, (image, y, x) by stepping from the first: a division per row
             # cost as much as the popcounts (SVHN conv1 at W1A1, one thread: 1.1 of 9.9 ms).
             img, y0, z0 = _conv_output_pixel(task * BLOCKS_PER_TASK * TILE_ROWS, pool, oh_count, ow_count)
@@ -336,6 +341,16 @@ def _make_vector_conv_kernel(fixed_abits: int, fixed_wbits: int):
                         y, z = 2 * wy + ((m >> 1) & 1), 2 * wz + (m & 1)
                     if m < m_rows - 1 and (pool == 1 or m & 3 == 3):  # on to the next pixel (window)
                         wz, wy, img = next_pixel(wz, wy, img, wz_count, wy_count)
+                    if fixed_abits:  # the tile reads the patch in place (`popcount_conv_tile`)
+                        starts[r] = ((row_img * height + y * stride) * width + z * stride) * words
+                        rowsum = np.uint64(0)
+                        for b in range(bits):
+                            count = np.uint64(0)
+                            for k in range(k_words):
+                                count += popcount64(source[b * plane_words + starts[r] + offsets[k]])
+                            rowsum += count << np.uint64(b)
+                        corr[r] = offset * np.int64(rowsum)
+                        continue
                     for b in range(bits):
                         for i in range(kh):
                             src = (((b * n_images + row_img) * height + y * stride + i) * width + z * stride) * words
@@ -345,7 +360,8 @@ def _make_vector_conv_kernel(fixed_abits: int, fixed_wbits: int):
                     corr[r] = offset * np.int64(_plane_row_sum(rows, r))
                 for n0 in range(0, n_pad, TILE_COLS):
                     if fixed_abits:
-                        popcount_tile(rows, wt, 0, 0, 0, n0, total, fixed_abits, fixed_wbits)
+                        popcount_conv_tile(source, starts, offsets, plane_words, wt, n0, total, fixed_abits,
+                                           fixed_wbits)
                     else:
                         _generic_tile(rows, wt, 0, n0, tile, total)
                 window_codes(total, corr, group, scale, signed_th, by_t, negate, v, codes)
@@ -779,6 +795,17 @@ def _make_int8_conv_kernel(split: int, rows: int):
                 store_codes(codes, min(rows, m_rows - m0) // group, m0 // group, dest, dest_bytes, layout)
 
     return kernel
+
+
+@njit(cache=True)
+def conv_word_offsets(kh, run, row_words):  # pragma: no cover - compiled
+    """Word offsets of a conv patch's words in channel-packed planes (`popcount.popcount_conv_tile`):
+    word u < run (kw * words per pixel) of kernel row i at i * row_words + u."""
+    offsets = np.empty(kh * run, np.int64)
+    for i in range(kh):
+        for u in range(run):
+            offsets[i * run + u] = i * row_words + u
+    return offsets
 
 
 @njit(cache=True)

@@ -427,6 +427,58 @@ def test_patch_sums_equal_im2col_row_sums(case, full):
                  f"x {x.shape} kernel {kh}x{kw} stride {stride} padding {padding}")
 
 
+@settings(max_examples=100)
+@given(kh=st.integers(1, 3), run=st.integers(1, 6), pair=st.sampled_from(sorted(kernels.SPECIALISED_PAIRS)),
+       seed=SEEDS)
+def test_popcount_conv_tile_compiled_and_plain_agree_with_numpy(kh, run, pair, seed):
+    """`popcount_conv_tile` (patch words read in place from channel-packed planes), compiled and
+    plain, against NumPy popcounts of the same words; all-ones words in the first patch (the
+    largest counts)."""
+    from integer_engine.popcount import _popcount_conv_tile_python, popcount_conv_tile
+    abits, wbits = pair
+    rng = np.random.default_rng(seed)
+    row_words = run + int(rng.integers(0, 5))
+    plane_words = 4 * kh * row_words + 16
+    src = rng.integers(0, 2**63, abits * plane_words, dtype=np.uint64) * np.uint64(2) + rng.integers(
+        0, 2, abits * plane_words, dtype=np.uint64)
+    offsets = kernels.conv_word_offsets(kh, run, row_words)
+    starts = np.sort(rng.integers(0, plane_words - offsets[-1], TILE_ROWS)).astype(np.int64)
+    starts[0] = 0
+    src[offsets] = np.uint64(2**64 - 1)
+    wt = rng.integers(0, 2**63, (wbits, kh * run, 2 * TILE_COLS), dtype=np.uint64)
+    wt[:, 0, :] = np.uint64(2**64 - 1)
+    n0 = TILE_COLS
+    words = np.stack([src[i * plane_words + starts[:, None] + offsets[None, :]] for i in range(abits)])
+    want = np.zeros((TILE_ROWS, TILE_COLS), np.int64)
+    for i in range(abits):
+        for j in range(wbits):
+            both = words[i][:, None, :] & wt[j][None, :, n0:n0 + TILE_COLS].transpose(0, 2, 1)
+            want += np.bitwise_count(both).sum(axis=2).astype(np.int64) << (i + j)
+    runs = {"plain": lambda t: _popcount_conv_tile_python(src, starts, offsets, plane_words, wt, n0, t, abits, wbits)}
+    if not kernels.numba.config.DISABLE_JIT:
+        call = _compiled_popcount_conv_tile(abits, wbits)
+        runs["compiled"] = lambda t: call(src, starts, offsets, plane_words, wt, n0, t)
+    for name, run_tile in runs.items():
+        tile = np.zeros((TILE_ROWS, 2 * TILE_COLS), np.uint64)
+        run_tile(tile)
+        assert_equal(tile[:, n0:].astype(np.int64), want, f"{name} popcount_conv_tile W{wbits}A{abits}, "
+                     f"{kh} kernel rows of {run} words, seed {seed}")
+        assert not tile[:, :n0].any(), f"{name} popcount_conv_tile wrote outside its tile"
+
+
+_POPCOUNT_CONV_TILES: dict = {}
+
+
+def _compiled_popcount_conv_tile(abits, wbits):
+    """A jitted call of `popcount.popcount_conv_tile` with the bit counts as compile-time constants."""
+    from integer_engine.popcount import popcount_conv_tile
+    if (abits, wbits) not in _POPCOUNT_CONV_TILES:
+        _POPCOUNT_CONV_TILES[abits, wbits] = kernels.njit(
+            lambda src, starts, offsets, plane_words, wt, n0, tile: popcount_conv_tile(
+                src, starts, offsets, plane_words, wt, n0, tile, abits, wbits))
+    return _POPCOUNT_CONV_TILES[abits, wbits]
+
+
 _CONV_TILES: dict = {}
 
 
