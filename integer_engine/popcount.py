@@ -111,11 +111,7 @@ def _popcount_tile_llvm(typingctx, a, wt, i0, j0, m0, n0, tile, abits, wbits):
         rows = builder.extract_value(a_arr.shape, 1)
         words = builder.extract_value(a_arr.shape, 2)
         w_cols = builder.extract_value(w_arr.shape, 2)
-        t_cols = builder.extract_value(t_arr.shape, 1)
-        ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec]),
-                                               f"llvm.ctpop.v{_LANES}i64")
         const = lambda v: ir.Constant(i64, v)  # noqa: E731
-        splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), _LANES), [0] * _LANES)
         n_vecs = TILE_COLS // _LANES
         # Accumulators as allocas in the entry block: LLVM promotes them to registers.
         accs = [[cgutils.alloca_once_value(builder, ir.Constant(vec, [0] * _LANES)) for _ in range(n_vecs)]
@@ -135,30 +131,48 @@ def _popcount_tile_llvm(typingctx, a, wt, i0, j0, m0, n0, tile, abits, wbits):
                                                             vec.as_pointer()), align=8)
                                for v in range(n_vecs)])
             for r in range(TILE_ROWS):
-                x_vecs = []
+                words_r = []
                 for i in range(n_abits):
                     plane = builder.add(i0_v, const(i))
                     at = builder.add(builder.mul(builder.add(builder.mul(plane, rows), row_of[r]), words), k)
-                    x = builder.insert_element(ir.Constant(vec, ir.Undefined), builder.load(builder.gep(a_arr.data, [at])),
-                                               ir.Constant(ir.IntType(32), 0))
-                    x_vecs.append(builder.shuffle_vector(x, ir.Constant(vec, ir.Undefined), splat_mask))
-                for v in range(n_vecs):
-                    acc = builder.load(accs[r][v])
-                    for i in range(n_abits):
-                        for j in range(n_wbits):
-                            count = builder.call(ctpop, [builder.and_(x_vecs[i], w_vecs[j][v])])
-                            if i + j:
-                                count = builder.shl(count, ir.Constant(vec, [i + j] * _LANES))
-                            acc = builder.add(acc, count)
-                    builder.store(acc, accs[r][v])
-        for r in range(TILE_ROWS):
-            for v in range(n_vecs):
-                at = builder.gep(t_arr.data, [builder.add(builder.add(builder.mul(const(r), t_cols), n0_v),
-                                                          const(_LANES * v))])
-                builder.store(builder.load(accs[r][v]), builder.bitcast(at, vec.as_pointer()), align=8)
+                    words_r.append(builder.load(builder.gep(a_arr.data, [at])))
+                _accumulate_row(builder, words_r, w_vecs, accs[r])
+        _store_accs(builder, t_arr, accs, n0_v)
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+def _accumulate_row(builder, words, w_vecs, row_accs):
+    """One word k of one tile row: each plane i's activation word `words[i]` broadcast, and for
+    every weight plane j and vector v, row_accs[v] += ctpop(x_i AND w_vecs[j][v]) << (i + j)."""
+    vec = ir.VectorType(ir.IntType(64), _LANES)
+    ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec]), f"llvm.ctpop.v{_LANES}i64")
+    splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), _LANES), [0] * _LANES)
+    x_vecs = [builder.shuffle_vector(builder.insert_element(ir.Constant(vec, ir.Undefined), word,
+                                                            ir.Constant(ir.IntType(32), 0)),
+                                     ir.Constant(vec, ir.Undefined), splat_mask) for word in words]
+    for v, slot in enumerate(row_accs):
+        acc = builder.load(slot)
+        for i, x in enumerate(x_vecs):
+            for j, w in enumerate(w_vecs):
+                count = builder.call(ctpop, [builder.and_(x, w[v])])
+                if i + j:
+                    count = builder.shl(count, ir.Constant(vec, [i + j] * _LANES))
+                acc = builder.add(acc, count)
+        builder.store(acc, slot)
+
+
+def _store_accs(builder, t_arr, accs, n0_v):
+    """tile[r, n0 + 8 v ..] = accs[r][v] (8 uint64 lanes per vector)."""
+    vec = ir.VectorType(ir.IntType(64), _LANES)
+    i64 = ir.IntType(64)
+    t_cols = builder.extract_value(t_arr.shape, 1)
+    for r, row in enumerate(accs):
+        for v, slot in enumerate(row):
+            at = builder.gep(t_arr.data, [builder.add(builder.add(builder.mul(ir.Constant(i64, r), t_cols), n0_v),
+                                                      ir.Constant(i64, _LANES * v))])
+            builder.store(builder.load(slot), builder.bitcast(at, vec.as_pointer()), align=8)
 
 
 def _popcount_conv_tile_python(src, starts, offsets, plane_words, wt, n0, tile, abits, wbits):
@@ -208,11 +222,7 @@ def _popcount_conv_tile_llvm(typingctx, src, starts, offsets, plane_words, wt, n
         n0_v = context.cast(builder, args[5], signature.args[5], types.int64)
         words = builder.extract_value(w_arr.shape, 1)
         w_cols = builder.extract_value(w_arr.shape, 2)
-        t_cols = builder.extract_value(t_arr.shape, 1)
-        ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec]),
-                                               f"llvm.ctpop.v{_LANES}i64")
         const = lambda v: ir.Constant(i64, v)  # noqa: E731
-        splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), _LANES), [0] * _LANES)
         n_vecs = TILE_COLS // _LANES
         accs = [[cgutils.alloca_once_value(builder, ir.Constant(vec, [0] * _LANES)) for _ in range(n_vecs)]
                 for _ in range(TILE_ROWS)]
@@ -227,26 +237,11 @@ def _popcount_conv_tile_llvm(typingctx, src, starts, offsets, plane_words, wt, n
                                                             vec.as_pointer()), align=8)
                                for v in range(n_vecs)])
             for r in range(TILE_ROWS):
-                x_vecs = []
-                for i in range(n_abits):
-                    at = builder.add(builder.add(builder.mul(const(i), plane_v), row_start[r]), offset)
-                    x = builder.insert_element(ir.Constant(vec, ir.Undefined), builder.load(builder.gep(s_arr.data, [at])),
-                                               ir.Constant(ir.IntType(32), 0))
-                    x_vecs.append(builder.shuffle_vector(x, ir.Constant(vec, ir.Undefined), splat_mask))
-                for v in range(n_vecs):
-                    acc = builder.load(accs[r][v])
-                    for i in range(n_abits):
-                        for j in range(n_wbits):
-                            count = builder.call(ctpop, [builder.and_(x_vecs[i], w_vecs[j][v])])
-                            if i + j:
-                                count = builder.shl(count, ir.Constant(vec, [i + j] * _LANES))
-                            acc = builder.add(acc, count)
-                    builder.store(acc, accs[r][v])
-        for r in range(TILE_ROWS):
-            for v in range(n_vecs):
-                at = builder.gep(t_arr.data, [builder.add(builder.add(builder.mul(const(r), t_cols), n0_v),
-                                                          const(_LANES * v))])
-                builder.store(builder.load(accs[r][v]), builder.bitcast(at, vec.as_pointer()), align=8)
+                words_r = [builder.load(builder.gep(s_arr.data, [
+                    builder.add(builder.add(builder.mul(const(i), plane_v), row_start[r]), offset)]))
+                    for i in range(n_abits)]
+                _accumulate_row(builder, words_r, w_vecs, accs[r])
+        _store_accs(builder, t_arr, accs, n0_v)
         return context.get_dummy_value()
 
     return sig, codegen
