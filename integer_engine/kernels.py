@@ -317,7 +317,8 @@ def _make_vector_conv_kernel(fixed_abits: int, fixed_wbits: int):
         offsets = conv_word_offsets(kh, run, width * words)
         blocks = (m_rows + TILE_ROWS - 1) // TILE_ROWS
         for task in prange((blocks + BLOCKS_PER_TASK - 1) // BLOCKS_PER_TASK):
-            rows = np.empty((bits, TILE_ROWS, k_words), np.uint64)  # scratch, once per task
+            # Scratch, once per task; the copied patch rows only where no tile reads them in place.
+            rows = np.empty((bits, TILE_ROWS, 0 if fixed_abits else k_words), np.uint64)
             flat = rows.reshape(-1)
             tile, total, corr, _, _ = _block_scratch(n_pad)
             v = np.empty(n_pad, by_t.dtype)

@@ -127,6 +127,24 @@ def count_reached(v, signed_th, o):  # pragma: no cover - compiled
 
 
 @njit(cache=True, inline="always")
+def count_codes(v, signed_th, by_t, cols, codes, row):  # pragma: no cover - compiled
+    """codes[row, c] = #{t : signed_th[c, t] <= v[c]} for c < cols, for any threshold count: up
+    to 16 in a pass over the columns each, more by bisection (`count_reached`). The fused
+    kernels' general case; their common counts (1, 3, 7, 15) have constant loops of their own."""
+    n_th = by_t.shape[0]
+    if n_th <= 16:
+        for c in range(cols):
+            codes[row, c] = 0
+        for q in range(n_th):
+            for c in range(cols):
+                codes[row, c] += np.uint8(v[c] >= by_t[q, c])
+    else:
+        last = signed_th.shape[0] - 1
+        for c in range(cols):
+            codes[row, c] = count_reached(v[c], signed_th, min(c, last))
+
+
+@njit(cache=True, inline="always")
 def threshold_block(total, corr, m0, scale, signed_th, by_t, negate, pixels, out, v, codes):  # pragma: no cover
     """Codes of a block of a fused GEMM + requantization kernel, stored into NCHW out[img, o, p]
     for rows m = m0 + r = img * pixels + p: with x = scale * total[r, c] - corr[r] (corr =
@@ -141,7 +159,6 @@ def threshold_block(total, corr, m0, scale, signed_th, by_t, negate, pixels, out
     rows = total.shape[0]
     cols = min(total.shape[1], (out.shape[1] + 7) // 8 * 8)  # the channels, to whole 8-lane vectors
     n_th = by_t.shape[0]
-    last = signed_th.shape[0] - 1
     for r in range(rows):
         cr = corr[r]
         if n_th == 1:
@@ -165,15 +182,7 @@ def threshold_block(total, corr, m0, scale, signed_th, by_t, negate, pixels, out
             for c in range(cols):
                 x = scale * np.int64(total[r, c]) - cr
                 v[c] = (x ^ negate[c]) - negate[c]
-            if n_th <= 16:
-                for c in range(cols):
-                    codes[r, c] = 0
-                for q in range(n_th):
-                    for c in range(cols):
-                        codes[r, c] += np.uint8(v[c] >= by_t[q, c])
-            else:
-                for c in range(cols):
-                    codes[r, c] = count_reached(v[c], signed_th, min(c, last))
+            count_codes(v, signed_th, by_t, cols, codes, r)
     for r in range(min(rows, out.shape[0] * pixels - m0)):
         img = (m0 + r) // pixels
         p = m0 + r - img * pixels
@@ -259,7 +268,6 @@ def window_codes(total, corr, group, scale, signed_th, by_t, negate, v, codes): 
     rows = total.shape[0]
     cols = min(total.shape[1], (signed_th.shape[0] + 15) // 16 * 16)
     n_th = by_t.shape[0]
-    last = signed_th.shape[0] - 1
     if group == 4 and n_th == 1:
         _pooled_1(total, corr, scale, by_t, negate, cols, codes)
         return
@@ -306,15 +314,8 @@ def window_codes(total, corr, group, scale, signed_th, by_t, negate, v, codes): 
                 for q in range(15):
                     code += np.uint8(v[c] >= by_t[q, c])
                 codes[g, c] = code
-        elif n_th <= 16:
-            for c in range(cols):
-                codes[g, c] = 0
-            for q in range(n_th):
-                for c in range(cols):
-                    codes[g, c] += np.uint8(v[c] >= by_t[q, c])
         else:
-            for c in range(cols):
-                codes[g, c] = count_reached(v[c], signed_th, min(c, last))
+            count_codes(v, signed_th, by_t, cols, codes, g)
 
 
 # Output layouts of the fused conv kernels (`kernels.conv_output`): the codes as the next layer
