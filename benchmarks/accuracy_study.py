@@ -28,6 +28,14 @@ single-seed figures), the other configurations with the first seed, then the nex
     python benchmarks/accuracy_study.py --runs-dir RUNS --no-progress
                                         # the study: 21 runs, ~3 hours on a quiet 2-core machine
     python benchmarks/accuracy_study.py --quick      # smoke test on tiny settings, temp output
+
+`--model resnet20` runs the follow-up paper's study on the papers' ResNet20 instead (Fashion-MNIST
+images zero-padded to 32x32 in the stem; RESNET20_SCHEDULE): float; PACT + SAWB W2A2 with 8-bit
+shortcuts; the same with 2-bit shortcuts (the follow-up's claim: low-precision shortcuts cost
+accuracy); PACT W4A4. Two seeds by default. Its report, benchmarks/results/
+accuracy_study_resnet20.{md,json,png}, also holds the rows of `benchmarks/brevitas_parity.py`
+(the same network, data, order, initial weights and schedule in PyTorch + Brevitas) that have
+finished in benchmarks/results/brevitas_parity_runs.
 """
 from __future__ import annotations
 
@@ -49,6 +57,8 @@ if str(ROOT) not in sys.path:
 from tinypact import plots  # noqa: E402
 from tinypact.checkpoint import (CHECKPOINT_NAME, CheckpointError,  # noqa: E402
                                  check_resume_config, is_run_dir, load_checkpoint, read_config)
+from typing import NamedTuple  # noqa: E402
+
 from tinypact.recipes import TrainConfig, recipe  # noqa: E402
 from tinypact.trainer import RESULT_NAME, fit  # noqa: E402
 
@@ -65,6 +75,35 @@ CONFIGS: dict[str, dict] = {
 # Trained first (with the first seed): the rows the earlier single-seed study is compared on.
 FIRST = ("PACT W2A2", "PACT W4A4")
 DEFAULT_SEEDS = (0, 1, 2)
+
+# The ResNet20 study (the follow-up paper's argument); shortcut_bits is resnet20's residual stream.
+RESNET20_CONFIGS: dict[str, dict] = {
+    "float": dict(wbits=32, abits=32, first_last_bits=32, shortcut_bits=32, act_quant="relu"),
+    "PACT+SAWB W2A2 SC8": dict(wbits=2, abits=2, weight_quant="sawb", act_quant="pact",
+                               shortcut_bits=8),
+    "PACT+SAWB W2A2 SC2": dict(wbits=2, abits=2, weight_quant="sawb", act_quant="pact",
+                               shortcut_bits=2),
+    "PACT W4A4": dict(wbits=4, abits=4, weight_quant="dorefa", act_quant="pact", shortcut_bits=8),
+}
+RESNET20_COMPARISONS = (
+    ("PACT+SAWB W2A2 SC8", "PACT+SAWB W2A2 SC2", "8-bit vs 2-bit shortcuts at W2A2"),
+    ("PACT+SAWB W2A2 SC8", "float", "PACT + SAWB W2A2 (8-bit shortcuts) vs float"),
+    ("PACT W4A4", "float", "PACT at 4 bits vs float"),
+    ("PACT W4A4", "PACT+SAWB W2A2 SC8", "4 bits vs 2 bits"),
+    ("torch float", "float", "the same float network in PyTorch vs tinypact"),
+    ("Brevitas W2A2 SC8", "PACT+SAWB W2A2 SC8", "Brevitas vs tinypact at W2A2, 8-bit shortcuts"),
+    ("Brevitas W2A2 SC2", "PACT+SAWB W2A2 SC2", "Brevitas vs tinypact at W2A2, 2-bit shortcuts"),
+    ("Brevitas W2A2 SC8", "Brevitas W2A2 SC2", "8-bit vs 2-bit shortcuts in Brevitas"),
+    ("Brevitas W4A4", "PACT W4A4", "Brevitas vs tinypact at W4A4"),
+)
+# ResNet20 on Fashion-MNIST: the resnet20 recipe on that data set (SGD as on CIFAR-10, cosine,
+# alpha from 4: tinypact.recipes.PAIR_RECIPES) on an 8,000-image subset for 3 epochs, so that the
+# 8 tinypact runs fit in about two hours of a loaded 2-core machine.
+RESNET20_SCHEDULE = dict(dataset="fashion-mnist", model="resnet20", epochs=3, batch_size=128,
+                         optimizer="sgd", lr=0.1, momentum=0.9, schedule="cosine",
+                         weight_decay=2e-4, alpha_init=4.0, val_size=1000, limit_train=8000)
+RESNET20_QUICK = dict(RESNET20_SCHEDULE, epochs=1, batch_size=32, val_size=64, limit_train=128,
+                      limit_test=128)
 
 # The earlier study (2026-11-23, commit 6961202): one run per row, seed 0, same schedule, before
 # the trained model computed quantized layers as integer MACs times one scale and quantized its
@@ -95,6 +134,32 @@ QUICK_SCHEDULE = dict(dataset="fashion-mnist", epochs=1, batch_size=64, optimize
                       limit_test=400)
 
 
+class Study(NamedTuple):
+    """One study: its rows (label -> TrainConfig overrides), schedules and report."""
+
+    model: str
+    title: str
+    configs: dict
+    first: tuple
+    comparisons: tuple
+    schedule: dict
+    quick: dict
+    seeds: tuple
+    stem: str  # report files RESULTS/<stem>.{md,json,png}
+    external_runs: str | None = None  # RESULTS/<dir> of another framework's finished runs
+
+
+STUDIES = {
+    "fmnist": Study("fmnist", "Fashion-MNIST, float vs DoReFa vs PACT, several seeds", CONFIGS,
+                    FIRST, COMPARISONS, STUDY_SCHEDULE, QUICK_SCHEDULE, DEFAULT_SEEDS,
+                    "accuracy_study"),
+    "resnet20": Study("resnet20", "ResNet20 on Fashion-MNIST: shortcut precision, tinypact and "
+                      "Brevitas side by side", RESNET20_CONFIGS, ("PACT+SAWB W2A2 SC8",),
+                      RESNET20_COMPARISONS, RESNET20_SCHEDULE, RESNET20_QUICK, (0, 1),
+                      "accuracy_study_resnet20", "brevitas_parity_runs"),
+}
+
+
 def slug(label: str) -> str:
     return label.lower().replace("+", "-").replace(" ", "-")
 
@@ -103,17 +168,19 @@ def run_dir_of(runs_dir: Path, label: str, seed: int) -> Path:
     return runs_dir / f"{slug(label)}-seed{seed}"
 
 
-def run_order(labels: list[str], seeds: list[int]) -> list[tuple[str, int]]:
-    """(label, seed) pairs: FIRST with the first seed, the other labels with it, then each
-    further seed for every label."""
-    first = [(label, seeds[0]) for label in FIRST if label in labels]
+def run_order(labels: list[str], seeds: list[int], first_labels: tuple = FIRST
+              ) -> list[tuple[str, int]]:
+    """(label, seed) pairs: `first_labels` with the first seed, the other labels with it, then
+    each further seed for every label."""
+    first = [(label, seeds[0]) for label in first_labels if label in labels]
     rest = [(label, seed) for seed in seeds for label in labels]
     return first + [pair for pair in rest if pair not in first]
 
 
-def config_for(label: str, seed: int, schedule: dict, data_dir: str | None) -> TrainConfig:
+def config_for(label: str, seed: int, schedule: dict, data_dir: str | None,
+               configs: dict = CONFIGS) -> TrainConfig:
     overrides = {k: v for k, v in schedule.items() if k != "dataset"}
-    return recipe(schedule["dataset"], **overrides, **CONFIGS[label], seed=seed,
+    return recipe(schedule["dataset"], **overrides, **configs[label], seed=seed,
                   data_dir=data_dir)
 
 
@@ -151,13 +218,12 @@ def train_run(label: str, config: TrainConfig, run_dir: Path, progress: bool) ->
                       fitted.history)
 
 
-def estimate_minutes(schedule: dict, runs: int, data_dir: str | None) -> float:
-    """Time one training batch of a 2-bit PACT network and extrapolate to `runs` runs."""
+def estimate_minutes(config: TrainConfig, runs: int) -> float:
+    """Time one training batch of `config` and extrapolate to `runs` runs like it."""
     from tinypact.trainer import build, build_optimizer, load_splits, time_one_step, train_loader
 
-    config = config_for("PACT W2A2", 0, schedule, data_dir)
     train, val, test = load_splits(config)
-    model, _ = build(config)
+    model, _ = build(config, train.shape)
     optimizer, _ = build_optimizer(model, config)
     loader = train_loader(train, config)
     step = time_one_step(model, optimizer, loader)
@@ -165,6 +231,35 @@ def estimate_minutes(schedule: dict, runs: int, data_dir: str | None) -> float:
     evals = (len(val) if val else 0) * config.epochs + len(test)
     per_run = step * (len(loader) * config.epochs + evals / 3 / config.batch_size)
     return per_run * runs / 60
+
+
+def export_and_verify(run_dir: Path) -> dict:
+    """{"mismatches", "engine_accuracy"}: the run exported to RUN/model.tpq and checked layer by
+    layer against its checkpoint on every test image (integer_engine, as `tinypact.train` does
+    at the end of a run); the outcome is kept in RUN/verify.json. Float runs: {}."""
+    saved = run_dir / "verify.json"
+    if saved.exists():
+        return json.loads(saved.read_text())
+    config = TrainConfig.from_dict(TrainConfig.with_defaults(read_config(run_dir)))
+    if config.float_layers:
+        return {}
+    from integer_engine.export import export_checkpoint
+    from integer_engine.format import save_model
+    from integer_engine.verify import verify_against_checkpoint
+    from tinypact.trainer import load_splits
+
+    import numpy as np
+
+    _, _, test = load_splits(config)
+    model = export_checkpoint(run_dir)
+    save_model(model, run_dir / "model.tpq")
+    report = verify_against_checkpoint(model, run_dir, test.images, batch_size=256)
+    outcome = {"mismatches": int(report.total_mismatches), "verified_images": len(test),
+               "engine_accuracy": float(np.mean(report.engine_predictions == test.labels))}
+    print(f"   verify {run_dir / 'model.tpq'}: {outcome['mismatches']} mismatching codes on "
+          f"{len(test)} test images", flush=True)
+    saved.write_text(json.dumps(outcome) + "\n")
+    return outcome
 
 
 # ------------------------------------------------------------------------------------ statistics
@@ -236,9 +331,9 @@ def check_targets(rows: dict[str, dict]) -> list[dict]:
     return targets
 
 
-def comparisons(rows: dict[str, dict]) -> list[dict]:
+def comparisons(rows: dict[str, dict], pairs: tuple = COMPARISONS) -> list[dict]:
     return [{"a": a, "b": b, "what": what, **difference(rows[a], rows[b])}
-            for a, b, what in COMPARISONS if a in rows and b in rows]
+            for a, b, what in pairs if a in rows and b in rows]
 
 
 # -------------------------------------------------------------------------------------- machine
@@ -274,16 +369,37 @@ def _verdict_text(c: dict) -> str:
 
 
 def markdown(rows: dict[str, dict], targets: list[dict], schedule: dict, meta: dict,
-             sample: TrainConfig) -> str:
+             sample: TrainConfig, study: Study = STUDIES["fmnist"]) -> str:
     done, planned = meta["runs_finished"], meta["runs_planned"]
     status = ("" if done == planned else
               f" **Partial: {done} of {planned} runs finished**; the study is still running or "
               f"was interrupted (rerun the same command to resume it).")
     limit = f", limited to {schedule['limit_train']} images" if schedule.get("limit_train") else ""
+    if study.model == "fmnist":
+        setup = (f"network `fmnist`; L2 decay {sample.weight_decay:g} on "
+                 f"weights and PACT alphas. Quantized rows keep 8-bit first/last-layer weights. PACT "
+                 f"alpha starts at {sample.alpha_init:g} and has its **own learning rate "
+                 f"{sample.alpha_lr:g}** (the fashion-mnist recipe: with Adam a parameter moves about "
+                 f"lr per step, too slowly for alpha to come down from 10 in a short run; the paper "
+                 f"uses one learning rate for all parameters; docs/paper-differences.md).")
+    else:
+        setup = (f"network `resnet20` (28x28 images zero-padded to 32x32 in the stem conv, one "
+                 f"input channel; option-A shortcuts); momentum {sample.momentum:g}, L2 decay "
+                 f"{sample.weight_decay:g} on weights and PACT alphas. Quantized rows keep 8-bit "
+                 f"first/last-layer weights; SCk: the residual stream (the activation after each "
+                 f"add, which also feeds the final pool and linear layer) at k bits. PACT alpha "
+                 f"starts at {sample.alpha_init:g} (with SGD, alpha only moves where activations "
+                 f"reach it and by weight decay: from the paper's 10, a 2-bit network stays almost "
+                 f"silent through a short run). Brevitas rows: `benchmarks/brevitas_parity.py`, the "
+                 f"same network, initial weights, images, batch order and schedule in PyTorch + "
+                 f"Brevitas (its docstring says which quantizers and how they differ). "
+                 f"\"exact\": the integer engine's export of the run, checked against its checkpoint "
+                 f"on every test image (mismatching codes over all layers).")
     lines = [
-        "# Accuracy study: Fashion-MNIST, float vs DoReFa vs PACT, several seeds",
+        f"# Accuracy study: {study.title}",
         "",
         f"Updated {meta['date']} by `benchmarks/accuracy_study.py"
+        f"{'' if study.model == 'fmnist' else ' --model ' + study.model}"
         f"{' --quick' if meta['quick'] else ''}`; CPU: {meta['cpu']}; Python "
         f"{meta['python']}, NumPy {meta['numpy']}. Training time summed over the finished runs: "
         f"{meta['train_minutes']:.0f} min.{status}",
@@ -291,25 +407,22 @@ def markdown(rows: dict[str, dict], targets: list[dict], schedule: dict, meta: d
         f"Schedule (identical for every run): {schedule['epochs']} epoch(s) of "
         f"{schedule['optimizer']} lr {schedule['lr']:g} with {schedule['schedule']} decay, batch "
         f"{schedule['batch_size']}, the training split minus a {schedule['val_size']}-image "
-        f"validation hold-out{limit}; network `fmnist`; L2 decay {sample.weight_decay:g} on "
-        f"weights and PACT alphas. Quantized rows keep 8-bit first/last-layer weights. PACT "
-        f"alpha starts at {sample.alpha_init:g} and has its **own learning rate "
-        f"{sample.alpha_lr:g}** (the fashion-mnist recipe: with Adam a parameter moves about lr "
-        f"per step, too slowly for alpha to come down from 10 in a short run; the paper uses one "
-        f"learning rate for all parameters; docs/paper-differences.md). The seed sets the "
+        f"validation hold-out{limit}; {setup} The seed sets the "
         f"initialization, the batch order and the hold-out.",
         "",
         "Accuracy: mean ± sample standard deviation over the seeds. \"vs float\": mean difference "
         "± the combined spread sqrt(s_a² + s_b²); a difference no larger than that spread is "
-        "noise. From three seeds the standard deviation is itself rough (for normal noise its 95% "
-        "interval runs from about 0.5 to 6 times the estimate), so exceeding it is a minimum bar, "
-        "not a significance test. \"train min/run\" is wall-clock time on a machine shared with "
+        "noise. From two or three seeds the standard deviation is itself rough (from three, for "
+        "normal noise its 95% interval runs from about 0.5 to 6 times the estimate), so "
+        "exceeding it is a minimum bar, not a significance test. \"train min/run\" is wall-clock time on a machine shared with "
         "other jobs: it follows their load more than the configuration's cost.",
         "",
-        "| configuration | weights | activations | W/A bits | seeds | test accuracy (%) "
-        "| per seed (%) | vs float (points) | val error (%) | train min/run |",
-        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    exact_column = study.model != "fmnist"
+    lines += ["| configuration | weights | activations | W/A bits | seeds | test accuracy (%) "
+              "| per seed (%) | vs float (points) | val error (%) | train min/run |"
+              + (" exact |" if exact_column else ""),
+              "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if exact_column else "")]
     for row in rows.values():
         gap = ""
         if "float" in rows and row["label"] != "float":
@@ -322,16 +435,20 @@ def markdown(rows: dict[str, dict], targets: list[dict], schedule: dict, meta: d
         lines.append(f"| {row['label']} | {row['weight_quant']} | {row['act_quant']} | {bits} | "
                      f"{', '.join(map(str, row['seeds']))} | "
                      f"{_pm(row['accuracy_mean'], row['accuracy_std'])} | {per_seed} | {gap} | "
-                     f"{val} | {row['train_minutes_mean']:.1f} |")
+                     f"{val} | {row['train_minutes_mean']:.1f} |"
+                     + (f" {_exact_text(row)} |" if exact_column else ""))
     images = next(iter(rows.values()))["runs"][0]["test_images"]
-    lines += ["", f"Test accuracy on {images} test images.", "", "## Targets", ""]
-    for t in targets:
-        lines.append(f"- {t['target']}: **{t['verdict']}** (margin "
-                     f"{_pm(t['margin_points'], t['noise'], signed=True)} points)")
-    if not targets:
-        lines.append("- None can be judged yet: the rows each target compares have not finished.")
+    lines += ["", f"Test accuracy on {images} test images."]
+    if study.model == "fmnist":
+        lines += ["", "## Targets", ""]
+        for t in targets:
+            lines.append(f"- {t['target']}: **{t['verdict']}** (margin "
+                         f"{_pm(t['margin_points'], t['noise'], signed=True)} points)")
+        if not targets:
+            lines.append("- None can be judged yet: the rows each target compares have not "
+                         "finished.")
     lines += ["", "## What the spread allows us to say", ""]
-    pairs = comparisons(rows)
+    pairs = comparisons(rows, study.comparisons)
     for c in pairs:
         lines.append(f"- {c['a']} − {c['b']} ({c['what']}): {_verdict_text(c)}")
     if not pairs:
@@ -350,73 +467,138 @@ def markdown(rows: dict[str, dict], targets: list[dict], schedule: dict, meta: d
             now = 100 * row["runs"][row["seeds"].index(0)]["test_accuracy"]
             lines.append(f"| {label} | {EARLIER_SEED0[label]:.2f} | {now:.2f} | "
                          f"{now - EARLIER_SEED0[label]:+.2f} |")
-    alpha_rows = [row for row in rows.values() if row["runs"][0]["final_alphas"]]
+    alpha_rows = [row for row in rows.values() if row["runs"][0].get("final_alphas")]
     if alpha_rows:
         lines += ["", "## Learned PACT alphas (end of training)", ""]
         for row in alpha_rows:
-            per_seed = "; ".join(f"seed {r['seed']}: " + ", ".join(
-                f"{k} {v:.2f}" for k, v in r["final_alphas"].items()) for r in row["runs"])
+            if study.model == "fmnist":
+                per_seed = "; ".join(f"seed {r['seed']}: " + ", ".join(
+                    f"{k} {v:.2f}" for k, v in r["final_alphas"].items()) for r in row["runs"])
+            else:  # 28 layers: their range
+                per_seed = "; ".join(
+                    f"seed {r['seed']}: {min(r['final_alphas'].values()):.2f} to "
+                    f"{max(r['final_alphas'].values()):.2f} over {len(r['final_alphas'])} layers"
+                    for r in row["runs"])
             lines.append(f"- {row['label']}: {per_seed}")
-    lines += ["", "![accuracy study](accuracy_study.png)", ""]
+    lines += ["", f"![accuracy study]({study.stem}.png)", ""]
     return "\n".join(lines)
 
 
+def _exact_text(row: dict) -> str:
+    """'0 (2 runs)': mismatching codes of the integer export over the row's runs."""
+    checked = [r["mismatches"] for r in row["runs"] if r.get("mismatches") is not None]
+    if not checked:
+        return "float: n/a" if row["wbits"] == 32 else ("other framework" if row.get("external")
+                                                        else "not checked")
+    return f"{sum(checked)} mismatches ({len(checked)} run{'s' if len(checked) > 1 else ''})"
+
+
 def write_reports(results_dir: Path, rows: dict[str, dict], schedule: dict, meta: dict,
-                  sample: TrainConfig) -> None:
-    """accuracy_study.{md,json,png} from the runs finished so far (rows in CONFIGS order)."""
-    rows = {label: rows[label] for label in CONFIGS if label in rows}
-    targets = check_targets(rows)
-    (results_dir / "accuracy_study.md").write_text(markdown(rows, targets, schedule, meta, sample))
+                  sample: TrainConfig, study: Study = STUDIES["fmnist"]) -> None:
+    """<stem>.{md,json,png} from the runs finished so far (the study's rows in order, then
+    another framework's)."""
+    rows = {label: rows[label] for label in [*study.configs, *sorted(rows)] if label in rows}
+    targets = check_targets(rows) if study.model == "fmnist" else []
+    (results_dir / f"{study.stem}.md").write_text(
+        markdown(rows, targets, schedule, meta, sample, study))
     json_rows = [{**row, "runs": [{k: v for k, v in r.items() if k != "history"}
                                   for r in row["runs"]]} for row in rows.values()]
-    (results_dir / "accuracy_study.json").write_text(json.dumps(
+    (results_dir / f"{study.stem}.json").write_text(json.dumps(
         {"schedule": schedule, "meta": meta, "targets": targets,
-         "comparisons": comparisons(rows), "rows": json_rows}, indent=2) + "\n")
+         "comparisons": comparisons(rows, study.comparisons), "rows": json_rows},
+        indent=2) + "\n")
     seeds = sorted({s for row in rows.values() for s in row["seeds"]})
-    plots.plot_study(list(rows.values()), results_dir / "accuracy_study.png",
-                     title=f"Fashion-MNIST, {schedule['epochs']} epoch(s), same schedule for all, "
-                     f"seeds {', '.join(map(str, seeds))}\n{meta['cpu']}")
+    network = "" if study.model == "fmnist" else f"{study.model}, "
+    plots.plot_study(list(rows.values()), results_dir / f"{study.stem}.png",
+                     title=f"Fashion-MNIST, {network}{schedule['epochs']} epoch(s), same schedule "
+                     f"for all, seeds {', '.join(map(str, seeds))}\n{meta['cpu']}")
+
+
+def external_rows(runs_dir: Path, schedule: dict) -> dict[str, dict]:
+    """Rows of another framework's finished runs (benchmarks/brevitas_parity.py: one
+    result.json per run) trained on this schedule; others are left out."""
+    runs: dict[str, list[dict]] = {}
+    for path in sorted(runs_dir.glob("*/result.json")):
+        result = json.loads(path.read_text())
+        if result.get("schedule") != schedule:
+            continue
+        runs.setdefault(result["row"], []).append(
+            {"seed": result["seed"], "test_accuracy": result["test_accuracy"],
+             "test_error": result["test_error"], "test_images": result["test_images"],
+             "val_error": result["val_error"], "train_minutes": result["train_time"] / 60,
+             "history": result["history"], "run_dir": str(path.parent)})
+    rows = {}
+    for label, row_runs in runs.items():
+        row_runs.sort(key=lambda r: r["seed"])
+        mean, std = mean_std([100 * r["test_accuracy"] for r in row_runs])
+        vals = [100 * r["val_error"] for r in row_runs if r["val_error"] is not None]
+        bits = label.split()[1] if label.split()[1].startswith("W") else "W32A32"
+        wbits, abits = (int(x) for x in bits[1:].split("A"))
+        rows[label] = {"label": label, "wbits": wbits, "abits": abits, "external": True,
+                       "weight_quant": "float" if wbits == 32 else "brevitas MSE scale",
+                       "act_quant": "relu (float)" if abits == 32 else "brevitas learned scale",
+                       "seeds": [r["seed"] for r in row_runs], "accuracy_mean": mean,
+                       "accuracy_std": std, "val_error_mean": sum(vals) / len(vals) if vals else None,
+                       "train_minutes_mean": sum(r["train_minutes"] for r in row_runs) / len(row_runs),
+                       "runs": row_runs}
+    return rows
 
 
 # ----------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=list(STUDIES), default="fmnist",
+                        help="fmnist: the precision study on the small network (default); "
+                        "resnet20: the shortcut-precision study with Brevitas rows")
     parser.add_argument("--quick", action="store_true",
                         help="tiny settings (a few hundred images, 1 epoch) to test the script; "
                         "writes to a temporary directory unless --results-dir is given")
-    parser.add_argument("--epochs", type=int, help=f"override the schedule's "
-                        f"{STUDY_SCHEDULE['epochs']} epochs")
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS),
-                        metavar="K", help="train every configuration once per seed (default: "
-                        f"{' '.join(map(str, DEFAULT_SEEDS))}; at least 2 to measure a spread)")
-    parser.add_argument("--only", nargs="+", choices=list(CONFIGS), metavar="CONFIG",
-                        help=f"run only these configurations ({', '.join(CONFIGS)})")
+    parser.add_argument("--epochs", type=int, help="override the schedule's epochs (fmnist "
+                        f"{STUDY_SCHEDULE['epochs']}, resnet20 {RESNET20_SCHEDULE['epochs']})")
+    parser.add_argument("--seeds", type=int, nargs="+", metavar="K",
+                        help="train every configuration once per seed (default: fmnist "
+                        f"{' '.join(map(str, DEFAULT_SEEDS))}, resnet20 0 1; at least 2 to "
+                        "measure a spread)")
+    parser.add_argument("--only", nargs="+", metavar="CONFIG",
+                        help=f"run only these configurations (fmnist: {', '.join(CONFIGS)}; "
+                        f"resnet20: {', '.join(RESNET20_CONFIGS)})")
     parser.add_argument("--results-dir", type=Path, help="default: benchmarks/results")
-    parser.add_argument("--runs-dir", type=Path, help="default: RESULTS_DIR/accuracy_study_runs")
+    parser.add_argument("--runs-dir", type=Path,
+                        help="default: RESULTS_DIR/accuracy_study_runs (resnet20: "
+                        "RESULTS_DIR/accuracy_study_resnet20_runs)")
     parser.add_argument("--data-dir", help="where Fashion-MNIST lives (default: the Debian "
                         "package's /usr/share/datasets/fashion-mnist or a download)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
-        parser.error(f"--seeds must be distinct non-negative integers, got {args.seeds}")
+    study = STUDIES[args.model]
+    seeds = args.seeds or list(study.seeds)
+    if len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        parser.error(f"--seeds must be distinct non-negative integers, got {seeds}")
+    unknown = sorted(set(args.only or ()) - set(study.configs))
+    if unknown:
+        parser.error(f"--only: unknown configuration(s) {unknown} for --model {args.model}; "
+                     f"choose from {', '.join(study.configs)}")
 
-    schedule = dict(QUICK_SCHEDULE if args.quick else STUDY_SCHEDULE)
+    schedule = dict(study.quick if args.quick else study.schedule)
     if args.epochs:
         schedule["epochs"] = args.epochs
     results_dir = args.results_dir or (Path(tempfile.mkdtemp(prefix="accuracy-study-quick-"))
                                        if args.quick else ROOT / "benchmarks" / "results")
-    runs_dir = args.runs_dir or results_dir / "accuracy_study_runs"
+    runs_dir = args.runs_dir or results_dir / f"{study.stem}_runs"
     results_dir.mkdir(parents=True, exist_ok=True)
-    labels = args.only or list(CONFIGS)
-    order = run_order(labels, args.seeds)
+    labels = args.only or list(study.configs)
+    order = run_order(labels, seeds, study.first)
+    verify = study.model != "fmnist"  # the ResNet20 study checks every export on all test images
 
     import numpy as np
 
     from tinypact.data import DataError
 
+    def config(label: str, seed: int) -> TrainConfig:
+        return config_for(label, seed, schedule, args.data_dir, study.configs)
+
     runs: dict[str, list[dict]] = {label: [] for label in labels}
-    configs = {label: config_for(label, args.seeds[0], schedule, args.data_dir)
-               for label in labels}
+    configs = {label: config(label, seeds[0]) for label in labels}
 
     def report() -> None:
         meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -425,30 +607,35 @@ def main(argv: list[str] | None = None) -> int:
                 "runs_finished": sum(map(len, runs.values())), "runs_planned": len(order),
                 "train_minutes": sum(r["train_minutes"] for rs in runs.values() for r in rs)}
         rows = {label: summarize(label, configs[label], rs) for label, rs in runs.items() if rs}
+        if study.external_runs:
+            rows.update(external_rows(results_dir / study.external_runs, schedule))
         if rows:
-            write_reports(results_dir, rows, schedule, meta, configs[labels[0]])
+            write_reports(results_dir, rows, schedule, meta, configs[labels[0]], study)
 
     try:
         pending = []
         for label, seed in order:
             run_dir = run_dir_of(runs_dir, label, seed)
-            record = finished_run(run_dir, config_for(label, seed, schedule, args.data_dir))
+            record = finished_run(run_dir, config(label, seed))
             if record is None:
                 pending.append((label, seed))
             else:
+                if verify:
+                    record.update(export_and_verify(run_dir))
                 runs[label].append(record)
         print(f"{len(order) - len(pending)} of {len(order)} runs already finished in {runs_dir}",
               flush=True)
         report()
         if pending:
-            minutes = estimate_minutes(schedule, len(pending), args.data_dir)
+            minutes = estimate_minutes(config(*pending[0]), len(pending))
             print(f"estimate: about {minutes:.0f} min for {len(pending)} run(s) x "
                   f"{schedule['epochs']} epoch(s) (one timed batch, extrapolated)", flush=True)
         for i, (label, seed) in enumerate(pending, 1):
             print(f"\n[{i}/{len(pending)}]", end=" ")
-            config = config_for(label, seed, schedule, args.data_dir)
-            record = train_run(label, config, run_dir_of(runs_dir, label, seed),
-                               progress=not args.no_progress)
+            run_dir = run_dir_of(runs_dir, label, seed)
+            record = train_run(label, config(label, seed), run_dir, progress=not args.no_progress)
+            if verify:
+                record.update(export_and_verify(run_dir))
             runs[label].append(record)
             print(f"   -> {label}, seed {seed}: test accuracy "
                   f"{100 * record['test_accuracy']:.2f}%", flush=True)
@@ -460,9 +647,10 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted; run the same command again to resume the study", file=sys.stderr)
         return 130
 
-    print(f"\nwrote {results_dir}/accuracy_study.{{md,json,png}}")
+    print(f"\nwrote {results_dir}/{study.stem}.{{md,json,png}}")
     rows = {label: summarize(label, configs[label], rs) for label, rs in runs.items() if rs}
-    for t in check_targets({label: rows[label] for label in CONFIGS if label in rows}):
+    for t in (check_targets({label: rows[label] for label in CONFIGS if label in rows})
+              if study.model == "fmnist" else []):
         print(f"target {t['verdict']}: {t['target']} (margin {t['margin_points']:+.2f} points)")
     return 0
 

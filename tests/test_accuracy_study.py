@@ -53,3 +53,31 @@ def test_targets_are_judged_against_the_spread():
     assert verdicts["PACT W2A2 within 2 points of float"] == "missed"
     # W2A2 - DoReFa = +0.8 with a spread of 2.0.
     assert verdicts["PACT beats DoReFa activations at 2 bits"] == "within noise"
+
+
+def test_resnet20_study_rows_and_brevitas_rows_are_read_back(tmp_path):
+    """The ResNet20 study's schedule trains resnet20 at every row; a finished Brevitas run on the
+    same schedule becomes a row of the table, one on another schedule does not."""
+    import json
+
+    resnet = study.STUDIES["resnet20"]
+    for label in resnet.configs:
+        config = study.config_for(label, 1, resnet.schedule, None, resnet.configs)
+        assert config.model_name == "resnet20" and config.seed == 1, label
+    assert study.config_for("PACT+SAWB W2A2 SC2", 0, resnet.schedule, None,
+                            resnet.configs).shortcut_bits == 2
+    runs = tmp_path / "runs"
+    for seed, accuracy, schedule in ((0, 0.8, resnet.schedule), (1, 0.82, resnet.schedule),
+                                     (2, 0.5, resnet.quick)):
+        run = runs / f"brevitas-w2a2-sc8-seed{seed}"
+        run.mkdir(parents=True)
+        (run / "result.json").write_text(json.dumps({
+            "row": "Brevitas W2A2 SC8", "seed": seed, "test_accuracy": accuracy,
+            "test_error": 1 - accuracy, "test_images": 10000, "val_error": 0.2,
+            "train_time": 60.0, "history": [], "schedule": schedule}))
+    rows = study.external_rows(runs, resnet.schedule)
+    assert list(rows) == ["Brevitas W2A2 SC8"]
+    row = rows["Brevitas W2A2 SC8"]
+    assert row["seeds"] == [0, 1] and (row["wbits"], row["abits"]) == (2, 2)
+    assert row["accuracy_mean"] == pytest.approx(81.0)
+    assert row["accuracy_std"] == pytest.approx(math.sqrt(2) * 1.0)

@@ -5,7 +5,7 @@ import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
 from tinypact.models import (MODEL_FOR_DATASET, MODELS, build_model, graph_shapes,
-                             randomize_statistics)
+                             input_padding, randomize_statistics)
 from tinypact.quant import (SAWB_COEFFICIENTS, SAWB_ZERO_ALIGNED_COEFFICIENTS, ActQuant, Policy,
                             alpha_parameters)
 from tinypact.tensor import Tensor, no_grad
@@ -118,16 +118,27 @@ def randomize_for_comparison(model, rng) -> None:
             module.bias.data = rng.normal(0.3, 0.3, c)
 
 
-# Every policy on the cheap fmnist and on resnet20 (residual stream, shortcuts); two on svhn.
-GRAPH_CASES = ([("fmnist", p) for p in POLICIES] + [("resnet20", p) for p in POLICIES]
-               + [("svhn", p) for p in POLICIES[1:3]])
+# Every policy on the cheap fmnist and on resnet20 (residual stream, shortcuts); two on svhn;
+# then each network on another data set's images (channels, size: the stem's extra padding).
+GRAPH_CASES = ([("fmnist", p, {}) for p in POLICIES] + [("resnet20", p, {}) for p in POLICIES]
+               + [("svhn", p, {}) for p in POLICIES[1:3]]
+               + [("resnet20", POLICIES[1], {"in_channels": 1, "image_size": 28}),
+                  ("resnet20", POLICIES[4], {"in_channels": 1, "image_size": 28}),
+                  ("svhn", POLICIES[1], {"in_channels": 1, "image_size": 28}),
+                  ("svhn", POLICIES[2], {"in_channels": 3, "image_size": 32}),
+                  ("fmnist", POLICIES[1], {"in_channels": 3, "image_size": 32})])
 
 
-@pytest.mark.parametrize("name, policy", GRAPH_CASES,
-                         ids=[f"{n}-{p.describe().replace(' ', '_')}" for n, p in GRAPH_CASES])
-def test_graph_describes_exactly_what_forward_computes(name, policy):
+def _case_id(name: str, policy: Policy, options: dict) -> str:
+    shape = f"-{options['in_channels']}x{options['image_size']}" if options else ""
+    return f"{name}{shape}-{policy.describe().replace(' ', '_')}"
+
+
+@pytest.mark.parametrize("name, policy, options", GRAPH_CASES,
+                         ids=[_case_id(*case) for case in GRAPH_CASES])
+def test_graph_describes_exactly_what_forward_computes(name, policy, options):
     rng = np.random.default_rng(7)
-    model = build_model(name, policy)
+    model = build_model(name, policy, **options)
     randomize_for_comparison(model, rng)
     model.eval()
     x = rng.integers(0, 256, (2, *model.input_shape)).astype(np.float64) / 255
@@ -235,6 +246,45 @@ def test_build_model_by_dataset_spec_and_errors():
     assert build_model("fmnist", **wide.spec()["kwargs"]).conv0.out_channels == 8
     with pytest.raises(ValueError, match="unknown model"):
         build_model("vgg16")
+
+
+@pytest.mark.parametrize("name, channels, size, padding", [
+    ("resnet20", 1, 28, 2), ("resnet20", 3, 32, 0), ("resnet20", 3, 40, 0), ("svhn", 1, 28, 6),
+    ("svhn", 3, 32, 4), ("svhn", 3, 40, 0), ("fmnist", 3, 32, 0), ("fmnist", 1, 28, 0),
+    ("fmnist", 3, 40, 0)])
+def test_images_are_brought_to_the_network_by_one_rule(name, channels, size, padding):
+    """The stem takes the images' channels; smaller images are zero-padded on every side to the
+    native size, folded into the stem conv's padding, so zero-padding the images by hand and
+    running the native network with the same weights gives the same logits."""
+    policy = Policy(wbits=2, abits=2, weight_quant="sawb")
+    model = build_model(name, policy, in_channels=channels, image_size=size)
+    assert model.input_shape == (channels, size, size) and model.stem_padding == padding
+    assert model.graph()[0]["shape"] == [channels, size, size]
+    native = build_model(name, policy, in_channels=channels,
+                         image_size=max(size, model.native_shape[1]))
+    assert native.stem_padding == 0
+    randomize_statistics(model, seed=1)
+    native.load_state_dict(model.state_dict())
+    native.eval()
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (2, channels, size, size)).astype(np.float32)
+    padded = np.pad(pixels, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    with no_grad():
+        got = model(Tensor(pixels / 255)).data
+        expected = native(Tensor(padded / 255)).data
+    np.testing.assert_array_equal(got, expected)
+    again = build_model(model.spec()["name"], **model.spec()["kwargs"])
+    assert again.input_shape == model.input_shape and again.stem_padding == padding
+
+
+def test_images_that_cannot_be_brought_to_the_network_are_one_line_errors():
+    with pytest.raises(ValueError, match="at most 40x40 pixels"):
+        build_model("svhn", in_channels=3, image_size=48)
+    with pytest.raises(ValueError, match="cannot be padded equally"):
+        build_model("resnet20", in_channels=1, image_size=27)
+    assert input_padding("resnet20", 32, 28, True) == 2
+    assert build_model("fmnist").spec()["kwargs"] == {"policy": Policy().to_dict(),
+                                                       "num_classes": 10, "width": 16}
 
 
 def test_randomize_statistics_spreads_an_untrained_model():

@@ -127,6 +127,11 @@ def test_interrupt_keeps_checkpoint_and_prints_resume_command(tmp_path, capsys, 
 
 @pytest.mark.parametrize("argv, message", [
     (["imagenet"], "invalid choice: 'imagenet'"),
+    (["--model", "vgg16"], "invalid choice: 'vgg16'"),
+    (["--shortcut-bits", "2"], "the fmnist network has no shortcuts (add --model resnet20)"),
+    (["svhn", "--shortcut-bits", "4"], "the svhn network has no shortcuts"),
+    (["--model", "resnet20", "--shortcut-bits", "9"],
+     "--shortcut-bits must be one of 1..8, 16 or 32, got 9"),
     (["--bits", "0"], "--bits must be one of 1..8, 16 or 32, got 0"),
     (["--bits", "33"], "--bits must be one of 1..8, 16 or 32, got 33"),
     (["--bits", "12"], "--bits must be one of 1..8, 16 or 32, got 12"),
@@ -249,6 +254,56 @@ def test_progress_bars_only_on_a_terminal(full_run, capsys):
     """Without --no-progress, but stderr is not a terminal (captured): no bar lines."""
     assert evaluate_main([str(full_run.run_dir), "--limit", "40"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_recipe_of_a_network_on_another_data_set():
+    """The network's own optimizer settings, the data set's epochs, batch and hold-out, a cosine
+    schedule over them; the data set's own network keeps the data set's recipe."""
+    r20 = recipe("fashion-mnist", model="resnet20")
+    assert (r20.optimizer, r20.lr, r20.momentum, r20.weight_decay, r20.schedule, r20.alpha_lr) == (
+        "sgd", 0.1, 0.9, 2e-4, "cosine", None)
+    assert (r20.epochs, r20.batch_size, r20.val_size, r20.augment, r20.alpha_init) == (
+        3, 128, 5000, "none", 4.0)
+    assert r20.model_name == "resnet20" and recipe("fashion-mnist").model_name == "fmnist"
+    small = recipe("svhn", model="fmnist")
+    assert (small.optimizer, small.lr, small.alpha_lr, small.weight_decay, small.schedule,
+            small.epochs, small.augment) == ("adam", 2e-3, 0.05, 1e-5, "cosine", 200, "jitter")
+    assert recipe("cifar10", model="resnet20") == recipe("cifar10")
+    assert recipe("fashion-mnist", model="resnet20", lr=0.05).lr == 0.05
+    with pytest.raises(ValueError, match="unknown model 'vgg'"):
+        recipe("sample", model="vgg").validate()
+
+
+@pytest.mark.slow
+def test_resnet20_on_the_sample_with_low_precision_shortcuts(tmp_path):
+    """--model / --shortcut-bits end to end: the stem pads 28x28 to 32x32, the run directory
+    says which network, the export is exact; float shortcuts train but are not exported."""
+    from tinypact.train import config_from_args, build_parser, default_run_dir
+
+    argv = ["--model", "resnet20", "--shortcut-bits", "2", "--epochs", "1", *TINY,
+            "--limit-test", "24"]
+    config = config_from_args(build_parser().parse_args(argv))
+    assert default_run_dir(config, False).name == "sample-resnet20-w2a2-pact-sc2"
+    proc = subprocess.run([sys.executable, "-m", "tinypact.train", *argv, "--out",
+                           str(tmp_path / "run")], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "model    resnet20" in out and "shortcuts 2-bit" in out, out
+    assert "zero-padded to 32x32 in the stem conv" in out, out
+    assert "recipe   sgd lr 0.1" in out, out
+    assert "0 mismatching codes" in out and "bit-exact" in out, out
+    meta = load_checkpoint(tmp_path / "run").meta
+    assert meta["model"]["kwargs"]["in_channels"] == 1 and meta["graph"][0]["shape"] == [1, 28, 28]
+    assert {n["bits"] for n in meta["graph"] if n["id"].endswith("out_act")} == {2}
+
+    proc = subprocess.run([sys.executable, "-m", "tinypact.train", "--model", "resnet20",
+                           "--shortcut-bits", "32", "--epochs", "1", *TINY, "--out",
+                           str(tmp_path / "float-sc")], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "export   skipped: float shortcuts cannot be exported" in proc.stdout, proc.stdout
+    assert not (tmp_path / "float-sc" / "model.tpq").exists()
 
 
 def test_help_gives_every_default(capsys):

@@ -2,13 +2,22 @@
 `resnet20` (CIFAR-10), each built at any precision `Policy`, each able to describe itself as the
 checkpoint `graph` (docs/ARCHITECTURE.md) that integer_engine exports.
 
-Inputs are float32 NCHW tensors x = pixels / 255. Every conv/linear is a QConv2d/QLinear whose
+Inputs are float32 NCHW tensors x = pixels / 255. Every network has a native input (fmnist
+28x28x1, svhn 40x40x3, resnet20 32x32x3) and takes any data set's images by one rule
+(`input_padding`): the stem conv takes the images' channels, and images smaller than the native
+size are zero-padded equally on every side up to it. The padding is folded into the stem conv's
+own padding (a zero pixel is the code 0, so the two are the same computation), which keeps the
+graph, the export and the integer engine unchanged: they see the data set's images as they are.
+Larger images run at their own size where the network ends in a global pool (fmnist, resnet20).
+
+Every conv/linear is a QConv2d/QLinear whose
 weights are quantized by `policy.weight_quant`: at `first_last_bits` for the first conv and the
 last linear layer, at `wbits` elsewhere. Every activation is an `ActQuant` of kind
 `policy.act_quant` at `abits` (ResNet's residual stream: `shortcut_bits`).
 
     build_model("svhn", Policy(wbits=2, abits=2))            # -> Module with .graph(), .input_shape
     build_model(MODEL_FOR_DATASET["cifar10"], policy)         # resnet20
+    build_model("resnet20", policy, in_channels=1, image_size=28)  # on Fashion-MNIST
 """
 from __future__ import annotations
 
@@ -24,6 +33,23 @@ from tinypact.tensor import Tensor
 
 MODEL_FOR_DATASET = {"sample": "fmnist", "fashion-mnist": "fmnist", "svhn": "svhn",
                      "cifar10": "resnet20"}
+
+
+def input_padding(model: str, native: int, size: int, global_pool: bool) -> int:
+    """Zero pixels added on every side of a `size` x `size` image for the network `model`, whose
+    native input is `native` x `native` (the module docstring's rule); ValueError (one line) when
+    the images cannot be brought to the network."""
+    if size < 1:
+        raise ValueError(f"image size must be at least 1, got {size}")
+    if size >= native:
+        if size > native and not global_pool:
+            raise ValueError(f"the {model} network takes images of at most {native}x{native} "
+                             f"pixels (its last conv must end at 1x1), got {size}x{size}")
+        return 0
+    if (native - size) % 2:
+        raise ValueError(f"{size}x{size} images cannot be padded equally on every side to the "
+                         f"{model} network's {native}x{native}")
+    return (native - size) // 2
 
 
 # ==================================================================================== graph
@@ -128,11 +154,21 @@ class Network(Module):
     """A network built from a precision policy: `input_shape` (C, H, W), `graph()`, `spec()`."""
 
     name = ""
-    input_shape: tuple[int, int, int] = (0, 0, 0)
+    native_shape: tuple[int, int, int] = (0, 0, 0)  # (C, H, W) of the paper's / our data set
+    global_pool = True  # ends in a global pool: runs on images larger than native_shape too
 
-    def __init__(self, policy: Policy, num_classes: int = 10):
+    def __init__(self, policy: Policy, num_classes: int = 10, in_channels: int | None = None,
+                 image_size: int | None = None):
         super().__init__()
         self.policy, self.num_classes = policy, num_classes
+        channels, native = self.native_shape[0], self.native_shape[1]
+        self.in_channels = channels if in_channels is None else int(in_channels)
+        self.image_size = native if image_size is None else int(image_size)
+        if self.in_channels < 1:
+            raise ValueError(f"in_channels must be at least 1, got {self.in_channels}")
+        # Extra zero padding of the stem conv (input_padding): 0 on the network's own data.
+        self.stem_padding = input_padding(self.name, native, self.image_size, self.global_pool)
+        self.input_shape = (self.in_channels, self.image_size, self.image_size)
         self.input_quant = InputQuant()  # first child: pixels / 255 -> 8-bit codes
 
     def spec(self) -> dict:
@@ -143,8 +179,11 @@ class Network(Module):
                            **self.options()}}
 
     def options(self) -> dict:
-        """Constructor options beyond policy and num_classes (for `spec`)."""
-        return {}
+        """Constructor options beyond policy and num_classes (for `spec`): the input's channels
+        and size where they differ from the native ones, and each network's own."""
+        native = {"in_channels": self.native_shape[0], "image_size": self.native_shape[1]}
+        return {key: getattr(self, key) for key, value in native.items()
+                if getattr(self, key) != value}
 
     def graph(self) -> list[dict]:
         raise NotImplementedError
@@ -178,6 +217,12 @@ class Network(Module):
         bits = self.policy.first_last_bits if first else self.policy.wbits
         return QConv2d(in_ch, out_ch, kernel, stride, padding, bias=bias,
                        weight_quant=self.policy.weight_quant, wbits=bits)
+
+    def _stem(self, out_ch: int, kernel: int, stride: int = 1, padding: int = 0,
+              bias: bool = False) -> QConv2d:
+        """The first conv: the images' channels in, its own padding plus `stem_padding`."""
+        return self._conv(self.in_channels, out_ch, kernel, stride, padding + self.stem_padding,
+                          bias=bias, first=True)
 
     def _linear(self, in_features: int, out_features: int) -> QLinear:
         return QLinear(in_features, out_features, bias=True,
@@ -218,13 +263,14 @@ class FashionMNISTNet(ChainNetwork):
     """
 
     name = "fmnist"
-    input_shape = (1, 28, 28)
+    native_shape = (1, 28, 28)
 
-    def __init__(self, policy: Policy, num_classes: int = 10, width: int = 16):
-        super().__init__(policy, num_classes)
+    def __init__(self, policy: Policy, num_classes: int = 10, width: int = 16,
+                 in_channels: int | None = None, image_size: int | None = None):
+        super().__init__(policy, num_classes, in_channels, image_size)
         self.width = width
         c1, c2, c3 = width, 2 * width, 4 * width
-        self.conv0, self.bn0, self.act0 = self._conv(1, c1, 3, 1, 1, first=True), BatchNorm2d(c1), self._act()
+        self.conv0, self.bn0, self.act0 = self._stem(c1, 3, 1, 1), BatchNorm2d(c1), self._act()
         self.pool0 = MaxPool2d(2, 2)
         self.conv1, self.bn1, self.act1 = self._conv(c1, c2, 3, 1, 1), BatchNorm2d(c2), self._act()
         self.pool1 = MaxPool2d(2, 2)
@@ -234,7 +280,7 @@ class FashionMNISTNet(ChainNetwork):
         self.fc = self._linear(c3, num_classes)
 
     def options(self) -> dict:
-        return {"width": self.width}
+        return {"width": self.width, **super().options()}
 
 
 class SVHNNet(ChainNetwork):
@@ -253,15 +299,17 @@ class SVHNNet(ChainNetwork):
     """
 
     name = "svhn"
-    input_shape = (3, 40, 40)
+    native_shape = (3, 40, 40)
+    global_pool = False
 
-    def __init__(self, policy: Policy, num_classes: int = 10):
-        super().__init__(policy, num_classes)
+    def __init__(self, policy: Policy, num_classes: int = 10, in_channels: int | None = None,
+                 image_size: int | None = None):
+        super().__init__(policy, num_classes, in_channels, image_size)
 
         def bn(channels: int) -> BatchNorm2d:
             return BatchNorm2d(channels, eps=1e-4, momentum=0.1)
 
-        self.conv0 = self._conv(3, 48, 5, bias=True, first=True)
+        self.conv0 = self._stem(48, 5, bias=True)
         self.pool0, self.act0 = MaxPool2d(2, 2), self._act()
         self.conv1, self.bn1, self.act1 = self._conv(48, 64, 3, padding=1), bn(64), self._act()
         self.conv2, self.bn2 = self._conv(64, 64, 3, padding=1), bn(64)
@@ -342,11 +390,12 @@ class ResNet20(Network):
     """
 
     name = "resnet20"
-    input_shape = (3, 32, 32)
+    native_shape = (3, 32, 32)
 
-    def __init__(self, policy: Policy, num_classes: int = 10):
-        super().__init__(policy, num_classes)
-        self.conv0 = self._conv(3, 16, 3, 1, 1, first=True)
+    def __init__(self, policy: Policy, num_classes: int = 10, in_channels: int | None = None,
+                 image_size: int | None = None):
+        super().__init__(policy, num_classes, in_channels, image_size)
+        self.conv0 = self._stem(16, 3, 1, 1)
         self.bn0, self.act0 = BatchNorm2d(16), self._act(policy.shortcut_bits)
         self.layer1 = Sequential(*[BasicBlock(self, 16, 16, 1) for _ in range(3)])
         self.layer2 = Sequential(BasicBlock(self, 16, 32, 2), BasicBlock(self, 32, 32, 1),

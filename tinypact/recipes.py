@@ -10,6 +10,13 @@
   sized so that `python -m tinypact.train` (2-bit PACT on the bundled sample) finishes in a few
   minutes on a 2-core machine.
 
+The network is a separate choice (`model`; default: the data set's own, MODEL_FOR_DATASET). A
+network on another data set (`recipe(dataset, model=...)`) trains with its own data set's
+optimizer settings (optimizer, learning rate, momentum, Adam's eps, weight decay, alpha's rate:
+what suits the architecture) and with the data set's epochs, batch size, augmentation and
+validation hold-out (what suits the data); its schedule is cosine over those epochs (a step
+schedule is tied to the epoch count it was made for).
+
 PACT's alpha gets the same L2 decay as the weights (the paper: lambda_alpha = weight decay works
 well) unless `alpha_decay` is set, and the same learning rate unless `alpha_lr` is set.
 """
@@ -37,9 +44,11 @@ class TrainConfig:
     """
 
     dataset: str = "sample"
+    model: str | None = None  # None: the data set's own network (tinypact.models.MODEL_FOR_DATASET)
     wbits: int = 2
     abits: int = 2
     first_last_bits: int = 8
+    shortcut_bits: int = 8  # resnet20's residual stream (the follow-up paper's shortcuts)
     weight_quant: str = "dorefa"
     act_quant: str = "pact"
     alpha_init: float = 10.0
@@ -91,21 +100,40 @@ class TrainConfig:
         return "train+extra" if self.svhn_extra else "train"
 
     @property
+    def model_name(self) -> str:
+        """The network: `model`, else the data set's own."""
+        from tinypact.models import MODEL_FOR_DATASET
+
+        return self.model or MODEL_FOR_DATASET[self.dataset]
+
+    @property
     def is_float(self) -> bool:
         return self.wbits >= 32 and self.abits >= 32
+
+    @property
+    def float_layers(self) -> list[str]:
+        """The parts kept in float (32 bits): what makes a model not exportable to integers."""
+        names = {"wbits": "weights", "abits": "activations", "first_last_bits": "first/last layers"}
+        if self.model_name == "resnet20":
+            names["shortcut_bits"] = "shortcuts"
+        return [label for field_name, label in names.items() if getattr(self, field_name) >= 32]
 
     def policy_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of `tinypact.quant.Policy`."""
         return {"wbits": self.wbits, "abits": self.abits, "first_last_bits": self.first_last_bits,
-                "weight_quant": self.weight_quant, "act_quant": self.act_quant,
-                "alpha_init": self.alpha_init}
+                "shortcut_bits": self.shortcut_bits, "weight_quant": self.weight_quant,
+                "act_quant": self.act_quant, "alpha_init": self.alpha_init}
 
     def describe_policy(self) -> str:
         if self.is_float:
             return "float32 (no quantization)"
         fl = "float" if self.first_last_bits >= 32 else f"{self.first_last_bits}-bit"
+        shortcuts = ""
+        if self.model_name == "resnet20":
+            sc = "float" if self.shortcut_bits >= 32 else f"{self.shortcut_bits}-bit"
+            shortcuts = f", shortcuts {sc}"
         return (f"W{self.wbits}A{self.abits} ({self.weight_quant} weights, {self.act_quant} "
-                f"activations; first/last layer weights {fl})")
+                f"activations; first/last layer weights {fl}{shortcuts})")
 
     def validate(self) -> None:
         """Raise ValueError (one line) for settings that make no sense."""
@@ -113,7 +141,11 @@ class TrainConfig:
             raise ValueError(f"unknown dataset {self.dataset!r}; choose from {', '.join(DATASETS)}")
         from tinypact.quant.functional import check_bits
 
-        for name in ("wbits", "abits", "first_last_bits"):
+        from tinypact.models import MODELS
+
+        if self.model is not None and self.model not in MODELS:
+            raise ValueError(f"unknown model {self.model!r}; choose from {', '.join(MODELS)}")
+        for name in ("wbits", "abits", "first_last_bits", "shortcut_bits"):
             check_bits(getattr(self, name), name)
         choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "augment": AUGMENTATIONS,
                    "weight_quant": WEIGHT_QUANTS, "act_quant": ACT_QUANTS}
@@ -156,10 +188,35 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
+# What a network brings from its own data set's recipe to another data set (module docstring).
+MODEL_FIELDS = ("optimizer", "lr", "momentum", "adam_eps", "weight_decay", "alpha_lr")
+# The data set each network was designed for: its recipe is the network's own.
+HOME_DATASET = {"fmnist": "fashion-mnist", "svhn": "svhn", "resnet20": "cifar10"}
+# Settings of a (model, data set) pair beyond that rule. resnet20 on the short Fashion-MNIST
+# schedules: PACT's alpha starts at 4, not 10. With SGD alpha moves only where activations reach
+# it (its gradient) and by weight decay; from 10 at 2 bits almost no batch-normalised activation
+# reaches the first level (10 / 3 / 2), and in a few epochs decay cannot bring alpha down (the
+# paper's 200 epochs can): the network would stay silent.
+PAIR_RECIPES: dict[tuple[str, str], dict[str, Any]] = {
+    ("resnet20", "fashion-mnist"): dict(alpha_init=4.0),
+    ("resnet20", "sample"): dict(alpha_init=4.0),
+}
+
+
 def recipe(dataset: str, **overrides: Any) -> TrainConfig:
-    """The default TrainConfig of `dataset`, with `overrides` (None values are ignored)."""
+    """The default TrainConfig of `dataset` (and of `model`, when given: the module docstring's
+    rule), with `overrides` (None values are ignored)."""
+    from tinypact.models import MODEL_FOR_DATASET
+
     if dataset not in RECIPES:
         raise ValueError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}")
     values = dict(RECIPES[dataset])
+    model = overrides.get("model")
+    if model is not None and model in HOME_DATASET and model != MODEL_FOR_DATASET[dataset]:
+        home = TrainConfig.from_dict(RECIPES[HOME_DATASET[model]])
+        values.update({name: getattr(home, name) for name in MODEL_FIELDS}, schedule="cosine")
+        values.update(PAIR_RECIPES.get((model, dataset), {}))
     values.update({k: v for k, v in overrides.items() if v is not None})
+    if values.get("model") == MODEL_FOR_DATASET[dataset]:
+        values["model"] = None  # the data set's own network: runs made before `model` existed
     return TrainConfig.from_dict(values)

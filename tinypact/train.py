@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from tinypact.checkpoint import CHECKPOINT_NAME, METRICS_NAME, CheckpointError, is_run_dir
+from tinypact.models import MODEL_FOR_DATASET, MODELS
 from tinypact.recipes import ACT_QUANTS, DATASETS, OPTIMIZERS, SCHEDULES, WEIGHT_QUANTS, recipe
 from tinypact.recipes import AUGMENTATIONS, TrainConfig
 
@@ -47,6 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
         "RUN/model.tpq`.")
     parser.add_argument("dataset", nargs="?", default="sample", choices=DATASETS,
                         help="data set (default: sample, the bundled Fashion-MNIST subset)")
+    own = ", ".join(f"{data} {model}" for data, model in MODEL_FOR_DATASET.items())
+    parser.add_argument("--model", choices=list(MODELS),
+                        help=f"network (default: the data set's own: {own}). On another data "
+                        "set the stem conv takes its images' channels and smaller images are "
+                        "zero-padded to the network's size (resnet20: 28x28 -> 32x32); the "
+                        "optimizer settings come from the network's own recipe, epochs, batch "
+                        "size and augmentation from the data set's")
     quant = parser.add_argument_group("quantization")
     quant.add_argument("--bits", type=int, metavar="K",
                        help="weight and activation bits of interior layers (1-8, 16; 32 = a float "
@@ -55,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     quant.add_argument("--abits", type=int, metavar="K", help="activation bits (overrides --bits)")
     quant.add_argument("--first-last-bits", type=int, metavar="K",
                        help="weight bits of the first conv and the last linear layer (default 8)")
+    quant.add_argument("--shortcut-bits", type=int, metavar="K",
+                       help="resnet20: bits of the residual stream, the activation after each "
+                       "add (default 8, the follow-up paper's high-precision shortcuts; 2-8, or "
+                       "32 = float, which trains but cannot be exported to integers)")
     quant.add_argument("--weight-quant", choices=WEIGHT_QUANTS,
                        help="weight quantizer: dorefa (default), sawb, or sawb0 (zero-aligned SAWB: "
                             "2**k - 1 levels including 0; 2, 4 or 8 bits)")
@@ -111,14 +123,15 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The dataset's recipe with the options given on the command line; ValueError if invalid."""
     from tinypact.quant.functional import check_bits
 
-    for name in ("bits", "wbits", "abits", "first_last_bits"):
+    for name in ("bits", "wbits", "abits", "first_last_bits", "shortcut_bits"):
         value = getattr(args, name)
         if value is not None:
             check_bits(value, f"--{name.replace('_', '-')}")
     overrides = {
         "wbits": args.wbits if args.wbits is not None else args.bits,
         "abits": args.abits if args.abits is not None else args.bits,
-        "first_last_bits": args.first_last_bits, "weight_quant": args.weight_quant,
+        "model": args.model, "first_last_bits": args.first_last_bits,
+        "shortcut_bits": args.shortcut_bits, "weight_quant": args.weight_quant,
         "act_quant": args.act_quant, "alpha_init": args.alpha_init, "epochs": args.epochs,
         "batch_size": args.batch_size, "lr": args.lr, "optimizer": args.optimizer,
         "schedule": args.schedule, "weight_decay": args.weight_decay, "augment": args.augment,
@@ -131,7 +144,13 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         overrides["act_quant"] = "relu"  # a float network is a plain ReLU network
     if args.bits == 32 and args.first_last_bits is None:
         overrides["first_last_bits"] = 32
-    if args.optimizer is not None and args.optimizer != recipe(args.dataset).optimizer \
+    model = args.model or MODEL_FOR_DATASET[args.dataset]
+    if args.shortcut_bits is not None and model != "resnet20":
+        raise ValueError(f"--shortcut-bits sets resnet20's residual stream; the {model} network "
+                         f"has no shortcuts (add --model resnet20)")
+    if args.bits == 32 and args.shortcut_bits is None and model == "resnet20":
+        overrides["shortcut_bits"] = 32
+    if args.optimizer is not None and args.optimizer != recipe(args.dataset, model=args.model).optimizer \
             and args.lr is None:
         # Another optimizer needs another learning rate than the recipe's.
         overrides["lr"] = {"adam": 1e-3, "sgd": 0.1}[args.optimizer]
@@ -151,13 +170,19 @@ def _check_policy(config: TrainConfig) -> None:
 def policy_tag(config: TrainConfig) -> str:
     if config.is_float:
         return "float"
-    return f"w{config.wbits}a{config.abits}-{config.act_quant.replace('+', 'plus')}" + (
+    tag = f"w{config.wbits}a{config.abits}-{config.act_quant.replace('+', 'plus')}" + (
         "" if config.weight_quant == "dorefa" else f"-{config.weight_quant}")
+    if config.model_name == "resnet20" and config.shortcut_bits != 8:
+        tag += f"-sc{config.shortcut_bits}"
+    return tag
 
 
 def default_run_dir(config: TrainConfig, resume: bool) -> Path:
-    """runs/DATASET-POLICY, or -2, -3, ... for a new run; the latest existing one to resume."""
-    base = Path("runs") / f"{config.dataset}-{policy_tag(config)}"
+    """runs/DATASET[-MODEL]-POLICY (MODEL when not the data set's own), or -2, -3, ... for a new
+    run; the latest existing one to resume."""
+    model = "" if config.model is None or config.model == MODEL_FOR_DATASET[config.dataset] \
+        else f"-{config.model}"
+    base = Path("runs") / f"{config.dataset}{model}-{policy_tag(config)}"
     candidates = [base] + [base.with_name(f"{base.name}-{i}") for i in range(2, 1000)]
     existing = [path for path in candidates if is_run_dir(path)]
     if resume:
@@ -209,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         model_arg = shlex.quote(str(exported))
         print(f"         python -m integer_engine run {model_arg} --data {config.dataset}")
         print(f"         python -m integer_engine simulate {model_arg}")
-    elif not config.is_float:
+    elif not config.float_layers:
         print(f"         python -m integer_engine export {shlex.quote(str(run_dir))} -o "
               f"{shlex.quote(str(run_dir / 'model.tpq'))}")
     return 0
@@ -225,8 +250,11 @@ def _export_and_verify(result) -> Path | None:
     reported, it does not undo the training. Returns the model file's path, or None.
     """
     config, run_dir = result.config, result.run_dir
-    if config.wbits >= 32 or config.abits >= 32 or config.first_last_bits >= 32:
-        print("export   skipped: float layers are not exportable to the integer engine")
+    if config.float_layers:
+        parts = config.float_layers
+        listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+        print(f"export   skipped: float {listed} cannot be exported to the integer engine "
+              f"(it runs integer-only networks)")
         return None
     try:
         from integer_engine.errors import EngineError

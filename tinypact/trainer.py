@@ -100,16 +100,23 @@ def reseed_for_epoch(seed: int, epoch: int) -> None:
 
 
 # ----------------------------------------------------------------------------------------- model
-def build(config: TrainConfig, num_classes: int = 10):
-    """(model, model_meta) for a config; model_meta is the checkpoint's {"name", "kwargs"}."""
-    from tinypact.models import MODEL_FOR_DATASET, build_model
+def build(config: TrainConfig, image_shape: tuple[int, ...] | None = None, num_classes: int = 10):
+    """(model, model_meta) for a config and the data's image shape (C, H, W) (None: the
+    network's native input); model_meta is the checkpoint's {"name", "kwargs"} (`Network.spec`).
+    ValueError (one line) when the images cannot be brought to the network."""
+    from tinypact.models import build_model
     from tinypact.quant import Policy
 
     tp_random.manual_seed(config.seed)
     policy = Policy(**config.policy_kwargs())
-    name = MODEL_FOR_DATASET[config.dataset]
-    model = build_model(name, policy, num_classes=num_classes)
-    return model, {"name": name, "kwargs": {"policy": policy.to_dict(), "num_classes": num_classes}}
+    options = {}
+    if image_shape is not None:
+        channels, height, width = image_shape
+        if height != width:
+            raise ValueError(f"the networks take square images, got {height}x{width}")
+        options = {"in_channels": channels, "image_size": height}
+    model = build_model(config.model_name, policy, num_classes=num_classes, **options)
+    return model, model.spec()
 
 
 def build_from_meta(model_meta: dict):
@@ -329,7 +336,13 @@ def fit(config: TrainConfig, run_dir: str | Path, resume: bool = False, progress
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(run_dir / CONFIG_NAME, config.to_dict())
     loader = train_loader(train, config)
-    model, model_meta = build(config)
+    try:
+        model, model_meta = build(config, train.shape)
+    except ValueError as err:
+        from tinypact.data import DataError
+
+        raise DataError(f"{config.dataset} images cannot be fed to the {config.model_name} "
+                        f"network: {err}") from None
     optimizer, scheduler = build_optimizer(model, config)
     history: list[dict] = []
     start_epoch = 0
@@ -351,6 +364,12 @@ def fit(config: TrainConfig, run_dir: str | Path, resume: bool = False, progress
         f"{len(test)} test images of shape {tuple(train.images.shape[1:])}")
     log(f"model    {model_meta['name']}, {count_parameters(model):,} parameters; "
         f"{config.describe_policy()}")
+    if model.stem_padding or model.input_shape != model.native_shape:
+        native = "x".join(map(str, model.native_shape[1:]))
+        fitted = (f"zero-padded to {native} in the stem conv" if model.stem_padding
+                  else "at their own size")
+        log(f"input    {'x'.join(map(str, model.input_shape))} images (C x H x W), {fitted}; "
+            f"the network's own input is {'x'.join(map(str, model.native_shape))}")
     log(f"recipe   {config.optimizer} lr {config.lr:g}, {config.schedule} schedule, "
         f"weight decay {config.weight_decay:g}, batch {config.batch_size}, {config.epochs} epochs, "
         f"augment {config.augment}, seed {config.seed}")
