@@ -38,7 +38,10 @@ def test_run_reports_accuracy_speed_and_layer_table(exported, capsys):
     assert main(["run", str(model), "--data", str(data), "--limit", "25", "--batch-size", "10"]) == 0
     out = capsys.readouterr().out
     assert "25 images, accuracy" in out and "images/s" in out, out
-    assert "bitserial" in out and "MACs/image" in out and "total" in out, out
+    assert "MACs/image" in out and "total" in out, out
+    # Which kernel runs a layer depends on the CPU (integer_engine.cpu): every conv names one.
+    convs = [line.split() for line in out.splitlines() if " conv " in f" {line} "]
+    assert convs and all(row[5] in ("bitserial", "int8") for row in convs), out
 
 
 def test_verify_bit_exact_on_data_and_random(exported, capsys):
