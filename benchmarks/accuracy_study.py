@@ -56,7 +56,8 @@ if str(ROOT) not in sys.path:
 
 from tinypact import plots  # noqa: E402
 from tinypact.checkpoint import (CHECKPOINT_NAME, CheckpointError,  # noqa: E402
-                                 check_resume_config, is_run_dir, load_checkpoint, read_config)
+                                 check_resume_config, is_run_dir, load_checkpoint, read_config,
+                                 read_metrics)
 from typing import NamedTuple  # noqa: E402
 
 from tinypact.recipes import TrainConfig, recipe  # noqa: E402
@@ -193,7 +194,10 @@ def finished_run(run_dir: Path, config: TrainConfig) -> dict | None:
     # Fields added to TrainConfig after the run was made take their defaults.
     check_resume_config(TrainConfig.with_defaults(read_config(run_dir)), config.to_dict(),
                         str(run_dir))
-    history = load_checkpoint(run_dir).meta.get("history", [])
+    # A finished run kept without its checkpoint (the small files of a study committed to git)
+    # still counts: its history is in metrics.jsonl.
+    history = (load_checkpoint(run_dir).meta.get("history", [])
+               if (run_dir / CHECKPOINT_NAME).exists() else read_metrics(run_dir))
     return run_record(run_dir, config, json.loads((run_dir / RESULT_NAME).read_text()), history)
 
 
