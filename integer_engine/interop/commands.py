@@ -31,6 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", metavar="MODEL.tpq")
     p.add_argument("-o", "--output", required=True, metavar="ONNX")
     p.add_argument("--qonnx", action="store_true", help="QONNX form (FINN's input) instead of ONNX Runtime's")
+    p.add_argument("--batch", type=int, default=1, metavar="N",
+                   help="with --qonnx: the fixed batch size written into every tensor shape (default 1, "
+                        "FINN's convention); the ONNX Runtime form takes any batch")
     p.set_defaults(func=cmd_export_onnx)
 
     p = sub.add_parser("verify-onnx", help="engine vs ONNX Runtime / qonnx on every layer (0 mismatches)",
@@ -80,10 +83,14 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     onnx = require("onnx")
     model = _load(args.model)
     _check_output_dir(args.output)
+    if args.batch < 1:
+        raise EngineError(f"--batch must be at least 1, got {args.batch}")
     if args.qonnx:
         from integer_engine.interop.to_qonnx import to_qonnx
-        proto = to_qonnx(model)
+        proto = to_qonnx(model, batch=args.batch)
     else:
+        if args.batch != 1:
+            raise EngineError("--batch applies to --qonnx only (the ONNX Runtime form takes any batch)")
         from integer_engine.interop.to_onnx import to_onnx
         proto = to_onnx(model)
     onnx.checker.check_model(proto)

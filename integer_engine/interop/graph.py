@@ -45,9 +45,10 @@ class GraphBuilder:
         return name
 
     def const(self, value: np.ndarray, hint: str = "const") -> str:
-        """An initializer holding `value` exactly (its dtype is kept)."""
+        """An initializer holding `value` exactly (its dtype and shape are kept: a 0-d scalar stays
+        0-d, which qonnx's datatype inference needs for a Quant's scale, zero point, bit width)."""
         name = self.fresh(hint)
-        array = np.ascontiguousarray(value)
+        array = np.array(value, order="C")
         self.initializers.append(self.onnx.numpy_helper.from_array(array, name))
         self.types[name] = self.onnx.helper.np_dtype_to_tensor_dtype(array.dtype)
         return name
@@ -103,9 +104,18 @@ class GraphBuilder:
         Conv, exact because every partial sum is an integer <= out_max < 2**24."""
         if out_max >= 2**24:
             raise ValueError(f"window sums up to {out_max} are not exact in float32")
-        ones = self.const(np.ones((channels, 1, k, k), np.float32), "ones")
-        return self.op("Conv", [self.cast(x, np.float32), ones], group=channels, kernel_shape=[k, k],
-                       strides=[s, s])
+        return self.conv(self.cast(x, np.float32), self.ones((channels, 1, k, k)), (k, k), s, 0, channels)
+
+    def ones(self, shape: tuple) -> str:
+        """A float32 all-ones kernel (for window sums)."""
+        return self.const(np.ones(shape, np.float32), "ones")
+
+    def conv(self, x: str, w: str, kernel: tuple, stride: int, padding: int, group: int = 1,
+             out: str | None = None) -> str:
+        """A Conv with every attribute written out (qonnx's and FINN's transforms read `group`,
+        `dilations`, `kernel_shape`, `pads` and `strides` without defaults)."""
+        return self.op("Conv", [x, w], out, dilations=[1, 1], group=group, kernel_shape=list(kernel),
+                       pads=[padding] * 4, strides=[stride, stride])
 
     def subsample_pad(self, x: str, stride: int, before: int, after: int, out: str) -> str:
         """x[:, :, ::stride, ::stride] (Slice with steps), then zero channels before/after (Pad)."""

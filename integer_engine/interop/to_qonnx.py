@@ -24,7 +24,8 @@ pixel value (annotated UINT8), every activation its code (MultiThreshold's `out_
   float32 sum z with exact float32 thresholds (`float_search.py`), so the whole add is one
   float chain plus a threshold, the shape FINN's streamlining produces.
 - max-pool: MaxPool (on codes >= 0, ONNX's ignored padding equals the engine's zeros); average
-  pools as window sums (ReduceSum / depthwise all-ones Conv); shortcut: Slice + Pad.
+  pools, the global one included, as window sums: a depthwise Conv with an all-ones kernel
+  (annotated BINARY), which FINN maps to a vector-vector unit; shortcut: Slice + Pad.
 """
 from __future__ import annotations
 
@@ -85,11 +86,11 @@ class _QonnxLowering:
         if a["acc_bound"] <= FLOAT32_EXACT:
             return self.matmul(layer, x, self.weights(layer, sign))
         if 255 < a["in_max"] < 2**16 and a["acc_bound"] // a["in_max"] * 255 <= FLOAT32_EXACT:
-            w = self.weights(layer, sign)
+            # one weight Quant per product: FINN folds no Quant that feeds two nodes
             high = g.op("Floor", [g.op("Div", [x, g.scalar(256.0, np.float32)])])
             low = g.op("Sub", [x, g.op("Mul", [high, g.scalar(256.0, np.float32)])])
-            scaled_high = g.op("Mul", [self.matmul(layer, high, w), g.scalar(256.0, np.float32)])
-            return g.op("Add", [scaled_high, self.matmul(layer, low, w)])
+            scaled_high = g.op("Mul", [self.matmul(layer, high, self.weights(layer, sign)), g.scalar(256.0, np.float32)])
+            return g.op("Add", [scaled_high, self.matmul(layer, low, self.weights(layer, sign))])
         if channels >= 2 and half * per_channel <= FLOAT32_EXACT:
             parts = []
             for inputs in (slice(0, half), slice(half, channels)):
@@ -106,9 +107,17 @@ class _QonnxLowering:
     def matmul(self, layer: Layer, x: str, w: str) -> str:
         a, g = layer.attrs, self.g
         if a["kind"] == "conv":
-            return g.op("Conv", [x, w], pads=[a["padding"]] * 4, strides=[a["stride"]] * 2,
-                        kernel_shape=list(a["kernel"]))
+            return g.conv(x, w, a["kernel"], a["stride"], a["padding"])
         return g.op("MatMul", [x, w])
+
+    def window_sum(self, x: str, channels: int, kernel: tuple, stride: int, out_max: int, out: str) -> str:
+        """Window sums as a depthwise Conv with an all-ones kernel annotated BINARY (FINN lowers it
+        to a vector-vector unit), exact on integers below 2**24."""
+        if out_max >= FLOAT32_EXACT:
+            raise EngineError(f"layer {out!r}: window sums up to {out_max} are not exact in float32")
+        ones = self.g.ones((channels, 1, *kernel))
+        self.datatypes[ones] = "BINARY"
+        return self.g.conv(x, ones, kernel, stride, 0, channels, out)
 
     def multithreshold(self, x: str, table: np.ndarray, out_max: int, out: str) -> str:
         dtype = f"UINT{max(1, int(out_max).bit_length())}"
@@ -145,16 +154,17 @@ class _QonnxLowering:
             k, p = a["kernel"], a["padding"]
             g.op("MaxPool", [x], name, kernel_shape=[k, k], strides=[a["stride"]] * 2, pads=[p] * 4)
         elif kind == "avgpool":
-            if a["kernel"] == "global":
-                g.op("ReduceSum", [x, g.const(np.array([2, 3], np.int64), "axes")], name, keepdims=1)
+            channels, height, width = a["in_shape"]
+            if a["kernel"] == "global":  # one window over the whole map (FINN has no ReduceSum unit)
+                self.window_sum(x, channels, (height, width), 1, a["out_max"], name)
             else:
-                g.rename(g.window_sum(x, a["in_shape"][0], a["kernel"], a["stride"], a["out_max"]), name)
+                self.window_sum(x, channels, (a["kernel"],) * 2, a["stride"], a["out_max"], name)
         elif kind == "flatten":
             g.op("Flatten", [x], name, axis=1)
         elif kind == "shortcut":
             s = a["stride"]
             if a["mode"] == "avgpool":
-                y = g.window_sum(x, a["in_shape"][0], s, s, a["out_max"])
+                y = self.window_sum(x, a["in_shape"][0], (s, s), s, a["out_max"], g.fresh("window_sum"))
                 g.subsample_pad(y, 1, a["pad_before"], a["pad_after"], name)
             else:
                 g.subsample_pad(x, s, a["pad_before"], a["pad_after"], name)
@@ -169,19 +179,26 @@ class _QonnxLowering:
             raise EngineError(f"layer {name!r}: kind {kind!r} has no QONNX form")
 
 
-def to_qonnx(model: IntegerModel):
-    """The QONNX model (onnx.ModelProto): input `input` float32 (1, C, H, W) pixel values
-    (UINT8; batch 1 as FINN expects, `check.with_batch` changes it), output `logits` float32;
-    every layer's output is the tensor named after the layer."""
+def to_qonnx(model: IntegerModel, batch: int = 1):
+    """The QONNX model (onnx.ModelProto): input `input` float32 (batch, C, H, W) pixel values
+    (UINT8; batch 1 is FINN's convention), output `logits` float32; every layer's output is the
+    tensor named after the layer. Every tensor's shape is in the file (qonnx's InferShapes), so
+    qonnx's and FINN's `execute_onnx` run it as saved."""
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.transformation.infer_shapes import InferShapes
+
+    if batch < 1:
+        raise EngineError(f"batch must be at least 1, got {batch}")
     lowering = _QonnxLowering(model)
-    onnx_model = lower_model(lowering.g, model, lowering.layer, np.float32, 1, FORM)
+    onnx_model = lower_model(lowering.g, model, lowering.layer, np.float32, batch, FORM)
     _annotate(onnx_model, lowering.datatypes)
-    return onnx_model
+    return ModelWrapper(onnx_model).transform(InferShapes()).model
 
 
 def _annotate(onnx_model, datatypes: dict[str, str]) -> None:
     """FINN's datatype annotations (graph.quantization_annotation), as qonnx's ModelWrapper
-    writes them: the input's UINT8 and every MultiThreshold output's UINTk."""
+    writes them: the input's UINT8, every MultiThreshold output's UINTk, the window sums'
+    all-ones kernels BINARY."""
     from integer_engine.interop import require
 
     onnx = require("onnx")
