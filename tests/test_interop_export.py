@@ -147,3 +147,105 @@ def test_cli_export_and_verify(tmp_path, capsys):
         assert "0 mismatches" in capsys.readouterr().out
     assert main(["verify-onnx", str(tmp_path / "m.tpq"), str(tmp_path / "missing.onnx")]) == 2
     assert "ONNX model not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_qonnx_file_runs_as_saved_with_every_shape_and_datatype(tmp_path, batch):
+    """The saved file runs in qonnx's execute_onnx unchanged (every tensor's shape is in it) at
+    its batch; Conv nodes carry every attribute qonnx/FINN read; Quant parameters are 0-d, so
+    qonnx's InferDataTypes gives each weight Quant INTk, BipolarQuant BIPOLAR, MultiThreshold
+    UINTk (the bit widths FINN then builds its units for)."""
+    import onnx
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.core.onnx_exec import execute_onnx
+    from qonnx.transformation.infer_datatypes import InferDataTypes
+
+    make_checkpoint(tmp_path / "checkpoint.npz", "fmnist", wbits=1, abits=2)
+    model = export_checkpoint(tmp_path)
+    save_model(model, tmp_path / "m.tpq")
+    path = tmp_path / "m.onnx"
+    assert main(["export-onnx", str(tmp_path / "m.tpq"), "-o", str(path), "--qonnx", "--batch", str(batch)]) == 0
+    wrapper = ModelWrapper(onnx.load(path))
+    graph = wrapper.graph
+    typed = {v.name for v in list(graph.value_info) + list(graph.input) + list(graph.output)}
+    typed |= {i.name for i in graph.initializer}
+    untyped = {t for n in graph.node for t in list(n.input) + list(n.output)} - typed
+    assert not untyped, f"tensors without a shape in the file: {sorted(untyped)[:5]}"
+    images = np.random.default_rng(0).integers(0, 256, (batch, *model.input_shape), dtype=np.uint8)
+    logits = execute_onnx(wrapper, {"input": images.astype(np.float32)})["logits"]
+    assert logits.shape == (batch, 10)
+    from integer_engine.executor import Engine
+    assert np.array_equal(logits, Engine(model).run(images).logits)
+
+    for node in graph.node:
+        if node.op_type == "Conv":
+            assert {"group", "dilations", "kernel_shape", "pads", "strides"} <= {a.name for a in node.attribute}
+        if node.op_type in ("Quant", "BipolarQuant"):
+            for name in node.input[1:]:
+                assert wrapper.get_initializer(name).ndim == 0, f"{node.op_type} parameter {name} is not 0-d"
+    inferred = wrapper.transform(InferDataTypes())
+    types = {(n.op_type, str(inferred.get_tensor_datatype(n.output[0]))) for n in inferred.graph.node
+             if n.op_type in ("Quant", "BipolarQuant", "MultiThreshold")}
+    # 8-bit first/last layers: odd DoReFa levels are 9-bit narrow; 1-bit middle layers: bipolar
+    assert types == {("Quant", "INT9"), ("BipolarQuant", "BIPOLAR"), ("MultiThreshold", "UINT2")}, types
+
+
+def test_qonnx_average_pools_are_depthwise_ones_convs(tmp_path):
+    """FINN maps no ReduceSum: average pools, the global one included, are depthwise Convs with
+    a BINARY all-ones kernel (FINN lowers them to vector-vector units), still exact."""
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    make_checkpoint(tmp_path / "checkpoint.npz", "fmnist", wbits=2, abits=2)
+    models = [(export_checkpoint(tmp_path), None)]
+    for seed in range(40):  # random networks with windowed average pools
+        net, images = random_network(np.random.default_rng(seed))
+        model = lower_graph(net.graph(), net.state_dict())
+        if any(layer.attrs["kind"] == "avgpool" and layer.attrs["kernel"] != "global" for layer in model.layers):
+            models.append((model, images))
+    kernels = set()
+    for model, images in models[:4]:
+        onnx_model = to_qonnx(model)
+        wrapper = ModelWrapper(onnx_model)
+        assert not any(n.op_type == "ReduceSum" for n in onnx_model.graph.node)
+        for layer in (layer for layer in model.layers if layer.attrs["kind"] == "avgpool"):
+            (node,) = [n for n in onnx_model.graph.node if layer.name in n.output]
+            attrs = {a.name: a for a in node.attribute}
+            assert node.op_type == "Conv" and attrs["group"].i == layer.attrs["in_shape"][0]
+            assert str(wrapper.get_tensor_datatype(node.input[1])) == "BINARY"
+            kernels.add(layer.attrs["kernel"])
+        if images is None:
+            images = np.random.default_rng(1).integers(0, 256, (4, *model.input_shape), dtype=np.uint8)
+        assert_exact(model, onnx_model, images, "average pools")
+    assert "global" in kernels and len(kernels) >= 2, f"pools exercised: {kernels}"
+
+
+def test_cli_export_refuses_a_bad_batch(tmp_path, capsys):
+    make_checkpoint(tmp_path / "checkpoint.npz", "fmnist", wbits=2, abits=2)
+    save_model(export_checkpoint(tmp_path), tmp_path / "m.tpq")
+    assert main(["export-onnx", str(tmp_path / "m.tpq"), "-o", str(tmp_path / "m.onnx"), "--qonnx", "--batch", "0"]) == 2
+    assert main(["export-onnx", str(tmp_path / "m.tpq"), "-o", str(tmp_path / "m.onnx"), "--batch", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "--batch must be at least 1" in err and "--batch applies to --qonnx only" in err
+
+
+def test_onnxruntime_one_integer_product_per_layer_where_levels_fit_int8(tmp_path):
+    """Weights up to 7 bits: one ConvInteger / MatMulInteger on int8 levels c = 2j - n_w per layer
+    (no row-sum product); 8-bit layers (levels up to +-255) keep the row-sum correction."""
+    from onnx import numpy_helper
+
+    make_checkpoint(tmp_path / "checkpoint.npz", "fmnist", wbits=4, abits=4)
+    model = export_checkpoint(tmp_path)
+    onnx_model = to_onnx(model)
+    consts = {i.name: numpy_helper.to_array(i) for i in onnx_model.graph.initializer}
+    products = [n for n in onnx_model.graph.node if n.op_type in ("ConvInteger", "MatMulInteger")]
+    for layer in model.compute_layers:
+        a = layer.attrs
+        mine = [n for n in products if n.input[1].startswith(f"{a['name']}_")]
+        if a["n_w"] <= 127:
+            assert len(mine) == 1 and consts[mine[0].input[1]].dtype == np.int8, a["name"]
+            ones = [n for n in products if n.op_type == "ConvInteger" and n.input[0] == mine[0].input[0]
+                    and n is not mine[0]]
+            assert not ones, f"{a['name']}: a row-sum product is left"
+    assert sum(layer.attrs["n_w"] <= 127 for layer in model.compute_layers) >= 2
+    images = np.random.default_rng(0).integers(0, 256, (8, *model.input_shape), dtype=np.uint8)
+    assert_exact(model, onnx_model, images, "fmnist W4A4 folded")

@@ -3,10 +3,11 @@ engine's (docs/interop.md).
 
 Integer parts stay integer, so they are exact in any correct implementation:
 
-- conv/linear: the accumulator by the engine's identity
-      acc = 2 * (q . j) - n_w * rowsum(q)          (levels c = 2j - n_w, j the stored uint8 codes)
-  with ConvInteger / MatMulInteger on uint8 (int32 results, widened to int64); inputs wider than
-  8 bits (average-pool window sums) are split into base-256 digits, q = sum_d 256**d * q_d.
+- conv/linear: acc = q . c with one ConvInteger / MatMulInteger of the uint8 codes q and the
+  int8 levels c = 2j - n_w where they fit (n_w <= 127: up to 7-bit weights); 8-bit layers use
+  the engine's identity  acc = 2 * (q . j) - n_w * rowsum(q)  on the stored uint8 codes j (int32
+  results, widened to int64); inputs wider than 8 bits (average-pool window sums) are split into
+  base-256 digits, q = sum_d 256**d * q_d.
   (QLinearConv is not used: it rounds its bias and is not exact.)
 - thresholds: code = #{t : d*acc >= d*T[t]} as a binary search of `bits` steps, each a Gather of
   the next candidate threshold and one comparison (the per-channel sorted tables d*T flattened to
@@ -68,30 +69,38 @@ class _OrtLowering:
         return out
 
     def accumulator(self, layer: Layer, x: str) -> str:
-        """int64 acc = 2 * (q . j) - n_w * rowsum(q), q the layer's input codes."""
+        """int64 acc = q . c, q the layer's input codes, c = 2j - n_w the weight levels: one
+        ConvInteger / MatMulInteger on int8 levels where they fit (n_w <= 127, up to 7 bits),
+        else 2 * (q . j) - n_w * rowsum(q) on the stored uint8 codes j."""
         a, g = layer.attrs, self.g
         w = layer.arrays["weight"]
         conv = a["kind"] == "conv"
-        if conv:
-            attrs = dict(pads=[a["padding"]] * 4, strides=[a["stride"]] * 2)
-            j = g.const(w, f"{a['name']}_weight")
-            ones = g.const(np.ones((1, *w.shape[1:]), np.uint8), "ones")
-        else:
-            j = g.const(np.ascontiguousarray(w.T), f"{a['name']}_weight")
+        folded = a["n_w"] <= 127
+        attrs = dict(pads=[a["padding"]] * 4, strides=[a["stride"]] * 2) if conv else {}
+        if folded:
+            w = (2 * w.astype(np.int16) - a["n_w"]).astype(np.int8)
+        j = g.const(w if conv else np.ascontiguousarray(w.T), f"{a['name']}_{'levels' if folded else 'weight'}")
+        ones = g.const(np.ones((1, *w.shape[1:]), np.uint8), "ones") if conv and not folded else None
         dot = rowsum = None
         for d, digit in enumerate(self.digits(x, a["in_max"])):
             if conv:
                 p = g.cast(g.op("ConvInteger", [digit, j], out_type=np.int32, **attrs), np.int64)
-                r = g.cast(g.op("ConvInteger", [digit, ones], out_type=np.int32, **attrs), np.int64)
             else:
                 p = g.cast(g.op("MatMulInteger", [digit, j], out_type=np.int32), np.int64)
-                r = g.op("ReduceSum", [g.cast(digit, np.int64), g.const(np.array([1], np.int64), "axes")],
-                         keepdims=1)
+            r = None
+            if not folded:
+                r = (g.cast(g.op("ConvInteger", [digit, ones], out_type=np.int32, **attrs), np.int64) if conv else
+                     g.op("ReduceSum", [g.cast(digit, np.int64), g.const(np.array([1], np.int64), "axes")], keepdims=1))
             if d:
                 weight = g.scalar(256**d, np.int64)
-                p, r = g.op("Mul", [p, weight]), g.op("Mul", [r, weight])
+                p = g.op("Mul", [p, weight])
+                if r is not None:
+                    r = g.op("Mul", [r, weight])
             dot = p if dot is None else g.op("Add", [dot, p])
-            rowsum = r if rowsum is None else g.op("Add", [rowsum, r])
+            if r is not None:
+                rowsum = r if rowsum is None else g.op("Add", [rowsum, r])
+        if folded:
+            return dot
         twice = g.op("Mul", [dot, g.scalar(2, np.int64)])
         return g.op("Sub", [twice, g.op("Mul", [rowsum, g.scalar(a["n_w"], np.int64)])])
 
