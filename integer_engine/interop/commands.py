@@ -15,12 +15,9 @@ import os
 from integer_engine.commands import _data_args, _load, print_report, verify_images
 from integer_engine.errors import EngineError
 
-FINN_NEXT_STEPS = """next (FINN, in its own environment):
-  from qonnx.core.modelwrapper import ModelWrapper
-  from finn.transformation.qonnx.convert_qonnx_to_finn import ConvertQONNXtoFINN
-  from finn.transformation.streamline import Streamline
-  model = ModelWrapper("{path}").transform(ConvertQONNXtoFINN()).transform(Streamline())
-  (the weights fold to INT/BIPOLAR initializers, the MultiThresholds stay; see docs/interop.md)"""
+FINN_NEXT_STEPS = """next (FINN, in its own venv: docs/interop.md):
+  .venv-finn/bin/python scripts/finn_frontend.py {model} --out finn   # FINN's front end, checked vs the engine
+  finn build build.yaml {path}                                       # with Vivado: the hardware build"""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -99,7 +96,7 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     print(f"wrote {args.output}: {form}, {len(proto.graph.node)} nodes for {len(model.layers)} layers; "
           f"check it: python -m integer_engine verify-onnx {args.model} {args.output}")
     if args.qonnx:
-        print(FINN_NEXT_STEPS.format(path=args.output))
+        print(FINN_NEXT_STEPS.format(model=args.model, path=args.output))
     return 0
 
 
