@@ -444,6 +444,8 @@ def residual_add(layer: Layer, inputs: list[np.ndarray]) -> np.ndarray:
     for i in range(1, len(inputs)):
         z = z + epilogue_affine(layer, inputs[i], i)
     a = layer.attrs
+    if a.get("epilogue") == "source":  # imported: code(z) = #{t : z >= F[t]}, F sorted
+        return np.searchsorted(layer.arrays["float_thresholds"], z, side="right").astype(np.float32)
     return activation_code(z, layer.arrays["alpha"][0], a["out_max"], a.get("rounding", "half_up"))
 
 

@@ -46,7 +46,9 @@ ROUNDING_RULES = ("half_up", "half_even")
 # `epilogue: "source"` (imported models, integer_engine/interop/from_qonnx.py): the layer keeps
 # only its integer thresholds, found by exact search over the source model's own arithmetic
 # (which is not tinypact's float epilogue, so it is not stored); checked against the source's
-# executor (`verify-onnx`), not recomputed at load.
+# executor (`verify-onnx`), not recomputed at load. An imported residual add keeps its affine
+# constants and, instead of alpha, `float_thresholds` (out_max,) float32: the activation of the
+# float32 sum z is code(z) = #{t : z >= float_thresholds[t]} (interop/float_search.py).
 SOURCE_EPILOGUE = "source"
 _SOURCE_ARRAYS = {"thresholds": "int64", "direction": "int8"}
 
@@ -383,6 +385,17 @@ def _check_source_thresholds(layer: Layer) -> None:
         _fail(layer.attrs["name"], "thresholds are not ordered along the levels (a damaged file)")
 
 
+def _check_source_float_thresholds(layer: Layer) -> None:
+    """An imported add's activation: finite affine constants, float32 thresholds F with
+    code(z) = #{t : z >= F[t]}, non-decreasing and not NaN (+inf: a level never reached)."""
+    arrays = layer.arrays
+    if not all(np.all(np.isfinite(arrays[k])) for k in ("scale", "bias", "bn_scale", "bn_shift")):
+        _fail(layer.attrs["name"], "epilogue constants must be finite")
+    floats = arrays["float_thresholds"]
+    if np.any(np.isnan(floats)) or np.any(np.diff(floats) < 0):
+        _fail(layer.attrs["name"], "float_thresholds must be non-decreasing numbers (a damaged file)")
+
+
 def _check_layer(layer: Layer, in_shape: tuple, in_maxes: list[int], in_shapes: list[tuple]) -> tuple:
     a = layer.attrs
     name, kind = a["name"], a["kind"]
@@ -491,9 +504,13 @@ def _check_layer(layer: Layer, in_shape: tuple, in_maxes: list[int], in_shapes: 
         n_out = a.get("out_max")
         if not _is_int(n_out, 1, 255):
             _fail(name, "add needs out_max in 1..255")
-        _check_arrays(layer, {"scale": ("float32", (2,)), "bias": ("float32", (2, c)),
-                              "bn_scale": ("float32", (2, c)), "bn_shift": ("float32", (2, c)),
-                              "alpha": ("float32", (1,))})
+        terms = {"scale": ("float32", (2,)), "bias": ("float32", (2, c)),
+                 "bn_scale": ("float32", (2, c)), "bn_shift": ("float32", (2, c))}
+        if _source_epilogue(layer):  # imported: the activation is its float32 thresholds
+            _check_arrays(layer, {**terms, "float_thresholds": ("float32", (n_out,))})
+            _check_source_float_thresholds(layer)
+            return in_shape
+        _check_arrays(layer, {**terms, "alpha": ("float32", (1,))})
         _check_epilogue(layer, c, n_out, 0, 0)
         return in_shape
     _fail(name, f"unknown kind {kind!r}")

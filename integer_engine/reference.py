@@ -99,6 +99,8 @@ def reference_layer(layer: Layer, inputs: list[np.ndarray]) -> np.ndarray:
         terms = [affine(x_i, arr["scale"][i], arr["bias"][i], arr["bn_scale"][i], arr["bn_shift"][i])
                  for i, x_i in enumerate(inputs)]
         z = terms[0] + terms[1]  # affine_0(x_0) + affine_1(x_1), in input order, float32
+        if a.get("epilogue") == "source":  # imported: the count of float32 thresholds reached
+            return np.sum(z[..., None] >= arr["float_thresholds"], axis=-1)
         return activation_code(z, arr["alpha"][0], a["out_max"], a.get("rounding", "half_up"))
     raise ValueError(f"unknown layer kind {kind!r}")
 

@@ -21,6 +21,10 @@ that the exporter writes is folded in). The fixtures:
 - `cnv_fixed_point_half_up.onnx`: that graph with the activation Quant nodes' rounding_mode set
   to HALF_UP (qonnx's half-up rule), as an exporter with round-half-up activations writes it:
   its thresholds differ from the ROUND (half to even) model's at the ties.
+- `resnet_w4a4.onnx`: 1x16x16 -> Brevitas's default (signed 8-bit) QuantIdentity -> conv W4A4
+  -> two ResNet basic blocks (residual adds of quantized tensors: the branch's batch norm output
+  through a signed 4-bit QuantIdentity, then QuantReLU; the second block strided with a 1x1
+  conv shortcut) -> global average pool -> QuantLinear 10 (8-bit, bias).
 - `mlp_w2a2.onnx`: 1x8x8 -> QuantIdentity (unsigned 8-bit) -> Flatten -> QuantLinear 32 (2-bit
   weights) -> BatchNorm1d -> QuantReLU 2-bit -> QuantLinear 16 (1-bit binary weights: BipolarQuant)
   -> QuantReLU 3-bit -> QuantLinear 10 (8-bit).
@@ -89,6 +93,49 @@ def mlp() -> nn.Module:
     )
 
 
+class ResidualBlock(nn.Module):
+    """A ResNet basic block as FINN-style Brevitas models write it: both inputs of the add are
+    quantized (the branch's batch norm output by a signed QuantIdentity), the sum goes through a
+    QuantReLU (each quantizer returns dequantized floats: the add of two different scales). With `downsample`, the shortcut is a strided 1x1 QuantConv + batch norm + signed
+    QuantIdentity too."""
+
+    def __init__(self, cin: int, cout: int, stride: int, bits: int):
+        super().__init__()
+        self.conv1 = qnn.QuantConv2d(cin, cout, 3, stride=stride, padding=1, weight_bit_width=bits, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu1 = qnn.QuantReLU(bit_width=bits)
+        self.conv2 = qnn.QuantConv2d(cout, cout, 3, padding=1, weight_bit_width=bits, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.quant2 = qnn.QuantIdentity(bit_width=bits)  # signed
+        self.shortcut = None
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(
+                qnn.QuantConv2d(cin, cout, 1, stride=stride, weight_bit_width=bits, bias=False),
+                nn.BatchNorm2d(cout), qnn.QuantIdentity(bit_width=bits))
+        self.relu_out = qnn.QuantReLU(bit_width=bits)
+
+    def forward(self, x):
+        y = self.quant2(self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x))))))
+        return self.relu_out(y + (x if self.shortcut is None else self.shortcut(x)))
+
+
+def resnet_style() -> nn.Module:
+    """1x16x16 -> signed 8-bit input QuantIdentity (Brevitas's default) -> conv 3x3 W4 + BN +
+    QuantReLU A4 -> residual block (identity shortcut) -> residual block (stride 2, 1x1 conv
+    shortcut) -> global average pool -> QuantLinear 10 (8-bit weights, bias)."""
+    return nn.Sequential(
+        qnn.QuantIdentity(return_quant_tensor=True),
+        qnn.QuantConv2d(1, 8, 3, padding=1, weight_bit_width=4, bias=False),
+        nn.BatchNorm2d(8),
+        qnn.QuantReLU(bit_width=4),
+        ResidualBlock(8, 8, 1, 4),
+        ResidualBlock(8, 16, 2, 4),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        qnn.QuantLinear(16, 10, weight_bit_width=8, bias=True),
+    )
+
+
 def prepare(model: nn.Module, shape: tuple, seed: int) -> nn.Module:
     """Random batch-norm statistics (some negative gammas), then calibrate the learned activation
     scales with a few training-mode passes on random pixel images x = p / 255."""
@@ -142,6 +189,7 @@ def main() -> None:
                    os.path.join(args.out, "cnv_fixed_point.onnx"))
     onnx.save(half_up(proto), os.path.join(args.out, "cnv_fixed_point_half_up.onnx"))
     export(prepare(mlp(), (1, 8, 8), 2), (1, 8, 8), os.path.join(args.out, "mlp_w2a2.onnx"))
+    export(prepare(resnet_style(), (1, 16, 16), 4), (1, 16, 16), os.path.join(args.out, "resnet_w4a4.onnx"))
     for name in sorted(os.listdir(args.out)):
         print(f"wrote {os.path.join(args.out, name)} ({os.path.getsize(os.path.join(args.out, name)):,} bytes)")
 

@@ -22,7 +22,7 @@ from integer_engine.interop.from_qonnx import import_qonnx  # noqa: E402
 from integer_engine.verify import verify_model  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures" / "brevitas"
-NAMES = ["cnv_w4a4", "cnv_fixed_point", "cnv_fixed_point_half_up", "mlp_w2a2"]
+NAMES = ["cnv_w4a4", "cnv_fixed_point", "cnv_fixed_point_half_up", "mlp_w2a2", "resnet_w4a4"]
 
 
 def images_for(model, count=96, seed=0):
@@ -65,8 +65,10 @@ def edited(name: str, edit) -> onnx.ModelProto:
     return proto
 
 
-def signed_input(proto):
-    node = next(n for n in proto.graph.node if n.input[0] == "input")
+def signed_activation(proto):
+    """The first conv's activation Quant made signed: its codes would feed the next conv."""
+    node = [n for n in proto.graph.node if n.op_type == "Quant" and n.input[0] != "input"
+            and not n.input[0].startswith(("slice", "onnx::"))][0]
     next(a for a in node.attribute if a.name == "signed").i = 1
 
 
@@ -74,18 +76,67 @@ def sigmoid_instead_of_relu(proto):
     next(n for n in proto.graph.node if n.op_type == "Relu").op_type = "Sigmoid"
 
 
-@pytest.mark.parametrize("edit,message", [
-    (signed_input, r"\(Quant\): a signed activation quantizer"),
-    (sigmoid_instead_of_relu, r"\(Sigmoid\): between a Conv/Gemm and its activation Quant only"),
+def bipolar_activation(proto):
+    """The first activation Quant (after a Relu) replaced by a BipolarQuant (x, scale)."""
+    relu = next(n for n in proto.graph.node if n.op_type == "Relu")
+    node = next(n for n in proto.graph.node if n.op_type == "Quant" and n.input[0] == relu.output[0])
+    node.op_type = "BipolarQuant"
+    del node.input[2:]
+    del node.attribute[:]
+
+
+def unquantized_branch(proto):
+    """The first residual Add fed by the branch's batch norm output directly (no QuantIdentity)."""
+    add = next(n for n in proto.graph.node if n.op_type == "Add")
+    quant = next(n for n in proto.graph.node if n.output[0] == add.input[0])
+    add.input[0] = quant.input[0]
+    proto.graph.node.remove(quant)
+
+
+@pytest.mark.parametrize("name,edit,message", [
+    ("cnv_w4a4", signed_activation, r"\(Conv\): its input has signed codes"),
+    ("cnv_w4a4", sigmoid_instead_of_relu, r"\(Sigmoid\): between a Conv/Gemm and its activation Quant only"),
+    ("cnv_w4a4", bipolar_activation, r"\(BipolarQuant\): a bipolar \(\+-1\) activation"),
+    ("resnet_w4a4", unquantized_branch, r"\(Add\): a residual add of an unquantized tensor"),
 ])
-def test_unrepresentable_models_are_refused_in_one_line(tmp_path, capsys, edit, message):
+def test_unrepresentable_models_are_refused_in_one_line(tmp_path, capsys, name, edit, message):
     path = tmp_path / "edited.onnx"
-    onnx.save(edited("cnv_w4a4", edit), path)
+    onnx.save(edited(name, edit), path)
     with pytest.raises(EngineError, match=message):
         import_qonnx(path)
     assert main(["import", str(path), "-o", str(tmp_path / "m.tpq")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: node ")
+
+
+def test_resnet_fixture_has_adds_signed_codes_and_a_global_pool():
+    """The ResNet-style fixture: Brevitas's default signed input quantizer (pixels give codes
+    0..127), signed branch codes (offset -8) into two residual adds with float32 thresholds, a
+    global average pool; its imported model exports to ONNX Runtime and QONNX exactly."""
+    from integer_engine.interop.check import compare_with_engine
+    from integer_engine.interop.to_onnx import to_onnx
+    from integer_engine.interop.to_qonnx import to_qonnx
+
+    model = import_qonnx(FIXTURES / "resnet_w4a4.onnx")
+    kinds = [layer.attrs["kind"] for layer in model.layers]
+    assert kinds.count("add") == 2 and "avgpool" in kinds
+    assert model.layers[0].attrs["kind"] == "requant" and model.layers[0].attrs["out_max"] == 127
+    assert {layer.attrs.get("out_offset") for layer in model.layers} >= {-8}
+    adds = [layer for layer in model.layers if layer.attrs["kind"] == "add"]
+    assert all(layer.attrs["epilogue"] == "source" and np.all(np.isfinite(layer.arrays["float_thresholds"]))
+               for layer in adds)
+    images = images_for(model, 24)
+    for onnx_model in (to_onnx(model), to_qonnx(model)):
+        assert compare_with_engine(model, onnx_model, images).ok
+
+
+def test_tampered_imported_add_thresholds_are_refused(tmp_path):
+    model = import_qonnx(FIXTURES / "resnet_w4a4.onnx")
+    add = next(layer for layer in model.layers if layer.attrs["kind"] == "add")
+    add.arrays["float_thresholds"] = add.arrays["float_thresholds"][::-1].copy()
+    save_model(model, tmp_path / "bad.tpq")
+    with pytest.raises(EngineError, match="float_thresholds must be non-decreasing"):
+        load_model(tmp_path / "bad.tpq")
 
 
 def test_tampered_imported_thresholds_are_refused(tmp_path):

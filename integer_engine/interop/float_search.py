@@ -58,3 +58,12 @@ def activation_float_thresholds(alpha: np.float32, n: int, rule: str) -> np.ndar
     """The float32 thresholds of `epilogue.activation_code(z, alpha, n, rule)` (clip to [0, alpha],
     * n, / alpha, round): code(z) = #{t : z >= F[t-1]} for every float32 z."""
     return float_thresholds(lambda z: activation_code(z, alpha, n, rule), n, np.float32(alpha))
+
+
+def add_float_thresholds(layer) -> np.ndarray:
+    """A residual add layer's float32 thresholds: stored for an imported add (`epilogue:
+    "source"`), else those of its tinypact activation (alpha, rounding rule)."""
+    a, arrays = layer.attrs, layer.arrays
+    if a.get("epilogue") == "source":
+        return arrays["float_thresholds"]
+    return activation_float_thresholds(arrays["alpha"][0], a["out_max"], a.get("rounding", "half_up"))

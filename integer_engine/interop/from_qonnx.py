@@ -17,12 +17,24 @@ add, BatchNormalization, Relu, Quant with its rounding mode). The layers are sto
 `epilogue: "source"` (thresholds only; format.py) and checked against qonnx's executor by
 `verify-onnx` (check.compare_with_source).
 
-Supported: an unsigned input Quant (pixels x = p / 255 in float32, as tinypact's data), Conv
-(group 1, symmetric padding) and Gemm/MatMul with Quant/BipolarQuant weights (zero point 0),
-BatchNormalization, Relu, unsigned per-tensor activation Quant (ROUND or HALF_UP), MaxPool (also
-between batch norm and the activation: moved after it, as export.py does), Flatten/Reshape to
-(N, F), and a last Gemm whose float32 output is the logits. Anything else is refused with one
-line naming the node and why (a signed input quantizer, residual adds, average pools...).
+Supported: an input Quant (pixels x = p / 255 in float32, as tinypact's data; a signed one, as
+Brevitas's default QuantIdentity, gives codes 0..max on x >= 0), Conv (group 1, symmetric
+padding) and Gemm/MatMul with Quant/BipolarQuant weights (zero point 0), BatchNormalization,
+Relu, per-tensor activation Quant (ROUND or HALF_UP; a signed one stores codes u = q - min with
+`out_offset` = min), MaxPool (also between batch norm and the activation: moved after it, as
+export.py does), average pools (AveragePool, GlobalAveragePool, ReduceMean over H and W: window
+sums, the 1/area going into the next layer's scale), residual Adds of two quantized tensors
+(`add`), Flatten/Reshape to (N, F), and a last Gemm whose float32 output is the logits. The
+graph is walked in its topological order, so branches (a tensor feeding a block and its
+shortcut) are followed. Anything else is refused with one line naming the node and why (signed
+codes into a Conv/Gemm, bipolar activations, an add of an unquantized tensor...).
+
+A residual Add: the source computes z = float32(a + b) of two dequantized tensors
+(code + offset) * scale, then Relu and a Quant. The `.tpq` add layer reproduces each term
+exactly with its affine (scale 1, bias = offset, bn_scale = the input's scale: one float32
+rounding of the same product), the sum in the same float32 addition, and stores the activation
+as float32 thresholds F (`epilogue: "source"`, `float_thresholds`), found by bisection over the
+float32 bit patterns, each probe running the source's own Relu + Quant: exact for every z.
 """
 from __future__ import annotations
 
@@ -43,13 +55,20 @@ TAIL_OPS = ("BatchNormalization", "Relu", "MaxPool")
 
 @dataclass
 class Stream:
-    """A source tensor that holds codes times a float32 scale, and the .tpq layer giving the codes."""
+    """A source tensor that holds (codes + offset) times a float32 scale, and the .tpq layer giving
+    the codes (0..max)."""
 
     tensor: str
     layer: str
     shape: tuple
     max: int
     scale: float
+    offset: int = 0  # the source's value is (code + offset) * scale: a signed quantizer's codes
+
+
+def _offset(stream: Stream) -> dict:
+    """A layer's `out_offset` attribute (the source's integers are code + offset), where not 0."""
+    return {"out_offset": stream.offset} if stream.offset else {}
 
 
 def _refuse(node, why: str) -> None:
@@ -122,15 +141,21 @@ class _Importer:
         return f"{hint}{self.count}"
 
     # ---- quantizers ------------------------------------------------------------------
-    def act_quant(self, node) -> tuple[float, int, str]:
-        """(scale, largest code, rounding rule) of an unsigned per-tensor activation Quant."""
+    def act_quant(self, node, signed_ok: bool = False) -> tuple[float, int, str, int]:
+        """(scale, largest code, rounding rule, offset) of a per-tensor activation Quant: codes
+        0..top stand for the source's integers code + offset (offset < 0 for a signed one)."""
         a = self.src.attrs(node)
+        if node.op_type == "BipolarQuant":
+            _refuse(node, "a bipolar (+-1) activation: the integer model's codes are levels 0..n, "
+                          "and a +-1 input has no integer-threshold form in the next layer here; use "
+                          "an unsigned QuantReLU/QuantIdentity")
         if node.op_type != "Quant":
             _refuse(node, "expected an activation Quant")
-        if a.get("signed", 1):
-            _refuse(node, "a signed activation quantizer: the integer model's codes are unsigned "
-                          "(uint8 pixels and codes >= 0); use an unsigned quantizer (e.g. Brevitas "
-                          "QuantIdentity(act_quant=Uint8ActPerTensorFloat), QuantReLU)")
+        signed, narrow = a.get("signed", 1), a.get("narrow", 0)
+        if signed and not signed_ok:
+            _refuse(node, "a signed activation quantizer feeding a Conv/Gemm: the integer model's "
+                          "codes are unsigned (signed codes are imported only into a residual add); "
+                          "use an unsigned quantizer (e.g. Brevitas QuantReLU)")
         scale = self.src.const(node, 1, "scale")
         zeropt = self.src.const(node, 2, "zero point")
         bits = int(self.src.const(node, 3, "bit width"))
@@ -142,8 +167,11 @@ class _Importer:
             _refuse(node, f"rounding_mode {mode} is not imported (ROUND, HALF_EVEN, HALF_UP are)")
         if not 1 <= bits <= 8:
             _refuse(node, f"{bits}-bit activations (the engine takes 1..8)")
-        top = 2**bits - 2 if a.get("narrow", 0) else 2**bits - 1
-        return float(scale.reshape(())), top, ROUNDING[mode]
+        if signed:
+            low, high = -(2 ** (bits - 1)) + narrow, 2 ** (bits - 1) - 1
+        else:
+            low, high = 0, 2**bits - 1 - narrow
+        return float(scale.reshape(())), high - low, ROUNDING[mode], low
 
     def weight_levels(self, node) -> tuple[np.ndarray, np.ndarray, int, int, str]:
         """(levels c (int64), the real value of one level for every weight, n_w, wbits, kind) of a
@@ -178,14 +206,7 @@ class _Importer:
         if len(dims) != 4 or not all(dims[1:]):
             raise EngineError(f"input {graph_input.name!r} must be an image (N, C, H, W), got dims {dims}")
         stream = self.input_stage(graph_input.name, tuple(dims[1:]))
-        while True:
-            node = src.only_consumer(stream.tensor)
-            if node is None:
-                raise EngineError("the model must end with a Gemm/MatMul whose float output is the logits")
-            result = self.step(node, stream)
-            if result is None:
-                break
-            stream = result
+        self.walk(stream)
         header = {"input": {"shape": list(dims[1:]), "max": 255, "scale": 1 / 255}, "accumulator_bits": 32,
                   "source": {}}
         model = IntegerModel(header=header, layers=self.layers)
@@ -199,11 +220,12 @@ class _Importer:
         if node is None or node.op_type != "Quant":
             raise EngineError(f"input {tensor!r} must feed a Quant node (the integer model's input is "
                               f"uint8 pixels: quantize the input with an unsigned 8-bit QuantIdentity)")
-        scale, top, rule = self.act_quant(node)
+        scale, top, rule, offset = self.act_quant(node, signed_ok=True)
+        top += offset  # a signed input quantizer (Brevitas's default) on x = p / 255 >= 0: codes 0..max
         pixels = np.arange(256, dtype=np.float32).reshape(256, 1, 1, 1) / np.float32(255)
         codes = np.rint(self.src.run([node], {tensor: pixels}, node.output[0]).reshape(-1) / scale).astype(np.int64)
-        if np.any(np.diff(codes) < 0):
-            _refuse(node, "its codes are not monotone in the pixel value")
+        if np.any(np.diff(codes) < 0) or codes[0] < 0:
+            _refuse(node, "its codes are not monotone and non-negative in the pixel value")
         if top == 255 and np.array_equal(codes, np.arange(256)):
             return Stream(node.output[0], "input", shape, 255, scale)
         th = thresholds(lambda p: codes[np.clip(p, 0, 255)], np.ones(1, np.int8), top, 0, 255)
@@ -214,6 +236,36 @@ class _Importer:
              "rounding": rule, "epilogue": "source", "graph_node": node.output[0]},
             {"thresholds": th, "direction": np.ones(1, np.int8)}))
         return Stream(node.output[0], name, shape, top, scale)
+
+    def walk(self, first: Stream) -> None:
+        """Every node in the graph's (topological) order from the input Quant's output on: each
+        step consumes a node or a chain (Conv + tail + Quant) and yields the stream of codes of
+        its last tensor; a residual Add takes two streams. Ends at the logits Gemm."""
+        streams = {first.tensor: first}
+        self.consumed = {id(n) for n in self.src.proto.graph.node if n.output[0] == first.tensor}
+        graph = self.src.proto.graph.node
+        weights = {n.output[0] for n in graph if n.op_type in ("Quant", "BipolarQuant")
+                   and all(t in self.src.consts for t in n.input if t)}  # read by their Conv/Gemm
+        for node in graph:
+            if id(node) in self.consumed or node.op_type == "Constant" or node.output[0] in weights:
+                continue
+            data = [t for t in node.input if t and t not in self.src.consts and t not in weights]
+            missing = [t for t in data if t not in streams]
+            if missing:
+                _refuse(node, f"its input {missing[0]!r} is not a quantized activation (codes); a float "
+                              f"tensor reaches it (for a residual add, quantize both inputs, e.g. "
+                              f"with a QuantIdentity after the branch's batch norm)")
+            self.consumed.add(id(node))
+            if node.op_type == "Add":
+                result = self.add(node, [streams[t] for t in node.input])
+            else:
+                if len(data) != 1:
+                    _refuse(node, "this op is not imported")
+                result = self.step(node, streams[data[0]])
+            if result is None:
+                return
+            streams[result.tensor] = result
+        raise EngineError("the model must end with a Gemm/MatMul whose float output is the logits")
 
     def step(self, node, stream: Stream) -> Stream | None:
         """One source node on the codes stream -> the next stream (None after the logits)."""
@@ -229,21 +281,21 @@ class _Importer:
                 if len(target) != 2 or target[1] not in (-1, int(np.prod(stream.shape))):
                     _refuse(node, f"only a reshape to (N, features) is imported, got {target.tolist()}")
             if len(stream.shape) == 1:
-                return Stream(node.output[0], stream.layer, stream.shape, stream.max, stream.scale)
+                return Stream(node.output[0], stream.layer, stream.shape, stream.max, stream.scale, stream.offset)
             name = self.name("flatten")
             shape = (int(np.prod(stream.shape)),)
             self.layers.append(Layer({"name": name, "kind": "flatten", "inputs": [stream.layer],
                                       "in_shape": list(stream.shape), "out_shape": list(shape),
                                       "out_max": stream.max, "out_scale": stream.scale,
-                                      "graph_node": node.output[0]}))
-            return Stream(node.output[0], name, shape, stream.max, stream.scale)
+                                      "graph_node": node.output[0], **_offset(stream)}))
+            return Stream(node.output[0], name, shape, stream.max, stream.scale, stream.offset)
         if op in ("Conv", "Gemm", "MatMul"):
             return self.compute(node, stream)
-        if op == "Add":
-            _refuse(node, "residual adds are not imported: the engine's add layer evaluates "
-                          "tinypact's float epilogue, not qonnx's Quant arithmetic")
+        if op in ("GlobalAveragePool", "AveragePool", "ReduceMean"):
+            return self.avgpool(node, stream)
         _refuse(node, "this op is not imported (supported: Quant, Conv, Gemm/MatMul, "
-                      "BatchNormalization, Relu, MaxPool, Flatten/Reshape)")
+                      "BatchNormalization, Relu, MaxPool, AveragePool, GlobalAveragePool, Add, "
+                      "Flatten/Reshape)")
         return None
 
     def maxpool(self, node, stream: Stream, source_layer: str, top: int, graph_node: str | None = None) -> Stream:
@@ -260,8 +312,81 @@ class _Importer:
         self.layers.append(Layer({"name": name, "kind": "maxpool", "inputs": [source_layer],
                                   "in_shape": list(stream.shape), "out_shape": list(shape), "kernel": k[0],
                                   "stride": s[0], "padding": p, "out_max": top, "out_scale": stream.scale,
-                                  "graph_node": graph_node or node.output[0]}))
-        return Stream(graph_node or node.output[0], name, shape, top, stream.scale)
+                                  "graph_node": graph_node or node.output[0], **_offset(stream)}))
+        return Stream(graph_node or node.output[0], name, shape, top, stream.scale, stream.offset)
+
+    def avgpool(self, node, stream: Stream) -> Stream:
+        """A (global) average pool of codes: the layer sums each window (the engine's avgpool),
+        and the stream's scale takes the 1/area. The source averages float32 values and rounds
+        in its own order, so the next layer's probe (the correctly rounded value) can differ
+        from it only within an ulp or so, as for the conv output."""
+        a = self.src.attrs(node)
+        if stream.offset or len(stream.shape) != 3:
+            _refuse(node, "an average pool of signed codes or of a flat tensor is not imported")
+        c, h, w = stream.shape
+        if node.op_type == "ReduceMean":  # torch's AdaptiveAvgPool2d(1) as the exporter writes it
+            axes = a.get("axes") if len(node.input) < 2 else self.src.const(node, 1, "axes").tolist()
+            if sorted(int(x) % 4 for x in axes or []) != [2, 3] or not a.get("keepdims", 1):
+                _refuse(node, "only a mean over both spatial axes (a global average pool) is imported")
+        if node.op_type in ("GlobalAveragePool", "ReduceMean"):
+            kernel, area, shape, attrs = "global", h * w, (c, 1, 1), {"kernel": "global"}
+        else:
+            k, s, pads = a.get("kernel_shape", [1, 1]), a.get("strides", [1, 1]), a.get("pads", [0, 0, 0, 0])
+            if k[0] != k[1] or s[0] != s[1] or any(pads) or a.get("ceil_mode", 0):
+                _refuse(node, "only square average pools with equal strides and no padding are imported")
+            kernel, area = k[0], k[0] * k[0]
+            shape = (c, (h - kernel) // s[0] + 1, (w - kernel) // s[0] + 1)
+            attrs = {"kernel": kernel, "stride": s[0], "padding": 0}
+        name = self.name("avgpool")
+        self.layers.append(Layer({"name": name, "kind": "avgpool", "inputs": [stream.layer],
+                                  "in_shape": list(stream.shape), "out_shape": list(shape), **attrs,
+                                  "out_max": stream.max * area, "out_scale": stream.scale / area}))
+        return Stream(node.output[0], name, shape, stream.max * area, stream.scale / area)
+
+    def add(self, node, inputs: list[Stream]) -> Stream:
+        """A residual Add of two quantized streams (x_i = (code_i + offset_i) * scale_i, exactly
+        the source's dequantized float32 values), then Relu and the activation Quant. The engine's
+        add computes z = float32((u + offset) * scale) per input (its affine with scale 1, bias
+        offset, bn_scale scale) and the float32 sum as the source does; the activation of z is
+        stored as float32 thresholds found by bisection over the source's own Relu + Quant."""
+        from integer_engine.interop.float_search import float_thresholds
+
+        if len(inputs) != 2 or inputs[0].shape != inputs[1].shape:
+            _refuse(node, "only an Add of two same-shaped quantized tensors is imported")
+        tail, pools, quant, _ = self.tail(node.output[0])
+        self.consumed.update(id(n) for n in tail + pools + [quant] if n is not None)
+        if quant is None or pools or any(n.op_type != "Relu" for n in tail):
+            _refuse(node, "a residual Add must be followed by (Relu and) its activation Quant")
+        scale, top, rule, offset = self.act_quant(quant)
+        nodes = [self._probe_copy(n, i) for i, n in enumerate(tail + [quant])]
+        current = node.output[0]
+        for copy in nodes:
+            copy.input[0], current = current, copy.output[0]
+
+        def code(z: np.ndarray) -> np.ndarray:
+            y = self.src.run(nodes, {node.output[0]: np.asarray(z, np.float32).reshape(-1, 1, 1, 1)}, current)
+            return np.rint(y.reshape(-1) / np.float32(scale)).astype(np.int64)
+
+        floats = float_thresholds(code, top, np.float32(scale * (top + 1)))
+        c = inputs[0].shape[0]
+        arrays = {"scale": np.ones(2, np.float32),
+                  "bias": np.array([[s.offset] * c for s in inputs], np.float32),
+                  "bn_scale": np.array([[s.scale] * c for s in inputs], np.float32),
+                  "bn_shift": np.zeros((2, c), np.float32), "float_thresholds": floats.astype(np.float32)}
+        name = self.name("add")
+        self.layers.append(Layer({"name": name, "kind": "add", "inputs": [s.layer for s in inputs],
+                                  "in_shape": list(inputs[0].shape), "out_shape": list(inputs[0].shape),
+                                  "input_bounds": [s.max for s in inputs], "out_max": top, "out_scale": scale,
+                                  "rounding": rule, "epilogue": "source", "graph_node": quant.output[0],
+                                  "source_node": node.name or node.output[0]}, arrays))
+        return Stream(quant.output[0], name, inputs[0].shape, top, scale)
+
+    def _probe_copy(self, node, index: int):
+        """A copy of a source node with fresh output names, for probing its arithmetic alone."""
+        copy = self.src.onnx.helper.make_node(node.op_type, list(node.input), [f"{node.output[0]}_probe{index}"],
+                                              domain=node.domain or None)
+        copy.attribute.extend(node.attribute)
+        return copy
 
     def compute(self, node, stream: Stream) -> Stream | None:
         """A Conv/Gemm/MatMul with its tail up to the activation Quant (threshold layer), or the
@@ -270,6 +395,9 @@ class _Importer:
         a = src.attrs(node)
         if node.input[0] != stream.tensor:
             _refuse(node, "its data input must be the quantized activation stream")
+        if stream.offset:
+            _refuse(node, "its input has signed codes: the integer model's conv/linear inputs are "
+                          "unsigned; quantize its input with an unsigned quantizer (QuantReLU)")
         wnode = next((n for n in src.proto.graph.node if n.output[0] == node.input[1]), None)
         levels, unit, n_w, wbits, kind = self.weight_levels(wnode)
         bias = src.const(node, 2, "bias").astype(np.float32) if len(node.input) > 2 and node.input[2] else None
@@ -308,18 +436,21 @@ class _Importer:
                  "acc_bound": bound, "source_node": node.name or node.output[0], **conv}
         weight = ((levels + n_w) // 2).astype(np.uint8)  # j = (c + n_w) / 2
         tail, pools, quant, end = self.tail(node.output[0])
+        self.consumed.update(id(n) for n in tail + pools + [quant] if n is not None)
         if quant is None:
             return self.logits(node, attrs, weight, sigma, bias, tail, end)
-        scale, top, rule = self.act_quant(quant)
-        code = self.code_function(sigma, bias, tail, quant, scale, len(out_shape) + 1)
+        scale, top, rule, offset = self.act_quant(quant, signed_ok=True)
+        code = self.code_function(sigma, bias, tail, quant, scale, len(out_shape) + 1, offset)
         lo, hi = code(np.full((out_c, 1), -bound)), code(np.full((out_c, 1), bound))
         direction = np.where(hi[:, 0] >= lo[:, 0], 1, -1).astype(np.int8)
         th = thresholds(code, direction, top, -bound, bound)
         attrs.update(output="threshold", out_max=top, out_scale=scale, rounding=rule, epilogue="source")
+        if offset:
+            attrs["out_offset"] = offset  # the source's integers are code + offset
         if not pools:
             attrs["graph_node"] = quant.output[0]
         self.layers.append(Layer(attrs, {"weight": weight, "thresholds": th, "direction": direction}))
-        out = Stream(quant.output[0], attrs["name"], out_shape, top, scale)
+        out = Stream(quant.output[0], attrs["name"], out_shape, top, scale, offset)
         for i, pool in enumerate(pools):  # moved after the activation: the code is monotone in z
             out = self.maxpool(pool, out, out.layer, top, quant.output[0] if i == len(pools) - 1 else None)
         return out
@@ -332,8 +463,12 @@ class _Importer:
             node = self.src.only_consumer(tensor)
             if node is None:
                 return elementwise, pools, None, tensor
-            if node.op_type == "Quant":
+            if node.op_type in ("Quant", "BipolarQuant"):
                 return elementwise, pools, node, tensor
+            if node.op_type == "Add":
+                _refuse(node, "a residual add of an unquantized tensor (a Conv/Gemm branch without "
+                              "its activation Quant): the integer model adds codes; quantize both "
+                              "inputs, e.g. with a QuantIdentity after the branch's batch norm")
             if node.op_type not in TAIL_OPS:
                 _refuse(node, f"between a Conv/Gemm and its activation Quant only "
                               f"{', '.join(TAIL_OPS)} are imported")
@@ -346,7 +481,7 @@ class _Importer:
                 elementwise.append(node)
             tensor = node.output[0]
 
-    def code_function(self, sigma, bias, tail, quant, scale, rank):
+    def code_function(self, sigma, bias, tail, quant, scale, rank, offset=0):
         """code(acc) (C, k) -> (C, k) by the source's own nodes: z0 = float32(acc * sigma[c]),
         + bias (the conv's float32 bias add), the tail nodes, the Quant; codes = rint(y / s)."""
         helper = self.src.onnx.helper
@@ -356,18 +491,16 @@ class _Importer:
             self.src.consts["import_bias"] = bias.reshape([1, -1] + [1] * (rank - 2))
             nodes.append(helper.make_node("Add", [current, "import_bias"], ["biased"]))
             current = "biased"
-        for node in tail + [quant]:
-            copy = helper.make_node(node.op_type, [current] + list(node.input[1:]), [node.output[0] + "_probe"],
-                                    domain=node.domain or None)
-            copy.attribute.extend(node.attribute)
+        for i, node in enumerate(tail + [quant]):
+            copy = self._probe_copy(node, i)
+            copy.input[0], current = current, copy.output[0]
             nodes.append(copy)
-            current = copy.output[0]
 
         def code(acc: np.ndarray) -> np.ndarray:
             z = (acc.astype(np.float64) * sigma[:, None]).astype(np.float32).T  # (k, C)
             z = z.reshape(z.shape + (1,) * (rank - 2))
             y = self.src.run(nodes, {"acc_value": np.ascontiguousarray(z)}, current)
-            return np.rint(y.reshape(y.shape[0], -1) / np.float32(scale)).astype(np.int64).T
+            return np.rint(y.reshape(y.shape[0], -1) / np.float32(scale)).astype(np.int64).T - offset
 
         return code
 

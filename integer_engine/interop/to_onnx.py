@@ -30,7 +30,7 @@ import numpy as np
 
 from integer_engine.errors import EngineError
 from integer_engine.format import IntegerModel, Layer
-from integer_engine.interop.float_search import activation_float_thresholds
+from integer_engine.interop.float_search import add_float_thresholds
 from integer_engine.interop.graph import GraphBuilder, lower_model
 from integer_engine.requant import apply_thresholds
 
@@ -178,7 +178,7 @@ class _OrtLowering:
                 term = g.affine(xi, rank, arr["scale"][i], arr["bias"][i], arr["bn_scale"][i],
                                    arr["bn_shift"][i])
                 z = term if z is None else g.op("Add", [z, term])
-            floats = activation_float_thresholds(arr["alpha"][0], a["out_max"], a.get("rounding", "half_up"))
+            floats = add_float_thresholds(layer)
             self.count_reached(z, floats[None, :], rank, name)
         else:
             raise EngineError(f"layer {name!r}: kind {kind!r} has no ONNX form")

@@ -33,7 +33,7 @@ import numpy as np
 
 from integer_engine.errors import EngineError
 from integer_engine.format import IntegerModel, Layer
-from integer_engine.interop.float_search import activation_float_thresholds
+from integer_engine.interop.float_search import add_float_thresholds
 from integer_engine.interop.graph import QONNX_DOMAIN, GraphBuilder, lower_model
 
 FORM = "qonnx"
@@ -173,7 +173,7 @@ class _QonnxLowering:
             for i, xi in enumerate(a["inputs"]):  # z = affine_0(x_0) + affine_1(x_1), in this order
                 term = g.affine(xi, rank, arr["scale"][i], arr["bias"][i], arr["bn_scale"][i], arr["bn_shift"][i])
                 z = term if z is None else g.op("Add", [z, term])
-            floats = activation_float_thresholds(arr["alpha"][0], a["out_max"], a.get("rounding", "half_up"))
+            floats = add_float_thresholds(layer)
             self.multithreshold(z, floats[None, :], a["out_max"], name)
         else:
             raise EngineError(f"layer {name!r}: kind {kind!r} has no QONNX form")
