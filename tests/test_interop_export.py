@@ -229,8 +229,9 @@ def test_cli_export_refuses_a_bad_batch(tmp_path, capsys):
 
 
 def test_onnxruntime_one_integer_product_per_layer_where_levels_fit_int8(tmp_path):
-    """Weights up to 7 bits: one ConvInteger / MatMulInteger on int8 levels c = 2j - n_w per layer
-    (no row-sum product); 8-bit layers (levels up to +-255) keep the row-sum correction."""
+    """Weights up to 7 bits: one ConvInteger / MatMulInteger per layer on the levels c = 2j - n_w
+    (uint8 c + 128, weight zero point 128; no row-sum product); 8-bit layers (levels up to +-255)
+    keep the row-sum correction."""
     from onnx import numpy_helper
 
     make_checkpoint(tmp_path / "checkpoint.npz", "fmnist", wbits=4, abits=4)
@@ -242,7 +243,9 @@ def test_onnxruntime_one_integer_product_per_layer_where_levels_fit_int8(tmp_pat
         a = layer.attrs
         mine = [n for n in products if n.input[1].startswith(f"{a['name']}_")]
         if a["n_w"] <= 127:
-            assert len(mine) == 1 and consts[mine[0].input[1]].dtype == np.int8, a["name"]
+            assert len(mine) == 1 and consts[mine[0].input[3]] == 128, a["name"]
+            levels = consts[mine[0].input[1]].astype(np.int64) - 128
+            assert np.all(np.abs(levels) <= a["n_w"]) and np.all(levels % 2 == a["n_w"] % 2), a["name"]
             ones = [n for n in products if n.op_type == "ConvInteger" and n.input[0] == mine[0].input[0]
                     and n is not mine[0]]
             assert not ones, f"{a['name']}: a row-sum product is left"

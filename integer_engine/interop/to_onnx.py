@@ -4,7 +4,9 @@ engine's (docs/interop.md).
 Integer parts stay integer, so they are exact in any correct implementation:
 
 - conv/linear: acc = q . c with one ConvInteger / MatMulInteger of the uint8 codes q and the
-  int8 levels c = 2j - n_w where they fit (n_w <= 127: up to 7-bit weights); 8-bit layers use
+  levels c = 2j - n_w where they fit a byte (n_w <= 127: up to 7-bit weights), stored as uint8
+  c + 128 with weight zero point 128 (ONNX Runtime's uint8 x int8 kernels on AVX2 saturate
+  16-bit pair sums; its uint8 x uint8 path is exact); 8-bit layers use
   the engine's identity  acc = 2 * (q . j) - n_w * rowsum(q)  on the stored uint8 codes j (int32
   results, widened to int64); inputs wider than 8 bits (average-pool window sums) are split into
   base-256 digits, q = sum_d 256**d * q_d.
@@ -70,23 +72,27 @@ class _OrtLowering:
 
     def accumulator(self, layer: Layer, x: str) -> str:
         """int64 acc = q . c, q the layer's input codes, c = 2j - n_w the weight levels: one
-        ConvInteger / MatMulInteger on int8 levels where they fit (n_w <= 127, up to 7 bits),
-        else 2 * (q . j) - n_w * rowsum(q) on the stored uint8 codes j."""
+        ConvInteger / MatMulInteger on the levels where they fit a byte (n_w <= 127, up to 7
+        bits; uint8 c + 128, zero point 128), else 2 * (q . j) - n_w * rowsum(q) on the stored
+        uint8 codes j."""
         a, g = layer.attrs, self.g
         w = layer.arrays["weight"]
         conv = a["kind"] == "conv"
         folded = a["n_w"] <= 127
         attrs = dict(pads=[a["padding"]] * 4, strides=[a["stride"]] * 2) if conv else {}
-        if folded:
-            w = (2 * w.astype(np.int16) - a["n_w"]).astype(np.int8)
+        operands = []
+        if folded:  # uint8 c + 128 with weight zero point 128 (uint8 x int8 products saturate
+            # int16 pair sums in ONNX Runtime's AVX2 kernels; uint8 x uint8 do not)
+            w = (2 * w.astype(np.int16) - a["n_w"] + 128).astype(np.uint8)
+            operands = ["", g.const(np.array(128, np.uint8), "zero_point")]
         j = g.const(w if conv else np.ascontiguousarray(w.T), f"{a['name']}_{'levels' if folded else 'weight'}")
         ones = g.const(np.ones((1, *w.shape[1:]), np.uint8), "ones") if conv and not folded else None
         dot = rowsum = None
         for d, digit in enumerate(self.digits(x, a["in_max"])):
             if conv:
-                p = g.cast(g.op("ConvInteger", [digit, j], out_type=np.int32, **attrs), np.int64)
+                p = g.cast(g.op("ConvInteger", [digit, j, *operands], out_type=np.int32, **attrs), np.int64)
             else:
-                p = g.cast(g.op("MatMulInteger", [digit, j], out_type=np.int32), np.int64)
+                p = g.cast(g.op("MatMulInteger", [digit, j, *operands], out_type=np.int32), np.int64)
             r = None
             if not folded:
                 r = (g.cast(g.op("ConvInteger", [digit, ones], out_type=np.int32, **attrs), np.int64) if conv else
