@@ -25,6 +25,9 @@ that the exporter writes is folded in). The fixtures:
   -> two ResNet basic blocks (residual adds of quantized tensors: the branch's batch norm output
   through a signed 4-bit QuantIdentity, then QuantReLU; the second block strided with a 1x1
   conv shortcut) -> global average pool -> QuantLinear 10 (8-bit, bias).
+- `bnn_w1a1.onnx`: 1x12x12 -> unsigned 8-bit QuantIdentity -> two unpadded 3x3 convs with binary
+  weights, each BN -> bipolar (+-1) activation (BipolarQuant) -> max-pool -> 1x1 conv W4A4 ->
+  2x2 average pool -> QuantLinear 10 (binary weights, bias).
 - `mlp_w2a2.onnx`: 1x8x8 -> QuantIdentity (unsigned 8-bit) -> Flatten -> QuantLinear 32 (2-bit
   weights) -> BatchNorm1d -> QuantReLU 2-bit -> QuantLinear 16 (1-bit binary weights: BipolarQuant)
   -> QuantReLU 3-bit -> QuantLinear 10 (8-bit).
@@ -41,7 +44,8 @@ import torch
 from brevitas import nn as qnn
 from brevitas.export import export_qonnx
 from brevitas.quant import (Int8WeightPerChannelFloat, Int8WeightPerTensorFixedPoint, Int8WeightPerTensorFloat,
-                            SignedBinaryWeightPerTensorConst, Uint8ActPerTensorFixedPoint, Uint8ActPerTensorFloat)
+                            SignedBinaryActPerTensorConst, SignedBinaryWeightPerTensorConst,
+                            Uint8ActPerTensorFixedPoint, Uint8ActPerTensorFloat)
 from torch import nn
 
 
@@ -136,6 +140,29 @@ def resnet_style() -> nn.Module:
     )
 
 
+def bnn() -> nn.Module:
+    """1x12x12 -> unsigned 8-bit input QuantIdentity -> conv 3x3 (binary weights) -> BN -> bipolar
+    activation -> conv 3x3 (binary weights, unpadded: the source pads +-1 inputs with 0) -> BN ->
+    bipolar activation -> max-pool -> conv 1x1 W4 (on the +-1 codes) -> BN -> QuantReLU A4 ->
+    average pool 2x2 -> QuantLinear 10 (binary weights, bias), as FINN's binarized networks are
+    built."""
+    def binary_conv(cin: int, cout: int, k: int) -> nn.Module:
+        return qnn.QuantConv2d(cin, cout, k, weight_quant=SignedBinaryWeightPerTensorConst, bias=False)
+
+    def bipolar() -> nn.Module:
+        return qnn.QuantIdentity(act_quant=SignedBinaryActPerTensorConst)
+
+    return nn.Sequential(
+        qnn.QuantIdentity(act_quant=InputQuant),
+        binary_conv(1, 16, 3), nn.BatchNorm2d(16), bipolar(),
+        binary_conv(16, 16, 3), nn.BatchNorm2d(16), bipolar(),
+        nn.MaxPool2d(2),
+        qnn.QuantConv2d(16, 16, 1, weight_bit_width=4, bias=False), nn.BatchNorm2d(16), qnn.QuantReLU(bit_width=4),
+        nn.AvgPool2d(2), nn.Flatten(),
+        qnn.QuantLinear(16 * 2 * 2, 10, weight_quant=SignedBinaryWeightPerTensorConst, bias=True),
+    )
+
+
 def prepare(model: nn.Module, shape: tuple, seed: int) -> nn.Module:
     """Random batch-norm statistics (some negative gammas), then calibrate the learned activation
     scales with a few training-mode passes on random pixel images x = p / 255."""
@@ -190,6 +217,7 @@ def main() -> None:
     onnx.save(half_up(proto), os.path.join(args.out, "cnv_fixed_point_half_up.onnx"))
     export(prepare(mlp(), (1, 8, 8), 2), (1, 8, 8), os.path.join(args.out, "mlp_w2a2.onnx"))
     export(prepare(resnet_style(), (1, 16, 16), 4), (1, 16, 16), os.path.join(args.out, "resnet_w4a4.onnx"))
+    export(prepare(bnn(), (1, 12, 12), 5), (1, 12, 12), os.path.join(args.out, "bnn_w1a1.onnx"))
     for name in sorted(os.listdir(args.out)):
         print(f"wrote {os.path.join(args.out, name)} ({os.path.getsize(os.path.join(args.out, name)):,} bytes)")
 

@@ -22,7 +22,7 @@ from integer_engine.interop.from_qonnx import import_qonnx  # noqa: E402
 from integer_engine.verify import verify_model  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures" / "brevitas"
-NAMES = ["cnv_w4a4", "cnv_fixed_point", "cnv_fixed_point_half_up", "mlp_w2a2", "resnet_w4a4"]
+NAMES = ["cnv_w4a4", "cnv_fixed_point", "cnv_fixed_point_half_up", "mlp_w2a2", "resnet_w4a4", "bnn_w1a1"]
 
 
 def images_for(model, count=96, seed=0):
@@ -76,13 +76,10 @@ def sigmoid_instead_of_relu(proto):
     next(n for n in proto.graph.node if n.op_type == "Relu").op_type = "Sigmoid"
 
 
-def bipolar_activation(proto):
-    """The first activation Quant (after a Relu) replaced by a BipolarQuant (x, scale)."""
-    relu = next(n for n in proto.graph.node if n.op_type == "Relu")
-    node = next(n for n in proto.graph.node if n.op_type == "Quant" and n.input[0] == relu.output[0])
-    node.op_type = "BipolarQuant"
-    del node.input[2:]
-    del node.attribute[:]
+def padded_conv_on_bipolar(proto):
+    """The second binary conv (fed by +-1 activations) given padding 1."""
+    conv = [n for n in proto.graph.node if n.op_type == "Conv"][1]
+    next(a for a in conv.attribute if a.name == "pads").ints[:] = [1, 1, 1, 1]
 
 
 def unquantized_branch(proto):
@@ -96,7 +93,7 @@ def unquantized_branch(proto):
 @pytest.mark.parametrize("name,edit,message", [
     ("cnv_w4a4", signed_activation, r"\(Conv\): its input has signed codes"),
     ("cnv_w4a4", sigmoid_instead_of_relu, r"\(Sigmoid\): between a Conv/Gemm and its activation Quant only"),
-    ("cnv_w4a4", bipolar_activation, r"\(BipolarQuant\): a bipolar \(\+-1\) activation"),
+    ("bnn_w1a1", padded_conv_on_bipolar, r"\(Conv\): a padded Conv on bipolar \(\+-1\) inputs"),
     ("resnet_w4a4", unquantized_branch, r"\(Add\): a residual add of an unquantized tensor"),
 ])
 def test_unrepresentable_models_are_refused_in_one_line(tmp_path, capsys, name, edit, message):
@@ -128,6 +125,19 @@ def test_resnet_fixture_has_adds_signed_codes_and_a_global_pool():
     images = images_for(model, 24)
     for onnx_model in (to_onnx(model), to_qonnx(model)):
         assert compare_with_engine(model, onnx_model, images).ok
+
+
+def test_bnn_fixture_keeps_bipolar_activations_as_codes():
+    """Bipolar activations a = 2b - 1 are stored as codes b (out_bipolar); both levels occur, and
+    the next layers fold the weight row sums into their thresholds (logits: into the bias)."""
+    model = import_qonnx(FIXTURES / "bnn_w1a1.onnx")
+    bipolar = [layer for layer in model.layers if layer.attrs.get("out_bipolar")]
+    assert [layer.attrs["kind"] for layer in bipolar] == ["conv", "conv", "maxpool"]
+    from integer_engine.executor import Engine
+    outputs = Engine(model).run(images_for(model, 32), collect=True).outputs
+    for layer in bipolar:
+        assert set(np.unique(outputs[layer.name]).tolist()) == {0, 1}, layer.name
+    assert any(layer.attrs["kind"] == "avgpool" and layer.attrs["kernel"] == 2 for layer in model.layers)
 
 
 def test_tampered_imported_add_thresholds_are_refused(tmp_path):

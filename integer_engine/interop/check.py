@@ -142,7 +142,8 @@ def compare_with_source(model: IntegerModel, source, images: np.ndarray, batch_s
             close = np.abs(ours - value) <= tolerance
             report.compare(layer.name, close, np.ones_like(close), start)
             return np.argmax(value, axis=1)
-        codes = np.rint(value / np.float32(layer.attrs["out_scale"])) - layer.attrs.get("out_offset", 0)
+        codes = np.rint(value / np.float32(layer.attrs["out_scale"]))
+        codes = (codes + 1) / 2 if layer.attrs.get("out_bipolar") else codes - layer.attrs.get("out_offset", 0)
         report.compare(layer.name, ours, codes, start)
         return None
 

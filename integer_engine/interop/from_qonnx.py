@@ -21,13 +21,14 @@ Supported: an input Quant (pixels x = p / 255 in float32, as tinypact's data; a 
 Brevitas's default QuantIdentity, gives codes 0..max on x >= 0), Conv (group 1, symmetric
 padding) and Gemm/MatMul with Quant/BipolarQuant weights (zero point 0), BatchNormalization,
 Relu, per-tensor activation Quant (ROUND or HALF_UP; a signed one stores codes u = q - min with
-`out_offset` = min), MaxPool (also between batch norm and the activation: moved after it, as
+`out_offset` = min) or BipolarQuant (codes b of a = 2b - 1, `out_bipolar`; the next layer's
+probe uses the source's sum 2 acc - rowsum(c), so its convs must be unpadded), MaxPool (also between batch norm and the activation: moved after it, as
 export.py does), average pools (AveragePool, GlobalAveragePool, ReduceMean over H and W: window
 sums, the 1/area going into the next layer's scale), residual Adds of two quantized tensors
 (`add`), Flatten/Reshape to (N, F), and a last Gemm whose float32 output is the logits. The
 graph is walked in its topological order, so branches (a tensor feeding a block and its
 shortcut) are followed. Anything else is refused with one line naming the node and why (signed
-codes into a Conv/Gemm, bipolar activations, an add of an unquantized tensor...).
+codes into a Conv/Gemm, a padded conv on +-1 codes, an add of an unquantized tensor...).
 
 A residual Add: the source computes z = float32(a + b) of two dequantized tensors
 (code + offset) * scale, then Relu and a Quant. The `.tpq` add layer reproduces each term
@@ -64,11 +65,13 @@ class Stream:
     max: int
     scale: float
     offset: int = 0  # the source's value is (code + offset) * scale: a signed quantizer's codes
+    bipolar: bool = False  # the source's value is (2 * code - 1) * scale: a BipolarQuant's +-1
 
 
 def _offset(stream: Stream) -> dict:
-    """A layer's `out_offset` attribute (the source's integers are code + offset), where not 0."""
-    return {"out_offset": stream.offset} if stream.offset else {}
+    """A layer's `out_offset` attribute (the source's integers are code + offset), where not 0, or
+    `out_bipolar` (the source's integers are 2 * code - 1)."""
+    return {"out_offset": stream.offset} if stream.offset else {"out_bipolar": True} if stream.bipolar else {}
 
 
 def _refuse(node, why: str) -> None:
@@ -146,9 +149,13 @@ class _Importer:
         0..top stand for the source's integers code + offset (offset < 0 for a signed one)."""
         a = self.src.attrs(node)
         if node.op_type == "BipolarQuant":
-            _refuse(node, "a bipolar (+-1) activation: the integer model's codes are levels 0..n, "
-                          "and a +-1 input has no integer-threshold form in the next layer here; use "
-                          "an unsigned QuantReLU/QuantIdentity")
+            if not signed_ok:
+                _refuse(node, "a bipolar (+-1) input quantizer: the integer model's input is uint8 "
+                              "pixels; quantize the input with an unsigned 8-bit QuantIdentity")
+            scale = self.src.const(node, 1, "scale")
+            if scale.size != 1:
+                _refuse(node, "per-channel activation scales are not imported")
+            return float(scale.reshape(())), 1, "half_even", 0  # code b: the source's 2b - 1
         if node.op_type != "Quant":
             _refuse(node, "expected an activation Quant")
         signed, narrow = a.get("signed", 1), a.get("narrow", 0)
@@ -220,6 +227,8 @@ class _Importer:
         if node is None or node.op_type != "Quant":
             raise EngineError(f"input {tensor!r} must feed a Quant node (the integer model's input is "
                               f"uint8 pixels: quantize the input with an unsigned 8-bit QuantIdentity)")
+        if node.op_type != "Quant":
+            _refuse(node, "the input quantizer must be a Quant (an unsigned or signed 8-bit QuantIdentity)")
         scale, top, rule, offset = self.act_quant(node, signed_ok=True)
         top += offset  # a signed input quantizer (Brevitas's default) on x = p / 255 >= 0: codes 0..max
         pixels = np.arange(256, dtype=np.float32).reshape(256, 1, 1, 1) / np.float32(255)
@@ -281,14 +290,15 @@ class _Importer:
                 if len(target) != 2 or target[1] not in (-1, int(np.prod(stream.shape))):
                     _refuse(node, f"only a reshape to (N, features) is imported, got {target.tolist()}")
             if len(stream.shape) == 1:
-                return Stream(node.output[0], stream.layer, stream.shape, stream.max, stream.scale, stream.offset)
+                return Stream(node.output[0], stream.layer, stream.shape, stream.max, stream.scale, stream.offset,
+                              stream.bipolar)
             name = self.name("flatten")
             shape = (int(np.prod(stream.shape)),)
             self.layers.append(Layer({"name": name, "kind": "flatten", "inputs": [stream.layer],
                                       "in_shape": list(stream.shape), "out_shape": list(shape),
                                       "out_max": stream.max, "out_scale": stream.scale,
                                       "graph_node": node.output[0], **_offset(stream)}))
-            return Stream(node.output[0], name, shape, stream.max, stream.scale, stream.offset)
+            return Stream(node.output[0], name, shape, stream.max, stream.scale, stream.offset, stream.bipolar)
         if op in ("Conv", "Gemm", "MatMul"):
             return self.compute(node, stream)
         if op in ("GlobalAveragePool", "AveragePool", "ReduceMean"):
@@ -313,7 +323,7 @@ class _Importer:
                                   "in_shape": list(stream.shape), "out_shape": list(shape), "kernel": k[0],
                                   "stride": s[0], "padding": p, "out_max": top, "out_scale": stream.scale,
                                   "graph_node": graph_node or node.output[0], **_offset(stream)}))
-        return Stream(graph_node or node.output[0], name, shape, top, stream.scale, stream.offset)
+        return Stream(graph_node or node.output[0], name, shape, top, stream.scale, stream.offset, stream.bipolar)
 
     def avgpool(self, node, stream: Stream) -> Stream:
         """A (global) average pool of codes: the layer sums each window (the engine's avgpool),
@@ -321,7 +331,7 @@ class _Importer:
         in its own order, so the next layer's probe (the correctly rounded value) can differ
         from it only within an ulp or so, as for the conv output."""
         a = self.src.attrs(node)
-        if stream.offset or len(stream.shape) != 3:
+        if stream.offset or stream.bipolar or len(stream.shape) != 3:
             _refuse(node, "an average pool of signed codes or of a flat tensor is not imported")
         c, h, w = stream.shape
         if node.op_type == "ReduceMean":  # torch's AdaptiveAvgPool2d(1) as the exporter writes it
@@ -348,7 +358,8 @@ class _Importer:
         the source's dequantized float32 values), then Relu and the activation Quant. The engine's
         add computes z = float32((u + offset) * scale) per input (its affine with scale 1, bias
         offset, bn_scale scale) and the float32 sum as the source does; the activation of z is
-        stored as float32 thresholds found by bisection over the source's own Relu + Quant."""
+        stored as float32 thresholds found by bisection over the source's own Relu + Quant. A
+        bipolar input (2b - 1) * scale is the affine with scale 2, bias -1."""
         from integer_engine.interop.float_search import float_thresholds
 
         if len(inputs) != 2 or inputs[0].shape != inputs[1].shape:
@@ -369,8 +380,8 @@ class _Importer:
 
         floats = float_thresholds(code, top, np.float32(scale * (top + 1)))
         c = inputs[0].shape[0]
-        arrays = {"scale": np.ones(2, np.float32),
-                  "bias": np.array([[s.offset] * c for s in inputs], np.float32),
+        arrays = {"scale": np.array([2 if s.bipolar else 1 for s in inputs], np.float32),  # 2b - 1 or u + offset
+                  "bias": np.array([[-1 if s.bipolar else s.offset] * c for s in inputs], np.float32),
                   "bn_scale": np.array([[s.scale] * c for s in inputs], np.float32),
                   "bn_shift": np.zeros((2, c), np.float32), "float_thresholds": floats.astype(np.float32)}
         name = self.name("add")
@@ -398,6 +409,9 @@ class _Importer:
         if stream.offset:
             _refuse(node, "its input has signed codes: the integer model's conv/linear inputs are "
                           "unsigned; quantize its input with an unsigned quantizer (QuantReLU)")
+        if stream.bipolar and op == "Conv" and any(a.get("pads", [0])):
+            _refuse(node, "a padded Conv on bipolar (+-1) inputs: the source pads with 0, which is no "
+                          "+-1 code (the integer model pads codes b = 0, i.e. -1); use padding 0")
         wnode = next((n for n in src.proto.graph.node if n.output[0] == node.input[1]), None)
         levels, unit, n_w, wbits, kind = self.weight_levels(wnode)
         bias = src.const(node, 2, "bias").astype(np.float32) if len(node.input) > 2 and node.input[2] else None
@@ -428,6 +442,9 @@ class _Importer:
         if np.any(unit != unit[:, :1]):
             _refuse(wnode, "weight scales must be per tensor or per output channel")
         sigma = np.float64(stream.scale) * unit[:, 0]  # real value of one accumulator unit
+        # bipolar input a = 2b - 1: the source's sum a.c = 2 acc - rowsum(c), acc = b.c the engine's
+        shift = levels.reshape(out_c, -1).sum(axis=1) if stream.bipolar else np.zeros(out_c, np.int64)
+        factor = 2 if stream.bipolar else 1
         attrs = {"name": self.name("conv" if op == "Conv" else "linear"), "kind": "conv" if op == "Conv" else "linear",
                  "inputs": [stream.layer], "in_shape": list(stream.shape), "out_shape": list(out_shape),
                  "out_channels": out_c, "wbits": wbits, "n_w": n_w, "weight_quant": kind,
@@ -438,19 +455,22 @@ class _Importer:
         tail, pools, quant, end = self.tail(node.output[0])
         self.consumed.update(id(n) for n in tail + pools + [quant] if n is not None)
         if quant is None:
-            return self.logits(node, attrs, weight, sigma, bias, tail, end)
+            if stream.bipolar:  # (2 acc - rowsum) sigma + bias = acc (2 sigma) + (bias - rowsum sigma)
+                bias = (bias if bias is not None else np.zeros(out_c, np.float32)) - (shift * sigma).astype(np.float32)
+            return self.logits(node, attrs, weight, factor * sigma, bias, tail, end)
         scale, top, rule, offset = self.act_quant(quant, signed_ok=True)
-        code = self.code_function(sigma, bias, tail, quant, scale, len(out_shape) + 1, offset)
+        bipolar = quant.op_type == "BipolarQuant"
+        code = self.code_function(sigma, bias, tail, quant, scale, len(out_shape) + 1, offset,
+                                  factor, shift, bipolar)
         lo, hi = code(np.full((out_c, 1), -bound)), code(np.full((out_c, 1), bound))
         direction = np.where(hi[:, 0] >= lo[:, 0], 1, -1).astype(np.int8)
         th = thresholds(code, direction, top, -bound, bound)
         attrs.update(output="threshold", out_max=top, out_scale=scale, rounding=rule, epilogue="source")
-        if offset:
-            attrs["out_offset"] = offset  # the source's integers are code + offset
+        out = Stream(quant.output[0], attrs["name"], out_shape, top, scale, offset, bipolar)
+        attrs.update(_offset(out))  # the source's integers are code + offset, or 2 * code - 1
         if not pools:
             attrs["graph_node"] = quant.output[0]
         self.layers.append(Layer(attrs, {"weight": weight, "thresholds": th, "direction": direction}))
-        out = Stream(quant.output[0], attrs["name"], out_shape, top, scale, offset)
         for i, pool in enumerate(pools):  # moved after the activation: the code is monotone in z
             out = self.maxpool(pool, out, out.layer, top, quant.output[0] if i == len(pools) - 1 else None)
         return out
@@ -481,9 +501,12 @@ class _Importer:
                 elementwise.append(node)
             tensor = node.output[0]
 
-    def code_function(self, sigma, bias, tail, quant, scale, rank, offset=0):
-        """code(acc) (C, k) -> (C, k) by the source's own nodes: z0 = float32(acc * sigma[c]),
-        + bias (the conv's float32 bias add), the tail nodes, the Quant; codes = rint(y / s)."""
+    def code_function(self, sigma, bias, tail, quant, scale, rank, offset=0, factor=1, shift=None, bipolar=False):
+        """code(acc) (C, k) -> (C, k) by the source's own nodes: z0 = float32((factor * acc -
+        shift[c]) * sigma[c]) (factor 2, shift the weight row sums on bipolar inputs), + bias
+        (the conv's float32 bias add), the tail nodes, the Quant; codes = rint(y / s) - offset,
+        or (rint(y / s) + 1) / 2 for a BipolarQuant."""
+        shift = np.zeros(len(sigma), np.int64) if shift is None else shift
         helper = self.src.onnx.helper
         nodes = []
         current = "acc_value"
@@ -497,10 +520,11 @@ class _Importer:
             nodes.append(copy)
 
         def code(acc: np.ndarray) -> np.ndarray:
-            z = (acc.astype(np.float64) * sigma[:, None]).astype(np.float32).T  # (k, C)
+            z = ((acc.astype(np.float64) * factor - shift[:, None]) * sigma[:, None]).astype(np.float32).T  # (k, C)
             z = z.reshape(z.shape + (1,) * (rank - 2))
             y = self.src.run(nodes, {"acc_value": np.ascontiguousarray(z)}, current)
-            return np.rint(y.reshape(y.shape[0], -1) / np.float32(scale)).astype(np.int64).T - offset
+            v = np.rint(y.reshape(y.shape[0], -1) / np.float32(scale)).astype(np.int64).T
+            return (v + 1) // 2 if bipolar else v - offset
 
         return code
 
