@@ -29,7 +29,7 @@ class RandomNet(Network):
     name = "random"
 
     def __init__(self, policy: Policy, input_shape: tuple[int, int, int], num_classes: int):
-        super().__init__(policy, num_classes)
+        super().__init__(policy, num_classes, in_channels=input_shape[0], image_size=input_shape[1])
         self.input_shape = input_shape
         self.stages: list[str] = []
 

@@ -22,8 +22,8 @@ Brevitas's default QuantIdentity, gives codes 0..max on x >= 0), Conv (group 1, 
 padding) and Gemm/MatMul with Quant/BipolarQuant weights (zero point 0), BatchNormalization,
 Relu, per-tensor activation Quant (ROUND or HALF_UP; a signed one stores codes u = q - min with
 `out_offset` = min) or BipolarQuant (codes b of a = 2b - 1, `out_bipolar`; the next layer's
-probe uses the source's sum 2 acc - rowsum(c), so its convs must be unpadded), MaxPool (also between batch norm and the activation: moved after it, as
-export.py does), average pools (AveragePool, GlobalAveragePool, ReduceMean over H and W: window
+probe uses the source's sum 2 acc - rowsum(c), so its convs must be unpadded), MaxPool (also
+between batch norm and the activation: moved after it, as export.py does), average pools (AveragePool, GlobalAveragePool, ReduceMean over H and W: window
 sums, the 1/area going into the next layer's scale), residual Adds of two quantized tensors
 (`add`), Flatten/Reshape to (N, F), and a last Gemm whose float32 output is the logits. The
 graph is walked in its topological order, so branches (a tensor feeding a block and its
@@ -226,9 +226,7 @@ class _Importer:
         node = self.src.only_consumer(tensor)
         if node is None or node.op_type != "Quant":
             raise EngineError(f"input {tensor!r} must feed a Quant node (the integer model's input is "
-                              f"uint8 pixels: quantize the input with an unsigned 8-bit QuantIdentity)")
-        if node.op_type != "Quant":
-            _refuse(node, "the input quantizer must be a Quant (an unsigned or signed 8-bit QuantIdentity)")
+                              f"uint8 pixels: quantize the input with an 8-bit QuantIdentity)")
         scale, top, rule, offset = self.act_quant(node, signed_ok=True)
         top += offset  # a signed input quantizer (Brevitas's default) on x = p / 255 >= 0: codes 0..max
         pixels = np.arange(256, dtype=np.float32).reshape(256, 1, 1, 1) / np.float32(255)
