@@ -48,6 +48,9 @@ def build_parser() -> OneLineParser:
                         "ones resume from their last epoch")
     parser.add_argument("--local-sequential", action="store_true",
                         help="no Ray: train the trials one after another in this process")
+    parser.add_argument("--num-cpus", type=int, metavar="N",
+                        help="the local Ray instance's CPUs (default: all of this machine's); "
+                        "not with --address")
     parser.add_argument("--max-failures", type=int, default=3, metavar="N",
                         help="Ray: restart a trial whose process or machine died up to N times, "
                         "from its last epoch (default 3)")
@@ -59,7 +62,10 @@ def build_parser() -> OneLineParser:
 def prepare_out(out: Path, sweep: Sweep, resume: bool) -> None:
     """Check DIR against the sweep (never mixing two sweeps) and record the sweep in it."""
     saved = out / SWEEP_NAME
-    if saved.exists():
+    started = saved.exists() and any(path.name != SWEEP_NAME for path in out.iterdir())
+    if saved.exists() and not started and not resume:
+        saved.unlink()  # recorded, but nothing ran (Ray could not start): start afresh
+    elif saved.exists():
         if not resume:
             raise CheckpointError(f"{out} holds a sweep already; pass --resume to continue it, "
                                   f"or choose another --out")
@@ -113,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.cpus_per_trial is not None and args.cpus_per_trial < 1:
         print("error: --cpus-per-trial must be at least 1", file=sys.stderr)
         return 2
+    if args.num_cpus is not None and (args.num_cpus < 1 or args.address):
+        print("error: --num-cpus needs a number of 1 or more, and no --address (a cluster has "
+              "the CPUs its machines were started with)", file=sys.stderr)
+        return 2
     if args.max_failures < 0:
         print("error: --max-failures must be 0 or more", file=sys.stderr)
         return 2
@@ -148,13 +158,14 @@ def main(argv: list[str] | None = None) -> int:
             failed = run_sequential(sweep, out, threads, not args.no_progress, report)
         else:
             failed = ray_tune.run_on_ray(sweep, out, args.address, args.cpus_per_trial or 1,
-                                         args.resume, args.max_failures, on_trial_done=report)
+                                         args.resume, args.max_failures, args.num_cpus,
+                                         on_trial_done=report)
         records = report()
     except KeyboardInterrupt:
         report()
         print(f"\ninterrupted; resume with `{command} --resume`", file=sys.stderr)
         return 130
-    except CheckpointError as err:
+    except (CheckpointError, ray_tune.RayError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -54,23 +54,40 @@ def ray_available() -> bool:
     return True
 
 
+class RayError(Exception):
+    """Ray could not be started or reached (one line)."""
+
+
 def run_on_ray(sweep: Sweep, out: Path, address: str | None, cpus_per_trial: int,
-               resume: bool, max_failures: int, on_trial_done: Callable[[], None] = lambda: None,
+               resume: bool, max_failures: int, num_cpus: int | None = None,
+               on_trial_done: Callable[[], None] = lambda: None,
                verbose: int = 1) -> dict[str, str]:
     """Train every trial of `sweep` into `out` on Ray Tune; {trial name: error} of the trials
-    that failed for good. `on_trial_done()` is called (here, in the driver) as each trial
-    completes. Ray is shut down before returning."""
+    that failed for good. Without `address`, on a new local Ray instance using `num_cpus` CPUs
+    (default: all). `on_trial_done()` is called (here, in the driver) as each trial completes.
+    Ray is shut down before returning."""
     # Tune warns at every checkpoint of a short trial that its state syncs often; they are small.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     import ray
     from ray import tune
 
     out = Path(out).resolve()
-    options = dict(include_dashboard=False, logging_level=logging.WARNING)
-    if address:
-        ray.init(address=address, **options)
-    else:
-        ray.init(object_store_memory=LOCAL_OBJECT_STORE_BYTES, **options)
+    address = address or os.environ.get("RAY_ADDRESS") or None  # Ray's own variable counts
+    options = dict(address=address, include_dashboard=False, logging_level=logging.WARNING)
+    if not address:
+        # "local": a new instance, even if this machine runs a cluster (`ray start`).
+        options.update(address="local", num_cpus=num_cpus,
+                       object_store_memory=LOCAL_OBJECT_STORE_BYTES)
+    try:
+        ray.init(**options)
+    except (ConnectionError, ValueError, RuntimeError) as err:
+        ray.shutdown()
+        where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+        raise RayError(f"could not start or reach {where}: {_error_line(err)}") from None
+    if cpus_per_trial > max(ray.cluster_resources().get("CPU", 0), 1):
+        ray.shutdown()
+        raise RayError(f"--cpus-per-trial {cpus_per_trial} is more than the "
+                       f"{ray.cluster_resources().get('CPU', 0):g} CPUs Ray has; use fewer")
     try:
         trials = {trial.name: trial for trial in sweep.trials}
         trainable = tune.with_resources(
@@ -97,7 +114,8 @@ def run_on_ray(sweep: Sweep, out: Path, address: str | None, cpus_per_trial: int
         for result in results:
             name = result.config.get("trial", "?")
             if result.error is not None:
-                failed[name] = _error_line(result.error)
+                failed[name] = (f"{_error_line(result.error)} (Tune's log of it: "
+                                f"{experiment / name / 'error.txt'})")
             elif result.metrics.get("failed"):
                 failed[name] = result.metrics["failed"]
         return failed
@@ -128,8 +146,10 @@ def _trial_name(trial) -> str:
 
 
 def _error_line(error: BaseException) -> str:
-    lines = [line for line in str(error).splitlines() if line.strip()]
-    return lines[-1][:300] if lines else type(error).__name__
+    """The first line of an error's message, at most about 200 characters."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    line = lines[0] if lines else type(error).__name__
+    return line if len(line) <= 200 else line[:200].rsplit(" ", 1)[0] + " ..."
 
 
 def _trainable(config: dict, trials: dict[str, Trial], out: str, threads: int) -> None:
