@@ -77,26 +77,26 @@ def pm(mean: float, std: float | None, signed: bool = False) -> str:
 
 def table(rows: dict[str, dict], baseline: str | None) -> list[str]:
     """The markdown table: one line per run, test accuracy as mean ± sample std over seeds."""
-    versus = f" vs {baseline} (points) |" if baseline else ""
-    lines = ["| run | weights | activations | W/A bits | seeds | test accuracy (%) | per seed (%) "
-             f"|{versus} val error (%): last (best) | train min/run |",
-             "|---|---|---|---|---|---|---|" + ("---|" if baseline else "") + "---|---|"]
+    header = ["run", "weights", "activations", "W/A bits", "seeds", "test accuracy (%)",
+              "per seed (%)"] + ([f"vs {baseline} (points)"] if baseline else []) + \
+        ["val error (%): last (best)", "train min/run"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows.values():
-        gap = ""
+        cells = [row["label"], row["weight_quant"], row["act_quant"],
+                 "32/32" if row["wbits"] == 32 else f"{row['wbits']}/{row['abits']}",
+                 ", ".join(map(str, row["seeds"])), pm(row["accuracy_mean"], row["accuracy_std"]),
+                 ", ".join(f"{100 * r['test_accuracy']:.2f}" for r in row["runs"])]
         if baseline:
+            gap = ""
             if baseline in rows and row["label"] != baseline:
                 diff = difference(row, rows[baseline])
                 gap = pm(diff["difference"], diff["noise"], signed=True)
                 gap += " (within noise)" if diff["verdict"] == "within noise" else ""
-            gap += " |"
-        bits = "32/32" if row["wbits"] == 32 else f"{row['wbits']}/{row['abits']}"
-        per_seed = ", ".join(f"{100 * r['test_accuracy']:.2f}" for r in row["runs"])
-        val = "" if row["val_error_mean"] is None else \
-            f"{row['val_error_mean']:.2f} ({row['best_val_error_mean']:.2f})"
-        lines.append(f"| {row['label']} | {row['weight_quant']} | {row['act_quant']} | {bits} | "
-                     f"{', '.join(map(str, row['seeds']))} | "
-                     f"{pm(row['accuracy_mean'], row['accuracy_std'])} | {per_seed} |{gap} "
-                     f"{val} | {row['train_minutes_mean']:.1f} |")
+            cells.append(gap)
+        cells.append("" if row["val_error_mean"] is None else
+                     f"{row['val_error_mean']:.2f} ({row['best_val_error_mean']:.2f})")
+        cells.append(f"{row['train_minutes_mean']:.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
