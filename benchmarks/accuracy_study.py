@@ -25,8 +25,13 @@ finished runs and resumes unfinished ones, so an interrupted study loses at most
 Runs go in this order: PACT W2A2 and W4A4 with the first seed (to compare with the earlier
 single-seed figures), the other configurations with the first seed, then the next seeds.
 
+    python -m tinypact.sweep benchmarks/accuracy_study.toml --out RUNS
+                        # the study's 21 runs as a sweep (Ray Tune: all cores, or a cluster;
+                        # docs/sweeps.md); the sweep file holds these configurations
+    python benchmarks/accuracy_study.py --runs-dir RUNS --no-train
+                        # this report, from the runs finished in RUNS
     python benchmarks/accuracy_study.py --runs-dir RUNS --no-progress
-                                        # the study: 21 runs, ~3 hours on a quiet 2-core machine
+                        # or: train the runs here, one after another (~3 hours on 2 cores)
     python benchmarks/accuracy_study.py --quick      # smoke test on tiny settings, temp output
 
 `--model resnet20` runs the follow-up paper's study on the papers' ResNet20 instead (Fashion-MNIST
@@ -35,13 +40,13 @@ shortcuts; the same with 2-bit shortcuts (the follow-up's claim: low-precision s
 accuracy); PACT W4A4. Two seeds by default. Its report, benchmarks/results/
 accuracy_study_resnet20.{md,json,png}, also holds the rows of `benchmarks/brevitas_parity.py`
 (the same network, data, order, initial weights and schedule in PyTorch + Brevitas) that have
-finished in benchmarks/results/brevitas_parity_runs.
+finished in benchmarks/results/brevitas_parity_runs. Its sweep file:
+benchmarks/accuracy_study_resnet20.toml (then `--model resnet20 --runs-dir RUNS --no-train`).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import shutil
@@ -61,6 +66,8 @@ from tinypact.checkpoint import (CHECKPOINT_NAME, CheckpointError,  # noqa: E402
 from typing import NamedTuple  # noqa: E402
 
 from tinypact.recipes import TrainConfig, recipe  # noqa: E402
+from tinypact.sweep.report import difference, mean_std  # noqa: E402  (the statistics)
+from tinypact.sweep.report import pm as _pm  # noqa: E402
 from tinypact.trainer import RESULT_NAME, fit  # noqa: E402
 
 # label -> TrainConfig overrides. Float is a plain ReLU network with float first/last layers.
@@ -159,6 +166,12 @@ STUDIES = {
                       RESNET20_COMPARISONS, RESNET20_SCHEDULE, RESNET20_QUICK, (0, 1),
                       "accuracy_study_resnet20", "brevitas_parity_runs"),
 }
+
+
+# The studies as sweep files for `python -m tinypact.sweep` (tests/test_accuracy_study.py checks
+# that they train exactly these configurations into the run directories this script reads).
+SWEEP_FILES = {"fmnist": ROOT / "benchmarks" / "accuracy_study.toml",
+               "resnet20": ROOT / "benchmarks" / "accuracy_study_resnet20.toml"}
 
 
 def slug(label: str) -> str:
@@ -267,16 +280,6 @@ def export_and_verify(run_dir: Path) -> dict:
 
 
 # ------------------------------------------------------------------------------------ statistics
-def mean_std(values: list[float]) -> tuple[float, float | None]:
-    """Mean and sample standard deviation s = sqrt(sum_i (v_i - mean)^2 / (n - 1));
-    s is None for a single value (no spread can be measured from one seed)."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, None
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-
-
 def summarize(label: str, config: TrainConfig, runs: list[dict]) -> dict:
     """One table row: the configuration and its runs (sorted by seed), accuracies in points."""
     runs = sorted(runs, key=lambda r: r["seed"])
@@ -289,22 +292,6 @@ def summarize(label: str, config: TrainConfig, runs: list[dict]) -> dict:
             "val_error_mean": sum(vals) / len(vals) if vals else None,
             "train_minutes_mean": sum(r["train_minutes"] for r in runs) / len(runs),
             "runs": runs}
-
-
-def difference(a: dict, b: dict) -> dict:
-    """Row a minus row b in accuracy points, judged against the seed-to-seed spread.
-
-    d = mean_a - mean_b and noise = sqrt(s_a^2 + s_b^2), the standard deviation of the
-    difference between one run of a and one run of b (s: sample std over seeds). The rows
-    differ ("higher"/"lower") only if |d| > noise, else "within noise"; with a single seed in
-    either row the spread is unknown ("spread unknown") and nothing is concluded.
-    """
-    d = a["accuracy_mean"] - b["accuracy_mean"]
-    if a["accuracy_std"] is None or b["accuracy_std"] is None:
-        return {"difference": d, "noise": None, "verdict": "spread unknown"}
-    noise = math.hypot(a["accuracy_std"], b["accuracy_std"])
-    verdict = "within noise" if abs(d) <= noise else ("higher" if d > 0 else "lower")
-    return {"difference": d, "noise": noise, "verdict": verdict}
 
 
 def judge_margin(margin: float, noise: float | None) -> str:
@@ -358,11 +345,6 @@ def cpu_description() -> str:
 
 
 # -------------------------------------------------------------------------------------- reports
-def _pm(mean: float, std: float | None, signed: bool = False) -> str:
-    text = f"{mean:+.2f}" if signed else f"{mean:.2f}"
-    return text + (f" ± {std:.2f}" if std is not None else "")
-
-
 def _verdict_text(c: dict) -> str:
     value = _pm(c["difference"], c["noise"], signed=True)
     if c["verdict"] == "spread unknown":
@@ -573,6 +555,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", help="where Fashion-MNIST lives (default: the Debian "
                         "package's /usr/share/datasets/fashion-mnist or a download)")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-train", action="store_true",
+                        help="only report the runs finished in --runs-dir (e.g. the --out of "
+                        "`python -m tinypact.sweep benchmarks/accuracy_study.toml`); train none")
     args = parser.parse_args(argv)
     study = STUDIES[args.model]
     seeds = args.seeds or list(study.seeds)
@@ -630,6 +615,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(order) - len(pending)} of {len(order)} runs already finished in {runs_dir}",
               flush=True)
         report()
+        if args.no_train:
+            pending = []
         if pending:
             minutes = estimate_minutes(config(*pending[0]), len(pending))
             print(f"estimate: about {minutes:.0f} min for {len(pending)} run(s) x "

@@ -1,4 +1,5 @@
-"""benchmarks/accuracy_study.py: run order, the statistics, and what counts as a difference."""
+"""benchmarks/accuracy_study.py: run order, targets, its sweep files (the statistics it uses:
+tinypact.sweep.report, tests/test_sweep.py)."""
 import importlib.util
 import math
 from pathlib import Path
@@ -23,24 +24,6 @@ def test_run_order_puts_the_compared_rows_first_then_seed_by_seed():
     assert [seed for _, seed in order] == [0] * 7 + [1] * 7 + [2] * 7
     assert sorted(order) == sorted((label, seed) for label in labels for seed in (0, 1, 2))
     assert study.run_order(["float"], [3]) == [("float", 3)]
-
-
-def test_mean_and_sample_std():
-    mean, std = study.mean_std([82.61, 78.78, 82.78])
-    assert mean == pytest.approx(81.39)
-    assert std == pytest.approx(math.sqrt(((1.22) ** 2 + (2.61) ** 2 + (1.39) ** 2) / 2))
-    assert study.mean_std([87.12]) == (87.12, None)
-
-
-def test_a_difference_is_stated_only_beyond_the_combined_spread():
-    a, b = row(88.0, 88.4, 88.2), row(87.0, 87.4, 87.2)  # std 0.2 each: noise 0.28
-    diff = study.difference(a, b)
-    assert diff["difference"] == pytest.approx(1.0)
-    assert diff["noise"] == pytest.approx(math.hypot(0.2, 0.2))
-    assert diff["verdict"] == "higher" and study.difference(b, a)["verdict"] == "lower"
-    wide = row(84.0, 88.0, 86.0)  # std 2: a 1-point gap is noise
-    assert study.difference(wide, b)["verdict"] == "within noise"
-    assert study.difference(row(90.0), b)["verdict"] == "spread unknown"
 
 
 def test_targets_are_judged_against_the_spread():
@@ -81,3 +64,19 @@ def test_resnet20_study_rows_and_brevitas_rows_are_read_back(tmp_path):
     assert row["seeds"] == [0, 1] and (row["wbits"], row["abits"]) == (2, 2)
     assert row["accuracy_mean"] == pytest.approx(81.0)
     assert row["accuracy_std"] == pytest.approx(math.sqrt(2) * 1.0)
+
+
+@pytest.mark.parametrize("model", ["fmnist", "resnet20"])
+def test_the_sweep_files_train_the_study_runs(model):
+    """benchmarks/accuracy_study*.toml, run by python -m tinypact.sweep, trains every run of the
+    study with the configuration this script trains it with, into the directory it reads."""
+    from tinypact.sweep.spec import read_sweep
+
+    one = study.STUDIES[model]
+    sweep = read_sweep(study.SWEEP_FILES[model])
+    assert sweep.seeds == one.seeds
+    assert [t.label for t in sweep.trials[:len(one.configs)]] == list(one.configs)
+    for trial in sweep.trials:
+        expected = study.config_for(trial.label, trial.seed, one.schedule, None, one.configs)
+        assert trial.config() == expected, f"{trial.name}: {trial.config()} != {expected}"
+        assert trial.name == study.run_dir_of(Path("."), trial.label, trial.seed).name

@@ -121,3 +121,18 @@ def map_blocks(work, blocks: list) -> list:
         pool = _pool
     with _single_threaded_blas():
         return list(pool.map(work, blocks))
+
+
+def set_threads(count: int) -> int:
+    """Run on `count` threads from now on (a sweep's --cpus-per-trial), as a process started
+    with NUMBA_NUM_THREADS=count OPENBLAS_NUM_THREADS=count would: Numba's threads (at most the
+    NUMBA_NUM_THREADS it started with), hence map_blocks' workers, and OpenBLAS's. Returns the
+    Numba thread count set."""
+    import numba
+
+    count = max(1, min(int(count), numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(count)
+    blas = _blas_threads()
+    if blas["set"] is not None:
+        blas["set"](count)
+    return count

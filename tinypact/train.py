@@ -37,8 +37,10 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(
+def build_parser(parser_class: type = OneLineParser) -> argparse.ArgumentParser:
+    """The CLI's options; `parser_class` lets tinypact.sweep read the same options from a sweep
+    file and report a mistake its own way."""
+    parser = parser_class(
         prog=PROG,
         description="Train a low-precision network (PACT / DoReFa / SAWB) with tinypact. With no "
         "dataset: 2-bit PACT on the bundled Fashion-MNIST sample (a few minutes).",
@@ -228,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
           f" on {result.test_images} test images")
     written = [CHECKPOINT_NAME, METRICS_NAME, ERROR_PLOT, ALPHA_PLOT, RESULT_NAME, "config.json"]
     print(f"wrote    {run_dir}/{{{','.join(written)}}}")
-    exported = None if args.no_export else _export_and_verify(result)
+    exported = None if args.no_export else export_and_verify(result)
     print("next     python -m tinypact.evaluate " + shlex.quote(str(run_dir)))
     if exported is not None:
         model_arg = shlex.quote(str(exported))
@@ -240,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _export_and_verify(result) -> Path | None:
+def export_and_verify(result) -> Path | None:
     """Export the trained model to RUN/model.tpq with integer_engine and check it is exact.
 
     The single call site of the end-of-training hand-off (docs/ARCHITECTURE.md): tinypact uses

@@ -310,12 +310,14 @@ def count_parameters(model) -> int:
 
 
 def fit(config: TrainConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,
-        log: Callable[[str], None] = print, stop_after: int | None = None) -> FitResult:
+        log: Callable[[str], None] = print, stop_after: int | None = None,
+        on_epoch: Callable[[dict], None] | None = None) -> FitResult:
     """Train `config` into `run_dir` (new, or resumed from its checkpoint); return the result.
 
     `stop_after=e` returns right after epoch e's checkpoint, as if the process had been killed
-    (used by tests of exact resumption). The final test evaluation happens only when all
-    `config.epochs` epochs are done.
+    (used by tests of exact resumption). `on_epoch(record)` is called with each epoch's metrics
+    record once its checkpoint is saved (tinypact.sweep reports it to Ray Tune). The final test
+    evaluation happens only when all `config.epochs` epochs are done.
     """
     config.validate()
     run_dir = prepare_run_dir(run_dir, resume, create=False)
@@ -419,6 +421,8 @@ def fit(config: TrainConfig, run_dir: str | Path, resume: bool = False, progress
         val_text = "" if record["val_error"] is None else f", val error {100 * record['val_error']:.2f}%"
         log(f"epoch {epoch + 1}/{config.epochs}: loss {record['loss']:.4f}, train error "
             f"{100 * record['train_error']:.2f}%{val_text}, {record['epoch_time']:.1f} s")
+        if on_epoch is not None:
+            on_epoch(record)
         if stop_after is not None and epoch + 1 >= stop_after and epoch + 1 < config.epochs:
             return FitResult(run_dir, config, model, history)
 

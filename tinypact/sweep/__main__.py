@@ -1,0 +1,5 @@
+import sys
+
+from tinypact.sweep.cli import main
+
+sys.exit(main())
