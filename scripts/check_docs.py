@@ -27,6 +27,12 @@ import time
 import urllib.request
 from pathlib import Path
 
+try:
+    import websocket  # websocket-client, from the docs extra
+    from websocket import WebSocketException, WebSocketTimeoutException
+except ImportError:  # main() says what to install
+    websocket = None
+
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                   "--no-first-run", "--disable-background-networking",
@@ -43,7 +49,8 @@ PAGE_REPORT_JS = r"""
     .filter(img => !img.complete || img.naturalWidth === 0).map(img => img.src);
   const plots = [...document.querySelectorAll('.jp-OutputArea-output img')]
     .filter(img => img.naturalWidth > 100).length;
-  const maths = [...document.querySelectorAll('math')];
+  // The page's own formulas (the navigation's copies of headings may be hidden, by design).
+  const maths = [...document.querySelectorAll('article math')];
   const unrendered = maths.filter(m => m.getBoundingClientRect().width === 0).length;
   // Raw LaTeX left in prose: a $...$ span holding a backslash command, or a $$ delimiter.
   const walker = document.createTreeWalker(document.querySelector('article') || document.body,
@@ -82,8 +89,6 @@ class DevTools:
     """A minimal Chrome DevTools protocol client over one page's websocket."""
 
     def __init__(self, ws_url: str):
-        import websocket  # websocket-client
-
         self.ws = websocket.create_connection(ws_url, timeout=LOAD_TIMEOUT, suppress_origin=True)
         self.next_id = 0
         self.events: list[dict] = []
@@ -91,6 +96,7 @@ class DevTools:
     def call(self, method: str, **params) -> dict:
         self.next_id += 1
         self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        self.ws.settimeout(LOAD_TIMEOUT)  # drain() leaves a short one
         while True:
             message = json.loads(self.ws.recv())
             if message.get("id") == self.next_id:
@@ -116,7 +122,7 @@ class DevTools:
             self.ws.settimeout(left)
             try:
                 self.events.append(json.loads(self.ws.recv()))
-            except Exception:  # websocket timeout: nothing more arrived
+            except WebSocketTimeoutException:  # nothing more arrived
                 return
 
     def evaluate(self, expression: str):
@@ -251,6 +257,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no built site at {args.site}: run `mkdocs build --strict` first",
               file=sys.stderr)
         return 2
+    if websocket is None:
+        print("error: scripts/check_docs.py needs websocket-client: pip install -e '.[docs]'",
+              file=sys.stderr)
+        return 2
     if not shutil.which(args.chromium):
         print(f"error: no browser at {args.chromium}: `apt-get install chromium`, or pass "
               "--chromium PATH", file=sys.stderr)
@@ -258,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     try:
         problems = check_site(args.site, args.out, args.chromium)
-    except Problem as error:
+    except (Problem, OSError, WebSocketException) as error:  # the browser failed or timed out
         print(f"error: {error}", file=sys.stderr)
         return 1
     for problem in problems:
