@@ -4,7 +4,8 @@ A block is a fenced ```bash (or ```sh, ```shell) block. Each command in it (a li
 continuations) is either run as written or, when it is slow or changes the environment
 (installing, training, benchmarks, the whole test suite), replaced by a no-op that names it;
 tests/test_docs.py runs the rest on a fresh copy of the repository. Variable assignments stay,
-so a block that sets `RUN=...` first runs as a user would paste it.
+so a block that sets `RUN=...` first runs as a user would paste it. A block right after the
+line `<!-- not run by the tests -->` (a slow or cluster-only example) is not run at all.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 FENCE = re.compile(r"^```(bash|sh|shell)\s*\n(.*?)^```", re.M | re.S)
+NOT_RUN_MARK = "<!-- not run by the tests -->"
 
 # Commands too slow for the test suite, or that install or change the environment.
 NOT_RUN = (
@@ -75,4 +77,5 @@ def is_cheap(command: str) -> bool:
 def blocks(path: Path) -> list[Block]:
     text = path.read_text(encoding="utf-8")
     return [Block(path, text.count("\n", 0, match.start()) + 1, match.group(2))
-            for match in FENCE.finditer(text)]
+            for match in FENCE.finditer(text)
+            if not text[:match.start()].rstrip().endswith(NOT_RUN_MARK)]

@@ -3,7 +3,8 @@
 - `cli.md`: every command's `--help`, from the same argparse parsers the commands run, so the
   reference cannot drift from the code;
 - `benchmarks/*.md` and `benchmarks/*.png`: the files `benchmarks/results/` holds, as the
-  benchmark scripts last wrote them.
+  benchmark scripts last wrote them. A results page is built whether or not mkdocs.yml's nav
+  lists it (a new study's page does not fail the build; link it from docs/benchmarks.md or the nav).
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import argparse
 import os
 from pathlib import Path
 
-from mkdocs.structure.files import File, Files
+from mkdocs.structure.files import File, Files, InclusionLevel
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -66,5 +67,6 @@ def cli_reference() -> str:
 def on_files(files: Files, config) -> Files:
     files.append(File.generated(config, "cli.md", content=cli_reference()))
     for path in sorted(RESULTS.glob("*.md")) + sorted(RESULTS.glob("*.png")):
-        files.append(File.generated(config, f"benchmarks/{path.name}", abs_src_path=str(path)))
+        files.append(File.generated(config, f"benchmarks/{path.name}", abs_src_path=str(path),
+                                    inclusion=InclusionLevel.NOT_IN_NAV))
     return files
