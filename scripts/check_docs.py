@@ -59,12 +59,13 @@ PAGE_REPORT_JS = r"""
   for (let node = walker.nextNode(); node; node = walker.nextNode()) {
     if (node.parentElement.closest('pre, code, script, style, math')) continue;
     const text = node.textContent;
-    if (/\$\$/.test(text) || /\$[^$]*\\[a-zA-Z]+[^$]*\$/.test(text)) rawTex.push(text.trim().slice(0, 80));
+    if (/\$\$/.test(text) || /\$[^$]*\\[a-zA-Z]+[^$]*\$/.test(text)) {
+      rawTex.push(text.trim().slice(0, 80));
+    }
   }
   return {title: document.title, images: document.images.length, broken, plots,
           maths: maths.length, unrendered, rawTex,
-          apiObjects: document.querySelectorAll('.doc-object, .doc-heading').length,
-          firstPlot: plots > 0, firstMath: maths.length > 0};
+          apiObjects: document.querySelectorAll('.doc-object, .doc-heading').length};
 })()
 """
 
@@ -211,8 +212,10 @@ def check_page(tools: DevTools, base: str, path: str, kind: str, out: Path) -> l
     problems = event_problems(tools.events, base) + report_problems(kind, report)
     tools.screenshot(out / f"{kind}.png")
     if kind == "tutorial":  # the first plot and the first formula, as a reader scrolls to them
-        for target, selector in (("plot", ".jp-OutputArea-output img"), ("math", "math[display=block]")):
-            tools.evaluate(f"document.querySelector('{selector}')?.scrollIntoView({{block: 'center'}})")
+        for target, selector in (("plot", ".jp-OutputArea-output img"),
+                                 ("math", "article math[display=block]")):
+            tools.evaluate(f"document.querySelector('{selector}')"
+                           "?.scrollIntoView({block: 'center'})")
             tools.drain(0.3)
             tools.screenshot(out / f"{kind}-{target}.png")
     print(f"{kind:9s} /{path}: {report['images']} images ({report['plots']} plots), "

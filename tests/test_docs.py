@@ -23,7 +23,8 @@ import pytest
 from shell_blocks import Block, blocks, is_cheap
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")),
+         ROOT / "tutorials" / "README.md"]
 ALL_BLOCKS = [block for page in PAGES for block in blocks(page)]
 HAS_MKDOCS = all(importlib.util.find_spec(name) for name in
                  ("mkdocs", "material", "mkdocs_jupyter", "mkdocstrings_handlers", "latex2mathml"))
@@ -35,7 +36,8 @@ NOT_IN_A_CLONE = shutil.ignore_patterns(".git", ".venv*", "runs", "site", "site-
                                         "*.egg-info", "build", "accelerator_out")
 # Anything the built site would fetch from the internet to render.
 EXTERNAL_ASSET = re.compile(
-    r"""<script[^>]+src=["']?(https?:)?//|<link[^>]+rel=["']?stylesheet[^>]+href=["']?(https?:)?//"""
+    r"""<script[^>]+src=["']?(https?:)?//"""
+    r"""|<link[^>]+rel=["']?stylesheet[^>]+href=["']?(https?:)?//"""
     r"""|@import\s+url\(["']?(https?:)?//|url\(["']?(https?:)?//[^)]*\.(woff2?|ttf|otf)""", re.I)
 
 
@@ -162,8 +164,8 @@ def fresh_clone(tmp_path_factory) -> Path:
     clone = tmp_path_factory.mktemp("clone") / "tinypact"
     shutil.copytree(ROOT, clone, ignore=NOT_IN_A_CLONE, symlinks=True)
     # The main command, shortened: the same run directory and files, one epoch on a subset.
-    result = run([sys.executable, "-m", "tinypact.train", "--epochs", "1", "--limit-train", "600",
-                  "--limit-test", "200", "--val-size", "100", "--no-progress"],
+    result = run([sys.executable, "-m", "tinypact.train", "--epochs", "1", "--limit-train", "256",
+                  "--limit-test", "100", "--val-size", "64", "--no-progress"],
                  clone, timeout=900, env=block_env())
     assert result.returncode == 0, f"the main command failed:\n{result.stdout}\n{result.stderr}"
     assert (clone / "runs" / "sample-w2a2-pact" / "model.tpq").is_file(), result.stdout
