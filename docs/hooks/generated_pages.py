@@ -22,7 +22,7 @@ INTRO = """# Command line
 
 Every command's `--help`, generated from the code when this site is built. The console scripts
 `tinypact-train` and `integer-engine` (installed by `pip install -e .`) are the same commands as
-`python -m tinypact.train`, `python -m tinypact.sweep` and `python -m integer_engine`.
+`python -m tinypact.train` and `python -m integer_engine`.
 
 A mistake on the command line (a missing file, an option out of range) ends in one line on
 stderr that starts with `error:` and says what to do next, with a non-zero exit status; progress
