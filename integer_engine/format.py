@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from integer_engine.errors import EngineError
-from integer_engine.requant import epilogue_thresholds
+from integer_engine.requant import check_no_overflow, epilogue_code, threshold_mismatch
 
 FORMAT_NAME = "tinypact-integer-model"
 FORMAT_VERSION = 2  # 2: the float epilogue (float32 constants); version 1 used float64 mul/add
@@ -343,11 +343,11 @@ def _conv_out(size: int, k: int, stride: int, padding: int) -> int:
 def _check_epilogue(layer: Layer, channels: int, n_out: int | None, acc_lo: int, acc_hi: int,
                     terms: int = 0) -> None:
     """The float epilogue's constants are finite, scales and alpha positive, the rounding rule
-    known; where the layer has thresholds, they are exactly those the epilogue implies on
-    [acc_lo, acc_hi] (recomputed by the same exact search that export uses)."""
+    known; where the layer has thresholds, they give the epilogue's code on every integer of
+    [acc_lo, acc_hi], direction included (`requant.threshold_mismatch`)."""
     name, arrays = layer.attrs["name"], layer.arrays
     if _source_epilogue(layer):
-        _check_source_thresholds(layer)
+        _check_threshold_order(layer)
         return
     consts = [arrays[k] for k in ("scale", "bias", "bn_scale", "bn_shift", "alpha") if k in arrays]
     if not all(np.all(np.isfinite(v)) for v in consts):
@@ -359,13 +359,25 @@ def _check_epilogue(layer: Layer, channels: int, n_out: int | None, acc_lo: int,
         _fail(name, f"rounding must be one of {', '.join(ROUNDING_RULES)}, got {rule!r}")
     if "thresholds" not in arrays:
         return
-    th, direction = epilogue_thresholds(arrays["scale"][0], arrays.get("bias", np.zeros(channels, np.float32)),
-                                        arrays.get("bn_scale", np.ones(channels, np.float32)),
-                                        arrays.get("bn_shift", np.zeros(channels, np.float32)),
-                                        arrays["alpha"][0], n_out, rule, acc_lo, acc_hi)
-    if not (np.array_equal(th, arrays["thresholds"]) and np.array_equal(direction, arrays["direction"])):
-        _fail(name, "thresholds do not reproduce the layer's float epilogue (a damaged or "
-                    "hand-edited file; export it again)")
+    _check_threshold_order(layer)
+    epilogue = (arrays["scale"][0], arrays.get("bias", np.zeros(channels, np.float32)),
+                arrays.get("bn_scale", np.ones(channels, np.float32)),
+                arrays.get("bn_shift", np.zeros(channels, np.float32)))
+    try:
+        check_no_overflow([(*epilogue, acc_lo, acc_hi)], arrays["alpha"][0], n_out)
+    except EngineError as err:
+        _fail(name, str(err))
+    th = arrays["thresholds"]
+    if th.size and (th.min() < acc_lo - 1 or th.max() > acc_hi + 1):
+        _fail(name, f"thresholds lie outside the accumulator range [{acc_lo}, {acc_hi}] (a damaged "
+                    f"or hand-edited file; export it again)")
+    code = epilogue_code(*epilogue, arrays["alpha"][0], n_out, rule)
+    with np.errstate(over="ignore", invalid="ignore"):
+        wrong = threshold_mismatch(code, th, arrays["direction"], acc_lo, acc_hi)
+    if wrong.any():
+        _fail(name, f"thresholds do not reproduce the layer's float epilogue in channel "
+                    f"{int(np.flatnonzero(wrong)[0])}, direction included (a damaged or hand-edited "
+                    f"file, or one an older exporter got wrong; export it again)")
 
 
 def _source_epilogue(layer: Layer) -> bool:
@@ -376,8 +388,8 @@ def _source_epilogue(layer: Layer) -> bool:
     return epilogue == SOURCE_EPILOGUE
 
 
-def _check_source_thresholds(layer: Layer) -> None:
-    """An imported layer's thresholds: directions +-1, d*T non-decreasing along the levels."""
+def _check_threshold_order(layer: Layer) -> None:
+    """Directions +-1, d*T non-decreasing along the levels (the kernels count by bisection)."""
     th, direction = layer.arrays["thresholds"], layer.arrays["direction"]
     if not np.all(np.abs(direction) == 1):
         _fail(layer.attrs["name"], "direction must be +1 or -1")
