@@ -18,7 +18,7 @@ import tempfile
 import tokenize
 import zipfile
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 
@@ -26,6 +26,7 @@ from integer_engine.errors import EngineError
 from integer_engine.requant import check_no_overflow, epilogue_code, threshold_mismatch
 
 FORMAT_NAME = "tinypact-integer-model"
+RUN_MODEL_NAME = "model.tpq"  # a run directory's integer model (what training exports)
 FORMAT_VERSION = 2  # 2: the float epilogue (float32 constants); version 1 used float64 mul/add
 ACCUMULATOR_BITS = 32
 ACC_MIN, ACC_MAX = -(2**31), 2**31 - 1
@@ -113,6 +114,20 @@ def _array_bytes(array: np.ndarray) -> bytes:
     return np.ascontiguousarray(array).tobytes()
 
 
+def model_digest(model: IntegerModel) -> str:
+    """SHA-256 of what the model computes: its input, layers and arrays (not where it came from),
+    the same for a model and its saved and reloaded copy. ONNX exports record it."""
+    digest = hashlib.sha256(json.dumps({"input": model.header.get("input"),
+                                        "layers": [layer.attrs for layer in model.layers]},
+                                       sort_keys=True).encode("utf-8"))
+    for layer in model.layers:
+        for name in sorted(layer.arrays):
+            array = np.asarray(layer.arrays[name])
+            digest.update(f"{layer.name}.{name} {array.dtype.str} {array.shape}".encode("utf-8"))
+            digest.update(_array_bytes(array))
+    return digest.hexdigest()
+
+
 def save_model(model: IntegerModel, path: str | os.PathLike) -> None:
     """Write `model` to `path` atomically (temp file in the same directory, then os.replace)."""
     arrays: dict[str, np.ndarray] = {}
@@ -130,15 +145,22 @@ def save_model(model: IntegerModel, path: str | os.PathLike) -> None:
     text = json.dumps(header, sort_keys=True, allow_nan=False)
     members = {"header": np.array(text), "header_sha256": np.array(_sha256(text.encode("utf-8")))}
     members.update(arrays)
+    write_atomic(path, lambda handle: np.savez(handle, **members))
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
+    """`write(handle)` into a temp file beside `path`, then os.replace: a reader never sees half
+    a file, and a failed write leaves the old one (OSError as raised, the temp file removed)."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".tpq", dir=directory)
+    suffix = os.path.splitext(path)[1]
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
     try:
         umask = os.umask(0o022)
         os.umask(umask)
         os.fchmod(fd, 0o666 & ~umask)  # the mode `open` would give, not mkstemp's 0600
         with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **members)
+            write(handle)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -174,8 +196,16 @@ def _read_member(zf: zipfile.ZipFile, name: str, file_size: int) -> tuple[np.dty
 
 
 def load_model(path: str | os.PathLike) -> IntegerModel:
-    """Read and fully validate a `.tpq` file; raise EngineError (one line) on any problem."""
+    """Read and fully validate a `.tpq` file (or a run directory's `model.tpq`); raise
+    EngineError (one line) on any problem."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        inside = os.path.join(path, RUN_MODEL_NAME)
+        if not os.path.isfile(inside):
+            raise EngineError(f"{path} is a directory without {RUN_MODEL_NAME}; give the model "
+                              f"file, or write it with `python -m integer_engine export {path} "
+                              f"-o {inside}`")
+        path = inside
     if not os.path.isfile(path):
         raise EngineError(f"model file not found: {path}")
     try:

@@ -203,6 +203,9 @@ def _read_inputs(args: argparse.Namespace) -> tuple[SystolicArray, list[Layer], 
 
 
 def run(args: argparse.Namespace) -> int:
+    from integer_engine.commands import check_output_dir
+
+    check_output_dir(args.out)
     array, layers, name = _read_inputs(args)
     out = Path(args.out)
     if args.sweep_bits:
