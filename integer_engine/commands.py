@@ -22,6 +22,9 @@ import numpy as np
 
 from integer_engine.errors import EngineError
 
+MODEL_HELP = "an integer model file (.tpq), or a run directory holding model.tpq"
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="checkpoint -> integer model file (.tpq)",
                        description="Export a tinypact run or checkpoint.npz to an integer model file.")
@@ -31,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("run", help="integer inference on a data set: accuracy, images/s, per-layer table")
-    p.add_argument("model", metavar="MODEL")
+    p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     _data_args(p, required=True)
     p.add_argument("--batch-size", type=int, default=256)
     p.set_defaults(func=cmd_run)
@@ -42,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "tinypact model it was exported from (its checkpoint; needs "
                                    "tinypact) and against the plain NumPy reference of the engine. "
                                    "Exits 1 on any mismatch.")
-    p.add_argument("model", metavar="MODEL")
+    p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     _data_args(p, required=False)
     p.add_argument("--random", type=int, default=64, metavar="N",
                    help="without --data: verify on N random images (default 64)")
@@ -59,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Print an integer model file's layers (kind, shapes, weight/"
                        "activation bits, largest output code, MACs per image) and its packed size "
                        "against float32.")
-    p.add_argument("model", metavar="MODEL")
+    p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     p.set_defaults(func=cmd_inspect)
 
 

@@ -60,6 +60,13 @@ def test_cli_end_to_end(tmp_path):
     assert set(records[0]["alphas"]) == {"act0", "act1", "act2"}, records[0]["alphas"]
     assert "integer-only accuracy" in out and "predictions equal" in out, out
     assert "0 mismatching codes" in out and "bit-exact" in out, out
+    # No silent pause: the two steps that compile Numba kernels on a first run say so first.
+    lines = out.splitlines()
+    starts = [next(i for i, line in enumerate(lines) if line.startswith(word))
+              for word in ("timing   ", "estimate ", "wrote    ", "export   to ", "export   " + str(run))]
+    assert starts == sorted(starts), out
+    assert "compiles tinypact's kernels" in lines[starts[0]], out
+    assert "compiles the engine's kernels" in lines[starts[3]], out
 
     # The checkpoint honours the contract integer_engine reads.
     with np.load(run / "checkpoint.npz", allow_pickle=False) as npz:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from integer_engine.commands import _data_args, _load, check_output_path, print_report, verify_images
+from integer_engine.commands import (MODEL_HELP, _data_args, _load, check_output_path, print_report,
+                                     verify_images)
 from integer_engine.errors import EngineError
 
 FINN_NEXT_STEPS = """next (FINN, in its own venv: docs/interop.md):
@@ -25,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Write the integer model as standard ONNX that ONNX Runtime runs "
                                    "bit-exactly, or with --qonnx as QONNX (Quant-marked integer "
                                    "weights, MultiThreshold) for FINN. Needs the onnx extra.")
-    p.add_argument("model", metavar="MODEL.tpq")
+    p.add_argument("model", metavar="MODEL.tpq", help=MODEL_HELP)
     p.add_argument("-o", "--output", required=True, metavar="ONNX")
     p.add_argument("--qonnx", action="store_true", help="QONNX form (FINN's input) instead of ONNX Runtime's")
     p.add_argument("--batch", type=int, default=1, metavar="N",
@@ -39,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "Runtime or qonnx's executor, bit for bit; an imported model's "
                                    "QONNX source in qonnx's executor (codes exactly, logits to "
                                    "1e-5). Exits 1 on any mismatch.")
-    p.add_argument("model", metavar="MODEL.tpq")
+    p.add_argument("model", metavar="MODEL.tpq", help=MODEL_HELP)
     p.add_argument("onnx", metavar="ONNX")
     _data_args(p, required=False)
     p.add_argument("--random", type=int, default=64, metavar="N",
