@@ -14,6 +14,9 @@ from integer_engine.format import model_digest
 from integer_engine.interop import require
 
 ONNX_OPSET = 17
+# The IR version written, not the onnx package's newest (onnx 1.19 writes 12 or later, which
+# older ONNX Runtimes refuse: "max supported IR version"); 8 is read by every onnxruntime 1.3x.
+ONNX_IR_VERSION = 8
 QONNX_DOMAIN = "qonnx.custom_op.general"
 # Written into the model's metadata: which .tpq layers the graph has tensors for (by name).
 META_LAYERS = "tinypact.layers"
@@ -137,7 +140,7 @@ class GraphBuilder:
         graph = helper.make_graph(self.nodes, self.name, self.inputs, outs, self.initializers)
         opsets = [helper.make_opsetid("", ONNX_OPSET)] + [helper.make_opsetid(d, 1) for d in sorted(self.domains)]
         model = helper.make_model(graph, opset_imports=opsets, producer_name="tinypact integer_engine")
-        model.ir_version = 8  # readable by every onnxruntime 1.3x
+        model.ir_version = ONNX_IR_VERSION
         helper.set_model_props(model, {META_LAYERS: json.dumps(layers), META_FORM: form,
                                        META_MODEL: digest})
         return model
