@@ -46,8 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "tinypact) and against the plain NumPy reference of the engine. "
                                    "With --data it checks every image of the split (the "
                                    "float64 reference is the slow part: Fashion-MNIST's 10,000 "
-                                   "test images take 1.5-5 minutes on 2 cores, quiet to busy; --limit N checks "
-                                   "the first N) and prints how long it took. "
+                                   "test images take 1.5-5 minutes on 2 cores, quiet to busy; "
+                                   "--limit N checks the first N) and prints how long it took. "
                                    "Exits 1 on any mismatch.")
     p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     _data_args(p, required=False)
