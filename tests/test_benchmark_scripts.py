@@ -19,6 +19,7 @@ def run(*args: str) -> str:
     return done.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, expect", [
     ((), ["NumPy's BLAS: OpenBLAS", "SVHN float train step, batch 4", "page faults per step"]),
     (("--bits", "2"), ["QAT W2A2 pact", "ratio QAT / float step time"]),

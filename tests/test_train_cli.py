@@ -37,6 +37,7 @@ def full_run(tmp_path_factory):
     return trainer.fit(tiny_config(), run, progress=False, log=quiet)
 
 
+@pytest.mark.slow
 def test_cli_end_to_end(tmp_path):
     run = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "tinypact.train", "--epochs", "1", *TINY,
