@@ -45,6 +45,7 @@ from integer_engine import cpu
 from integer_engine.commands import format_layer_table
 from integer_engine.executor import Engine
 from integer_engine.export import lower_graph
+from integer_engine.interop.graph import ONNX_IR_VERSION, ONNX_OPSET
 from tinypact.models import build_model, randomize_statistics
 from tinypact.quant import Policy
 from tinypact.tensor import Tensor, no_grad
@@ -100,7 +101,9 @@ def float_onnx(model, path: str) -> None:
     graph = helper.make_graph(nodes, "svhn", [helper.make_tensor_value_info("images", TensorProto.UINT8, shape)],
                               [helper.make_tensor_value_info(model.layers[-1].name, TensorProto.FLOAT, None)],
                               inits)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)])
+    proto.ir_version = ONNX_IR_VERSION  # as the exporter pins it: older runtimes refuse newer IR
+    onnx.save(proto, path)
 
 
 def int8_onnx(float_path: str, path: str, calibration: np.ndarray) -> None:
@@ -119,6 +122,12 @@ def int8_onnx(float_path: str, path: str, calibration: np.ndarray) -> None:
 
     quantize_static(float_path, path, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    import onnx
+
+    proto = onnx.load(path)
+    if proto.ir_version > ONNX_IR_VERSION:  # the quantizer may write its own onnx's newest
+        proto.ir_version = ONNX_IR_VERSION
+        onnx.save(proto, path)
 
 
 def ort_session(path: str, threads: int):

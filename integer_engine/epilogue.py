@@ -16,8 +16,8 @@ x+0 are exact, so a missing step and an identity step agree). `round` is round h
 project's rule) or, for imported models, half to even; both are exact here.
 
 Every step is monotone, so `code(acc)` is monotone in the integer accumulator: non-decreasing
-where `scale * bn_scale >= 0`, non-increasing where it is negative (a negative batch-norm gamma).
-`requant.thresholds` relies on exactly this to find integer thresholds by bisection.
+for bn_scale >= 0, non-increasing for a negative batch-norm gamma (scale >= 0). `requant`
+relies on exactly this to find integer thresholds by bisection and to check them.
 """
 from __future__ import annotations
 

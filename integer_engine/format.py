@@ -18,14 +18,15 @@ import tempfile
 import tokenize
 import zipfile
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 
 from integer_engine.errors import EngineError
-from integer_engine.requant import epilogue_thresholds
+from integer_engine.requant import check_no_overflow, epilogue_code, threshold_mismatch
 
 FORMAT_NAME = "tinypact-integer-model"
+RUN_MODEL_NAME = "model.tpq"  # a run directory's integer model (what training exports)
 FORMAT_VERSION = 2  # 2: the float epilogue (float32 constants); version 1 used float64 mul/add
 ACCUMULATOR_BITS = 32
 ACC_MIN, ACC_MAX = -(2**31), 2**31 - 1
@@ -113,6 +114,20 @@ def _array_bytes(array: np.ndarray) -> bytes:
     return np.ascontiguousarray(array).tobytes()
 
 
+def model_digest(model: IntegerModel) -> str:
+    """SHA-256 of what the model computes: its input, layers and arrays (not where it came from),
+    the same for a model and its saved and reloaded copy. ONNX exports record it."""
+    digest = hashlib.sha256(json.dumps({"input": model.header.get("input"),
+                                        "layers": [layer.attrs for layer in model.layers]},
+                                       sort_keys=True).encode("utf-8"))
+    for layer in model.layers:
+        for name in sorted(layer.arrays):
+            array = np.asarray(layer.arrays[name])
+            digest.update(f"{layer.name}.{name} {array.dtype.str} {array.shape}".encode("utf-8"))
+            digest.update(_array_bytes(array))
+    return digest.hexdigest()
+
+
 def save_model(model: IntegerModel, path: str | os.PathLike) -> None:
     """Write `model` to `path` atomically (temp file in the same directory, then os.replace)."""
     arrays: dict[str, np.ndarray] = {}
@@ -130,15 +145,22 @@ def save_model(model: IntegerModel, path: str | os.PathLike) -> None:
     text = json.dumps(header, sort_keys=True, allow_nan=False)
     members = {"header": np.array(text), "header_sha256": np.array(_sha256(text.encode("utf-8")))}
     members.update(arrays)
+    write_atomic(path, lambda handle: np.savez(handle, **members))
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
+    """`write(handle)` into a temp file beside `path`, then os.replace: a reader never sees half
+    a file, and a failed write leaves the old one (OSError as raised, the temp file removed)."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".tpq", dir=directory)
+    suffix = os.path.splitext(path)[1]
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
     try:
         umask = os.umask(0o022)
         os.umask(umask)
         os.fchmod(fd, 0o666 & ~umask)  # the mode `open` would give, not mkstemp's 0600
         with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **members)
+            write(handle)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -174,8 +196,16 @@ def _read_member(zf: zipfile.ZipFile, name: str, file_size: int) -> tuple[np.dty
 
 
 def load_model(path: str | os.PathLike) -> IntegerModel:
-    """Read and fully validate a `.tpq` file; raise EngineError (one line) on any problem."""
+    """Read and fully validate a `.tpq` file (or a run directory's `model.tpq`); raise
+    EngineError (one line) on any problem."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        inside = os.path.join(path, RUN_MODEL_NAME)
+        if not os.path.isfile(inside):
+            raise EngineError(f"{path} is a directory without {RUN_MODEL_NAME}; give the model "
+                              f"file, or write it with `python -m integer_engine export {path} "
+                              f"-o {inside}`")
+        path = inside
     if not os.path.isfile(path):
         raise EngineError(f"model file not found: {path}")
     try:
@@ -343,11 +373,11 @@ def _conv_out(size: int, k: int, stride: int, padding: int) -> int:
 def _check_epilogue(layer: Layer, channels: int, n_out: int | None, acc_lo: int, acc_hi: int,
                     terms: int = 0) -> None:
     """The float epilogue's constants are finite, scales and alpha positive, the rounding rule
-    known; where the layer has thresholds, they are exactly those the epilogue implies on
-    [acc_lo, acc_hi] (recomputed by the same exact search that export uses)."""
+    known; where the layer has thresholds, they give the epilogue's code on every integer of
+    [acc_lo, acc_hi], direction included (`requant.threshold_mismatch`)."""
     name, arrays = layer.attrs["name"], layer.arrays
     if _source_epilogue(layer):
-        _check_source_thresholds(layer)
+        _check_threshold_order(layer)
         return
     consts = [arrays[k] for k in ("scale", "bias", "bn_scale", "bn_shift", "alpha") if k in arrays]
     if not all(np.all(np.isfinite(v)) for v in consts):
@@ -359,13 +389,25 @@ def _check_epilogue(layer: Layer, channels: int, n_out: int | None, acc_lo: int,
         _fail(name, f"rounding must be one of {', '.join(ROUNDING_RULES)}, got {rule!r}")
     if "thresholds" not in arrays:
         return
-    th, direction = epilogue_thresholds(arrays["scale"][0], arrays.get("bias", np.zeros(channels, np.float32)),
-                                        arrays.get("bn_scale", np.ones(channels, np.float32)),
-                                        arrays.get("bn_shift", np.zeros(channels, np.float32)),
-                                        arrays["alpha"][0], n_out, rule, acc_lo, acc_hi)
-    if not (np.array_equal(th, arrays["thresholds"]) and np.array_equal(direction, arrays["direction"])):
-        _fail(name, "thresholds do not reproduce the layer's float epilogue (a damaged or "
-                    "hand-edited file; export it again)")
+    _check_threshold_order(layer)
+    epilogue = (arrays["scale"][0], arrays.get("bias", np.zeros(channels, np.float32)),
+                arrays.get("bn_scale", np.ones(channels, np.float32)),
+                arrays.get("bn_shift", np.zeros(channels, np.float32)))
+    try:
+        check_no_overflow([(*epilogue, acc_lo, acc_hi)], arrays["alpha"][0], n_out)
+    except EngineError as err:
+        _fail(name, str(err))
+    th = arrays["thresholds"]
+    if th.size and (th.min() < acc_lo - 1 or th.max() > acc_hi + 1):
+        _fail(name, f"thresholds lie outside the accumulator range [{acc_lo}, {acc_hi}] (a damaged "
+                    f"or hand-edited file; export it again)")
+    code = epilogue_code(*epilogue, arrays["alpha"][0], n_out, rule)
+    with np.errstate(over="ignore", invalid="ignore"):
+        wrong = threshold_mismatch(code, th, arrays["direction"], acc_lo, acc_hi)
+    if wrong.any():
+        _fail(name, f"thresholds do not reproduce the layer's float epilogue in channel "
+                    f"{int(np.flatnonzero(wrong)[0])}, direction included (a damaged or hand-edited "
+                    f"file, or one an older exporter got wrong; export it again)")
 
 
 def _source_epilogue(layer: Layer) -> bool:
@@ -376,8 +418,8 @@ def _source_epilogue(layer: Layer) -> bool:
     return epilogue == SOURCE_EPILOGUE
 
 
-def _check_source_thresholds(layer: Layer) -> None:
-    """An imported layer's thresholds: directions +-1, d*T non-decreasing along the levels."""
+def _check_threshold_order(layer: Layer) -> None:
+    """Directions +-1, d*T non-decreasing along the levels (the kernels count by bisection)."""
     th, direction = layer.arrays["thresholds"], layer.arrays["direction"]
     if not np.all(np.abs(direction) == 1):
         _fail(layer.attrs["name"], "direction must be +1 or -1")

@@ -29,20 +29,56 @@ def epilogue_thresholds(scale: np.float32, bias: np.ndarray, bn_scale: np.ndarra
                         bn_shift: np.ndarray, alpha: np.float32, n: int, rule: str,
                         acc_lo: int, acc_hi: int) -> tuple[np.ndarray, np.ndarray]:
     """(T (C, n) int64, direction (C,) int8) reproducing `activation_code(affine(acc))` on every
-    integer acc in [acc_lo, acc_hi]. Direction -1 where scale * bn_scale < 0 (negative gamma)."""
+    integer acc in [acc_lo, acc_hi]. Direction -1 where the code falls over the range (a negative
+    gamma), read off the epilogue itself at the range's ends: the sign of the float32 product
+    scale * bn_scale would be wrong where that product underflows to -0.0 or 0.0."""
     consts = [np.asarray(v, dtype=np.float32) for v in (scale, bias, bn_scale, bn_shift, alpha)]
     if not all(np.all(np.isfinite(v)) for v in consts):
         raise EngineError("requantization constants are not finite (check alphas and batch-norm variance)")
     if not (consts[0] >= 0 and consts[4] > 0):  # scale 0: all-zero 1-bit weights (mean|w| = 0)
         raise EngineError("requantization needs a scale >= 0 and a positive clip level alpha")
-    direction = np.where(consts[0] * consts[2] >= 0, 1, -1).astype(np.int8)
     check_no_overflow([(scale, bias, bn_scale, bn_shift, acc_lo, acc_hi)], alpha, n)
+    code = epilogue_code(scale, bias, bn_scale, bn_shift, alpha, n, rule)
+    direction = monotone_direction(code, consts[2].size, acc_lo, acc_hi)
+    th = thresholds(code, direction, n, acc_lo, acc_hi)
+    wrong = threshold_mismatch(code, th, direction, acc_lo, acc_hi)
+    if wrong.any():  # only a code that is not monotone gets here
+        raise EngineError(f"no integer thresholds reproduce the float epilogue of channel "
+                          f"{int(np.flatnonzero(wrong)[0])}; please report this as a bug")
+    return th, direction
 
+
+def epilogue_code(scale, bias, bn_scale, bn_shift, alpha, n: int, rule: str
+                  ) -> Callable[[np.ndarray], np.ndarray]:
+    """acc (C, k) int64, row c for channel c -> the float epilogue's codes (C, k)."""
     def code(acc: np.ndarray) -> np.ndarray:
         return activation_code(affine(acc, scale, bias, bn_scale, bn_shift, channel_axis=0),
                                alpha, n, rule)
+    return code
 
-    return thresholds(code, direction, n, acc_lo, acc_hi), direction
+
+def monotone_direction(code: Callable[[np.ndarray], np.ndarray], channels: int, acc_lo: int,
+                       acc_hi: int) -> np.ndarray:
+    """(C,) int8: +1 where a monotone `code` is non-decreasing on [acc_lo, acc_hi], -1 where it
+    falls; its values at the two ends decide (a constant channel counts as +1)."""
+    ends = code(np.tile(np.array([[acc_lo, acc_hi]], np.int64), (channels, 1)))
+    return np.where(ends[:, 1] >= ends[:, 0], 1, -1).astype(np.int8)
+
+
+def threshold_mismatch(code: Callable[[np.ndarray], np.ndarray], th: np.ndarray,
+                       direction: np.ndarray, acc_lo: int, acc_hi: int) -> np.ndarray:
+    """(C,) bool: True where thresholds `th` with `direction` (+-1) do not give `code(acc)` for
+    some integer acc in [acc_lo, acc_hi]. Exact for any monotone `code` (up or down) without
+    trying every acc: the count #{t : d*acc >= d*T[c, t]} is constant between its steps, which
+    lie between T - d and T, so agreeing at both ends of the range and at every T and T - d
+    (clipped to the range) means agreeing everywhere; a wrong direction fails at an end."""
+    th = np.asarray(th, dtype=np.int64)
+    d = np.asarray(direction, dtype=np.int64)[:, None]
+    channels = th.shape[0]
+    ends = np.tile(np.array([[acc_lo, acc_hi]], np.int64), (channels, 1))
+    probes = np.clip(np.concatenate([ends, th, th - d], axis=1), acc_lo, acc_hi)
+    return np.any(apply_thresholds(probes, th, np.asarray(direction), channel_axis=0)
+                  != code(probes), axis=1)
 
 
 def check_no_overflow(terms: list[tuple], alpha: np.float32, n: int) -> None:

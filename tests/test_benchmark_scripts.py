@@ -1,5 +1,6 @@
 """benchmarks/train_step.py runs end to end on a tiny batch (its figures are not checked here:
-speed belongs to the benchmark's own output, not to tests)."""
+speed belongs to the benchmark's own output, not to tests); benchmarks/engine.py's ONNX peers
+are files every supported ONNX Runtime reads."""
 from __future__ import annotations
 
 import subprocess
@@ -18,6 +19,7 @@ def run(*args: str) -> str:
     return done.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, expect", [
     ((), ["NumPy's BLAS: OpenBLAS", "SVHN float train step, batch 4", "page faults per step"]),
     (("--bits", "2"), ["QAT W2A2 pact", "ratio QAT / float step time"]),
@@ -29,3 +31,28 @@ def test_train_step_benchmark_prints_its_figures(args, expect):
     out = run(*args)
     for text in expect:
         assert text in out, f"{text!r} missing from:\n{out}"
+
+
+def test_engine_benchmark_onnx_files_pin_the_ir_version(tmp_path):
+    """ONNX Runtime refuses a newer IR version than it knows ("max supported IR version"): the
+    peers are written at the exporter's pinned version, float and int8 (QDQ) alike."""
+    onnx = pytest.importorskip("onnx", reason="needs the onnx extra")
+    ort = pytest.importorskip("onnxruntime", reason="needs the onnx extra")
+    pytest.importorskip("onnxruntime.quantization", reason="needs onnxruntime's quantizer")
+    import numpy as np
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import engine as bench
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    net = bench.randomize_statistics(bench.build_model("svhn", bench.Policy(wbits=2, abits=2)),
+                                     biases=False)
+    model = bench.lower_graph(net.graph(), net.state_dict())
+    images = np.random.default_rng(0).integers(0, 256, (16, *net.input_shape), dtype=np.uint8)
+    bench.float_onnx(model, str(tmp_path / "float.onnx"))
+    bench.int8_onnx(str(tmp_path / "float.onnx"), str(tmp_path / "int8.onnx"), images)
+    for name in ("float.onnx", "int8.onnx"):
+        assert onnx.load(str(tmp_path / name)).ir_version == bench.ONNX_IR_VERSION, name
+        session = ort.InferenceSession(str(tmp_path / name), providers=["CPUExecutionProvider"])
+        assert session.run(None, {"images": images[:2]})[0].shape[0] == 2, name

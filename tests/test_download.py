@@ -255,3 +255,8 @@ def test_loader_offline_message(cache, monkeypatch):
     assert "test_32x32.mat is missing" in msg and base + "test_32x32.mat" in msg, (
         f"the SVHN error must list every missing file at once: {msg}")
     assert not cache.exists(), "a failed download left empty cache folders"
+    with pytest.raises(DataError) as info:  # the test split alone (evaluate, the engine's run)
+        load_dataset("svhn", "test", data_dir=cache)
+    msg = str(info.value)
+    assert base + "test_32x32.mat" in msg and "train_32x32.mat" not in msg, (
+        f"the test split must not ask for the training file: {msg}")

@@ -1,6 +1,8 @@
 """`python -m integer_engine` export / run / verify / inspect, and its one-line errors."""
 from __future__ import annotations
 
+import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -37,7 +39,7 @@ def test_run_reports_accuracy_speed_and_layer_table(exported, capsys):
     d, model, data = exported
     assert main(["run", str(model), "--data", str(data), "--limit", "25", "--batch-size", "10"]) == 0
     out = capsys.readouterr().out
-    assert "25 images, accuracy" in out and "images/s" in out, out
+    assert re.search(r"25 images, accuracy \d+\.\d\d%, ", out) and "images/s" in out, out
     assert "MACs/image" in out and "total" in out, out
     # Which kernel runs a layer depends on the CPU (integer_engine.cpu): every conv names one.
     convs = [line.split() for line in out.splitlines() if " conv " in f" {line} "]
@@ -49,6 +51,8 @@ def test_verify_bit_exact_on_data_and_random(exported, capsys):
     assert main(["verify", str(model), "--data", str(data)]) == 0
     out = capsys.readouterr().out
     assert "total: 0 mismatches" in out and "(bit-exact)" in out, out
+    assert f"on {data} (40 images;" in out, "verify must check every image by default"
+    assert re.search(r"engine accuracy: \d+\.\d\d%\nverified in \d+\.\d s\n$", out), out
     assert main(["verify", str(model), "--random", "5"]) == 0
     assert "5 random images" in capsys.readouterr().out
 
@@ -82,12 +86,25 @@ def test_verify_compares_with_the_trained_model_and_refuses_another(tmp_path, ca
     (["export", "{d}", "-o", "{d}"], "is a directory; give a file name, e.g."),
     # /proc refuses new files even to root, whose permission bits are never checked.
     (["export", "{d}", "-o", "/proc/m.tpq"], "cannot write to /proc"),
+    (["export", "{d}/m.tpq", "-o", "{d}/x.tpq"], "m.tpq is an integer model (.tpq), already exported"),
+    (["inspect", "{d}"], "is a directory without model.tpq; give the model file, or write it with"),
+    (["run", "{d}", "--data", "{d}/data.npz"], "is a directory without model.tpq"),
+    # --out is checked before anything else, even before the model is read.
+    (["simulate", "{d}/m.tpq", "--out", "{d}/data.npz"], "--out {d}/data.npz is a file; give a directory"),
+    (["simulate", "{d}/nowhere.tpq", "--out", "{d}/data.npz/x"], "cannot be created: {d}/data.npz is a file"),
+    (["simulate", "{d}/m.tpq", "--out", "/proc/sim"], "cannot write to /proc"),
 ])
 def test_user_errors_are_one_line_exit_2(exported, capsys, argv, message):
     d = exported[0]
     assert main([a.format(d=d) for a in argv]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+    assert err.startswith("error: ") and message.format(d=d) in err and err.count("\n") == 1, err
+
+
+def test_a_run_directory_stands_for_its_model_tpq(exported, tmp_path, capsys):
+    shutil.copy(exported[1], tmp_path / "model.tpq")
+    assert main(["inspect", str(tmp_path)]) == 0
+    assert f"{tmp_path}: tinypact-integer-model" in capsys.readouterr().out
 
 
 def test_wrong_image_shape(exported, tmp_path, capsys):

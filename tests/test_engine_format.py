@@ -76,6 +76,14 @@ def _kind(h, kind):
     return next(layer for layer in h["layers"] if layer["kind"] == kind)
 
 
+def _count_the_other_way(arrays: dict) -> None:
+    """Every threshold layer's directions flipped, its thresholds reversed (still ordered)."""
+    for key in [k for k in arrays if k.endswith(".direction")]:
+        arrays[key] = -arrays[key]
+        th = key.replace(".direction", ".thresholds")
+        arrays[th] = arrays[th][:, ::-1].copy()
+
+
 def _first_conv(h):
     return next(layer for layer in h["layers"] if layer["kind"] == "conv")
 
@@ -95,7 +103,12 @@ def _first_conv(h):
     (None, lambda m: m.update({k: m[k].astype(np.int32) for k in m if k.endswith(".thresholds")}), "expected int64"),
     (None, lambda m: m.update({k: np.full_like(m[k], 255) for k in m if k.endswith(".weight")}), "exceed n_w"),
     (None, lambda m: m.update({k: m[k][:, ::-1].copy() for k in m if k.endswith(".thresholds")}),
-     "thresholds do not reproduce the layer's float epilogue"),
+     "thresholds are not ordered along the levels"),
+    (None, _count_the_other_way, "do not reproduce the layer's float epilogue in channel 0, direction"),
+    (None, lambda m: m.update({k: 0 * m[k] for k in m if k.endswith(".direction")}),
+     "direction must be"),
+    (None, lambda m: m.update({k: m[k] * 1000 for k in m if k.endswith(".thresholds")}),
+     "thresholds lie outside the accumulator range"),
     (None, lambda m: m.update({k: m[k] + np.float32(0.25) for k in m if k.endswith(".bn_shift")}),
      "thresholds do not reproduce the layer's float epilogue"),
     (None, lambda m: m.update({k: -m[k] for k in m if k.endswith(".alpha")}), "alpha positive"),

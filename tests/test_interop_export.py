@@ -147,6 +147,22 @@ def test_cli_export_and_verify(tmp_path, capsys):
         assert "0 mismatches" in capsys.readouterr().out
     assert main(["verify-onnx", str(tmp_path / "m.tpq"), str(tmp_path / "missing.onnx")]) == 2
     assert "ONNX model not found" in capsys.readouterr().err
+    for extra in ([], ["--qonnx"]):  # -o naming a directory: one line, before any work
+        assert main(["export-onnx", str(tmp_path / "m.tpq"), "-o", str(tmp_path), *extra]) == 2
+        assert capsys.readouterr().err == (f"error: -o {tmp_path} is a directory; give a file name, "
+                                           f"e.g. {tmp_path / 'model.onnx'}\n")
+    assert main(["export-onnx", str(tmp_path / "m.tpq"), "-o", "/proc/m.onnx"]) == 2
+    assert "cannot write to /proc" in capsys.readouterr().err
+
+    # An ONNX file exported from another model is refused, as verify refuses another checkpoint.
+    other = tmp_path / "other"
+    other.mkdir()
+    make_checkpoint(other / "checkpoint.npz", "fmnist", seed=5, wbits=2, abits=2)
+    save_model(export_checkpoint(other), other / "model.tpq")
+    for form in ("m0.onnx", "m1.onnx"):
+        assert main(["verify-onnx", str(other), str(tmp_path / form), "--random", "4"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "was exported from another model than" in err, err
 
 
 @pytest.mark.parametrize("batch", [1, 3])

@@ -161,6 +161,9 @@ def test_tampered_imported_thresholds_are_refused(tmp_path):
 def test_cli_import_verify_run_simulate(tmp_path, capsys):
     source = str(FIXTURES / "cnv_w4a4.onnx")
     tpq = str(tmp_path / "cnv.tpq")
+    assert main(["import", source, "-o", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (f"error: -o {tmp_path} is a directory; give a file name, e.g. "
+                                       f"{tmp_path / 'model.tpq'}\n")
     assert main(["import", source, "-o", tpq]) == 0
     assert main(["verify-onnx", tpq, source, "--random", "8"]) == 0
     assert "total: 0 mismatches" in capsys.readouterr().out

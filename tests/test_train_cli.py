@@ -37,6 +37,7 @@ def full_run(tmp_path_factory):
     return trainer.fit(tiny_config(), run, progress=False, log=quiet)
 
 
+@pytest.mark.slow
 def test_cli_end_to_end(tmp_path):
     run = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "tinypact.train", "--epochs", "1", *TINY,
@@ -60,6 +61,13 @@ def test_cli_end_to_end(tmp_path):
     assert set(records[0]["alphas"]) == {"act0", "act1", "act2"}, records[0]["alphas"]
     assert "integer-only accuracy" in out and "predictions equal" in out, out
     assert "0 mismatching codes" in out and "bit-exact" in out, out
+    # No silent pause: the two steps that compile Numba kernels on a first run say so first.
+    lines = out.splitlines()
+    starts = [next(i for i, line in enumerate(lines) if line.startswith(word))
+              for word in ("timing   ", "estimate ", "wrote    ", "export   to ", "export   " + str(run))]
+    assert starts == sorted(starts), out
+    assert "compiles tinypact's kernels" in lines[starts[0]], out
+    assert "compiles the engine's kernels" in lines[starts[3]], out
 
     # The checkpoint honours the contract integer_engine reads.
     with np.load(run / "checkpoint.npz", allow_pickle=False) as npz:
@@ -139,6 +147,11 @@ def test_interrupt_keeps_checkpoint_and_prints_resume_command(tmp_path, capsys, 
     (["--first-last-bits", "9"], "--first-last-bits must be one of 1..8, 16 or 32, got 9"),
     (["--epochs", "two"], "invalid int value: 'two'"),
     (["--svhn-extra"], "svhn_extra (--svhn-extra, SVHN's extra split) needs dataset svhn, got 'sample'"),
+    (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+    (["--epochs", "0"], "--epochs must be at least 1, got 0"),
+    (["--lr", "-1"], "--lr must be positive, got -1.0"),
+    (["--val-size", "-1"], "--val-size must be >= 0, got -1"),
+    (["--limit-test", "0"], "--limit-test must be at least 1, got 0"),
 ])
 def test_bad_arguments_are_one_line_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as info:
@@ -326,3 +339,50 @@ def test_run_made_before_a_config_field_existed_still_resumes(full_run):
     old = {k: v for k, v in saved.items() if k != "svhn_extra"}
     check_resume_config(TrainConfig.with_defaults(old), saved)
     assert TrainConfig.with_defaults(old) == saved
+
+
+LOCK_HOLDER = """
+import sys, time
+from tinypact.checkpoint import run_dir_lock
+with run_dir_lock(sys.argv[1]):
+    print("locked", flush=True)
+    sys.stdin.read()  # until the test closes our stdin
+"""
+
+
+def test_a_run_directory_in_use_by_another_process_is_refused(full_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(full_run.run_dir, run)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(run)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        for extra in (["--resume"], []):  # a second resume; a fresh start told "delete it" before
+            assert train_main(["--epochs", "2", *TINY, "--no-export", "--out", str(run), *extra]) == 2
+            err = capsys.readouterr().err
+            assert err == (f"error: {run} is in use by another training process; wait for it to "
+                           f"finish (or stop it), or choose another --out\n"), err
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before, "a refused run wrote files"
+    assert train_main(["--epochs", "2", *TINY, "--no-export", "--out", str(run), "--resume"]) == 0
+
+
+def test_data_dir_naming_a_file_is_refused_and_the_data_source_is_printed(tmp_path, capsys):
+    a_file = tmp_path / "README.md"
+    a_file.write_text("not data")
+    assert train_main([*TINY, "--epochs", "1", "--data-dir", str(a_file), "--no-export",
+                       "--out", str(tmp_path / "run")]) == 1
+    assert capsys.readouterr().err == (f"error: --data-dir {a_file} is a file; give the folder that "
+                                       f"holds (or will hold) the data sets\n")
+    assert not (tmp_path / "run").exists()
+    missing = tmp_path / "no-such-folder"
+    assert train_main([*TINY, "--epochs", "1", "--data-dir", str(missing), "--no-export",
+                       "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    from tinypact.data.datasets import SAMPLE_PATH
+    assert f"data     from {SAMPLE_PATH}\n" in out, out
+    assert f"(not from --data-dir {missing}: it holds no sample files)" in out, out
+    assert ", 1 epoch, " in out and "for 1 epoch + test" in out, out

@@ -22,6 +22,9 @@ NAMES = sorted(path.stem for path in TUTORIALS.glob("*.ipynb"))
 FAST_FLAG = "TINYPACT_TUTORIAL_FAST"
 THREAD_VARIABLES = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                     "MKL_NUM_THREADS")
+# A kernel that has not started by then is broken, not slow (nbclient's default is 60 s, which
+# a 2-core machine running other jobs can exceed while the kernel imports NumPy and Numba).
+KERNEL_START_SECONDS = 1800
 SYNC_HINT = "run `jupytext --sync tutorials/{name}.ipynb` (the newer file of the pair wins)"
 
 
@@ -53,11 +56,13 @@ class NotebookFailed(Exception):
     """A notebook cell raised (or timed out); the message names the cell and the error."""
 
 
-def execute(nb: nbformat.NotebookNode, timeout: int = 300) -> nbformat.NotebookNode:
+def execute(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     """Run every cell in a fresh kernel with cwd = tutorials/, the tiny settings and one thread.
 
     One thread: on a machine shared with other jobs, multi-threaded kernels that wait on each
-    other's barriers can run 10x slower than one thread.
+    other's barriers can run 10x slower than one thread. No time limits (nbclient's defaults
+    fail a cell after `timeout` and a kernel that is not up within 60 s): how long a cell takes
+    on a loaded machine says nothing about the notebook.
     """
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError, CellTimeoutError
@@ -69,7 +74,8 @@ def execute(nb: nbformat.NotebookNode, timeout: int = 300) -> nbformat.NotebookN
     def on_cell_start(cell, cell_index):
         current["index"] = cell_index
 
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
+    client = NotebookClient(nb, timeout=None, startup_timeout=KERNEL_START_SECONDS, iopub_timeout=60,
+                            kernel_name="python3", record_timing=False,
                             resources={"metadata": {"path": str(TUTORIALS)}},
                             on_cell_start=on_cell_start)
     try:

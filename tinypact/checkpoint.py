@@ -22,6 +22,7 @@ A crash can leave a temporary file (`.checkpoint-*.npz.tmp`, ...); `remove_orpha
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -31,7 +32,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
@@ -340,6 +341,30 @@ def prepare_run_dir(out: str | os.PathLike, resume: bool, create: bool = True) -
     if create:
         out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+@contextlib.contextmanager
+def run_dir_lock(run_dir: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on the run directory itself while training writes to it (flock on
+    the folder: no lock file, released when the process ends however it ends). CheckpointError
+    if another process holds it; no lock where the file system offers none."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    fd = os.open(run_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CheckpointError(f"{run_dir} is in use by another training process; wait for it "
+                                  f"to finish (or stop it), or choose another --out") from None
+        except OSError:  # e.g. a network file system without locks
+            pass
+        yield
+    finally:
+        os.close(fd)
 
 
 def check_writable(directory: str | os.PathLike) -> None:

@@ -146,27 +146,32 @@ class TrainConfig:
         if self.model is not None and self.model not in MODELS:
             raise ValueError(f"unknown model {self.model!r}; choose from {', '.join(MODELS)}")
         for name in ("wbits", "abits", "first_last_bits", "shortcut_bits"):
-            check_bits(getattr(self, name), name)
+            check_bits(getattr(self, name), _option(name))
         choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "augment": AUGMENTATIONS,
                    "weight_quant": WEIGHT_QUANTS, "act_quant": ACT_QUANTS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}, "
+                raise ValueError(f"{_option(name)} must be one of {', '.join(allowed)}, "
                                  f"got {getattr(self, name)!r}")
         if self.svhn_extra and self.dataset != "svhn":
             raise ValueError(f"svhn_extra (--svhn-extra, SVHN's extra split) needs dataset svhn, "
                              f"got {self.dataset!r}")
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise ValueError(f"{_option(name)} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
+            raise ValueError(f"--lr must be positive, got {self.lr}")
         if self.val_size < 0:
-            raise ValueError(f"val_size must be >= 0, got {self.val_size}")
+            raise ValueError(f"--val-size must be >= 0, got {self.val_size}")
         for name in ("limit_train", "limit_test"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
+                raise ValueError(f"{_option(name)} must be at least 1, got {value}")
+
+
+def _option(field_name: str) -> str:
+    """The command-line option of a TrainConfig field: batch_size -> --batch-size."""
+    return "--" + field_name.replace("_", "-")
 
 
 # The recipes. Only the fields that differ from TrainConfig's defaults are listed.

@@ -269,6 +269,8 @@ def export_and_verify(result) -> Path | None:
 
     path = run_dir / "model.tpq"
     test = result.test_set
+    print(f"export   to {path}, then verify it on {len(test)} test images (a first run on this "
+          f"machine also compiles the engine's kernels: up to about 40 s)", flush=True)
     try:
         integer_model = export_checkpoint(run_dir)
         save_model(integer_model, path)

@@ -14,6 +14,7 @@ by `seed`, so it never changes between resumes); the test split is only used at 
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from tinypact.checkpoint import (
     prepare_run_dir,
     read_config,
     remove_orphans,
+    run_dir_lock,
     save_checkpoint,
     write_json_atomic,
     write_metrics,
@@ -51,8 +53,10 @@ PLOT_EVERY_EPOCH_AFTER = 5.0
 # ------------------------------------------------------------------------------------------ data
 def load_splits(config: TrainConfig):
     """(train, validation or None, test) Datasets: validation is held out of the train split."""
-    from tinypact.data import DataError, load_dataset
+    from tinypact.data import DataError, load_dataset, resolve_data_dir
 
+    if config.data_dir:
+        resolve_data_dir(config.data_dir)  # a file is refused even where the data set needs none
     options = {"data_dir": config.data_dir, "verify_checksums": config.verify_checksums}
     full = load_dataset(config.dataset, config.train_split, **options)
     test = load_dataset(config.dataset, "test", **options)
@@ -305,6 +309,16 @@ def _format_duration(seconds: float) -> str:
     return f"{seconds / 86400:.1f} days"
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _is_within(source: str, folder: str) -> bool:
+    """True if every path in `source` (" + "-joined) lies inside `folder`."""
+    root = Path(folder).expanduser().absolute()
+    return all(root in Path(part).absolute().parents for part in source.split(" + "))
+
+
 def count_parameters(model) -> int:
     return int(sum(p.data.size for p in model.parameters()))
 
@@ -317,9 +331,21 @@ def fit(config: TrainConfig, run_dir: str | Path, resume: bool = False, progress
     `stop_after=e` returns right after epoch e's checkpoint, as if the process had been killed
     (used by tests of exact resumption). `on_epoch(record)` is called with each epoch's metrics
     record once its checkpoint is saved (tinypact.sweep reports it to Ray Tune). The final test
-    evaluation happens only when all `config.epochs` epochs are done.
+    evaluation happens only when all `config.epochs` epochs are done. The run directory is
+    locked meanwhile: another process training into it is refused (CheckpointError) instead of
+    racing on its files.
     """
+    with contextlib.ExitStack() as held:
+        return _fit(config, Path(run_dir), resume, progress, log, stop_after, on_epoch, held)
+
+
+def _fit(config: TrainConfig, run_dir: Path, resume: bool, progress: bool,
+         log: Callable[[str], None], stop_after: int | None,
+         on_epoch: Callable[[dict], None] | None, held: contextlib.ExitStack) -> FitResult:
+    """fit's body; `held` keeps the run directory's lock until it returns."""
     config.validate()
+    if run_dir.is_dir():  # before any "exists" advice: is another process writing here?
+        held.enter_context(run_dir_lock(run_dir))
     run_dir = prepare_run_dir(run_dir, resume, create=False)
     checkpoint = None
     if resume:
@@ -335,7 +361,12 @@ def fit(config: TrainConfig, run_dir: str | Path, resume: bool = False, progress
 
     # Data first: a missing data set must not leave behind a run directory that blocks a rerun.
     train, val, test = load_splits(config)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        existed = run_dir.is_dir()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not existed:  # another process may have started a run here since the check above
+            held.enter_context(run_dir_lock(run_dir))
+            prepare_run_dir(run_dir, resume, create=False)
     write_json_atomic(run_dir / CONFIG_NAME, config.to_dict())
     loader = train_loader(train, config)
     try:
@@ -364,6 +395,9 @@ def fit(config: TrainConfig, run_dir: str | Path, resume: bool = False, progress
 
     log(f"dataset  {config.dataset}: {len(train)} train, {len(val) if val else 0} validation, "
         f"{len(test)} test images of shape {tuple(train.images.shape[1:])}")
+    log(f"data     from {train.source}")
+    if config.data_dir and not _is_within(train.source, config.data_dir):
+        log(f"         (not from --data-dir {config.data_dir}: it holds no {config.dataset} files)")
     log(f"model    {model_meta['name']}, {count_parameters(model):,} parameters; "
         f"{config.describe_policy()}")
     if model.stem_padding or model.input_shape != model.native_shape:
@@ -373,21 +407,24 @@ def fit(config: TrainConfig, run_dir: str | Path, resume: bool = False, progress
         log(f"input    {'x'.join(map(str, model.input_shape))} images (C x H x W), {fitted}; "
             f"the network's own input is {'x'.join(map(str, model.native_shape))}")
     log(f"recipe   {config.optimizer} lr {config.lr:g}, {config.schedule} schedule, "
-        f"weight decay {config.weight_decay:g}, batch {config.batch_size}, {config.epochs} epochs, "
+        f"weight decay {config.weight_decay:g}, batch {config.batch_size}, {_count(config.epochs, 'epoch')}, "
         f"augment {config.augment}, seed {config.seed}")
     remaining = config.epochs - start_epoch
     if remaining > 0:
+        log("timing   3 training steps for an estimate (a first run on this machine also "
+            "compiles tinypact's kernels: up to about 20 s)")
         step = time_one_step(model, optimizer, loader)
         per_epoch = step * len(loader)
         # Evaluation is a forward pass only: about a third of a training step per image.
         per_epoch += step / 3 * (len(val) if val else 0) / config.batch_size
         total = per_epoch * remaining + step / 3 * len(test) / config.batch_size
         log(f"estimate {_format_duration(step)} per batch -> about {_format_duration(per_epoch)} "
-            f"per epoch, {_format_duration(total)} for {remaining} epoch(s) + test on this machine")
+            f"per epoch, {_format_duration(total)} for {_count(remaining, 'epoch')} + test on this machine "
+            f"(then export and verification)")
         if total > LONG_RUN_SECONDS and remaining > 1:
             short = max(1, int(LONG_RUN_SECONDS // per_epoch))
             log(f"         that is long for a first try: --epochs {short} takes about "
-                f"{_format_duration(per_epoch * short)} (the recipe's first {short} epoch(s)), "
+                f"{_format_duration(per_epoch * short)} (the recipe's first {_count(short, 'epoch')}), "
                 f"--limit-train N uses fewer images")
     if start_epoch:
         log(f"resuming {run_dir} after epoch {start_epoch}")

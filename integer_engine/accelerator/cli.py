@@ -18,6 +18,7 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 
+from integer_engine.commands import MODEL_HELP, check_output_dir
 from integer_engine.errors import EngineError
 
 from integer_engine.accelerator.from_model import layers_from_model
@@ -37,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "model: per-layer cycles, stalls, utilization, SRAM/DRAM bytes at the operands' bit widths. "
         "With --sweep-bits, compare precisions (iso-area with --iso-area) at several bandwidths.",
     )
-    p.add_argument("model", nargs="?", help="exported integer model file (.tpq)")
+    p.add_argument("model", nargs="?", help=MODEL_HELP)
     p.add_argument("--topology", help="SCALE-Sim topology CSV, or a shipped one: resnet50, svhn, resnet20, alexnet")
     p.add_argument("--config", help="SCALE-Sim .cfg (array, SRAM sizes, dataflow, bandwidth)")
     p.add_argument("--array", help="array rows x cols, e.g. 32x32 (default 32x32)")
@@ -203,6 +204,7 @@ def _read_inputs(args: argparse.Namespace) -> tuple[SystolicArray, list[Layer], 
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_dir(args.out)
     array, layers, name = _read_inputs(args)
     out = Path(args.out)
     if args.sweep_bits:

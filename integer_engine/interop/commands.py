@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from integer_engine.commands import _data_args, _load, print_report, verify_images
+from integer_engine.commands import (MODEL_HELP, _data_args, _load, check_output_path, print_report,
+                                     verify_images)
 from integer_engine.errors import EngineError
 
 FINN_NEXT_STEPS = """next (FINN, in its own venv: docs/interop.md):
@@ -25,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Write the integer model as standard ONNX that ONNX Runtime runs "
                                    "bit-exactly, or with --qonnx as QONNX (Quant-marked integer "
                                    "weights, MultiThreshold) for FINN. Needs the onnx extra.")
-    p.add_argument("model", metavar="MODEL.tpq")
+    p.add_argument("model", metavar="MODEL.tpq", help=MODEL_HELP)
     p.add_argument("-o", "--output", required=True, metavar="ONNX")
     p.add_argument("--qonnx", action="store_true", help="QONNX form (FINN's input) instead of ONNX Runtime's")
     p.add_argument("--batch", type=int, default=1, metavar="N",
@@ -39,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "Runtime or qonnx's executor, bit for bit; an imported model's "
                                    "QONNX source in qonnx's executor (codes exactly, logits to "
                                    "1e-5). Exits 1 on any mismatch.")
-    p.add_argument("model", metavar="MODEL.tpq")
+    p.add_argument("model", metavar="MODEL.tpq", help=MODEL_HELP)
     p.add_argument("onnx", metavar="ONNX")
     _data_args(p, required=False)
     p.add_argument("--random", type=int, default=64, metavar="N",
@@ -68,18 +69,12 @@ def _load_onnx(path: str):
         raise EngineError(f"{path} is not a readable ONNX model ({str(err).splitlines()[0][:150]})") from None
 
 
-def _check_output_dir(path: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise EngineError(f"output directory does not exist: {directory}")
-
-
 def cmd_export_onnx(args: argparse.Namespace) -> int:
     from integer_engine.interop import require
 
     onnx = require("onnx")
+    check_output_path(args.output, "model.onnx")
     model = _load(args.model)
-    _check_output_dir(args.output)
     if args.batch < 1:
         raise EngineError(f"--batch must be at least 1, got {args.batch}")
     if args.qonnx:
@@ -91,7 +86,13 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
         from integer_engine.interop.to_onnx import to_onnx
         proto = to_onnx(model)
     onnx.checker.check_model(proto)
-    onnx.save(proto, args.output)
+    from integer_engine.format import write_atomic
+
+    try:
+        write_atomic(args.output, lambda handle: handle.write(proto.SerializeToString()))
+    except OSError as err:
+        raise EngineError(f"cannot write {args.output} ({err.strerror or err}); choose another "
+                          f"-o") from None
     form = "QONNX (FINN's input; run it with qonnx's execute_onnx)" if args.qonnx else "ONNX (for ONNX Runtime)"
     print(f"wrote {args.output}: {form}, {len(proto.graph.node)} nodes for {len(model.layers)} layers; "
           f"check it: python -m integer_engine verify-onnx {args.model} {args.output}")
@@ -108,7 +109,14 @@ def cmd_verify_onnx(args: argparse.Namespace) -> int:
     images, _, description = verify_images(args, model)
     batch = max(1, args.batch_size)
     if META_LAYERS in metadata(proto):
-        from integer_engine.interop.graph import META_FORM
+        from integer_engine.format import model_digest
+        from integer_engine.interop.graph import META_FORM, META_MODEL
+
+        recorded = metadata(proto).get(META_MODEL)
+        if recorded and recorded != model_digest(model):
+            raise EngineError(f"{args.onnx} was exported from another model than {args.model} (its "
+                              f"recorded SHA-256 differs): compare a model with its own export "
+                              f"(export-onnx {args.model} -o NEW.onnx)")
         executor = "qonnx's executor" if metadata(proto).get(META_FORM) == "qonnx" else "ONNX Runtime"
         report = compare_with_engine(model, proto, images, batch_size=batch)
     else:
@@ -129,9 +137,13 @@ def cmd_import(args: argparse.Namespace) -> int:
     from integer_engine.format import save_model
     from integer_engine.interop.from_qonnx import import_qonnx
 
-    _check_output_dir(args.output)
+    check_output_path(args.output)
     model = import_qonnx(args.onnx)
-    save_model(model, args.output)
+    try:
+        save_model(model, args.output)
+    except OSError as err:
+        raise EngineError(f"cannot write {args.output} ({err.strerror or err}); choose another "
+                          f"-o") from None
     bits = ", ".join(f"{layer.name} W{layer.attrs['wbits']}A{layer.attrs['abits']}" for layer in model.compute_layers)
     print(f"wrote {args.output}: {len(model.layers)} layers ({bits})")
     print(f"next: python -m integer_engine verify-onnx {args.output} {args.onnx}\n"

@@ -10,13 +10,18 @@ import json
 
 import numpy as np
 
+from integer_engine.format import model_digest
 from integer_engine.interop import require
 
 ONNX_OPSET = 17
+# The IR version written, not the onnx package's newest (onnx 1.19 writes 12 or later, which
+# older ONNX Runtimes refuse: "max supported IR version"); 8 is read by every onnxruntime 1.3x.
+ONNX_IR_VERSION = 8
 QONNX_DOMAIN = "qonnx.custom_op.general"
 # Written into the model's metadata: which .tpq layers the graph has tensors for (by name).
 META_LAYERS = "tinypact.layers"
 META_FORM = "tinypact.form"
+META_MODEL = "tinypact.model_sha256"  # format.model_digest of the .tpq it was exported from
 
 
 class GraphBuilder:
@@ -128,15 +133,16 @@ class GraphBuilder:
         return self.op("Pad", [x, self.const(pads, "pads")], out, mode="constant")
 
     # ---- model -----------------------------------------------------------------------
-    def model(self, outputs: dict[str, list], layers: list[str], form: str):
-        """The ModelProto with graph outputs {name: shape}."""
+    def model(self, outputs: dict[str, list], layers: list[str], form: str, digest: str = ""):
+        """The ModelProto with graph outputs {name: shape}; `digest` is the source model's."""
         helper = self.onnx.helper
         outs = [helper.make_tensor_value_info(o, self.types[o], shape) for o, shape in outputs.items()]
         graph = helper.make_graph(self.nodes, self.name, self.inputs, outs, self.initializers)
         opsets = [helper.make_opsetid("", ONNX_OPSET)] + [helper.make_opsetid(d, 1) for d in sorted(self.domains)]
         model = helper.make_model(graph, opset_imports=opsets, producer_name="tinypact integer_engine")
-        model.ir_version = 8  # readable by every onnxruntime 1.3x
-        helper.set_model_props(model, {META_LAYERS: json.dumps(layers), META_FORM: form})
+        model.ir_version = ONNX_IR_VERSION
+        helper.set_model_props(model, {META_LAYERS: json.dumps(layers), META_FORM: form,
+                                       META_MODEL: digest})
         return model
 
 
@@ -150,7 +156,8 @@ def lower_model(g: GraphBuilder, model, lower_layer, input_dtype, batch, form: s
     names = [layer.name for layer in model.layers]
     output = "logits" if "logits" not in names else "logits_output"
     g.rename(model.output, output)
-    return g.model({output: [batch, *model.layers[-1].attrs["out_shape"]]}, names, form)
+    return g.model({output: [batch, *model.layers[-1].attrs["out_shape"]]}, names, form,
+                   model_digest(model))
 
 
 def metadata(model) -> dict[str, str]:

@@ -340,13 +340,16 @@ SVHN_TRAIN_EXTRA = "train+extra"
 
 def _svhn_file(split: str, data_dir: str | os.PathLike | None, download: bool,
                verify: bool) -> Path:
-    """The verified .mat file of `split`; if it cannot be had, a DataError that also lists the
-    other files training needs (train and test) that are missing or mismatching."""
+    """The verified .mat file of `split`; if the train split cannot be had, a DataError that also
+    lists the test file training will need next if it is missing or mismatching (the test split
+    alone, what evaluation and the engine read, asks for nothing else)."""
     filename, md5 = SVHN_FILES[split]
     try:
         return ensure_file(filename, [SVHN_URL + filename], md5, data_dir, subdir="svhn",
                            download=download, verify=verify)
     except DataError as err:
+        if split != "train":
+            raise
         folder = resolve_data_dir(data_dir) / "svhn"
         others = [f"{name} {problem} (from {SVHN_URL + name})"
                   for other, (name, other_md5) in SVHN_FILES.items()

@@ -37,11 +37,15 @@ class DataError(Exception):
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
-    """The data cache directory: `data_dir` > `$TINYPACT_DATA` > `~/.cache/tinypact`."""
-    if data_dir is not None and str(data_dir) != "":
-        return Path(data_dir).expanduser()
-    if os.environ.get(ENV_VAR):
-        return Path(os.environ[ENV_VAR]).expanduser()
+    """The data cache directory: `data_dir` > `$TINYPACT_DATA` > `~/.cache/tinypact`; DataError
+    if the one given names a file."""
+    for given, what in ((data_dir, "--data-dir"), (os.environ.get(ENV_VAR), f"${ENV_VAR}")):
+        if given is not None and str(given) != "":
+            path = Path(given).expanduser()
+            if path.exists() and not path.is_dir():
+                raise DataError(f"{what} {given} is a file; give the folder that holds (or will "
+                                f"hold) the data sets")
+            return path
     cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
     return Path(cache_home).expanduser() / "tinypact"
 
