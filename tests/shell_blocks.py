@@ -71,6 +71,7 @@ def is_assignment(command: str) -> bool:
 
 def is_cheap(command: str) -> bool:
     command = re.sub(r"^\.\s", "source ", command)
+    command = re.sub(r"^([A-Z_][A-Z0-9_]*=\S*\s+)+", "", command)  # VAR=value before a command
     return not any(pattern.search(command) for pattern in NOT_RUN)
 
 

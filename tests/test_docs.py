@@ -154,6 +154,7 @@ def test_shell_blocks_are_classified():
     assert not is_cheap("python -m tinypact.train fashion-mnist --bits 4")
     assert is_cheap("python -m tinypact.train --help") and is_cheap("tinypact-train --help")
     assert not is_cheap("pip install -e '.[docs]'") and not is_cheap("python benchmarks/engine.py")
+    assert not is_cheap("TINYPACT_TUTORIAL_FAST=1 jupyter execute --inplace tutorials/03_pact.ipynb")
     bare = [c for c in commands if is_cheap(c) and re.search(r"(?<![/\w$.-])model\.tpq\b", c)]
     assert not bare, f"commands that use a model.tpq no run has written: {bare}"
 
