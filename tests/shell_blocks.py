@@ -19,7 +19,7 @@ NOT_RUN_MARK = "<!-- not run by the tests -->"
 # Commands too slow for the test suite, or that install or change the environment.
 NOT_RUN = (
     re.compile(r"^(\S*/)?(pip3?|python3? -m (pip|venv)|apt-get|jupyter|jupytext|mkdocs)\b"),
-    re.compile(r"^(python -m tinypact\.train|tinypact-train)\b(?!.*--help)"),
+    re.compile(r"^(python -m tinypact\.(train|sweep)|tinypact-train)\b(?!.*--help)"),
     re.compile(r"^(\S*/)?python3? (benchmarks|scripts)/"),
     re.compile(r"^python (tests/replay_hardening\.py|-m pytest)"),
 )

@@ -155,6 +155,7 @@ def test_shell_blocks_are_classified():
     assert is_cheap("python -m tinypact.train --help") and is_cheap("tinypact-train --help")
     assert not is_cheap("pip install -e '.[docs]'") and not is_cheap("python benchmarks/engine.py")
     assert not is_cheap("TINYPACT_TUTORIAL_FAST=1 jupyter execute --inplace tutorials/03_pact.ipynb")
+    assert not is_cheap("python -m tinypact.sweep benchmarks/accuracy_study.toml --out runs/study")
     bare = [c for c in commands if is_cheap(c) and re.search(r"(?<![/\w$.-])model\.tpq\b", c)]
     assert not bare, f"commands that use a model.tpq no run has written: {bare}"
 
