@@ -440,7 +440,8 @@ def markdown(rows: dict[str, dict], targets: list[dict], schedule: dict, meta: d
     if not pairs:
         lines.append("- Nothing yet: no compared pair of rows has finished.")
     earlier = [(label, row) for label, row in rows.items()
-               if label in EARLIER_SEED0 and 0 in row["seeds"] and not meta["quick"]]
+               if label in EARLIER_SEED0 and 0 in row["seeds"] and not meta["quick"]
+               and study.model == "fmnist"]
     if earlier:
         lines += ["", "## Seed 0 before and after the integer arithmetic", "",
                   "The earlier single-seed study (2026-11-23) trained seed 0 of each row before "
