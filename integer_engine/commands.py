@@ -116,12 +116,17 @@ def check_output_path(output: str, example: str = "model.tpq") -> None:
     if not os.path.isdir(directory):
         raise EngineError(f"output directory does not exist: {directory}; create it or choose "
                           f"another -o")
+    _check_writable(directory, "-o")
+
+
+def _check_writable(directory: str, option: str) -> None:
+    """EngineError unless a file can be created in the existing folder `directory`."""
     try:
         with tempfile.TemporaryFile(dir=directory):
             pass
     except OSError as err:
         raise EngineError(f"cannot write to {directory} ({err.strerror or err}); choose another "
-                          f"-o or change its permissions") from None
+                          f"{option} or change its permissions") from None
 
 
 def check_output_dir(directory: str, option: str = "--out") -> None:
@@ -134,12 +139,7 @@ def check_output_dir(directory: str, option: str = "--out") -> None:
     if not os.path.isdir(existing):
         what = "is a file" if existing == path else f"cannot be created: {existing} is a file"
         raise EngineError(f"{option} {directory} {what}; give a directory")
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as err:
-        raise EngineError(f"cannot write to {existing} ({err.strerror or err}); choose another "
-                          f"{option} or change its permissions") from None
+    _check_writable(existing, option)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
