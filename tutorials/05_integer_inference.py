@@ -368,13 +368,15 @@ for s in stats:
     print(f"{s.name:8s} {s.method:10s} {s.macs:>12,d} {s.seconds * 1e3:>8.2f}")
 
 # %% [markdown]
-# The 2x2-bit layers run as popcount GEMMs (`bitserial`). The 8-bit first and last layers run as
-# an integer dot product: `int8` (u8 codes x s8 levels -> int32 with the CPU's `vpdpbusd`, where
-# it has AVX-512 VNNI) or `int` (the engine hands them to BLAS in float32: exact, because every
-# partial sum is an integer below $2^{24}$, the layer's accumulator bound known at export). On a
-# network this small, per-layer overheads (im2col, packing, pooling) weigh as much as the MACs;
-# the bit-serial kernels pay off on large GEMMs, where one 64-bit AND+POPCNT does 16 two-bit MACs
-# (see `benchmarks/bitgemm.py` for measured GMAC/s).
+# Which kernel a layer gets depends on the CPU (the method column above). Where popcounts are
+# cheap (AVX-512 with VPOPCNTDQ: Zen 4, Zen 5, recent Xeons) the 2x2-bit layers run as popcount
+# GEMMs (`bitserial`): one 64-bit AND+POPCNT does 16 two-bit MACs. On an AVX2-only CPU (Zen 1,
+# say) only 1x1-bit layers do; the 2x2-bit layers run the integer dot product there, as the 8-bit
+# first and last layers always do: `int8` (u8 codes x s8 levels -> int32 with `vpdpbusd` where the
+# CPU has AVX-512 VNNI, else AVX2's `vpmaddubsw` + `vpmaddwd`) or `int` (the engine hands them to
+# BLAS in float32: exact, because every partial sum is an integer below $2^{24}$, the layer's
+# accumulator bound known at export). On a network this small, per-layer overheads (im2col,
+# packing, pooling) weigh as much as the MACs (see `benchmarks/bitgemm.py` for measured GMAC/s).
 #
 # Next: notebook 6 asks the same question for custom hardware: what does 2-bit arithmetic buy on
 # a systolic-array accelerator?
@@ -382,4 +384,4 @@ for s in stats:
 # **Try:** export a DoReFa network (`weight_quant="dorefa"`) and compare its weight scale with
 # SAWB's; `python -m integer_engine inspect` on the `.tpq` file; train at 4 bits and watch the
 # engine switch the 4x4-bit layers from popcounts to an integer dot-product kernel (the method
-# column above; where it switches depends on the CPU, `integer_engine/cpu.py`).
+# column above; where it switches depends on the CPU: `python -m integer_engine run` prints it per layer).
