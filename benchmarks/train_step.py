@@ -1,4 +1,5 @@
-"""One Adam training step of the SVHN network, batch 128, 40x40x3 input: float, or the QAT step.
+"""One training step of the SVHN network (Adam, 40x40x3) or ResNet20 (SGD, 3x32x32), batch 128:
+float, or the QAT step.
 
 Prints the CPU and the threads, ms/step, images/s, achieved GFLOP/s and its fraction of
 np.matmul's GFLOP/s measured in the same run, and the peak memory NumPy allocated during one
@@ -12,7 +13,15 @@ step down by layer (forward and backward) and the rest (loss, optimizer); --thre
 BLAS and Numba threads (1 or 2 here) before anything starts. With --ops, each image op (conv2d,
 max_pool2d, batch_norm; forward and backward) is timed against PyTorch's on the SVHN shapes.
 
+--model resnet20 times the papers' CIFAR-10 ResNet20 (tinypact's `resnet20`: option-A shortcuts)
+with SGD momentum 0.9 and weight decay; its PyTorch peer is the same graph in plain torch modules
+with tinypact's initial weights (benchmarks/brevitas_parity.py's mirror), and with --bits K
+(PACT activations, SAWB weights at 2 bits, DoReFa otherwise) the QAT step is compared with
+tinypact's float step. --torch-first imports PyTorch before tinypact, as a notebook comparing the
+two would: tinypact's thread settings must hold in either order.
+
     python benchmarks/train_step.py [--steps 5] [--batch 128] [--vs-torch] [--ops]
+    python benchmarks/train_step.py --model resnet20 --vs-torch [--torch-first] [--bits 2]
     python benchmarks/train_step.py --bits 2 --vs-torch --threads 2
     python benchmarks/train_step.py --bits 2 --profile --threads 1
     python benchmarks/train_step.py --vs-torch --avx2     # AVX2 code paths only, all frameworks
@@ -58,6 +67,11 @@ def _avx2_from_argv(argv: list[str]) -> None:
 
 _threads_from_argv(sys.argv[1:])
 _avx2_from_argv(sys.argv[1:])
+if "--torch-first" in sys.argv[1:]:
+    try:
+        import torch  # noqa: F401  (before tinypact and NumPy: its OpenMP and BLAS load first)
+    except ImportError:
+        sys.exit("error: --torch-first needs PyTorch (pip install torch); it is not installed")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # tinypact first: importing it before NumPy shortens OpenBLAS's idle spin (tinypact/__init__.py),
 # which would otherwise take the cores from the Numba kernel after each BLAS call.
@@ -117,16 +131,31 @@ def svhn_torch(torch, reference: nn.Sequential):
     return net
 
 
-def train_flops(batch: int, size: int = 40) -> float:
+def layer_macs(model: str = "svhn") -> list[tuple[int, bool]]:
+    """(MACs per image, first layer?) of each conv and linear layer of the network."""
+    layers = []
+    if model == "svhn":
+        h = 40
+        for index, (cin, cout, k, pad, _bias, _bn, pool) in enumerate(SVHN_CONVS):
+            h = h + 2 * pad - k + 1
+            layers.append((h * h * cout * cin * k * k, index == 0))
+            h = h // 2 if pool else h
+        layers.append((512 * 10, False))
+    else:  # resnet20: stem 3->16 at 32x32, then 3 stages of 3 blocks of two 3x3 convs, fc 64->10
+        layers.append((32 * 32 * 16 * 3 * 9, True))
+        for stage, (width, size) in enumerate(((16, 32), (32, 16), (64, 8))):
+            cin = 16 if stage == 0 else width // 2
+            for block in range(3):
+                layers.append((size * size * width * (cin if block == 0 else width) * 9, False))
+                layers.append((size * size * width * width * 9, False))
+        layers.append((64 * 10, False))
+    return layers
+
+
+def train_flops(batch: int, model: str = "svhn") -> float:
     """FLOPs of one step: forward 2*MACs; backward 2*MACs for dW and 2*MACs for dX (none for
     the first conv, whose input needs no gradient). Elementwise work is not counted."""
-    flops, h = 0.0, size
-    for index, (cin, cout, k, pad, _bias, _bn, pool) in enumerate(SVHN_CONVS):
-        h = h + 2 * pad - k + 1
-        macs = batch * h * h * cout * cin * k * k
-        flops += 2 * macs * (2 if index == 0 else 3)
-        h = h // 2 if pool else h
-    return flops + 2 * batch * 512 * 10 * 3
+    return sum(2 * batch * macs * (2 if first else 3) for macs, first in layer_macs(model))
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 3) -> float:
@@ -152,20 +181,27 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def make_batch(batch: int, seed: int = 0):
+INPUT_SIZE = {"svhn": 40, "resnet20": 32}
+
+
+def make_batch(batch: int, seed: int = 0, size: int = 40):
     rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, size=(batch, 3, 40, 40)).astype(np.float32) / 256
+    images = rng.integers(0, 256, size=(batch, 3, size, size)).astype(np.float32) / 256
     labels = rng.integers(0, 10, size=batch)
     return images, labels
 
 
-def tinypact_step_fn(net, batch: int):
-    """tinypact's Adam step on `net`, PACT alphas projected after it as the trainer does (a no-op
-    for a float network)."""
+def tinypact_step_fn(net, batch: int, model: str = "svhn"):
+    """tinypact's step on `net` (SVHN: Adam; ResNet20: SGD momentum 0.9, weight decay 2e-4, as
+    its recipe), PACT alphas projected after it as the trainer does (a no-op for a float
+    network)."""
     from tinypact.quant import clamp_alphas
 
-    opt = optim.Adam(net.parameters(), lr=1e-3, eps=1e-5, weight_decay=1e-7)
-    images, labels = make_batch(batch)
+    if model == "svhn":
+        opt = optim.Adam(net.parameters(), lr=1e-3, eps=1e-5, weight_decay=1e-7)
+    else:
+        opt = optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
+    images, labels = make_batch(batch, size=INPUT_SIZE[model])
 
     def step():
         opt.zero_grad()
@@ -178,10 +214,13 @@ def tinypact_step_fn(net, batch: int):
     return step
 
 
-def torch_step_fn(torch, net, batch: int):
-    """PyTorch's Adam step on `net` (a torch module), the same batch as tinypact's."""
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3, eps=1e-5, weight_decay=1e-7)
-    images, labels = make_batch(batch)
+def torch_step_fn(torch, net, batch: int, model: str = "svhn"):
+    """PyTorch's step on `net` (a torch module): the same optimizer and batch as tinypact's."""
+    if model == "svhn":
+        opt = torch.optim.Adam(net.parameters(), lr=1e-3, eps=1e-5, weight_decay=1e-7)
+    else:
+        opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
+    images, labels = make_batch(batch, size=INPUT_SIZE[model])
     x, y = torch.from_numpy(images), torch.from_numpy(labels)
 
     def step():
@@ -215,12 +254,35 @@ def time_interleaved(steps: dict, rounds: int, warmup: int = 2) -> dict[str, flo
 
 
 # ------------------------------------------------------------------ the quantization-aware step
-def qat_tinypact(bits: int, act_quant: str):
-    """tinypact's own `svhn` network at `bits` (8-bit first/last layers)."""
+def qat_tinypact(bits: int, act_quant: str, model: str = "svhn"):
+    """tinypact's own `svhn` or `resnet20` network at `bits` (8-bit first/last layers; ResNet20:
+    SAWB weights at 2 bits, DoReFa otherwise, 8-bit shortcuts)."""
     from tinypact.models import build_model
     from tinypact.quant import Policy
 
-    return build_model("svhn", Policy(wbits=bits, abits=bits, act_quant=act_quant))
+    weight_quant = "sawb" if model == "resnet20" and bits == 2 else "dorefa"
+    return build_model(model, Policy(wbits=bits, abits=bits, act_quant=act_quant,
+                                     weight_quant=weight_quant))
+
+
+def resnet20_tinypact():
+    """tinypact's `resnet20` in float (ReLU, float shortcuts and first/last layers)."""
+    from tinypact.models import build_model
+    from tinypact.quant import Policy
+
+    return build_model("resnet20", Policy(wbits=32, abits=32, first_last_bits=32,
+                                          act_quant="relu", shortcut_bits=32))
+
+
+def resnet20_torch(reference):
+    """The float ResNet20 in plain torch modules with `reference`'s (tinypact's float resnet20)
+    initial weights: benchmarks/brevitas_parity.py's mirror."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from brevitas_parity import Quantizers, ResNet20, copy_initial_weights
+
+    net = ResNet20(Quantizers(32, 32, 32, 1.0), reference.in_channels, reference.stem_padding)
+    copy_initial_weights(net, reference)
+    return net
 
 
 def torch_mirror(torch, net):
@@ -468,12 +530,16 @@ def op_table(torch, batch: int, repeats: int = 5) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=("svhn", "resnet20"), default="svhn",
+                        help="the network (default svhn)")
+    parser.add_argument("--torch-first", action="store_true",
+                        help="import PyTorch before tinypact (read before anything is imported)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps (median is reported)")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--vs-torch", action="store_true", help="also time PyTorch, interleaved")
     parser.add_argument("--ops", action="store_true", help="time each image op against PyTorch")
     parser.add_argument("--bits", type=int, default=32,
-                        help="QAT: weight and activation bits of tinypact's svhn network "
+                        help="QAT: weight and activation bits of tinypact's network "
                              "(8-bit first/last layers); 32 (default): the float step")
     parser.add_argument("--act-quant", default="pact", choices=("pact", "dorefa", "relu"),
                         help="activation quantizer with --bits (default pact)")
@@ -484,6 +550,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="run NumPy's OpenBLAS, tinypact's Numba kernels and PyTorch with their "
                              "AVX2 code only (no AVX-512): a stand-in for an AVX2-only CPU")
     args = parser.parse_args(argv)
+    if args.ops and args.model != "svhn":
+        print("error: --ops times the SVHN shapes only; drop --model", file=sys.stderr)
+        return 2
     torch = None
     if args.vs_torch or args.ops:
         try:
@@ -494,18 +563,19 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if args.threads:
             torch.set_num_threads(args.threads)
-    print(machine_line(torch))
+    print(machine_line(torch) + ("\nPyTorch was imported before tinypact" if args.torch_first else ""))
     if args.ops:
         op_table(torch, args.batch)
         return 0
 
+    float_net = svhn_tinypact if args.model == "svhn" else resnet20_tinypact
     tinypact.manual_seed(0)
     if args.bits == 32:
-        net, what = svhn_tinypact(), "float"
+        net, what = float_net(), "float"
     else:
-        net = qat_tinypact(args.bits, args.act_quant)
+        net = qat_tinypact(args.bits, args.act_quant, args.model)
         what = f"QAT W{args.bits}A{args.bits} {args.act_quant} (8-bit first/last)"
-    step = tinypact_step_fn(net, args.batch)
+    step = tinypact_step_fn(net, args.batch, args.model)
     step()  # compile the Numba kernels before measuring memory
     tracemalloc.start()
     step()
@@ -517,16 +587,24 @@ def main(argv: list[str] | None = None) -> int:
 
     matmul = matmul_gflops()
     steps = {"tinypact": step}
+    float_reference = net
     if args.bits != 32:  # the QAT step's cost over the float step, timed in the same rounds
         tinypact.manual_seed(0)
-        steps["tinypact float"] = tinypact_step_fn(svhn_tinypact(), args.batch)
+        float_reference = float_net()
+        steps["tinypact float"] = tinypact_step_fn(float_reference, args.batch, args.model)
+    peer = "float"
     if torch is not None:
         torch.manual_seed(0)
-        mirror = svhn_torch(torch, net) if args.bits == 32 else torch_mirror(torch, net)
-        steps["torch"] = torch_step_fn(torch, mirror, args.batch)
+        if args.model == "resnet20":  # the float network: its PyTorch peer has no QAT mirror
+            mirror = resnet20_torch(float_reference)
+        else:
+            mirror = svhn_torch(torch, net) if args.bits == 32 else torch_mirror(torch, net)
+            peer = what
+        steps["torch"] = torch_step_fn(torch, mirror, args.batch, args.model)
     seconds = time_interleaved(steps, args.steps)
-    flops = train_flops(args.batch)
-    print(f"tinypact  SVHN {what} train step, batch {args.batch}: {1e3 * seconds['tinypact']:.0f} "
+    flops = train_flops(args.batch, args.model)
+    label = "SVHN" if args.model == "svhn" else "ResNet20"
+    print(f"tinypact  {label} {what} train step, batch {args.batch}: {1e3 * seconds['tinypact']:.0f} "
           f"ms/step, {args.batch / seconds['tinypact']:.0f} images/s")
     print(f"          {flops / 1e9:.1f} GFLOP/step -> {flops / seconds['tinypact'] / 1e9:.1f} GFLOP/s = "
           f"{flops / seconds['tinypact'] / 1e9 / matmul:.0%} of np.matmul's {matmul:.1f} GFLOP/s "
@@ -537,9 +615,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"          the float step, interleaved: {1e3 * seconds['tinypact float']:.0f} ms; "
               f"ratio QAT / float step time: {seconds['tinypact'] / seconds['tinypact float']:.2f}x")
     if torch is not None:
-        print(f"PyTorch {torch.__version__}: {1e3 * seconds['torch']:.0f} ms/step, "
+        print(f"PyTorch {torch.__version__} ({peer} step): {1e3 * seconds['torch']:.0f} ms/step, "
               f"{args.batch / seconds['torch']:.0f} images/s (medians of {args.steps} interleaved steps)")
-        print(f"ratio tinypact / PyTorch step time: {seconds['tinypact'] / seconds['torch']:.2f}x")
+        ours = "tinypact float" if peer == "float" and "tinypact float" in seconds else "tinypact"
+        print(f"ratio tinypact / PyTorch {peer} step time: {seconds[ours] / seconds['torch']:.2f}x")
     return 0
 
 

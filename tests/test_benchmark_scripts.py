@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "train_step.py"
@@ -33,6 +34,54 @@ def test_train_step_benchmark_prints_its_figures(args, expect):
         assert text in out, f"{text!r} missing from:\n{out}"
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("args, expect", [
+    (("--model", "resnet20"), ["ResNet20 float train step, batch 4", "GFLOP/step"]),
+    (("--model", "resnet20", "--bits", "2"), ["ResNet20 QAT W2A2 pact", "ratio QAT / float step time"]),
+    (("--model", "resnet20", "--profile"), ["profile of one step", "layer3"]),
+])
+def test_train_step_benchmark_resnet20(args, expect):
+    out = run(*args)
+    for text in expect:
+        assert text in out, f"{text!r} missing from:\n{out}"
+
+
+def _benchmark_module(name: str):
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+
+
+@pytest.mark.parametrize("model", ["svhn", "resnet20"])
+def test_train_step_flops_count_every_mac_of_the_network(model):
+    """The GFLOP/s figure rests on the benchmark's own MAC table: it must equal the MACs of
+    tinypact's network as the integer engine lowers it (every conv and linear layer)."""
+    bench = _benchmark_module("train_step")
+    from integer_engine.export import lower_graph
+    from tinypact.models import build_model
+    from tinypact.quant import Policy
+
+    net = build_model(model, Policy(wbits=2, abits=2))
+    lowered = lower_graph(net.graph(), net.state_dict())
+    macs = [int(np.prod(layer.attrs["out_shape"])) * int(np.prod(layer.arrays["weight"].shape[1:]))
+            for layer in lowered.layers if layer.attrs["kind"] in ("conv", "linear")]
+    assert [m for m, _ in bench.layer_macs(model)] == macs
+
+
+def test_train_step_torch_first_without_torch_is_one_line():
+    try:
+        import torch  # noqa: F401
+        pytest.skip("PyTorch is installed: --torch-first runs")
+    except ImportError:
+        pass
+    done = subprocess.run([sys.executable, str(SCRIPT), "--torch-first"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert done.stderr.strip().startswith("error:") and len(done.stderr.strip().splitlines()) == 1
+
+
 def test_engine_benchmark_onnx_files_pin_the_ir_version(tmp_path):
     """ONNX Runtime refuses a newer IR version than it knows ("max supported IR version"): the
     peers are written at the exporter's pinned version, float and int8 (QDQ) alike."""
@@ -41,11 +90,7 @@ def test_engine_benchmark_onnx_files_pin_the_ir_version(tmp_path):
     pytest.importorskip("onnxruntime.quantization", reason="needs onnxruntime's quantizer")
     import numpy as np
 
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        import engine as bench
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
+    bench = _benchmark_module("engine")
     net = bench.randomize_statistics(bench.build_model("svhn", bench.Policy(wbits=2, abits=2)),
                                      biases=False)
     model = bench.lower_graph(net.graph(), net.state_dict())
