@@ -9,7 +9,7 @@ quantization-aware training of tinypact's own `svhn` network (K-bit weights and 
 8-bit first/last layers; --act-quant pact|dorefa|relu) and the PyTorch peer is the same graph
 with the same quantizers written as straight-through autograd ops; tinypact's float step is
 timed in the same rounds and the QAT / float ratio printed. --profile breaks tinypact's
-step down by layer (forward and backward) and the rest (loss, optimizer); --threads N sets the
+step down by layer and by op (forward and backward) and the rest (loss, optimizer); --threads N sets the
 BLAS and Numba threads (1 or 2 here) before anything starts. With --ops, each image op (conv2d,
 max_pool2d, batch_norm; forward and backward) is timed against PyTorch's on the SVHN shapes.
 
@@ -364,10 +364,16 @@ def profile_step(net, step, rounds: int = 3) -> None:
 
     forward: dict[str, float] = {}
     backward: dict[tuple[str, str], float] = {}
+    op_forward: dict[str, float] = {}  # time since the previous op was recorded, by op
     current = ["(outside the layers)"]
+    last = [time.perf_counter()]
     original_from_op = Tensor.from_op.__func__
 
     def timed_from_op(cls, data, parents, back, op=""):
+        now = time.perf_counter()
+        op_forward[op or "other"] = op_forward.get(op or "other", 0.0) + now - last[0]
+        last[0] = now
+
         def timed_back(g, _back=back, _key=(current[0], op or "other")):
             start = time.perf_counter()
             out = _back(g)
@@ -382,7 +388,7 @@ def profile_step(net, step, rounds: int = 3) -> None:
 
         def wrapped(*args, _name=f"{name} {type(module).__name__}", _forward=module.forward):
             current[0] = _name
-            start = time.perf_counter()
+            start = last[0] = time.perf_counter()
             out = _forward(*args)
             forward[_name] = forward.get(_name, 0.0) + time.perf_counter() - start
             current[0] = "(outside the layers)"
@@ -391,7 +397,7 @@ def profile_step(net, step, rounds: int = 3) -> None:
     Tensor.from_op = classmethod(timed_from_op)
     try:
         step()
-        forward.clear(), backward.clear()
+        forward.clear(), backward.clear(), op_forward.clear()
         total = sum(_timed(step) for _ in range(rounds)) / rounds
     finally:
         Tensor.from_op = classmethod(original_from_op)
@@ -408,6 +414,16 @@ def profile_step(net, step, rounds: int = 3) -> None:
     for layer in list(forward) + [k for k in per_layer if k not in forward]:
         f, b = forward.get(layer, 0.0) / rounds, per_layer.get(layer, 0.0) / rounds
         print(f"  {layer:24s} {1e3 * f:10.1f} {1e3 * b:12.1f} {100 * (f + b) / total:10.1f}")
+    # By op, over the whole step: an op's forward is the time since the op recorded before it
+    # (its own work plus the Python between the two), its backward its closure's time.
+    per_op: dict[str, float] = {}
+    for (_, op), seconds in backward.items():
+        per_op[op] = per_op.get(op, 0.0) + seconds
+    ops = sorted(set(op_forward) | set(per_op), key=lambda o: -(op_forward.get(o, 0.0) + per_op.get(o, 0.0)))
+    print(f"  {'op (whole step)':24s} {'forward ms':>10s} {'backward ms':>12s} {'% of step':>10s}")
+    for op in ops:
+        f, b = op_forward.get(op, 0.0) / rounds, per_op.get(op, 0.0) / rounds
+        print(f"  {op:24s} {1e3 * f:10.1f} {1e3 * b:12.1f} {100 * (f + b) / total:10.1f}")
 
 
 def machine_line(torch=None) -> str:

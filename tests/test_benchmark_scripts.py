@@ -38,7 +38,7 @@ def test_train_step_benchmark_prints_its_figures(args, expect):
 @pytest.mark.parametrize("args, expect", [
     (("--model", "resnet20"), ["ResNet20 float train step, batch 4", "GFLOP/step"]),
     (("--model", "resnet20", "--bits", "2"), ["ResNet20 QAT W2A2 pact", "ratio QAT / float step time"]),
-    (("--model", "resnet20", "--profile"), ["profile of one step", "layer3"]),
+    (("--model", "resnet20", "--profile"), ["profile of one step", "layer3", "op (whole step)", "conv2d"]),
 ])
 def test_train_step_benchmark_resnet20(args, expect):
     out = run(*args)
