@@ -9,8 +9,8 @@ quantization-aware training of tinypact's own `svhn` network (K-bit weights and 
 8-bit first/last layers; --act-quant pact|dorefa|relu) and the PyTorch peer is the same graph
 with the same quantizers written as straight-through autograd ops; tinypact's float step is
 timed in the same rounds and the QAT / float ratio printed. --profile breaks tinypact's
-step down by layer and by op (forward and backward) and the rest (loss, optimizer); --threads N sets the
-BLAS and Numba threads (1 or 2 here) before anything starts. With --ops, each image op (conv2d,
+step down by layer and by op (forward and backward) and the rest (loss, optimizer); --threads
+N sets the BLAS and Numba threads (1 or 2 here) before anything starts. With --ops, each image op (conv2d,
 max_pool2d, batch_norm; forward and backward) is timed against PyTorch's on the SVHN shapes.
 
 --model resnet20 times the papers' CIFAR-10 ResNet20 (tinypact's `resnet20`: option-A shortcuts)
