@@ -378,7 +378,13 @@ def markdown(rows: dict[str, dict], targets: list[dict], schedule: dict, meta: d
                  f"reach it and by weight decay: from the paper's 10, a 2-bit network stays almost "
                  f"silent through a short run). Brevitas rows: `benchmarks/brevitas_parity.py`, the "
                  f"same network, initial weights, images, batch order and schedule in PyTorch + "
-                 f"Brevitas (its docstring says which quantizers and how they differ). "
+                 f"Brevitas 0.13 with the quantizers a Brevitas user would pick for PACT + SAWB: "
+                 f"`QuantReLU` with `Uint8ActPerTensorFloatMaxInit` (a learned clipping level, as "
+                 f"PACT's alpha, but with gradient through the rounding too and half-to-even "
+                 f"rounding) and `Int8WeightPerTensorFloatMSE` weights with the MSE scale search "
+                 f"run every step (SAWB approximates that scale in closed form; Brevitas's 2-bit "
+                 f"grid is ternary {{-s, 0, s}} where SAWB's has 4 levels), 8-bit first/last "
+                 f"layers; the script's docstring says more. "
                  f"\"exact\": the integer engine's export of the run, checked against its checkpoint "
                  f"on every test image (mismatching codes over all layers).")
     lines = [
