@@ -4,7 +4,7 @@ Runtime float32 and int8 on the same network, side by side in one run, at batch 
     python benchmarks/engine.py               # batch 512 (7 rounds) and batch 1 (64 images, 7 rounds)
     python benchmarks/engine.py --quick       # 3 rounds, 16 images at batch 1
     python benchmarks/engine.py --tinypact    # add tinypact's float32 eval forward at batch 512
-    python benchmarks/engine.py --calibrate 0 # bit-serial vs int8 by the fixed rule, not timed here
+    python benchmarks/engine.py --calibrate 512 # engines that time bit-serial vs int8 per conv
     NUMBA_CPU_NAME=znver1 NUMBA_CPU_FEATURES=+avx2,+popcnt,... python benchmarks/engine.py
                                               # the AVX2 kernels (scalar POPCNT, vpmaddubsw) on any
                                               # AVX2 machine: "AVX2 code on <this CPU>"
@@ -22,10 +22,14 @@ Timing: each round runs every runner once, in turn (interleaved), so drifts in b
 hit all of them, with a 0.2 s pause before each run (ONNX Runtime's threads spin after a run); each runner's best and median round are reported, with the load average
 (`uptime`) before and after and the CPU's features. Batch 512 uses all cores for every runner
 (Numba's and ONNX Runtime's threads); batch 1 runs one image at a time on one thread for all.
-The engines are built with `Engine(model, calibrate=512)`, the batch they run (batch 1:
-`calibrate=1` on one thread): each conv that can run bit-serial or int8 is timed both ways on this
-CPU and keeps the faster (printed as "kernels"). The crossover moves with the batch: on 64 images
-int8 won W1A1's conv2 in one run, at 512 it cost 3 ms more.
+Batch 1 also reports each image's latency (p50, p99 over all rounds). Every table compares each
+runner with ONNX Runtime int8 and float32.
+The engines are the default `Engine(model)`: bit-serial or int8 per layer by the fixed rule for
+this CPU family (`integer_engine.kernels.select`). With `--calibrate N` they are built with
+`Engine(model, calibrate=N)` instead (batch 1: `calibrate=1` on one thread): each conv that can
+run bit-serial or int8 is timed both ways on this CPU and keeps the faster (printed as
+"kernels"). The crossover moves with the batch: on 64 images int8 won W1A1's conv2 in one run, at
+512 it cost 3 ms more.
 """
 import argparse
 import os
@@ -51,6 +55,8 @@ from tinypact.quant import Policy
 from tinypact.tensor import Tensor, no_grad
 
 PRECISIONS = (1, 2, 4)
+# The runtimes every engine is compared with, in each table.
+PEERS = ("onnxruntime int8 (QDQ)", "onnxruntime float32")
 
 
 def load_average() -> str:
@@ -141,14 +147,17 @@ def ort_session(path: str, threads: int):
     return lambda images: session.run(None, {"images": images})[0]
 
 
-def interleaved(runners: dict, rounds: int, settle: float = 0.2) -> dict:
+def interleaved(runners: dict, rounds: int, settle: float = 0.2, on_warm=None) -> dict:
     """{name: (best, median) seconds}: each round times every runner once, in turn, `settle`
     seconds after the previous one: ONNX Runtime's pool threads spin after a run (its default)
     and took the cores from whichever runner came next (the engine's W1A1, after ORT float32:
-    10,500 images/s at batch 512 without the pause, 15,600 with it, same machine, same minute)."""
+    10,500 images/s at batch 512 without the pause, 15,600 with it, same machine, same minute).
+    `on_warm` is called once after the warm-up runs."""
     times = {name: [] for name in runners}
     for fn in runners.values():
         fn()  # compile / warm caches outside the timing
+    if on_warm:
+        on_warm()
     for _ in range(rounds):
         for name, fn in runners.items():
             time.sleep(settle)
@@ -158,14 +167,23 @@ def interleaved(runners: dict, rounds: int, settle: float = 0.2) -> dict:
     return {name: (min(t), float(np.median(t))) for name, t in times.items()}
 
 
-def report(title: str, results: dict, images: int, peer: str) -> None:
-    """images/s (best, median), the spread (median / best time) and the ratio to `peer`'s speed,
-    best against best and median against median."""
+def report(title: str, results: dict, images: int, peers: tuple[str, ...],
+           latencies: dict | None = None) -> None:
+    """images/s (best, median), the spread (median / best time), the ratio to each peer's speed,
+    best against best and median against median, and with `latencies` ({name: seconds per image})
+    the per-image latency p50 and p99 in microseconds."""
     print(f"\n{title}")
-    print(f"  {'runner':28s} {'images/s best':>13s} {'median':>9s} {'med/best':>8s}   x {peer}: best, median")
+    header = "".join(f"   x {peer}: best, median" for peer in peers)
+    latency_header = f" {'p50 us':>8s} {'p99 us':>8s}" if latencies else ""
+    print(f"  {'runner':28s} {'images/s best':>13s} {'median':>9s} {'med/best':>8s}{latency_header}{header}")
     for name, (best, median) in results.items():
-        print(f"  {name:28s} {images / best:13.1f} {images / median:9.1f} {median / best:8.2f}   "
-              f"{results[peer][0] / best:5.2f}, {results[peer][1] / median:5.2f}")
+        ratios = "".join(f"   {results[peer][0] / best:{len(peer) + 6}.2f}, {results[peer][1] / median:5.2f}"
+                         for peer in peers)
+        latency = ""
+        if latencies:
+            p50, p99 = np.percentile(latencies[name], [50, 99]) * 1e6
+            latency = f" {p50:8.0f} {p99:8.0f}"
+        print(f"  {name:28s} {images / best:13.1f} {images / median:9.1f} {median / best:8.2f}{latency}{ratios}")
 
 
 def main() -> int:
@@ -176,14 +194,12 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="3 rounds, 16 images at batch 1")
     parser.add_argument("--tinypact", action="store_true", help="add tinypact's float32 eval at batch 512")
     parser.add_argument("--layers", action="store_true", help="print the engine's per-layer times")
-    parser.add_argument("--calibrate", type=int, default=None,
-                        help="images for the per-layer bit-serial vs int8 timing (default: --images; "
-                             "0: the fixed rule)")
+    parser.add_argument("--calibrate", type=int, default=0,
+                        help="images for a per-layer bit-serial vs int8 timing (default 0: the default "
+                             "Engine(model), a fixed rule per CPU family)")
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.single = 3, 16
-    if args.calibrate is None:
-        args.calibrate = args.images
 
     threads = numba.get_num_threads()
     print(cpu.describe())
@@ -232,21 +248,31 @@ def main() -> int:
         runners["tinypact float32 eval W2A2"] = run_tinypact
     large = interleaved(runners, args.rounds)
     report(f"batch {args.images}, {threads} threads, best and median of {args.rounds} interleaved rounds "
-           f"({load_average()})", large, args.images, "onnxruntime int8 (QDQ)")
+           f"({load_average()})", large, args.images, PEERS)
 
-    # Batch 1, one thread for everyone.
-    def one_at_a_time(fn):
-        return lambda: [fn(single[i:i + 1]) for i in range(len(single))]
+    # Batch 1, one thread for everyone; each image's latency recorded (all rounds, after warm-up).
+    latencies = {}
+
+    def one_at_a_time(name, fn):
+        def run():
+            times = latencies.setdefault(name, [])
+            for i in range(len(single)):
+                start = time.perf_counter()
+                fn(single[i:i + 1])
+                times.append(time.perf_counter() - start)
+        return run
 
     numba.set_num_threads(1)
     try:
-        runners = {f"integer_engine W{b}A{b}": one_at_a_time(engine.run) for b, engine in single_engines.items()}
-        runners.update({name: one_at_a_time(run) for name, run in sessions[1].items()})
-        small = interleaved(runners, args.rounds)
+        runners = {f"integer_engine W{b}A{b}": engine.run for b, engine in single_engines.items()}
+        runners.update(sessions[1])
+        runners = {name: one_at_a_time(name, run) for name, run in runners.items()}
+        small = interleaved(runners, args.rounds, on_warm=latencies.clear)
     finally:
         numba.set_num_threads(threads)
     report(f"batch 1 ({args.single} images one at a time), 1 thread, best and median of {args.rounds} "
-           f"interleaved rounds ({load_average()})", small, args.single, "onnxruntime float32")
+           f"interleaved rounds, latency per image over all rounds ({load_average()})", small, args.single,
+           PEERS, latencies)
 
     if args.layers:
         for bits, engine in engines.items():

@@ -230,6 +230,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(describe())
     print(f"{description}: {len(images)} images, accuracy {100 * accuracy:.2f}%, "
           f"{len(images) / seconds:.1f} images/s ({seconds:.2f} s)")
+    p50, p99 = result.latency()
+    per = "per image" if args.batch_size == 1 else f"per batch of {args.batch_size}"
+    print(f"latency {per}: p50 {1e3 * p50:.3f} ms, p99 {1e3 * p99:.3f} ms ({len(result.batch_seconds)} batches)")
     print(format_layer_table(result.stats, len(images)))
     return 0
 

@@ -22,7 +22,7 @@ Which kernels run depends on the CPU (`cpu.py`, detected once):
   with BLAS in float32 (or float64): every partial sum is an integer bounded by the layer's static
   `acc_bound` (<= 2**24 for float32; always <= 2**31 for float64), so the float GEMM is exact, as
   `kernels.int_gemm` argues.
-- The crossover is BITSERIAL_MAX_PASSES (set per CPU family below), or measured per layer on the
+- The crossover is BITSERIAL_MAX_PASSES (set per CPU family in `kernels.select`), or measured per layer on the
   CPU at hand with `Engine(model, calibrate=N)`.
 
 Requantization between layers is integer-only: the accumulator goes through the layer's
@@ -41,34 +41,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from integer_engine import bitpack, int8dot, kernels
+from integer_engine import bitpack, kernels
 from integer_engine.epilogue import activation_code, affine
 from integer_engine.errors import EngineError
 from integer_engine.format import IntegerModel, Layer
+from integer_engine.kernels.int8dot import INT32_SAFE_K
+from integer_engine.kernels.select import BITSERIAL_MAX_PASSES, CALIBRATE_MAX_PASSES, INT8_DOT
 from integer_engine.requant import apply_thresholds, block_thresholds, full_accumulator, threshold_codes
-
-# Bit-serial popcount GEMM costs abits * wbits AND+POPCNT passes per 64 MACs; beyond about this
-# many it loses to the integer GEMM the CPU has. Against float32 BLAS, scalar popcounts win up to
-# W3A3 (Zen 1). With VNNI (`int8dot`, 64 u8 x s8 MACs per instruction) against 512-bit popcounts
-# (Zen 5): the bare GEMMs favour bit-serial at W2A2 (benchmarks/bitgemm.py: 350-600 vs 230-390
-# GMAC/s) and W4A4 int8 (110-140 vs 230-390). Whole layers are closer: with the patch gather in
-# both fused kernels, the SVHN network at W2A2 ran as fast bit-serial as int8 (batch 512,
-# interleaved: 2639 vs 2584 images/s best, 2452 vs 2439 median; before the bit-serial gather was
-# fused, 0.8x), and at W1A1 1.4x faster bit-serial (3633 vs 2642).
-# AVX2 int8 (`vpmaddubsw`) against scalar POPCNT: compiled for znver1 (AVX2, 16 registers) and run
-# on Zen 5, whole SVHN layers at 64 images (`Engine(calibrate=64)`), scalar bit-serial won only at
-# W1A1 (and not every layer: conv1 3.2 ms int8 vs 5.9); at W2A2 int8 took half the time. Not yet
-# measured on an AVX2-only CPU: `Engine(calibrate=...)` measures the machine it runs on.
-INT8_DOT = int8dot.LOWERING != "generic"
-if int8dot.VNNI and kernels.BITSERIAL_KERNEL == "vector":
-    BITSERIAL_MAX_PASSES = 4
-elif int8dot.LOWERING == "vpmaddubsw":
-    BITSERIAL_MAX_PASSES = 1
-else:
-    BITSERIAL_MAX_PASSES = 9
-# `Engine(calibrate=...)` times both kernel families up to W4A4 (16 passes); past that bit-serial
-# never came close (W8A8 conv1: 150 ms vs 3 ms int8 on Zen 5).
-CALIBRATE_MAX_PASSES = 16
 
 
 @dataclass
@@ -88,6 +67,14 @@ class EngineResult:
     logits: np.ndarray  # float32 (N, classes): the trained model's logits, bit for bit
     outputs: dict[str, np.ndarray] = field(default_factory=dict)  # every layer's output, when collected
     stats: list[LayerStats] = field(default_factory=list)
+    batch_seconds: list[float] = field(default_factory=list)  # wall time of each batch (`run_model`)
+
+    def latency(self) -> tuple[float, float]:
+        """(p50, p99) seconds per batch over `batch_seconds` (per image at batch size 1)."""
+        if not self.batch_seconds:
+            raise EngineError("no batch times recorded: latency needs a result of run_model")
+        p50, p99 = np.percentile(self.batch_seconds, [50, 99])
+        return float(p50), float(p99)
 
     @property
     def predictions(self) -> np.ndarray:
@@ -107,7 +94,7 @@ class _Compute:
         self.n_w = int(a["n_w"])
         self.abits, self.wbits = int(a["abits"]), int(a["wbits"])
         self.int8_possible = (INT8_DOT and int(a["in_max"]) <= 255 and self.wbits <= 8
-                              and self.j.shape[1] <= int8dot.INT32_SAFE_K)
+                              and self.j.shape[1] <= INT32_SAFE_K)
         self.bitserial_possible = self.abits <= bitpack.MAX_BITS and self.abits * self.wbits <= 64
         narrow = self.abits <= bitpack.MAX_BITS and self.abits * self.wbits <= BITSERIAL_MAX_PASSES
         if bitserial is not None:
@@ -141,7 +128,7 @@ class _Compute:
                 self.wt8_conv = kernels.int8_conv_weights(signed)
         else:
             self.levels = (2 * self.j.astype(np.int16) - self.n_w).astype(np.int16)
-        # int_gemm's own rule (kernels.py): a float with a p-bit significand is exact when every
+        # int_gemm's own rule (kernels/int8.py): a float with a p-bit significand is exact when every
         # partial sum is an integer of magnitude <= 2**p; acc_bound is that bound for any input.
         # Validation caps acc_bound at 2**31 - 1, so float64 is always exact.
         self.exact_dtype = np.float32 if int(a["acc_bound"]) <= 2**24 else np.float64
@@ -491,12 +478,17 @@ def _window_sum(x: np.ndarray, k: int, s: int) -> np.ndarray:
 
 def run_model(model: IntegerModel, images: np.ndarray, batch_size: int = 256, collect: bool = False
               ) -> EngineResult:
-    """Run `images` through the engine in batches; concatenate logits (and outputs if collected)."""
+    """Run `images` through the engine in batches; concatenate logits (and outputs if collected);
+    each batch's wall time in `batch_seconds`."""
     engine = Engine(model)
-    results = [engine.run(images[i:i + batch_size], collect) for i in range(0, len(images), batch_size)]
+    results, batch_seconds = [], []
+    for i in range(0, len(images), batch_size):
+        start = time.perf_counter()
+        results.append(engine.run(images[i:i + batch_size], collect))
+        batch_seconds.append(time.perf_counter() - start)
     if not results:
         raise EngineError("no images to run")
-    merged = EngineResult(logits=np.concatenate([r.logits for r in results]))
+    merged = EngineResult(logits=np.concatenate([r.logits for r in results]), batch_seconds=batch_seconds)
     if collect:
         merged.outputs = {k: np.concatenate([r.outputs[k] for r in results]) for k in results[0].outputs}
     merged.stats = results[0].stats

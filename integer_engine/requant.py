@@ -227,7 +227,7 @@ def threshold_block(total, corr, m0, scale, signed_th, by_t, negate, pixels, out
 
 
 # The per-block helpers of the fused kernels (`threshold_block`, `window_codes`, `store_codes`,
-# and in kernels.py `_plane_row_sum`, `_conv_row_starts`, `_store_rows`) are inlined into them:
+# and in kernels/ `_plane_row_sum`, `_conv_row_starts`, `_store_rows`) are inlined into them:
 # called, each paid an argument copy and a reference-count increment and decrement per array per
 # block (SVHN conv0 10.0 vs 12.5-13.0 ms, conv1 at W1A1 5.0 vs 6.6-7.4, alternating processes).
 @njit(cache=True, inline="always")

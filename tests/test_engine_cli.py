@@ -44,6 +44,18 @@ def test_run_reports_accuracy_speed_and_layer_table(exported, capsys):
     # Which kernel runs a layer depends on the CPU (integer_engine.cpu): every conv names one.
     convs = [line.split() for line in out.splitlines() if " conv " in f" {line} "]
     assert convs and all(row[5] in ("bitserial", "int8") for row in convs), out
+    assert "latency per batch of 10: p50 " in out and "(3 batches)" in out, out
+
+
+def test_run_at_batch_one_reports_latency_per_image(exported, capsys):
+    d, model, data = exported
+    assert main(["run", str(model), "--data", str(data), "--limit", "7", "--batch-size", "1"]) == 0
+    out = capsys.readouterr().out
+    line = next((line for line in out.splitlines() if line.startswith("latency per image: ")), None)
+    assert line is not None and line.endswith("(7 batches)"), out
+    p50 = float(line.split("p50 ")[1].split(" ms")[0])
+    p99 = float(line.split("p99 ")[1].split(" ms")[0])
+    assert 0 < p50 <= p99, line
 
 
 def test_verify_bit_exact_on_data_and_random(exported, capsys):

@@ -1,4 +1,5 @@
 """Integer kernels against plain NumPy int64 references (and nested-loop references)."""
+import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -17,8 +18,9 @@ from integer_engine.kernels import (
     odd_weight_gemm,
     plane_row_sums,
 )
-from integer_engine import int8dot
-from integer_engine.popcount import TILE_COLS, TILE_ROWS, _popcount_tile_python, popcount64, popcount_tile
+from integer_engine.kernels import bitserial, int8dot
+from integer_engine.kernels.common import _NO_THRESHOLDS
+from integer_engine.kernels.popcount import TILE_COLS, TILE_ROWS, _popcount_tile_python, popcount64, popcount_tile
 from integer_engine.requant import apply_thresholds
 
 # Every bit-serial kernel runs on any x86-64 CPU (LLVM lowers 512-bit vectors it lacks), so the
@@ -47,7 +49,7 @@ def assert_equal(got, expected, context):
 
 @pytest.mark.parametrize("value", [0, 1, 2**63, 2**64 - 1, 0x0101010101010101, 12345678901234])
 def test_popcount64(value):
-    got = int(kernels.njit(lambda x: popcount64(x))(np.uint64(value)))
+    got = int(numba.njit(lambda x: popcount64(x))(np.uint64(value)))
     assert got == bin(value).count("1"), f"popcount({value:#x}): expected {bin(value).count('1')}, got {got}"
 
 
@@ -84,14 +86,14 @@ def test_specialised_and_generic_kernels_agree(bits, m, n, k, seed):
     a_planes = bit_planes(rng.integers(0, 2**abits, (m, k)), abits)
     w_planes = bit_planes(rng.integers(0, 2**wbits, (4 * n, k)), wbits)
     outs = []
-    for kernel in (kernels._bitserial_kernel(abits, wbits), kernels._make_bitserial_kernel(0, 0)):
+    for kernel in (bitserial._bitserial_kernel(abits, wbits), bitserial._make_bitserial_kernel(0, 0)):
         out = np.zeros((m, 4 * n), np.int64)
         kernel(a_planes, w_planes, 0, 4 * n, out)
         outs.append(out)
     wt = kernels.transposed_planes(w_planes)
-    for kernel in (kernels._bitserial_kernel(abits, wbits, "vector"), kernels._make_vector_kernel(0, 0, False)):
+    for kernel in (bitserial._bitserial_kernel(abits, wbits, "vector"), bitserial._make_vector_kernel(0, 0, False)):
         out = np.zeros((m, 4 * n), np.int64)
-        kernel(a_planes, wt, 0, 0, *kernels._NO_THRESHOLDS, 1, out)
+        kernel(a_planes, wt, 0, 0, *_NO_THRESHOLDS, 1, out)
         outs.append(out)
     for other, name in zip(outs[1:], ("scalar generic", "vector specialised", "vector generic")):
         assert_equal(other, outs[0], f"{name} vs scalar specialised {bits}, M={m} N={4 * n} K={k}")
@@ -110,7 +112,7 @@ def test_popcount_tile_compiled_and_plain_agree_with_numpy(abits, wbits, m, k, m
     m0 = min(m0, m - 1)
     rows = np.minimum(np.arange(m0, m0 + TILE_ROWS), m - 1)
     expected = (a[rows] @ w.T).astype(np.uint64)
-    call = kernels.njit(lambda a_p, w_t, r0, out: popcount_tile(a_p, w_t, 0, 0, r0, 0, out, abits, wbits))
+    call = numba.njit(lambda a_p, w_t, r0, out: popcount_tile(a_p, w_t, 0, 0, r0, 0, out, abits, wbits))
     for name, run in (("compiled", call), ("plain", lambda *args: _popcount_tile_python(
             *args[:2], 0, 0, args[2], 0, args[3], abits, wbits))):
         tile = np.zeros((TILE_ROWS, TILE_COLS), np.uint64)
@@ -120,7 +122,7 @@ def test_popcount_tile_compiled_and_plain_agree_with_numpy(abits, wbits, m, k, m
 
 def test_extreme_codes_and_weight_column_blocks(monkeypatch):
     """All-max codes at K = 4097 (largest sums), with column blocks forced small."""
-    monkeypatch.setattr(kernels, "_W_BLOCK_BYTES", 1)
+    monkeypatch.setattr(bitserial, "_W_BLOCK_BYTES", 1)
     for abits, wbits in [(8, 8), (1, 1), (2, 2), (3, 5)]:
         a = np.full((3, 4097), 2**abits - 1)
         w = np.full((11, 4097), 2**wbits - 1)
@@ -211,7 +213,7 @@ def test_int8_tile_compiled_and_plain_agree_with_numpy(m, k, m0, seed):
     m0 = min(m0, m - 1)
     rows = np.minimum(np.arange(m0, m0 + int8dot.TILE_ROWS), m - 1)
     expected = (a[rows, :k].astype(np.int64) @ w.T).astype(np.int32)
-    call = kernels.njit(lambda x, y, r0, out: int8dot.int8_tile(x, y, r0, 0, out, 1))
+    call = numba.njit(lambda x, y, r0, out: int8dot.int8_tile(x, y, r0, 0, out, 1))
     for name, run in (("compiled", call), ("plain", int8dot._int8_tile_python)):
         tile = np.zeros((int8dot.TILE_ROWS, int8dot.TILE_COLS), np.int32)
         if name == "plain":
@@ -434,7 +436,7 @@ def test_popcount_conv_tile_compiled_and_plain_agree_with_numpy(kh, run, pair, s
     """`popcount_conv_tile` (patch words read in place from channel-packed planes), compiled and
     plain, against NumPy popcounts of the same words; all-ones words in the first patch (the
     largest counts)."""
-    from integer_engine.popcount import _popcount_conv_tile_python, popcount_conv_tile
+    from integer_engine.kernels.popcount import _popcount_conv_tile_python, popcount_conv_tile
     abits, wbits = pair
     rng = np.random.default_rng(seed)
     row_words = run + int(rng.integers(0, 5))
@@ -455,7 +457,7 @@ def test_popcount_conv_tile_compiled_and_plain_agree_with_numpy(kh, run, pair, s
             both = words[i][:, None, :] & wt[j][None, :, n0:n0 + TILE_COLS].transpose(0, 2, 1)
             want += np.bitwise_count(both).sum(axis=2).astype(np.int64) << (i + j)
     runs = {"plain": lambda t: _popcount_conv_tile_python(src, starts, offsets, plane_words, wt, n0, t, abits, wbits)}
-    if not kernels.numba.config.DISABLE_JIT:
+    if not numba.config.DISABLE_JIT:
         call = _compiled_popcount_conv_tile(abits, wbits)
         runs["compiled"] = lambda t: call(src, starts, offsets, plane_words, wt, n0, t)
     for name, run_tile in runs.items():
@@ -471,9 +473,9 @@ _POPCOUNT_CONV_TILES: dict = {}
 
 def _compiled_popcount_conv_tile(abits, wbits):
     """A jitted call of `popcount.popcount_conv_tile` with the bit counts as compile-time constants."""
-    from integer_engine.popcount import popcount_conv_tile
+    from integer_engine.kernels.popcount import popcount_conv_tile
     if (abits, wbits) not in _POPCOUNT_CONV_TILES:
-        _POPCOUNT_CONV_TILES[abits, wbits] = kernels.njit(
+        _POPCOUNT_CONV_TILES[abits, wbits] = numba.njit(
             lambda src, starts, offsets, plane_words, wt, n0, tile: popcount_conv_tile(
                 src, starts, offsets, plane_words, wt, n0, tile, abits, wbits))
     return _POPCOUNT_CONV_TILES[abits, wbits]
@@ -487,7 +489,7 @@ def _compiled_conv_tile(row0, rows, vecs):
     (closure variables, as in the conv kernel), on any 8-bit codes."""
     split = int(int8dot.pairs_saturate(255, 128))  # the AVX2 sequence's exact form for 8-bit codes
     if (row0, rows, vecs) not in _CONV_TILES:
-        _CONV_TILES[row0, rows, vecs] = kernels.njit(
+        _CONV_TILES[row0, rows, vecs] = numba.njit(
             lambda xp, starts, offsets, wt, n0, tile: int8dot.int8_conv_tile(xp, starts, offsets, wt, n0, tile, split,
                                                                              row0, rows, vecs))
     return _CONV_TILES[row0, rows, vecs]
@@ -518,12 +520,12 @@ def test_int8_conv_tile_compiled_and_plain_agree_with_numpy(k_row, kh, shape, se
     n0 = 16 if vecs != int8dot.TILE_COLS // 16 else 0
     patches = np.stack([np.concatenate([xp[s + o:s + o + 4] for o in offsets]) for s in starts]).astype(np.int64)
     want = patches[row0:row0 + rows] @ w[n0:n0 + cols].T
-    compiled = None if kernels.numba.config.DISABLE_JIT else _compiled_conv_tile(row0, rows, vecs)
+    compiled = None if numba.config.DISABLE_JIT else _compiled_conv_tile(row0, rows, vecs)
     for name in ("compiled", "plain"):
         tile = np.zeros((len(starts), wt.shape[1]), np.int32)
         if name == "plain":
             int8dot._int8_conv_tile_python(xp, starts, offsets, wt, n0, tile, 0, row0, rows, vecs)
-        elif kernels.numba.config.DISABLE_JIT:
+        elif numba.config.DISABLE_JIT:
             continue
         else:
             compiled(xp, starts, offsets, wt, n0, tile)
@@ -610,7 +612,7 @@ def test_bitserial_conv_threshold_codes_equal_planes_path(case, tcase, wbits, se
     assert_equal(got, want, f"x {x.shape} {kh}x{kw} s={stride} p={padding} W{wbits}A{abits} O={th.shape[0]}")
 
 
-@pytest.mark.skipif(kernels.numba.config.DISABLE_JIT, reason="code generation choices need the JIT")
+@pytest.mark.skipif(numba.config.DISABLE_JIT, reason="code generation choices need the JIT")
 @pytest.mark.parametrize("lowering, split, a_max", [
     ("vpdpbusd", 0, 255), ("vpmaddubsw", 1, 255), ("vpmaddubsw", 0, 127), ("vpmaddubsw", 0, 15),
     ("generic", 0, 255)])
@@ -631,9 +633,9 @@ def test_int8_tile_every_lowering_agrees_with_numpy(monkeypatch, lowering, split
     w[:, :8] = -128
     w[:3, 8:16] = 127
     if split:
-        call = kernels.njit(lambda x, y, out: int8dot.int8_tile(x, y, 3, 0, out, 1))
+        call = numba.njit(lambda x, y, out: int8dot.int8_tile(x, y, 3, 0, out, 1))
     else:
-        call = kernels.njit(lambda x, y, out: int8dot.int8_tile(x, y, 3, 0, out, 0))
+        call = numba.njit(lambda x, y, out: int8dot.int8_tile(x, y, 3, 0, out, 0))
     tile = np.zeros((int8dot.TILE_ROWS, int8dot.TILE_COLS), np.int32)
     call(a, kernels.int8_weights(w), tile)
     rows = np.minimum(np.arange(3, 3 + int8dot.TILE_ROWS), 10)
@@ -641,19 +643,19 @@ def test_int8_tile_every_lowering_agrees_with_numpy(monkeypatch, lowering, split
                  f"int8_tile, {lowering} lowering, split {split}, codes <= {a_max}")
 
 
-@pytest.mark.skipif(kernels.numba.config.DISABLE_JIT, reason="code generation choices need the JIT")
+@pytest.mark.skipif(numba.config.DISABLE_JIT, reason="code generation choices need the JIT")
 @pytest.mark.parametrize("asm", [False, True])
 def test_popcount64_both_lowerings(monkeypatch, asm):
     """Inline-asm popcnt (chosen without VPOPCNTDQ) and LLVM's ctpop, each freshly compiled."""
-    from integer_engine import popcount
     from integer_engine.cpu import detect
+    from integer_engine.kernels import popcount
     if asm and not (detect().x86_64 and detect().has("popcnt")):
         pytest.skip("no x86 POPCNT on this CPU")
     monkeypatch.setattr(popcount, "SCALAR_POPCNT_ASM", asm)
     if asm:
         popcount.llvm.initialize_native_asmparser()
     values = np.array([0, 1, 2**63, 2**64 - 1, 0x0101010101010101, 12345678901234], np.uint64)
-    counts = kernels.njit(lambda v: [popcount64(x) for x in v])(values)
+    counts = numba.njit(lambda v: [popcount64(x) for x in v])(values)
     assert [int(c) for c in counts] == [bin(int(v)).count("1") for v in values], f"asm={asm}"
 
 

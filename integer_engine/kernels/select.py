@@ -1,0 +1,57 @@
+"""Kernel selection: which kernel family and which compiled variant a layer gets, by a fixed rule
+per CPU family (`cpu.detect()`: the popcount and the int8 dot product the CPU has).
+
+- `BITSERIAL_KERNEL`: "vector" (512-bit VPOPCNTDQ tiles) or "scalar" (one POPCNT per word);
+- `SPECIALISED_PAIRS`: the (abits, wbits) pairs compiled with constant plane counts;
+- `BITSERIAL_MAX_PASSES`: a layer of abits * wbits plane passes beyond this runs the int8 kernels
+  (when the CPU has an int8 dot product, `INT8_DOT`) instead of the bit-serial ones;
+  `CALIBRATE_MAX_PASSES`: how far `Engine(calibrate=...)` times both families;
+- `split_for`: which exact AVX2 int8 sequence the weights need (`int8dot.pairs_saturate`).
+"""
+import numpy as np
+
+from integer_engine.kernels import int8dot
+from integer_engine.kernels.popcount import POPCOUNT
+
+# (abits, wbits) pairs with their own compiled kernel; the rest share the generic one. Each
+# specialisation costs a few seconds of compilation once per machine (then the disk cache).
+SPECIALISED_PAIRS = frozenset({(1, 1), (2, 2), (3, 3), (4, 4)})
+
+
+# "vector": popcount_tile (VPOPCNTDQ); "scalar": one 64-bit POPCNT at a time.
+BITSERIAL_KERNEL = "vector" if POPCOUNT == "vpopcntq" else "scalar"
+
+
+def split_for(a_max: int, wt: np.ndarray, w_abs_max: int | None) -> bool:
+    """`int8dot.pairs_saturate` for codes <= a_max against the packed int8 weights wt, whose
+    largest magnitude is w_abs_max (found here if None: a pass over the weights, so the executor
+    passes it)."""
+    if int8dot.LOWERING != "vpmaddubsw":
+        return False
+    if w_abs_max is None:
+        w_abs_max = int(np.abs(wt.astype(np.int16)).max()) if wt.size else 0
+    return int8dot.pairs_saturate(a_max, w_abs_max)
+
+
+# Bit-serial popcount GEMM costs abits * wbits AND+POPCNT passes per 64 MACs; beyond about this
+# many it loses to the integer GEMM the CPU has. Against float32 BLAS, scalar popcounts win up to
+# W3A3 (Zen 1). With VNNI (`int8dot`, 64 u8 x s8 MACs per instruction) against 512-bit popcounts
+# (Zen 5): the bare GEMMs favour bit-serial at W2A2 (benchmarks/bitgemm.py: 350-600 vs 230-390
+# GMAC/s) and W4A4 int8 (110-140 vs 230-390). Whole layers are closer: with the patch gather in
+# both fused kernels, the SVHN network at W2A2 ran as fast bit-serial as int8 (batch 512,
+# interleaved: 2639 vs 2584 images/s best, 2452 vs 2439 median; before the bit-serial gather was
+# fused, 0.8x), and at W1A1 1.4x faster bit-serial (3633 vs 2642).
+# AVX2 int8 (`vpmaddubsw`) against scalar POPCNT: compiled for znver1 (AVX2, 16 registers) and run
+# on Zen 5, whole SVHN layers at 64 images (`Engine(calibrate=64)`), scalar bit-serial won only at
+# W1A1 (and not every layer: conv1 3.2 ms int8 vs 5.9); at W2A2 int8 took half the time. Not yet
+# measured on an AVX2-only CPU: `Engine(calibrate=...)` measures the machine it runs on.
+INT8_DOT = int8dot.LOWERING != "generic"
+if int8dot.VNNI and BITSERIAL_KERNEL == "vector":
+    BITSERIAL_MAX_PASSES = 4
+elif int8dot.LOWERING == "vpmaddubsw":
+    BITSERIAL_MAX_PASSES = 1
+else:
+    BITSERIAL_MAX_PASSES = 9
+# `Engine(calibrate=...)` times both kernel families up to W4A4 (16 passes); past that bit-serial
+# never came close (W8A8 conv1: 150 ms vs 3 ms int8 on Zen 5).
+CALIBRATE_MAX_PASSES = 16
