@@ -21,7 +21,7 @@ from integer_engine.kernels import (
 from integer_engine.kernels import bitserial, int8dot
 from integer_engine.kernels.common import _NO_THRESHOLDS
 from integer_engine.kernels.popcount import TILE_COLS, TILE_ROWS, _popcount_tile_python, popcount64, popcount_tile
-from integer_engine.requant import apply_thresholds
+from integer_engine.requant import apply_thresholds, block_thresholds
 
 # Every bit-serial kernel runs on any x86-64 CPU (LLVM lowers 512-bit vectors it lacks), so the
 # tests check both whatever the machine would pick.
@@ -712,7 +712,7 @@ def test_int8_conv_pooled_and_laid_out_equals_pool_of_codes(case, o, offset, see
         patches = im2col_codes(x, kh, kw, stride, padding).astype(np.int64)
         acc = 2 * (patches @ w.reshape(o, -1).T) - offset * patches.sum(axis=1)[:, None]
         bound = int(np.abs(acc).max())
-        prepared = kernels.block_thresholds(th, direction, wt.shape[1], bound)
+        prepared = block_thresholds(th, direction, wt.shape[1], bound)
         assert prepared[1].dtype == np.int32
     got = kernels.int8_conv_threshold_codes(x, kh, kw, stride, padding, wt, th, direction, 2, offset, prepared,
                                             pool=pool, to=to)
