@@ -37,7 +37,9 @@ x depth x columns of its GEMM) and wall time are counted; `reference.py` is the 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -79,6 +81,50 @@ class EngineResult:
     @property
     def predictions(self) -> np.ndarray:
         return np.argmax(self.logits, axis=1)
+
+
+@dataclass
+class _Step:
+    """One step of an engine's compiled plan (`Engine.plan`): `call(*values of inputs)` computes
+    `layer` and its value is stored under `store` (a conv's fused max-pool's name, when the conv
+    pools); `call` None: the layer was computed by an earlier step (method "in <conv>")."""
+    layer: Layer
+    inputs: list
+    call: Callable | None
+    store: str
+    macs: int
+    method: str
+    unpooled: Callable | None = None  # collect mode: a pooling conv's own codes, from its input
+
+
+# Batch sizes whose plans (and buffers) an engine keeps: a run over a data set uses one or two
+# (the last batch may be smaller).
+PLANS_KEPT = 4
+
+
+def _conv_step(call: Callable, nchw: bool, shape: tuple, laid: bool) -> Callable:
+    """A fused conv's step: its input as the prepared call takes it (contiguous uint8, unless
+    its producer laid it out), its NCHW codes as (N, O, H, W) (the same view every run)."""
+    view = None
+
+    def step(x):
+        nonlocal view
+        if not laid and (x.dtype != np.uint8 or not x.flags.c_contiguous):
+            x = np.ascontiguousarray(x, dtype=np.uint8)  # codes <= in_max <= 255 (the layer's checks)
+        out = call(x)
+        if not nchw:
+            return out
+        if view is None:
+            view = out.reshape(shape)
+        return view
+
+    return step
+
+
+def _logits_step(layer: Layer, accumulate: Callable) -> Callable:
+    """An int8 linear layer's logits step: its accumulator (`_Compute.linear_call`), then the
+    float32 epilogue (`epilogue_affine`)."""
+    return lambda x: epilogue_affine(layer, accumulate(x))
 
 
 class _Compute:
@@ -170,6 +216,47 @@ class _Compute:
             return None
         return "nhwc" if self.method == "int8" else "planes" if self.channel_major else None
 
+    def _prepared(self, width: int) -> tuple:
+        """The thresholds in the layout of a fused kernel `width` (padded) columns wide, made once."""
+        if width not in self.prepared:
+            a, arrays = self.layer.attrs, self.layer.arrays
+            self.prepared[width] = block_thresholds(arrays["thresholds"], arrays["direction"], width,
+                                                    int(a["acc_bound"]))
+        return self.prepared[width]
+
+    def conv_call(self, images: int, pool: int, to, laid: bool):
+        """A fused conv (`fused_conv`) prepared for a batch of `images`: `call(x)` -> its codes
+        (`kernels.int8_conv_call`, `kernels.bitserial_conv_call`: buffers made once), x contiguous
+        uint8 NCHW codes or (`laid`) the `LaidOut` its producer wrote."""
+        a, arrays = self.layer.attrs, self.layer.arrays
+        shape, th, direction = (images, *a["in_shape"]), arrays["thresholds"], arrays["direction"]
+        if self.method == "int8":
+            return kernels.int8_conv_call(shape, *a["kernel"], a["stride"], a["padding"], self.wt8_conv, th,
+                                          direction, self.int8_scale, self.int8_offset,
+                                          self._prepared(self.wt8_conv.shape[1]), pool, to, int(a["in_max"]),
+                                          self.w_abs_max, laid)
+        return kernels.bitserial_conv_call(shape, *a["kernel"], a["stride"], a["padding"], self.abits, self.wt, th,
+                                           direction, 2, self.n_w, self._prepared(self.wt.shape[2]), pool, to, laid)
+
+    def linear_call(self, images: int):
+        """An int8 linear layer's accumulator prepared for a batch of `images`: `call(x)` -> int64
+        (images, O) = scale * (a . c') - offset * rowsum(a) (`accumulate`'s, rows_first), its
+        operand buffer and GEMM (`kernels.int8_gemm_call`) made once."""
+        a = self.layer.attrs
+        features = self.j.shape[1]
+        operand = np.zeros((images, self.wt8.shape[0] * 4), np.uint8)  # zero columns past K
+        gemm = kernels.int8_gemm_call(images, self.wt8, self.j.shape[0], int(a["in_max"]), self.w_abs_max)
+        scale, offset = self.int8_scale, self.int8_offset
+
+        def call(x):
+            operand[:, :features] = x
+            acc = scale * gemm(operand)
+            if offset:
+                acc -= offset * operand.sum(axis=1, dtype=np.int64)[:, None]
+            return acc
+
+        return call
+
     def threshold_codes(self, x, pool: int = 1, to=None):
         """A threshold layer's codes (N, O, P) in one fused kernel (vector bit-serial and int8
         layers); convs may also max-pool 2x2 (`pool` 2) and lay their output out `to` the next
@@ -185,10 +272,7 @@ class _Compute:
                 x = x.astype(np.uint8)
         conv8 = self.method == "int8" and a["kind"] == "conv"
         weights = self.wt8_conv if conv8 else self.wt8 if self.method == "int8" else self.wt
-        width = weights.shape[1] if self.method == "int8" else weights.shape[2]  # padded output columns
-        if width not in self.prepared:  # the thresholds in the fused kernel's layout, made once
-            self.prepared[width] = block_thresholds(th, direction, width, int(a["acc_bound"]))
-        prepared = self.prepared[width]
+        prepared = self._prepared(weights.shape[1] if self.method == "int8" else weights.shape[2])
         if conv8:
             return kernels.int8_conv_threshold_codes(x, *a["kernel"], a["stride"], a["padding"], weights, th,
                                                      direction, self.int8_scale, self.int8_offset, prepared,
@@ -254,6 +338,7 @@ class Engine:
                 self.tables[layer.name] = apply_thresholds(codes, layer.arrays["thresholds"],
                                                            layer.arrays["direction"], 1)[:, 0]
         self.pool_into, self.layout_to = self._plan() if fuse else ({}, {})
+        self._plans: dict[int, list[_Step]] = {}  # compiled plans by batch size (`plan`)
         self.calibration: dict[str, tuple[float, float]] = {}
         if calibrate:
             self._calibrate(calibrate)
@@ -278,6 +363,7 @@ class Engine:
         def use(name: str, comp: _Compute) -> None:
             self.compute[name] = comp
             self.pool_into, self.layout_to = self._plan() if self.fuse else ({}, {})
+            self._plans.clear()
 
         for name, comp in list(self.compute.items()):
             a = comp.layer.attrs
@@ -327,8 +413,60 @@ class Engine:
                                    else (reader.fused_conv, ra["padding"], reader.abits))
         return pool_into, layout_to
 
+    def plan(self, images: int) -> list[_Step]:
+        """The compiled plan for batches of `images` (made on first use, kept for the last
+        `PLANS_KEPT` batch sizes): one `_Step` per layer, in order."""
+        if images not in self._plans:
+            while len(self._plans) >= PLANS_KEPT:
+                self._plans.pop(next(iter(self._plans)))
+            self._plans[images] = self._compile(images)
+        return self._plans[images]
+
+    def _compile(self, images: int) -> list[_Step]:
+        """Everything about a run that does not depend on the pixels, decided once per batch size:
+        which call computes each layer, with its kernel, arguments, thresholds and output buffers
+        bound (`_Compute.conv_call`) for the fused convs, which layers a conv computes too (its
+        max-pool: `_plan`), each layer's MAC count. `run` then makes one call per step."""
+        steps, fused_by, laid = [], {}, set()
+        for layer in self.model.layers:
+            a, name = layer.attrs, layer.name
+            comp = self.compute.get(name)
+            macs = images * int(np.prod(a["out_shape"])) * comp.j.shape[1] if comp is not None else 0
+            method = comp.method if comp is not None else ""
+            if name in fused_by:
+                steps.append(_Step(layer, [], None, name, 0, f"in {fused_by[name]}"))
+                continue
+            if comp is not None and comp.method == "int8" and a["kind"] == "linear" and a["output"] == "logits":
+                steps.append(_Step(layer, a["inputs"], _logits_step(layer, comp.linear_call(images)), name, macs,
+                                   method))
+                continue
+            if comp is None or comp.fused_conv is None:
+                steps.append(_Step(layer, a["inputs"], partial(self._layer, layer), name, macs, method))
+                continue
+            pool, to = self.pool_into.get(name), self.layout_to.get(name)
+            store = name if pool is None else pool.name
+            source = a["inputs"][0]
+            call = comp.conv_call(images, 2 if pool is not None else 1, to, source in laid)
+            if to is not None:
+                laid.add(store)
+            shape = (images, *(pool.attrs["out_shape"] if pool is not None else a["out_shape"]))
+            step = _Step(layer, [source], _conv_step(call, to is None, shape, source in laid), store, macs, method)
+            if pool is not None:
+                fused_by[pool.name] = name
+                step.unpooled = partial(self._unpooled, comp)
+            steps.append(step)
+        return steps
+
+    def _unpooled(self, comp: _Compute, x) -> np.ndarray:
+        """A fused conv's own codes (N, O, H, W) where its plan also max-pools them: computed
+        again, unpooled, for `run(collect=True)`."""
+        return comp.threshold_codes(x).reshape(kernels.as_codes(x).shape[0], *comp.layer.attrs["out_shape"])
+
     def run(self, images: np.ndarray, collect: bool = False) -> EngineResult:
-        """uint8 images (N, C, H, W) -> float32 logits; `collect` keeps every layer's output."""
+        """uint8 images (N, C, H, W) -> float32 logits; `collect` keeps every layer's output.
+        One call per step of the batch size's compiled plan (`plan`), each timed (`stats`). Not
+        reentrant: the plan's buffers are reused by every run of an engine (use one engine per
+        thread)."""
         images = np.asarray(images)
         shape = tuple(self.model.input_shape)
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != shape:
@@ -336,56 +474,36 @@ class Engine:
                               f"got {images.dtype} {images.shape}")
         values = {"input": np.ascontiguousarray(images)}
         result = EngineResult(logits=np.zeros((0, 0), np.float32))
-        fused_by = {}  # pool layer -> the conv that computed it
-        for layer in self.model.layers:
+        clock = time.perf_counter
+        for step in self.plan(images.shape[0]):
+            start = clock()
+            if step.call is not None:
+                values[step.store] = step.call(*[values[i] for i in step.inputs])
+            seconds = clock() - start
+            layer = step.layer
             a = layer.attrs
-            stats = LayerStats(layer.name, a["kind"], tuple(a["out_shape"]), a.get("wbits"), a.get("abits"))
-            start = time.perf_counter()
-            if layer.name in fused_by:
-                out, stats.method = values[layer.name], f"in {fused_by[layer.name]}"
-            elif layer.name in self.pool_into or layer.name in self.layout_to:
-                pool = self.pool_into.get(layer.name)
-                out = self._fused_conv(layer, values[a["inputs"][0]], pool, stats)
-                if pool is not None:
-                    values[pool.name], fused_by[pool.name] = out, layer.name
-                    # The conv's own codes exist only when asked for: computed again, unpooled.
-                    out = self._fused_conv(layer, values[a["inputs"][0]], None, stats) if collect else None
-            else:
-                out = self._layer(layer, [values[i] for i in a["inputs"]], stats)
-            stats.seconds = time.perf_counter() - start
-            values[layer.name] = out
-            result.stats.append(stats)
+            result.stats.append(LayerStats(layer.name, a["kind"], tuple(a["out_shape"]), a.get("wbits"),
+                                           a.get("abits"), step.macs, seconds, step.method))
             if collect:
-                result.outputs[layer.name] = kernels.as_codes(out)
-        result.logits = values[self.model.layers[-1].name]
+                if step.unpooled is not None:
+                    own = step.unpooled(values[step.inputs[0]])
+                else:
+                    own = values[layer.name]
+                result.outputs[layer.name] = np.array(kernels.as_codes(own))  # the plan reuses its buffers
+        result.logits = np.array(values[self.model.layers[-1].name])
         return result
 
-    def _fused_conv(self, layer: Layer, x, pool: Layer | None, stats: LayerStats):
-        """A fused conv's codes (N, O, H, W), max-pooled by `pool` and laid out for the next conv as
-        planned (`_plan`); without `pool`, plain NCHW codes (collect mode)."""
-        comp, a = self.compute[layer.name], layer.attrs
-        to = self.layout_to.get(layer.name) if pool is not None or layer.name not in self.pool_into else None
-        out = comp.threshold_codes(x, 2 if pool is not None else 1, to)
-        stats.method = comp.method
-        stats.macs = x.shape[0] * int(np.prod(a["out_shape"])) * comp.j.shape[1]
-        if isinstance(out, kernels.LaidOut):
-            return out
-        return out.reshape(x.shape[0], *(pool.attrs["out_shape"] if pool is not None else a["out_shape"]))
-
-    def _layer(self, layer: Layer, inputs: list[np.ndarray], stats: LayerStats) -> np.ndarray:
+    def _layer(self, layer: Layer, *inputs: np.ndarray) -> np.ndarray:
+        """A layer that is not a fused conv, on its inputs' values, its own way each run."""
         a = layer.attrs
         kind = a["kind"]
         x = inputs[0]
         if kind in ("conv", "linear"):
             comp = self.compute[layer.name]
             images, channels = x.shape[0], a["out_channels"]
-            stats.method = comp.method
             if a["output"] == "threshold" and comp.fused:
-                out = comp.threshold_codes(x)
-                stats.macs = out.size * comp.j.shape[1]  # (N*P) x O outputs, each a fan-in of MACs
-                return out.reshape(images, *a["out_shape"])
+                return comp.threshold_codes(x).reshape(images, *a["out_shape"])
             acc, layout, scale, offset, rowsum = comp.accumulate(x)
-            stats.macs = acc.size * comp.j.shape[1]
             if a["output"] == "threshold":
                 out = threshold_codes(acc, layer.arrays["thresholds"], layer.arrays["direction"], images,
                                       layout, scale, offset, rowsum)

@@ -26,14 +26,15 @@ integer_engine/kernels/__pycache__, or a cached kernel keeps the old code.
 The names below are the package's interface; the engine imports them from here.
 """
 from integer_engine.bitpack import MAX_BITS
-from integer_engine.kernels.bitserial import (affine_weight_gemm, bitserial_conv_threshold_codes, bitserial_gemm,
+from integer_engine.kernels.bitserial import (affine_weight_gemm, bitserial_conv_call, bitserial_conv_threshold_codes,
+                                              bitserial_gemm,
                                               bitserial_gemm_transposed, bitserial_threshold_codes, odd_weight_gemm,
                                               plane_row_sums)
 from integer_engine.kernels.common import conv_output_size
 from integer_engine.kernels.im2col import (conv_bit_planes, conv_channel_planes, conv_word_offsets, im2col_codes,
                                            int8_conv_offsets)
-from integer_engine.kernels.int8 import (int8_conv_threshold_codes, int8_gemm, int8_threshold_codes, int_gemm,
-                                         patch_sums)
+from integer_engine.kernels.int8 import (int8_conv_call, int8_conv_threshold_codes, int8_gemm, int8_gemm_call,
+                                         int8_threshold_codes, int_gemm, patch_sums)
 from integer_engine.kernels.layout import LaidOut, as_codes, conv_output
 from integer_engine.kernels.packing import (channel_major_weights, channel_packed_planes, int8_conv_weights,
                                             int8_weights, transposed_planes)
@@ -49,6 +50,7 @@ __all__ = [
     "conv_output",
     "affine_weight_gemm",
     "bitserial_gemm",
+    "bitserial_conv_call",
     "bitserial_conv_threshold_codes",
     "bitserial_gemm_transposed",
     "bitserial_threshold_codes",
@@ -61,9 +63,11 @@ __all__ = [
     "conv_word_offsets",
     "im2col_codes",
     "int8_conv_offsets",
+    "int8_conv_call",
     "int8_conv_threshold_codes",
     "int8_conv_weights",
     "int8_gemm",
+    "int8_gemm_call",
     "int8_threshold_codes",
     "int8_weights",
     "int_gemm",

@@ -20,7 +20,7 @@ from integer_engine.kernels.common import (_NO_THRESHOLDS, BLOCKS_PER_TASK, _che
                                            _pooled_size, _store_rows, _threads_for, conv_output_size)
 from integer_engine.kernels.im2col import conv_word_offsets
 from integer_engine.kernels.layout import LaidOut, conv_output
-from integer_engine.kernels.packing import _check_planes, channel_packed_planes, transposed_planes
+from integer_engine.kernels.packing import _channel_pack_kernel, _check_planes, transposed_planes
 from integer_engine.kernels.popcount import TILE_COLS, TILE_ROWS, popcount64, popcount_conv_tile, popcount_tile
 from integer_engine.kernels.select import BITSERIAL_KERNEL, SPECIALISED_PAIRS
 from integer_engine.requant import block_thresholds, next_pixel, store_codes, threshold_block, window_codes
@@ -136,7 +136,7 @@ def _block_scratch(n_pad):  # pragma: no cover - compiled
 
 def _make_vector_kernel(fixed_abits: int, fixed_wbits: int, fused: bool):
     """The bit-serial GEMM over 512-bit vectors (`popcount.popcount_tile`, VPOPCNTDQ): a 4-row x
-    16-column register tile per step, weights transposed once so 16 columns are two vector loads.
+    TILE_COLS-column register tile per step, weights transposed once so a tile's columns are vector loads.
     A block of 4 rows x all columns is computed, then stored (int64 GEMM result) or, `fused`,
     turned into codes at once (`requant.threshold_block`) so the accumulator never reaches memory.
 
@@ -429,17 +429,29 @@ def bitserial_conv_threshold_codes(x, kh: int, kw: int, stride: int, padding: in
     `transposed_planes(bit_planes(channel_major_weights(weight), wbits))`; codes (N, O, OH*OW).
     x may be a `LaidOut` "planes" of abits with this padding; pool and to as in
     `int8_conv_threshold_codes`."""
-    if isinstance(x, LaidOut):
+    laid = isinstance(x, LaidOut)
+    if laid:
         if x.kind != "planes" or x.padding != padding or x.bits != abits:
             raise EngineError(f"bit-serial conv with padding {padding} on {abits}-bit codes cannot read "
                               f"{x.kind} codes padded by {x.padding} ({x.bits} bits)")
-        n, c, h, w = x.shape
-        oh, ow = conv_output_size(h, kh, stride, padding), conv_output_size(w, kw, stride, padding)
-        packed = x.data
     else:
-        abits, x, oh, ow = _check_conv_codes(x, kh, kw, stride, padding, abits, "bitserial_conv_threshold_codes")
-        n, c = x.shape[:2]
-        packed = None
+        abits, x, _, _ = _check_conv_codes(x, kh, kw, stride, padding, abits, "bitserial_conv_threshold_codes")
+        x = np.ascontiguousarray(x, dtype=np.uint8)
+    return bitserial_conv_call(x.shape, kh, kw, stride, padding, abits, wt, th, direction, scale, offset, prepared,
+                               pool, to, laid)(x)
+
+
+def bitserial_conv_call(shape: tuple, kh: int, kw: int, stride: int, padding: int, abits: int, wt: np.ndarray,
+                        th: np.ndarray, direction: np.ndarray, scale: int = 1, offset: int = 0,
+                        prepared: tuple | None = None, pool: int = 1, to=None, laid: bool = False):
+    """`bitserial_conv_threshold_codes` prepared once for codes of `shape` (N, C, H, W), as
+    `int8.int8_conv_call`: the returned `call(x)` packs x (contiguous uint8 NCHW codes in [0,
+    2^abits), unchecked) into channel-packed planes made once, or reads a `LaidOut` "planes"
+    (`laid`), and runs the fused kernel into output buffers made once."""
+    n, c, h, w = (int(v) for v in shape)
+    oh, ow = conv_output_size(h, kh, stride, padding), conv_output_size(w, kw, stride, padding)
+    if oh < 1 or ow < 1:
+        raise EngineError(f"bit-serial conv: a {kh}x{kw} window with padding {padding} does not fit a {h}x{w} input")
     channels = th.shape[0]
     words = words_for(c)
     if wt.ndim != 3 or wt.dtype != np.uint64 or wt.shape[1] != kh * kw * words or wt.shape[2] < channels \
@@ -448,11 +460,23 @@ def bitserial_conv_threshold_codes(x, kh: int, kw: int, stride: int, padding: in
                           f"channels with {channels} outputs")
     ph, pw = _pooled_size(oh, ow, pool)
     dest, layout, result = conv_output(to, n, channels, ph, pw)
-    if n * channels * ph * pw:
+    if not n * channels * ph * pw:
+        return lambda x: result
+    packed = None if laid else np.zeros((abits, n, h + 2 * padding, w + 2 * padding, words), np.uint64)
+    kernel = _bitserial_kernel(abits, wt.shape[0], "conv")
+    args = (kh, kw, stride, oh, ow, pool, wt, np.int64(scale), np.int64(offset),
+            *(prepared or block_thresholds(th, direction, wt.shape[2])), dest, dest.view(np.uint8), layout)
+    work = n * channels * ph * pw * pool * pool * wt.shape[1] * abits * wt.shape[0] * 8
+
+    def call(x):
         if packed is None:
-            packed = channel_packed_planes(x, abits, padding)
-        with _threads_for(n * channels * ph * pw * pool * pool * wt.shape[1] * abits * wt.shape[0] * 8):
-            _bitserial_kernel(abits, wt.shape[0], "conv")(
-                packed, kh, kw, stride, oh, ow, pool, wt, np.int64(scale), np.int64(offset),
-                *(prepared or block_thresholds(th, direction, wt.shape[2])), dest, dest.view(np.uint8), layout)
-    return result
+            planes = x.data
+        else:
+            planes = packed
+            with _threads_for(n * c * h * w * abits):
+                _channel_pack_kernel(x, padding, packed)
+        with _threads_for(work):
+            kernel(planes, *args)
+        return result
+
+    return call

@@ -124,6 +124,23 @@ def int8_gemm(a: np.ndarray, wt: np.ndarray, n_cols: int, a_max: int = 255, w_ab
     return out
 
 
+def int8_gemm_call(rows: int, wt: np.ndarray, n_cols: int, a_max: int = 255, w_abs_max: int | None = None):
+    """`int8_gemm` prepared once for `rows` activation rows: `call(a)` -> the int64 (rows, n_cols)
+    result, a (rows, 4 * K4) contiguous uint8 (unchecked), written into the same buffer each call."""
+    out = np.zeros((rows, n_cols), np.int64)
+    if not out.size or not wt.shape[0]:
+        return lambda a: out
+    kernel = _int8_kernel("gemm", split_for(a_max, wt, w_abs_max))
+    work = rows * wt.shape[1] * wt.shape[0] * 4 // 64
+
+    def call(a):
+        with _threads_for(work):
+            kernel(a, wt, 0, 0, *_NO_THRESHOLDS, 1, out)
+        return out
+
+    return call
+
+
 def int8_threshold_codes(a: np.ndarray, wt: np.ndarray, th: np.ndarray, direction: np.ndarray, images: int,
                          scale: int = 1, offset: int = 0, prepared: tuple | None = None,
                          a_max: int = 255, w_abs_max: int | None = None) -> np.ndarray:
@@ -276,32 +293,58 @@ def int8_conv_threshold_codes(x, kh: int, kw: int, stride: int, padding: int, wt
     if laid:
         if x.kind != "nhwc" or x.padding != padding:
             raise EngineError(f"int8 conv with padding {padding} cannot read {x.kind} codes padded by {x.padding}")
-        n, c, h, w = x.shape
-        oh, ow = conv_output_size(h, kh, stride, padding), conv_output_size(w, kw, stride, padding)
     else:
-        x, oh, ow = _check_window(x, kh, kw, stride, padding, "int8_conv_threshold_codes")
-        n, c, h, w = x.shape
+        x, _, _ = _check_window(x, kh, kw, stride, padding, "int8_conv_threshold_codes")
+        if x.dtype != np.uint8:
+            raise EngineError(f"int8 conv needs uint8 codes, got {x.dtype}")
+        x = np.ascontiguousarray(x)
+    return int8_conv_call(x.shape, kh, kw, stride, padding, wt, th, direction, scale, offset, prepared, pool, to,
+                          a_max, w_abs_max, laid)(x)
+
+
+def int8_conv_call(shape: tuple, kh: int, kw: int, stride: int, padding: int, wt: np.ndarray, th: np.ndarray,
+                   direction: np.ndarray, scale: int = 1, offset: int = 0, prepared: tuple | None = None,
+                   pool: int = 1, to=None, a_max: int = 255, w_abs_max: int | None = None, laid: bool = False):
+    """`int8_conv_threshold_codes` prepared once for codes of `shape` (N, C, H, W): checks, the
+    compiled kernel, its scalar arguments and every buffer (padded NHWC input, patch sums, the
+    output) made here, so the returned `call(x)` is the kernels alone: x contiguous uint8 NCHW
+    codes of that shape, or (`laid`) a `LaidOut` "nhwc" padded by `padding`. Each call writes the
+    same output buffers and returns the same result object (the engine's plan, `executor`)."""
+    n, c, h, w = (int(v) for v in shape)
+    oh, ow = conv_output_size(h, kh, stride, padding), conv_output_size(w, kw, stride, padding)
+    if oh < 1 or ow < 1:
+        raise EngineError(f"int8 conv: a {kh}x{kw} window with padding {padding} does not fit a {h}x{w} input")
     channels = th.shape[0]
-    if (not laid and x.dtype != np.uint8) or wt.ndim != 3 or wt.shape[0] != kh * -(-kw * c // 4) \
-            or wt.shape[1] < channels or wt.shape[1] % LANES:
+    if wt.ndim != 3 or wt.shape[0] != kh * -(-kw * c // 4) or wt.shape[1] < channels or wt.shape[1] % LANES:
         raise EngineError(f"int8 conv needs uint8 codes and int8_conv_weights for a {kh}x{kw} kernel on {c} "
-                          f"channels and {channels} outputs, got codes {x.shape} and weights {wt.shape}")
+                          f"channels and {channels} outputs, got codes {tuple(shape)} and weights {wt.shape}")
     if 4 * wt.shape[0] > INT32_SAFE_K:
         raise EngineError(f"int8 conv: K = {4 * wt.shape[0]} could overflow int32 (at most {INT32_SAFE_K})")
     ph, pw = _pooled_size(oh, ow, pool)
     dest, layout, result = conv_output(to, n, channels, ph, pw)
-    if n * channels * ph * pw:
-        hp, wp = h + 2 * padding, w + 2 * padding
-        if laid:
-            flat = x.data
+    if not n * channels * ph * pw:
+        return lambda x: result
+    hp, wp = h + 2 * padding, w + 2 * padding
+    flat = None if laid else np.zeros(n * hp * wp * c + 8, np.uint8)  # NHWC, zero-padded, 8 bytes of slack
+    sums = np.zeros(n * hp * wp if offset else 1, np.int32)
+    one_row = pool == 1 and n * oh * ow < INT8_ROWS  # no repeated rows (`_int8_kernel`)
+    kernel = _int8_kernel("conv", split_for(a_max, wt, w_abs_max), 1 if one_row else INT8_ROWS)
+    args = (kh, kw, c, hp, wp, stride, oh, ow, pool, wt, sums, np.int64(scale), np.int64(offset),
+            *(prepared or block_thresholds(th, direction, wt.shape[1])), dest, dest.view(np.uint8), layout)
+    work = n * channels * ph * pw * pool * pool * wt.shape[0] * 4 // 16
+
+    def call(x):
+        if flat is None:
+            codes = x.data
         else:
-            flat = np.zeros(n * hp * wp * c + 8, np.uint8)  # NHWC, zero-padded, 8 bytes of slack
-            with _threads_for(x.size):
-                _nhwc_kernel(np.ascontiguousarray(x), padding, flat)
-        sums = patch_sums(flat, n, kh, kw, c, hp, wp, stride, oh, ow) if offset else np.zeros(1, np.int32)
-        with _threads_for(n * channels * ph * pw * pool * pool * wt.shape[0] * 4 // 16):
-            one_row = pool == 1 and n * oh * ow < INT8_ROWS  # no repeated rows (`_int8_kernel`)
-            _int8_kernel("conv", split_for(a_max, wt, w_abs_max), 1 if one_row else INT8_ROWS)(
-                flat, kh, kw, c, hp, wp, stride, oh, ow, pool, wt, sums, np.int64(scale), np.int64(offset),
-                *(prepared or block_thresholds(th, direction, wt.shape[1])), dest, dest.view(np.uint8), layout)
-    return result
+            codes = flat
+            with _threads_for(n * c * h * w):
+                _nhwc_kernel(x, padding, flat)
+        if offset:
+            with _threads_for(n * hp * ow * kw * c):
+                _patch_sums_kernel(codes, n, kh, kw, c, hp, wp, stride, oh, ow, sums)
+        with _threads_for(work):
+            kernel(codes, *args)
+        return result
+
+    return call

@@ -1,7 +1,8 @@
 """Kernel selection: which kernel family and which compiled variant a layer gets, by a fixed rule
 per CPU family (`cpu.detect()`: the popcount and the int8 dot product the CPU has).
 
-- `BITSERIAL_KERNEL`: "vector" (512-bit VPOPCNTDQ tiles) or "scalar" (one POPCNT per word);
+- `BITSERIAL_KERNEL`: "vector" (the fused kernels on 512-bit popcount tiles: VPOPCNTDQ, or AVX2's
+  lowering of them) or "scalar" (one POPCNT per word, unfused);
 - `SPECIALISED_PAIRS`: the (abits, wbits) pairs compiled with constant plane counts;
 - `BITSERIAL_MAX_PASSES`: a layer of abits * wbits plane passes beyond this runs the int8 kernels
   (when the CPU has an int8 dot product, `INT8_DOT`) instead of the bit-serial ones;
@@ -10,6 +11,7 @@ per CPU family (`cpu.detect()`: the popcount and the int8 dot product the CPU ha
 """
 import numpy as np
 
+from integer_engine.cpu import detect
 from integer_engine.kernels import int8dot
 from integer_engine.kernels.popcount import POPCOUNT
 
@@ -18,8 +20,15 @@ from integer_engine.kernels.popcount import POPCOUNT
 SPECIALISED_PAIRS = frozenset({(1, 1), (2, 2), (3, 3), (4, 4)})
 
 
-# "vector": popcount_tile (VPOPCNTDQ); "scalar": one 64-bit POPCNT at a time.
-BITSERIAL_KERNEL = "vector" if POPCOUNT == "vpopcntq" else "scalar"
+# "vector": the register tiles of `popcount.popcount_tile` and the fused kernels built on them,
+# with VPOPCNTDQ (512-bit `vpopcntq`) or, on AVX2 CPUs without it, LLVM's AVX2 lowering of the
+# same vector popcounts (nibble lookups, `vpshufb`); "scalar": one 64-bit POPCNT at a time, unfused.
+# On Zen 1 (AVX2) the fused vector kernels ran the SVHN network at W1A1 1.6x as fast as the scalar
+# kernel at batch 1 (one thread: 2.4 vs 3.8 ms per image) and 1.4x at batch 512 (2 threads: 1,600
+# vs 1,170 images/s): what the fusions save (the patch planes, the int64 GEMM result, separate
+# threshold and pool passes) outweighs the slower popcount.
+_CPU = detect()
+BITSERIAL_KERNEL = "vector" if POPCOUNT == "vpopcntq" or (_CPU.x86_64 and _CPU.has("avx2")) else "scalar"
 
 
 def split_for(a_max: int, wt: np.ndarray, w_abs_max: int | None) -> bool:
@@ -43,10 +52,13 @@ def split_for(a_max: int, wt: np.ndarray, w_abs_max: int | None) -> bool:
 # fused, 0.8x), and at W1A1 1.4x faster bit-serial (3633 vs 2642).
 # AVX2 int8 (`vpmaddubsw`) against scalar POPCNT: compiled for znver1 (AVX2, 16 registers) and run
 # on Zen 5, whole SVHN layers at 64 images (`Engine(calibrate=64)`), scalar bit-serial won only at
-# W1A1 (and not every layer: conv1 3.2 ms int8 vs 5.9); at W2A2 int8 took half the time. Not yet
-# measured on an AVX2-only CPU: `Engine(calibrate=...)` measures the machine it runs on.
+# W1A1 (and not every layer: conv1 3.2 ms int8 vs 5.9); at W2A2 int8 took half the time. With the
+# fused vector kernels on an AVX2-only CPU (Zen 1, `vpmaddubsw` against AVX2 vector popcounts), W2A2
+# ran faster bit-serial than int8: SVHN at batch 1 on one thread 4.0 vs 4.6 ms per image, at batch
+# 512 on 2 threads 760 vs 680 images/s. So wherever the fused vector kernels run, the crossover is
+# at 4 passes (W2A2 bit-serial, W4A4 int8); `Engine(calibrate=...)` measures the machine at hand.
 INT8_DOT = int8dot.LOWERING != "generic"
-if int8dot.VNNI and BITSERIAL_KERNEL == "vector":
+if BITSERIAL_KERNEL == "vector" and INT8_DOT:
     BITSERIAL_MAX_PASSES = 4
 elif int8dot.LOWERING == "vpmaddubsw":
     BITSERIAL_MAX_PASSES = 1
