@@ -8,12 +8,12 @@ a GEMM against the weight codes j (levels c = 2j - n_w):
 Which kernels run depends on the CPU (`cpu.py`, detected once):
 
 - Narrow layers (abits * wbits <= BITSERIAL_MAX_PASSES) are bit-serial: patches packed straight
-  into bit-planes, `j . a` by AND + popcount. With AVX-512 VPOPCNTDQ the activations are the
-  GEMM's rows, the weights transposed once, convs packed channel-major
-  (`kernels.conv_channel_planes`), and a threshold layer is one fused kernel (512-bit popcount
-  tile, `- n_w * rowsum(a)`, thresholds: `kernels.bitserial_threshold_codes`). Elsewhere the
-  scalar-POPCNT kernel runs with the weights as rows (`kernels.bitserial_gemm`, result
-  channel-major) and `requant.threshold_codes` after it.
+  into bit-planes, `j . a` by AND + popcount. With vector popcounts (AVX-512 VPOPCNTDQ, or AVX2:
+  `kernels.select`) the activations are the GEMM's rows, the weights transposed once, convs packed
+  channel-major (`kernels.conv_channel_planes`), and a threshold layer is one fused kernel
+  (popcount tile, `- n_w * rowsum(a)`, thresholds: `kernels.bitserial_threshold_codes`).
+  Elsewhere the scalar-POPCNT kernel runs with the weights as rows (`kernels.bitserial_gemm`,
+  result channel-major) and `requant.threshold_codes` after it.
 - Wide layers (the 8-bit first and last layers, and those past the bit-serial crossover) run the
   int8 dot product (`int8dot`: VNNI `vpdpbusd`, or AVX2 `vpmaddubsw` + `vpmaddwd` kept exact by
   splitting the codes where int16 pair sums could saturate): u8 codes x s8 weights (c, or j - 128
