@@ -71,33 +71,11 @@ def test_train_step_flops_count_every_mac_of_the_network(model):
 
 
 def test_train_step_torch_first_without_torch_is_one_line():
-    try:
-        import torch  # noqa: F401
-        pytest.skip("PyTorch is installed: --torch-first runs")
-    except ImportError:
-        pass
-    done = subprocess.run([sys.executable, str(SCRIPT), "--torch-first"], capture_output=True,
-                          text=True, timeout=120)
+    """Without PyTorch (here hidden from the import system, installed or not), --torch-first
+    ends in one line saying what to install."""
+    code = ("import runpy, sys; sys.modules['torch'] = None; "
+            f"sys.argv = [{str(SCRIPT)!r}, '--torch-first']; "
+            f"runpy.run_path({str(SCRIPT)!r}, run_name='__main__')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert done.stderr.strip().startswith("error:") and len(done.stderr.strip().splitlines()) == 1
-
-
-def test_engine_benchmark_onnx_files_pin_the_ir_version(tmp_path):
-    """ONNX Runtime refuses a newer IR version than it knows ("max supported IR version"): the
-    peers are written at the exporter's pinned version, float and int8 (QDQ) alike."""
-    onnx = pytest.importorskip("onnx", reason="needs the onnx extra")
-    ort = pytest.importorskip("onnxruntime", reason="needs the onnx extra")
-    pytest.importorskip("onnxruntime.quantization", reason="needs onnxruntime's quantizer")
-    import numpy as np
-
-    bench = _benchmark_module("engine")
-    net = bench.randomize_statistics(bench.build_model("svhn", bench.Policy(wbits=2, abits=2)),
-                                     biases=False)
-    model = bench.lower_graph(net.graph(), net.state_dict())
-    images = np.random.default_rng(0).integers(0, 256, (16, *net.input_shape), dtype=np.uint8)
-    bench.float_onnx(model, str(tmp_path / "float.onnx"))
-    bench.int8_onnx(str(tmp_path / "float.onnx"), str(tmp_path / "int8.onnx"), images)
-    for name in ("float.onnx", "int8.onnx"):
-        assert onnx.load(str(tmp_path / name)).ir_version == bench.ONNX_IR_VERSION, name
-        session = ort.InferenceSession(str(tmp_path / name), providers=["CPUExecutionProvider"])
-        assert session.run(None, {"images": images[:2]})[0].shape[0] == 2, name
