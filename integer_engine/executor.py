@@ -104,19 +104,12 @@ PLANS_KEPT = 4
 
 def _conv_step(call: Callable, nchw: bool, shape: tuple, laid: bool) -> Callable:
     """A fused conv's step: its input as the prepared call takes it (contiguous uint8, unless
-    its producer laid it out), its NCHW codes as (N, O, H, W) (the same view every run)."""
-    view = None
-
+    its producer laid it out), its NCHW codes as (N, O, H, W)."""
     def step(x):
-        nonlocal view
         if not laid and (x.dtype != np.uint8 or not x.flags.c_contiguous):
             x = np.ascontiguousarray(x, dtype=np.uint8)  # codes <= in_max <= 255 (the layer's checks)
         out = call(x)
-        if not nchw:
-            return out
-        if view is None:
-            view = out.reshape(shape)
-        return view
+        return out.reshape(shape) if nchw else out
 
     return step
 
