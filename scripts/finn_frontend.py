@@ -2,14 +2,15 @@
 
 Runs, transform by transform, what finn-plus 1.6.1's build steps `step_qonnx_to_finn`,
 `step_tidy_up`, `step_streamline`, `step_convert_to_hw`, `step_minimize_bit_width_initial`,
-`step_create_dataflow_partition` and `step_specialize_layers` run (finn/builder/
-build_dataflow_steps.py, with DataflowBuildConfig's defaults; that module itself cannot be
-imported without Vivado), and after each stage executes the model with FINN's `execute_onnx`
-on every image: logits and predictions must equal the engine's bit for bit. After
-`step_convert_to_hw` every node must be a HW layer (domain finn.custom_op.fpgadataflow), so the
-dataflow partition holds the whole network; after `step_specialize_layers` every node is an
-HLS or RTL variant. The models after each stage are saved in --out (`NN_<stage>.onnx`); the
-last one, `06_specialize_layers.onnx`, is where a FINN build with Vivado continues
+`step_create_dataflow_partition`, `step_specialize_layers` and `step_transpose_decomposition`
+run (finn/builder/build_dataflow_steps.py, with DataflowBuildConfig's defaults; that module
+itself cannot be imported without Vivado), and after each stage executes the model with FINN's
+`execute_onnx` on every image: logits and predictions must equal the engine's bit for bit.
+After `step_convert_to_hw` every node must be a HW layer (domain finn.custom_op.fpgadataflow),
+so the dataflow partition holds the whole network; after `step_specialize_layers` every node is
+an HLS or RTL variant but the layout Shuffles, which `step_transpose_decomposition` specializes.
+The models after each stage are saved in --out (`NN_<stage>.onnx`); the dataflow model after
+specializing, `dataflow_specialized.onnx`, is where a FINN build with Vivado continues
 (docs/interop.md).
 
 Needs finn-plus, which is not a tinypact dependency: a separate venv (as .ci/run makes it)
@@ -34,6 +35,7 @@ import numpy as np
 FPGA_PART = "xc7z020clg400-1"  # PYNQ-Z1, FINN's usual example board (only names the target here)
 HW_DOMAIN = "finn.custom_op.fpgadataflow"
 SPECIALIZED = "dataflow_specialized.onnx"  # step_specialize_layers' output: where a Vivado build continues
+DECOMPOSED = "dataflow_transposes_decomposed.onnx"  # step_transpose_decomposition's output
 
 
 @dataclass
@@ -179,20 +181,46 @@ def create_dataflow_partition(model, workdir):
 
 def specialize_layers(model, workdir, part: str = FPGA_PART):
     """The partition's dataflow model with every HW layer specialized to its HLS or RTL variant
-    (saved as dataflow_specialized.onnx); returned is the parent pointing at it, which runs."""
-    import copy
-
+    (saved as dataflow_specialized.onnx) but the Shuffles, which FINN specializes in
+    step_transpose_decomposition; returned is the parent pointing at it, which runs."""
     from finn.transformation.fpgadataflow.specialize_layers import SpecializeLayers
     from finn.transformation.qonnx.give_unique_node_names_recursive import GiveUniqueNodeNamesRecursive
-    from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.transformation.infer_datatypes import InferDataTypes
     from qonnx.transformation.infer_shapes import InferShapes
 
+    return _dataflow_stage(model, workdir, SPECIALIZED, [SpecializeLayers(part), GiveUniqueNodeNamesRecursive(),
+                                                         InferShapes(), InferDataTypes()])
+
+
+def transpose_decomposition(model, workdir, part: str = FPGA_PART):
+    """step_transpose_decomposition: every Shuffle (a layout transpose FINN's streamlining left,
+    e.g. around a residual add) as InnerShuffle/OuterShuffle chains, specialized. FINN's build
+    runs its folding steps (target_fps_parallelization, apply_folding_config, minimize_bit_width)
+    before this one; they choose parallelism and bit widths, not values."""
+    from finn.transformation.fpgadataflow.specialize_layers import SpecializeLayers
+    from finn.transformation.fpgadataflow.transpose_decomposition import (InferInnerOuterShuffles,
+                                                                          ShuffleDecomposition)
+    from finn.transformation.qonnx.give_unique_node_names_recursive import GiveUniqueNodeNamesRecursive
+    from qonnx.transformation.infer_datatypes import InferDataTypes
+    from qonnx.transformation.infer_shapes import InferShapes
+
+    transforms = [ShuffleDecomposition(), InferInnerOuterShuffles(), SpecializeLayers(part), InferShapes(),
+                  InferDataTypes(), GiveUniqueNodeNamesRecursive()]
+    return _dataflow_stage(model, workdir, DECOMPOSED, transforms)
+
+
+def _dataflow_stage(model, workdir, filename: str, transforms: list):
+    """`transforms` on the partition's dataflow model, saved as `filename`; returned is a copy of
+    the parent pointing at a Python-executable view of it."""
+    import copy
+
+    from qonnx.core.modelwrapper import ModelWrapper
+
     child = ModelWrapper(dataflow_model_path(model))
-    for transform in (SpecializeLayers(part), GiveUniqueNodeNamesRecursive(), InferShapes(), InferDataTypes()):
+    for transform in transforms:
         child = child.transform(transform)
-    child.save(os.path.join(workdir, SPECIALIZED))
-    path = os.path.join(workdir, "dataflow_specialized_python.onnx")
+    child.save(os.path.join(workdir, filename))
+    path = os.path.join(workdir, filename.replace(".onnx", "_python.onnx"))
     python_view(child).save(path)
     parent = ModelWrapper(copy.deepcopy(model.model))
     _sdp(parent).set_nodeattr("model", path)
@@ -224,14 +252,20 @@ def _sdp(model):
 
 
 def dataflow_model_path(parent) -> str:
-    """The file of the dataflow model that the parent's one partition node runs."""
-    return _sdp(parent).get_nodeattr("model")
+    """The file of the dataflow model that the parent's one partition node stands for: the
+    partition itself, or the last stage's saved model (not its Python-executable view)."""
+    path = _sdp(parent).get_nodeattr("model")
+    if path.endswith("_python.onnx"):
+        path = path[: -len("_python.onnx")] + ".onnx"
+    return path
 
 
 STAGES = [("qonnx_to_finn", qonnx_to_finn), ("tidy_up", tidy_up), ("streamline", streamline),
           ("convert_to_hw", convert_to_hw), ("minimize_bit_width_initial", minimize_bit_width_initial),
-          ("create_dataflow_partition", create_dataflow_partition), ("specialize_layers", specialize_layers)]
+          ("create_dataflow_partition", create_dataflow_partition), ("specialize_layers", specialize_layers),
+          ("transpose_decomposition", transpose_decomposition)]
 MAPPED_FROM = "convert_to_hw"  # from this stage on every node must be a HW layer
+DATAFLOW_STAGES = ("create_dataflow_partition", "specialize_layers", "transpose_decomposition")
 
 
 # ---- checking ------------------------------------------------------------------------------
@@ -243,19 +277,20 @@ def host_transpose(model, node) -> bool:
 
 def unmapped_nodes(model, stage: str) -> list[str]:
     """Nodes that are not HW layers, besides the input's host-side Transpose. After partitioning:
-    the parent must be that Transpose and one partition node, whose dataflow model (after
-    specializing) has only HLS/RTL variants."""
+    the parent must be that Transpose and one partition node, whose dataflow model has only
+    HLS/RTL variants after specializing (but the Shuffles, until transpose decomposition)."""
     from qonnx.core.modelwrapper import ModelWrapper
 
-    if stage in ("create_dataflow_partition", "specialize_layers"):
+    if stage in DATAFLOW_STAGES:
         nodes = [n for n in model.graph.node if not host_transpose(model, n)]
         bad = [n for n in nodes if n.op_type != "StreamingDataflowPartition"]
         if len(nodes) - len(bad) != 1:
             return ["not one StreamingDataflowPartition"] + [n.name for n in bad]
-        if stage == "specialize_layers":
-            child = ModelWrapper(os.path.join(os.path.dirname(dataflow_model_path(model)), SPECIALIZED))
-            bad = [n for n in child.graph.node if not n.domain.startswith(HW_DOMAIN + ".")
-                   or not n.domain.endswith((".hls", ".rtl"))]
+        if stage != "create_dataflow_partition":
+            child = ModelWrapper(dataflow_model_path(model))
+            awaiting = ("Shuffle",) if stage == "specialize_layers" else ()  # until transpose decomposition
+            bad = [n for n in child.graph.node if n.op_type not in awaiting and (
+                not n.domain.startswith(HW_DOMAIN + ".") or not n.domain.endswith((".hls", ".rtl")))]
     else:
         bad = [n for n in model.graph.node if not n.domain.startswith(HW_DOMAIN) and not host_transpose(model, n)]
     return [f"{n.name} ({n.op_type}, {n.domain or 'onnx'})" for n in bad]

@@ -1,6 +1,7 @@
-"""FINN's front end (finn-plus 1.6.1) on models trained by the main command: every stage's
-logits and predictions equal the engine's, and the whole network maps to HW layers
-(scripts/finn_frontend.py, run in FINN's own venv).
+"""FINN's front end (finn-plus 1.6.1) on models trained by the main command (its network at
+W2A2, W4A4 and W1A1, and the papers' ResNet20): every stage's logits and predictions equal the
+engine's, and the whole network maps to HW layers (scripts/finn_frontend.py, run in FINN's own
+venv).
 
 finn-plus is not a tinypact dependency: the test runs the script with the Python named by
 TINYPACT_FINN_PYTHON, else `.venv-finn/bin/python` in the repository (.ci/run makes that venv);
@@ -19,7 +20,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "finn_frontend.py"
-STAGES = 7
+STAGES = 8
 
 
 def finn_python() -> str:
@@ -50,6 +51,7 @@ def train(tmp_path: Path, *flags: str) -> Path:
     ((), 100),              # the main command: W2A2 (8-bit first and last layers)
     (("--bits", "4"), 40),  # W4A4
     (("--bits", "1"), 40),  # W1A1: bipolar weights, 1-bit activations
+    (("--model", "resnet20", "--limit-train", "300"), 6),  # residual adds, option-A shortcuts, 8-bit SC
 ])
 def test_finn_frontend_equals_engine_at_every_stage(tmp_path, flags, images):
     python = finn_python()
@@ -59,11 +61,12 @@ def test_finn_frontend_equals_engine_at_every_stage(tmp_path, flags, images):
     stages = re.findall(r"^(\w+) +\d+ nodes  logits differ on (\d+)/(\d+) images, predictions on (\d+)",
                         proc.stdout, re.M)
     assert proc.returncode == 0, f"FINN front end failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    assert [s[0] for s in stages][-1] == "specialize_layers" and len(stages) == STAGES + 1, proc.stdout
+    assert [s[0] for s in stages][-1] == "transpose_decomposition" and len(stages) == STAGES + 1, proc.stdout
     for stage, logits, count, predictions in stages:
         assert (logits, predictions, count) == ("0", "0", str(images)), f"{stage}: {proc.stdout}"
     assert "not mapped" not in proc.stdout
-    assert (tmp_path / "finn" / "dataflow_specialized.onnx").exists()
+    for saved in ("dataflow_specialized.onnx", "dataflow_transposes_decomposed.onnx"):
+        assert (tmp_path / "finn" / saved).exists(), saved
 
 
 def test_finn_frontend_refuses_a_missing_model_in_one_line(tmp_path):

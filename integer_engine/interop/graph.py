@@ -18,7 +18,8 @@ ONNX_OPSET = 17
 # older ONNX Runtimes refuse: "max supported IR version"); 8 is read by every onnxruntime 1.3x.
 ONNX_IR_VERSION = 8
 QONNX_DOMAIN = "qonnx.custom_op.general"
-# Written into the model's metadata: which .tpq layers the graph has tensors for (by name).
+# Written into the model's metadata: which .tpq layers the graph has tensors for (by name; a
+# layer a lowering bypassed, such as a Flatten split by digits, has none).
 META_LAYERS = "tinypact.layers"
 META_FORM = "tinypact.form"
 META_MODEL = "tinypact.model_sha256"  # format.model_digest of the .tpq it was exported from
@@ -132,6 +133,16 @@ class GraphBuilder:
         pads = np.array([0, before, 0, 0, 0, after, 0, 0], np.int64)
         return self.op("Pad", [x, self.const(pads, "pads")], out, mode="constant")
 
+    def prune(self, keep: set[str]) -> None:
+        """Drop nodes whose outputs nothing uses (a layer's tensor that a lowering bypassed, e.g.
+        a Flatten taken apart into per-digit Flattens): FINN maps every node it is given."""
+        while True:
+            used = keep | {name for node in self.nodes for name in node.input}
+            dead = [node for node in self.nodes if not any(out in used for out in node.output)]
+            if not dead:
+                return
+            self.nodes = [node for node in self.nodes if node not in dead]
+
     # ---- model -----------------------------------------------------------------------
     def model(self, outputs: dict[str, list], layers: list[str], form: str, digest: str = ""):
         """The ModelProto with graph outputs {name: shape}; `digest` is the source model's."""
@@ -156,8 +167,10 @@ def lower_model(g: GraphBuilder, model, lower_layer, input_dtype, batch, form: s
     names = [layer.name for layer in model.layers]
     output = "logits" if "logits" not in names else "logits_output"
     g.rename(model.output, output)
-    return g.model({output: [batch, *model.layers[-1].attrs["out_shape"]]}, names, form,
-                   model_digest(model))
+    g.prune({output})
+    produced = {out for node in g.nodes for out in node.output}
+    return g.model({output: [batch, *model.layers[-1].attrs["out_shape"]]},
+                   [name for name in names if name in produced], form, model_digest(model))
 
 
 def metadata(model) -> dict[str, str]:

@@ -13,7 +13,7 @@ pixel value (annotated UINT8), every activation its code (MultiThreshold's `out_
 - conv/linear: Conv / MatMul in float32 on those integers. Every partial sum is an integer of
   magnitude <= acc_bound, so the float32 result is the exact accumulator when acc_bound <= 2**24;
   beyond that (ResNet's logits after a global pool of 8-bit codes) the input is split in two
-  (its base-256 digits, or two halves of its channels): two exact products whose float32 sum is
+  (its base-256 digits, the high one a MultiThreshold; or two halves of its channels): two exact products whose float32 sum is
   float32(acc), which is all the epilogue uses; a layer no such split makes exact is refused.
 - thresholds: MultiThreshold(acc, d*T): it counts x >= threshold and has no direction, so a
   channel with direction -1 gets negated weights (its Conv yields -acc) and thresholds -T;
@@ -25,7 +25,8 @@ pixel value (annotated UINT8), every activation its code (MultiThreshold's `out_
   float chain plus a threshold, the shape FINN's streamlining produces.
 - max-pool: MaxPool (on codes >= 0, ONNX's ignored padding equals the engine's zeros); average
   pools, the global one included, as window sums: a depthwise Conv with an all-ones kernel
-  (annotated BINARY), which FINN maps to a vector-vector unit; shortcut: Slice + Pad.
+  (annotated BINARY), which FINN maps to a vector-vector unit; the shortcut (subsample or
+  average pool, then zero channels) as one Conv with a 0/1 channel-embedding kernel (BINARY).
 """
 from __future__ import annotations
 
@@ -86,9 +87,8 @@ class _QonnxLowering:
         if a["acc_bound"] <= FLOAT32_EXACT:
             return self.matmul(layer, x, self.weights(layer, sign))
         if 255 < a["in_max"] < 2**16 and a["acc_bound"] // a["in_max"] * 255 <= FLOAT32_EXACT:
+            high, low = self.digits(x, a["in_max"])
             # one weight Quant per product: FINN folds no Quant that feeds two nodes
-            high = g.op("Floor", [g.op("Div", [x, g.scalar(256.0, np.float32)])])
-            low = g.op("Sub", [x, g.op("Mul", [high, g.scalar(256.0, np.float32)])])
             scaled_high = g.op("Mul", [self.matmul(layer, high, self.weights(layer, sign)), g.scalar(256.0, np.float32)])
             return g.op("Add", [scaled_high, self.matmul(layer, low, self.weights(layer, sign))])
         if channels >= 2 and half * per_channel <= FLOAT32_EXACT:
@@ -104,6 +104,25 @@ class _QonnxLowering:
                           f"into two exact halves exists; export it with export-onnx (ONNX Runtime) "
                           f"or use narrower weights or inputs here")
 
+    def digits(self, x: str, in_max: int) -> tuple[str, str]:
+        """(q // 256, q % 256) of integer codes q <= in_max < 2**16, in ops FINN maps to HW
+        layers: the high digit a MultiThreshold at 256, 512, ..., the low one q - 256 * high.
+        When x is a Flatten's output the digits are taken before it and flattened one by one, so
+        that each Flatten feeds a single MatMul (the only place FINN folds a Flatten into)."""
+        g = self.g
+        producer = next((n for n in g.nodes if x in n.output), None)
+        flatten = producer is not None and producer.op_type == "Flatten"
+        source = producer.input[0] if flatten else x
+        top = in_max // 256
+        high = self.multithreshold(source, 256.0 * np.arange(1, top + 1)[None, :], top, g.fresh("high_digit"))
+        radix = g.scalar(256.0, np.float32)
+        self.datatypes[radix] = "UINT9"  # an integer, so FINN infers integer digits
+        low = g.op("Sub", [source, g.op("Mul", [high, radix])])
+        self.datatypes[low] = "UINT8"
+        if flatten:
+            high, low = (g.op("Flatten", [t], axis=1) for t in (high, low))
+        return high, low
+
     def matmul(self, layer: Layer, x: str, w: str) -> str:
         a, g = layer.attrs, self.g
         if a["kind"] == "conv":
@@ -118,6 +137,23 @@ class _QonnxLowering:
         ones = self.g.ones((channels, 1, *kernel))
         self.datatypes[ones] = "BINARY"
         return self.g.conv(x, ones, kernel, stride, 0, channels, out)
+
+    def shortcut(self, layer: Layer) -> None:
+        """Option A's shortcut as one Conv, which FINN maps to a matrix-vector unit (it has no
+        channel-padding unit): kernel s x s (the average pool's window sums) or 1 x 1 (the
+        subsample), stride s, weight 1 from input channel c to output channel c + pad_before and
+        0 elsewhere, so the padded channels are 0. Exact: every sum is a window sum, an integer
+        <= out_max < 2**24."""
+        a = layer.attrs
+        channels, out_channels, s = a["in_shape"][0], a["out_shape"][0], a["stride"]
+        if a["out_max"] >= FLOAT32_EXACT:
+            raise EngineError(f"layer {a['name']!r}: window sums up to {a['out_max']} are not exact in float32")
+        k = s if a["mode"] == "avgpool" else 1
+        embed = np.zeros((out_channels, channels, k, k), np.float32)
+        embed[np.arange(channels) + a["pad_before"], np.arange(channels)] = 1.0
+        weight = self.g.const(embed, f"{a['name']}_embed")
+        self.datatypes[weight] = "BINARY"
+        self.g.conv(a["inputs"][0], weight, (k, k), s, 0, 1, a["name"])
 
     def multithreshold(self, x: str, table: np.ndarray, out_max: int, out: str) -> str:
         dtype = f"UINT{max(1, int(out_max).bit_length())}"
@@ -162,12 +198,7 @@ class _QonnxLowering:
         elif kind == "flatten":
             g.op("Flatten", [x], name, axis=1)
         elif kind == "shortcut":
-            s = a["stride"]
-            if a["mode"] == "avgpool":
-                y = self.window_sum(x, a["in_shape"][0], (s, s), s, a["out_max"], g.fresh("window_sum"))
-                g.subsample_pad(y, 1, a["pad_before"], a["pad_after"], name)
-            else:
-                g.subsample_pad(x, s, a["pad_before"], a["pad_after"], name)
+            self.shortcut(layer)
         elif kind == "add":
             z = None
             for i, xi in enumerate(a["inputs"]):  # z = affine_0(x_0) + affine_1(x_1), in this order
