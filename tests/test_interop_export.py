@@ -185,6 +185,20 @@ def test_cli_export_and_verify(tmp_path, capsys):
         assert err.count("\n") == 1 and "was exported from another model than" in err, err
 
 
+def test_cli_verify_names_the_layers_a_form_bypasses(tmp_path, capsys):
+    """ResNet-20's logits split by digits before the Flatten: in QONNX the flatten layer has no
+    tensor; verify-onnx says so instead of silently comparing one layer fewer."""
+    make_checkpoint(tmp_path / "checkpoint.npz", "resnet20", wbits=2, abits=2, shortcut_bits=8)
+    save_model(export_checkpoint(tmp_path), tmp_path / "m.tpq")
+    for extra, line in (([], False), (["--qonnx"], True)):
+        out = str(tmp_path / f"m{len(extra)}.onnx")
+        assert main(["export-onnx", str(tmp_path / "m.tpq"), "-o", out, *extra]) == 0
+        assert main(["verify-onnx", str(tmp_path / "m.tpq"), out, "--random", "2"]) == 0
+        printed = capsys.readouterr().out
+        assert "total: 0 mismatches" in printed
+        assert ("not compared, no tensor of their own in this form: flatten" in printed) == line, printed
+
+
 @pytest.mark.parametrize("batch", [1, 3])
 def test_qonnx_file_runs_as_saved_with_every_shape_and_datatype(tmp_path, batch):
     """The saved file runs in qonnx's execute_onnx unchanged (every tensor's shape is in it) at

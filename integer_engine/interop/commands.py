@@ -127,6 +127,10 @@ def cmd_verify_onnx(args: argparse.Namespace) -> int:
         report = compare_with_source(model, proto, images, batch_size=batch)
     print(f"engine vs {executor} on {description}:")
     print_report(report)
+    if META_LAYERS in metadata(proto):
+        bypassed = [layer.name for layer in model.layers if layer.name not in report.mismatches]
+        if bypassed:  # e.g. a Flatten the QONNX form takes apart by digits (docs/interop.md)
+            print(f"  not compared, no tensor of their own in this form: {', '.join(bypassed)}")
     if report.other_predictions is not None:
         same = float((report.engine_predictions == report.other_predictions).mean())
         print(f"  predictions equal on {same:.2%} of {len(images)} images")
