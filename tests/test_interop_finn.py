@@ -48,9 +48,9 @@ def train(tmp_path: Path, *flags: str) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("flags,images", [
-    ((), 100),              # the main command: W2A2 (8-bit first and last layers)
-    (("--bits", "4"), 40),  # W4A4
-    (("--bits", "1"), 40),  # W1A1: bipolar weights, 1-bit activations
+    ((), 50),               # the main command: W2A2 (8-bit first and last layers)
+    (("--bits", "4"), 20),  # W4A4
+    (("--bits", "1"), 20),  # W1A1: bipolar weights, 1-bit activations
     (("--model", "resnet20", "--limit-train", "300"), 6),  # residual adds, option-A shortcuts, 8-bit SC
 ])
 def test_finn_frontend_equals_engine_at_every_stage(tmp_path, flags, images):
