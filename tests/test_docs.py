@@ -30,10 +30,12 @@ HAS_MKDOCS = all(importlib.util.find_spec(name) for name in
                  ("mkdocs", "material", "mkdocs_jupyter", "mkdocstrings_handlers", "latex2mathml"))
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 HAS_ONNX = all(importlib.util.find_spec(name) for name in ("onnx", "onnxruntime", "qonnx"))
-# What a fresh clone does not have: build products, caches, runs.
+# What a fresh clone does not have: build products, caches, runs. Numba's compiled kernels
+# (`__pycache__/*.nbi, *.nbc`) are kept: they are keyed by each source file's size and mtime
+# (which the copy keeps), change no result, and spare the copy minutes of recompiling.
 NOT_IN_A_CLONE = shutil.ignore_patterns(".git", ".venv*", "runs", "site", "site-check", ".cache",
-                                        "__pycache__", ".hypothesis", ".pytest_cache",
-                                        "*.egg-info", "build", "accelerator_out")
+                                        ".hypothesis", ".pytest_cache", "*.egg-info", "build",
+                                        "accelerator_out")
 # Anything the built site would fetch from the internet to render.
 EXTERNAL_ASSET = re.compile(
     r"""<script[^>]+src=["']?(https?:)?//"""
