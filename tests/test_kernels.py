@@ -1,4 +1,6 @@
 """Integer kernels against plain NumPy int64 references (and nested-loop references)."""
+import functools
+
 import numba
 import numpy as np
 import pytest
@@ -99,6 +101,13 @@ def test_specialised_and_generic_kernels_agree(bits, m, n, k, seed):
         assert_equal(other, outs[0], f"{name} vs scalar specialised {bits}, M={m} N={4 * n} K={k}")
 
 
+@functools.cache
+def _popcount_tile_call(abits: int, wbits: int):
+    """popcount_tile compiled for one plane-count pair, once (a fresh wrapper per example would
+    recompile it a hundred times)."""
+    return numba.njit(lambda a_p, w_t, r0, out: popcount_tile(a_p, w_t, 0, 0, r0, 0, out, abits, wbits))
+
+
 @settings(max_examples=100)
 @given(abits=st.integers(1, 3), wbits=st.integers(1, 3), m=st.integers(1, 9), k=K_VALUES,
        m0=st.integers(0, 8), seed=SEEDS)
@@ -112,8 +121,7 @@ def test_popcount_tile_compiled_and_plain_agree_with_numpy(abits, wbits, m, k, m
     m0 = min(m0, m - 1)
     rows = np.minimum(np.arange(m0, m0 + TILE_ROWS), m - 1)
     expected = (a[rows] @ w.T).astype(np.uint64)
-    call = numba.njit(lambda a_p, w_t, r0, out: popcount_tile(a_p, w_t, 0, 0, r0, 0, out, abits, wbits))
-    for name, run in (("compiled", call), ("plain", lambda *args: _popcount_tile_python(
+    for name, run in (("compiled", _popcount_tile_call(abits, wbits)), ("plain", lambda *args: _popcount_tile_python(
             *args[:2], 0, 0, args[2], 0, args[3], abits, wbits))):
         tile = np.zeros((TILE_ROWS, TILE_COLS), np.uint64)
         run(a_planes, wt, m0, tile)
@@ -202,6 +210,12 @@ def test_int8_gemm_equals_int64_matmul(m, n, k, amax, seed):
     assert_equal(got, a.astype(np.int64) @ w.T, f"int8 M={m} N={n} K={k} |a|<={amax} seed={seed}")
 
 
+@functools.cache
+def _int8_tile_call():
+    """int8_tile compiled once for the tests below (not once per example)."""
+    return numba.njit(lambda x, y, r0, out: int8dot.int8_tile(x, y, r0, 0, out, 1))
+
+
 @settings(max_examples=100)
 @given(m=st.integers(1, 11), k=st.integers(1, 40), m0=st.integers(0, 10), seed=SEEDS)
 def test_int8_tile_compiled_and_plain_agree_with_numpy(m, k, m0, seed):
@@ -213,8 +227,7 @@ def test_int8_tile_compiled_and_plain_agree_with_numpy(m, k, m0, seed):
     m0 = min(m0, m - 1)
     rows = np.minimum(np.arange(m0, m0 + int8dot.TILE_ROWS), m - 1)
     expected = (a[rows, :k].astype(np.int64) @ w.T).astype(np.int32)
-    call = numba.njit(lambda x, y, r0, out: int8dot.int8_tile(x, y, r0, 0, out, 1))
-    for name, run in (("compiled", call), ("plain", int8dot._int8_tile_python)):
+    for name, run in (("compiled", _int8_tile_call()), ("plain", int8dot._int8_tile_python)):
         tile = np.zeros((int8dot.TILE_ROWS, int8dot.TILE_COLS), np.int32)
         if name == "plain":
             run(a, wt, m0, 0, tile)
