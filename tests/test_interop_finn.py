@@ -51,7 +51,8 @@ def train(tmp_path: Path, *flags: str) -> Path:
     ((), 50),               # the main command: W2A2 (8-bit first and last layers)
     (("--bits", "4"), 20),  # W4A4
     (("--bits", "1"), 20),  # W1A1: bipolar weights, 1-bit activations
-    (("--model", "resnet20", "--limit-train", "300"), 6),  # residual adds, option-A shortcuts, 8-bit SC
+    # ResNet-20: residual adds, option-A shortcuts, the logits' accumulator beyond 2**24
+    (("--model", "resnet20", "--limit-train", "300", "--limit-test", "100", "--val-size", "64"), 6),
 ])
 def test_finn_frontend_equals_engine_at_every_stage(tmp_path, flags, images):
     python = finn_python()
