@@ -13,8 +13,9 @@ pixel value (annotated UINT8), every activation its code (MultiThreshold's `out_
 - conv/linear: Conv / MatMul in float32 on those integers. Every partial sum is an integer of
   magnitude <= acc_bound, so the float32 result is the exact accumulator when acc_bound <= 2**24;
   beyond that (ResNet's logits after a global pool of 8-bit codes) the input is split in two
-  (its base-256 digits, the high one a MultiThreshold; or two halves of its channels): two exact products whose float32 sum is
-  float32(acc), which is all the epilogue uses; a layer no such split makes exact is refused.
+  (its base-256 digits, the high one a MultiThreshold; or two halves of its channels): two exact
+  products whose float32 sum is float32(acc), which is all the epilogue uses; a layer no such
+  split makes exact is refused.
 - thresholds: MultiThreshold(acc, d*T): it counts x >= threshold and has no direction, so a
   channel with direction -1 gets negated weights (its Conv yields -acc) and thresholds -T;
   levels no accumulator reaches are +inf.
