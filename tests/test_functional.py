@@ -261,6 +261,69 @@ def test_im2col_and_col2im_are_adjoint_windows_of_the_zero_padded_input(
                                    atol=1e-12)
 
 
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 3), h=st.integers(1, 8), w=st.integers(1, 8), c=st.integers(1, 5),
+       o=st.integers(1, 5), kh=st.integers(1, 5), kw=st.integers(1, 5), ph=st.integers(0, 4),
+       pw=st.integers(0, 4), seed=st.integers(0, 2**16))
+def test_transposed_input_gradient_equals_col2im(n, h, w, c, o, kh, kw, ph, pw, seed):
+    """conv2d's input gradient as the convolution of g with the flipped weight against its plain
+    reading (dcols = g @ W scattered back by col2im), in float64: the same sums in another order.
+    Stride 1, padding up to kernel - 1, any input size (the choice of the two is tested below)."""
+    from tinypact.functional import conv as conv_module
+
+    assume(ph <= kh - 1 and pw <= kw - 1)
+    out_h, out_w = h + 2 * ph - kh + 1, w + 2 * pw - kw + 1
+    assume(out_h >= 1 and out_w >= 1)
+    rng = np.random.default_rng(seed)
+    g, weight = rng.standard_normal((n, out_h, out_w, o)), rng.standard_normal((o, c, kh, kw))
+    plain, transposed = np.full((n, h, w, c), np.nan), np.full((n, h, w, c), np.nan)
+    w_mat = weight.transpose(0, 2, 3, 1).reshape(o, -1)
+    conv_module._input_grad_col2im(g, w_mat, (kh, kw), (1, 1), (ph, pw), plain)
+    conv_module._input_grad_transposed(g, conv_module.flipped_weight_matrix(weight), kh, kw, ph,
+                                       pw, transposed)
+    np.testing.assert_allclose(transposed, plain, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("size, out_size, kernel, stride, padding, expected", [
+    ((32, 32), (32, 32), (3, 3), (1, 1), (1, 1), True),  # ResNet20's 3x3 "same" convs
+    ((18, 18), (18, 18), (3, 3), (1, 1), (1, 1), True),
+    ((32, 32), (16, 16), (3, 3), (2, 2), (1, 1), False),  # stride 2: col2im
+    ((9, 9), (7, 7), (3, 3), (1, 1), (0, 0), False),  # more input pixels than output: col2im
+    ((5, 5), (1, 1), (5, 5), (1, 1), (0, 0), False),
+    ((4, 4), (8, 8), (3, 3), (1, 1), (3, 3), False),  # padding beyond kernel - 1
+    ((6, 6), (6, 8), (3, 3), (1, 1), (1, 2), True),
+])
+def test_transposed_input_gradient_is_chosen_by_shape(size, out_size, kernel, stride, padding,
+                                                      expected):
+    from tinypact.functional.conv import transposed_input_grad
+
+    assert transposed_input_grad(size, out_size, kernel, stride, padding) is expected
+
+
+def test_conv2d_input_gradient_does_not_depend_on_the_threads(monkeypatch):
+    """Blocks of images on 1 or 2 threads: the same bits for dx, dW and db (the block split and
+    dW's summation order depend on the shapes only)."""
+    from tinypact import _threads
+    from tinypact.functional import conv as conv_module
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((6, 4, 9, 9)).astype(np.float32)
+    w = rng.standard_normal((5, 4, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(5).astype(np.float32)
+    g = rng.standard_normal((6, 5, 9, 9)).astype(np.float32)
+    if _threads._blas_threads()["set"] is None:
+        pytest.skip("block threads need an OpenBLAS whose thread count can be set")
+    monkeypatch.setattr(conv_module, "BLOCK_BYTES", 2 * 81 * 36 * 4)  # two images per block
+    results = []
+    for count in (1, 2):
+        monkeypatch.setattr(_threads, "workers", lambda count=count: count)
+        xt, wt, bt = (Tensor(a, requires_grad=True) for a in (x, w, b))
+        F.conv2d(xt, wt, bt, 1, 1).backward(g)
+        results.append((xt.grad, wt.grad, bt.grad))
+    for one, two in zip(*results):
+        np.testing.assert_array_equal(one, two)
+
+
 # --------------------------------------------------------------------- losses, dropout, errors
 def test_cross_entropy_of_uniform_logits_is_log_classes():
     loss = F.cross_entropy(Tensor(np.zeros((4, 10))), np.array([0, 3, 9, 2]))

@@ -28,6 +28,52 @@ def _image_blocks(n: int, bytes_per_image: int) -> list[tuple[int, int]]:
     return [(start, min(n, start + step)) for start in range(0, n, step)]
 
 
+def transposed_input_grad(size, out_size, kernel, stride, padding) -> bool:
+    """Whether conv2d's input gradient runs as a convolution of the output gradient
+    (`_input_grad_transposed`) rather than dcols = g @ W summed back by col2im
+    (`_input_grad_col2im`): for stride 1 with at most kernel - 1 padding, when the input has no
+    more pixels than the output (so no more multiply-adds: "same" or wider padding).
+
+    Both compute dx[n, y, x, c] = sum_{o,i,j} g[n, y + p - i, x + p - j, o] * w[o, c, i, j]
+    (terms outside g are zero); they add the terms in a different order, so dx may differ
+    in float rounding. Which one runs depends on the shapes only, never on the threads.
+    """
+    return (stride == (1, 1) and all(p <= k - 1 for p, k in zip(padding, kernel))
+            and size[0] * size[1] <= out_size[0] * out_size[1])
+
+
+def flipped_weight_matrix(weight: np.ndarray) -> np.ndarray:
+    """w_flip[(i, j, o), c] = w[o, c, KH-1-i, KW-1-j]: the weight of the transposed
+    convolution as a (KH*KW*O, C) matrix, rows in im2col's column order."""
+    out_ch, channels, kernel_h, kernel_w = weight.shape
+    return np.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(2, 3, 0, 1)).reshape(
+        kernel_h * kernel_w * out_ch, channels)
+
+
+def _input_grad_col2im(g: np.ndarray, w_mat: np.ndarray, kernel, stride, padding,
+                       grad: np.ndarray) -> None:
+    """dx of a block of images, the plain reading: dcols = g @ W (N*OH*OW, KH*KW*C), each
+    window's gradient added back where it was read (col2im). g: (N, OH, OW, O), w_mat:
+    (O, KH*KW*C), grad: (N, H, W, C), overwritten."""
+    n, out_h, out_w, out_ch = g.shape
+    dcols = g.reshape(-1, out_ch) @ w_mat
+    _kernels.col2im_nhwc(dcols.reshape(n, out_h, out_w, kernel[0], kernel[1], grad.shape[3]),
+                         stride[0], stride[1], padding[0], padding[1], grad)
+
+
+def _input_grad_transposed(g: np.ndarray, w_flipped: np.ndarray, kernel_h: int, kernel_w: int,
+                           pad_h: int, pad_w: int, grad: np.ndarray) -> None:
+    """dx of a block of images (stride 1) as the convolution of g (N, OH, OW, O) with the
+    flipped, transposed weight (`flipped_weight_matrix`) and padding KH-1-p, KW-1-p: im2col of g,
+    one matmul into grad (N, H, W, C), overwritten. Reads g's windows instead of writing the
+    (N*OH*OW, KH*KW*C) dcols and scattering them back: one pass less over the biggest array."""
+    n, out_h, out_w, out_ch = g.shape
+    cols = np.empty((n, grad.shape[1], grad.shape[2], kernel_h, kernel_w, out_ch), dtype=g.dtype)
+    _kernels.im2col_nhwc(g, 1, 1, kernel_h - 1 - pad_h, kernel_w - 1 - pad_w, cols)
+    np.matmul(cols.reshape(-1, w_flipped.shape[0]), w_flipped,
+              out=grad.reshape(-1, grad.shape[3]))
+
+
 def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1,  # noqa: A002
            padding=0) -> Tensor:
     """Cross-correlation (PyTorch's conv2d), NCHW input (N, C, H, W), weight (O, C, KH, KW).
@@ -36,7 +82,9 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
 
     Lowered to matmuls: the windows of the NHWC input (zero outside it) become the rows of
     cols (N*OH*OW, KH*KW*C) and out = cols @ W^T with W reshaped to (O, KH*KW*C).
-    Backward:  dW = (cols^T @ g)^T,  db = sum g,  dcols = g @ W  summed back (col2im) into dx.
+    Backward:  dW = (cols^T @ g)^T,  db = sum g,  and dx either as dcols = g @ W summed back
+    (col2im) or, for stride 1 with "same" padding, as the convolution of g with the flipped
+    weight (`transposed_input_grad` says which).
     Both run over cache-sized blocks of images (BLOCK_BYTES of cols each; dW sums the blocks);
     backward rebuilds each block's cols rather than keeping the whole batch's.
 
@@ -101,6 +149,10 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
         g_rows = to_nhwc(g).reshape(n * pixels, out_ch)
         grad_x = grad_w = grad_b = None
         grad_nhwc = np.empty((n, h, w, c), dtype=x.dtype) if input.requires_grad else None
+        w_flipped = None
+        if grad_nhwc is not None and transposed_input_grad(
+                (h, w), (out_h, out_w), (kernel_h, kernel_w), (stride_h, stride_w), (pad_h, pad_w)):
+            w_flipped = flipped_weight_matrix(weight.data)
 
         def backward_block(block: tuple[int, int]) -> np.ndarray | None:
             """This block's share of cols^T @ g; its dx goes straight into grad_nhwc."""
@@ -108,8 +160,13 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
             cols = kept_cols if kept_cols is not None else im2col(start, stop)
             g_block = g_rows[start * pixels:stop * pixels]
             if grad_nhwc is not None:
-                dcols = (g_block @ w_mat).reshape(stop - start, out_h, out_w, kernel_h, kernel_w, c)
-                _kernels.col2im_nhwc(dcols, stride_h, stride_w, pad_h, pad_w, grad_nhwc[start:stop])
+                g_images = g_block.reshape(stop - start, out_h, out_w, out_ch)
+                if w_flipped is not None:
+                    _input_grad_transposed(g_images, w_flipped, kernel_h, kernel_w, pad_h, pad_w,
+                                           grad_nhwc[start:stop])
+                else:
+                    _input_grad_col2im(g_images, w_mat, (kernel_h, kernel_w),
+                                       (stride_h, stride_w), (pad_h, pad_w), grad_nhwc[start:stop])
             # cols^T @ g, not g^T @ cols: NumPy's BLAS call is several times faster this way
             return cols.T @ g_block if weight.requires_grad else None
 
