@@ -1,10 +1,12 @@
 """tinypact/runtime.py: the process settings tinypact makes on import (thread waits, freed memory)."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import platform
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -82,3 +84,50 @@ sys.exit(os.waitstatus_to_exitcode(status))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+# Imports `first` (numpy, or torch, which imports NumPy: OpenBLAS is then loaded before tinypact
+# sets OPENBLAS_THREAD_TIMEOUT), then tinypact unless told not to; prints the timeout NumPy's
+# OpenBLAS holds and the CPU milliseconds the process spends in the 200 ms after a 2-thread
+# matmul (an idle OpenBLAS thread that spins would spend them; one that sleeps spends ~0).
+IMPORT_ORDER_PROBE = """
+import ctypes, importlib, sys, time
+importlib.import_module(sys.argv[1])
+if sys.argv[2] == "tinypact":
+    import tinypact
+import numpy as np
+
+path = sorted(line.split()[-1] for line in open("/proc/self/maps") if "openblas" in line.lower())[0]
+library = ctypes.CDLL(path)  # NumPy's; found without tinypact, which the control must not import
+library.openblas_thread_timeout.restype = ctypes.c_int
+a = np.ones((800, 800), np.float32)
+a @ a
+start = time.process_time()
+time.sleep(0.2)
+print(library.openblas_thread_timeout(), round(1e3 * (time.process_time() - start)))
+"""
+
+
+def _import_order_probe(first: str, then: str) -> tuple[int, int]:
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    env["OPENBLAS_NUM_THREADS"] = "2"
+    done = subprocess.run([sys.executable, "-c", IMPORT_ORDER_PROBE, first, then],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    timeout, cpu_ms = done.stdout.split()
+    return int(timeout), int(cpu_ms)
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="finds OpenBLAS in /proc")
+@pytest.mark.parametrize("first", ["numpy", "torch"])
+def test_openblas_threads_wait_briefly_whatever_was_imported_first(first):
+    """NumPy (or PyTorch, which loads NumPy) imported before tinypact: OpenBLAS read its thread
+    timeout without tinypact's value; tinypact applies it on import, so an idle OpenBLAS thread
+    sleeps instead of spinning for 0.1 s after each call. Without tinypact the probe sees the
+    late setting (OpenBLAS's default, 0), so it can tell the two apart."""
+    if first == "torch" and importlib.util.find_spec("torch") is None:
+        pytest.skip("PyTorch is not installed (the numpy case covers the same loading order)")
+    timeout, cpu_ms = _import_order_probe(first, "tinypact")
+    assert timeout == 4
+    assert cpu_ms < 100  # a spinning thread would take most of the 200 ms (one core or more)
+    assert _import_order_probe(first, "nothing")[0] == 0

@@ -38,21 +38,29 @@ def in_worker() -> bool:
     return getattr(_local, "worker", False)
 
 
-def openblas_library() -> ctypes.CDLL | None:
-    """NumPy's OpenBLAS, found among the loaded libraries (Linux); None elsewhere."""
+def loaded_openblas_libraries() -> list[ctypes.CDLL]:
+    """The OpenBLAS builds this process has loaded (NumPy's first, then e.g. SciPy's), found
+    among its mapped files (Linux); [] elsewhere or before anything loaded one."""
     maps = Path("/proc/self/maps")
     if not maps.exists():
-        return None
-    import numpy  # noqa: F401  (loads OpenBLAS)
-
+        return []
     paths = sorted({line.split()[-1] for line in maps.read_text().splitlines()
                     if "openblas" in line.lower() and line.split()[-1].startswith("/")})
+    libraries = []
     for path in paths:
         try:
-            return ctypes.CDLL(path)
+            libraries.append(ctypes.CDLL(path))
         except OSError:
             continue
-    return None
+    return libraries
+
+
+def openblas_library() -> ctypes.CDLL | None:
+    """NumPy's OpenBLAS, found among the loaded libraries (Linux); None elsewhere."""
+    import numpy  # noqa: F401  (loads OpenBLAS)
+
+    libraries = loaded_openblas_libraries()
+    return libraries[0] if libraries else None
 
 
 def openblas_function(name: str):

@@ -7,8 +7,11 @@ measured on the SVHN step (benchmarks/train_step.py, batch 128, 2 threads, AMD E
 
 - OPENBLAS_THREAD_TIMEOUT=4: OpenBLAS's idle threads spin for about 0.1 s (2**28 cycles) after
   every call before they sleep; a Numba kernel that follows shares the cores with them. 2**4
-  cycles is OpenBLAS's minimum. Read when NumPy loads OpenBLAS: only effective when tinypact is
-  imported before NumPy, as in `python -m tinypact.train`.
+  cycles is OpenBLAS's minimum. OpenBLAS reads it when it is loaded. When something loaded it
+  before tinypact (NumPy imported first, or PyTorch, which imports NumPy), tinypact makes it
+  read its settings again (`openblas_read_env`) and stops its threads (`blas_thread_shutdown_`,
+  what OpenBLAS does before a fork); the next threaded call starts them with the short wait
+  (`apply_openblas_thread_timeout`). The same step then takes the same time in either order.
 - OMP_WAIT_POLICY=PASSIVE: Numba's OpenMP threads spin between parallel kernels by default, and
   took a core from every BLAS call that followed one: 228 ms per step spinning, 163 ms passive.
   Read when Numba starts its threads (the first parallel kernel).
@@ -37,6 +40,32 @@ def set_thread_waits() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+def apply_openblas_thread_timeout() -> int:
+    """Give every OpenBLAS already loaded the OPENBLAS_THREAD_TIMEOUT of the environment, which
+    it read too early if it was loaded before tinypact; returns how many needed it. Linux only
+    (the libraries are found in /proc/self/maps); a build without these functions is left as is.
+    """
+    from tinypact._threads import loaded_openblas_libraries
+
+    wanted = os.environ.get("OPENBLAS_THREAD_TIMEOUT", "")
+    if not wanted.isdigit():
+        return 0
+    changed = 0
+    for library in loaded_openblas_libraries():
+        timeout = getattr(library, "openblas_thread_timeout", None)
+        read_env = getattr(library, "openblas_read_env", None)
+        shutdown = getattr(library, "blas_thread_shutdown_", None)
+        if timeout is None or read_env is None or shutdown is None:
+            continue
+        timeout.restype = ctypes.c_int
+        if timeout() == int(wanted):
+            continue
+        read_env()  # the environment's values, including this timeout
+        shutdown()  # the threads keep the old wait until they are started again
+        changed += 1
+    return changed
+
+
 def keep_freed_memory() -> bool:
     """Ask glibc to keep freed memory for reuse instead of returning it to the kernel.
     Returns whether it applied (glibc, and not turned off by TINYPACT_KEEP_FREED_MEMORY=0)."""
@@ -55,4 +84,5 @@ def keep_freed_memory() -> bool:
 
 def configure() -> None:
     set_thread_waits()
+    apply_openblas_thread_timeout()
     keep_freed_memory()
