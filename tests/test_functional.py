@@ -74,6 +74,33 @@ def test_conv2d_in_image_blocks_equals_one_block(problem, images_per_block, quan
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("sizes, expected", [
+    ({"index0": ("1", "Data", "32K"), "index1": ("1", "Instruction", "64K"),
+      "index2": ("2", "Unified", "512K"), "index3": ("3", "Unified", "8192K")}, 512 << 10),
+    ({"index0": ("1", "Data", "48K"), "index2": ("2", "Unified", "2M")}, 2 << 20),
+    ({"index0": ("1", "Data", "48K"), "index2": ("2", "Unified", "1048576")}, 1 << 20),
+    ({"index0": ("1", "Data", "48K"), "index3": ("3", "Unified", "32M")}, None),  # no L2 listed
+    ({}, None),  # no such folder (not Linux)
+])
+def test_l2_cache_size_is_read_from_sysfs(tmp_path, sizes, expected):
+    """conv2d's block size follows the L2 cache Linux reports (K, M or plain bytes)."""
+    from tinypact.functional.conv import l2_cache_bytes
+
+    for name, (level, kind, size) in sizes.items():
+        (tmp_path / name).mkdir()
+        for field, value in (("level", level), ("type", kind), ("size", size)):
+            (tmp_path / name / field).write_text(value + "\n")
+    assert l2_cache_bytes(str(tmp_path)) == expected
+
+
+def test_block_size_is_twice_the_l2_cache():
+    from tinypact.functional import conv
+
+    assert conv.BLOCK_BYTES == 2 * (conv.l2_cache_bytes() or 1 << 20)
+    blocks = conv._image_blocks(10, conv.BLOCK_BYTES // 3)
+    assert blocks == [(0, 3), (3, 6), (6, 9), (9, 10)]
+
+
 def test_conv2d_rectangular_stride_and_padding():
     rng = np.random.default_rng(1)
     x, w = rng.standard_normal((2, 3, 7, 6)), rng.standard_normal((4, 3, 3, 2))

@@ -144,10 +144,10 @@ print("matches F.conv2d:", np.allclose(out, F.conv2d(Tensor(x), Tensor(w), Tenso
 # %% [markdown]
 # `F.conv2d` is this computation, with three changes that matter for speed, not for the math
 # (tinypact/functional/conv.py): a Numba loop writes the windows from the NHWC layout
-# (channels innermost); the batch is cut into blocks of images whose `cols` take about 4 MiB,
-# so the product reads them from cache right after they were written (and backward rebuilds
-# them block by block instead of keeping them); and the blocks run on one thread per core,
-# each calling single-threaded BLAS. `benchmarks/train_step.py` times the SVHN network's step
+# (channels innermost); the batch is cut into blocks of images whose `cols` take about twice
+# the CPU's L2 cache, so the product reads them from cache right after they were written (and
+# backward rebuilds them block by block instead of keeping them); and the blocks run on one
+# thread per core, each calling single-threaded BLAS. `benchmarks/train_step.py` times the SVHN network's step
 # against PyTorch's.
 
 

@@ -1,6 +1,8 @@
 """2-D convolution as BLAS matmuls (im2col) over blocks of images, forward beside backward."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from tinypact import _kernels, _threads
@@ -14,12 +16,33 @@ def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
-# Images per block: their im2col rows take about this many bytes, so that the matmul reads them
-# from cache right after im2col wrote them (and backward rebuilds them block by block instead of
-# keeping every layer's cols: the SVHN step's peak memory fell from 530 to about 200 MiB).
-# SVHN train step, one thread (CPU time, Zen 5, L2 1 MiB, L3 32 MiB): one block for the batch
-# 256 ms, 2 MiB blocks 214, 4 MiB 218, 8 MiB 239, 16 MiB 266 (QAT W2A2: 277, 238, 240, 260, 289).
-BLOCK_BYTES = 4 << 20
+def l2_cache_bytes(cache_dir: str = "/sys/devices/system/cpu/cpu0/cache") -> int | None:
+    """The per-core level-2 cache of this CPU in bytes, as Linux reports it; None elsewhere."""
+    for index in sorted(Path(cache_dir).glob("index*")):
+        try:
+            level = (index / "level").read_text().strip()
+            kind = (index / "type").read_text().strip()
+            size = (index / "size").read_text().strip().upper()
+        except OSError:
+            continue
+        units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+        number, unit = (size[:-1], units[size[-1]]) if size[-1:] in units else (size, 1)
+        if level == "2" and kind != "Instruction" and number.isdigit():
+            return int(number) * unit
+    return None
+
+
+# Images per block: their im2col rows take about twice the CPU's L2 cache, so that the matmul
+# reads them from cache right after im2col wrote them (and backward rebuilds them block by block
+# instead of keeping every layer's cols: the SVHN step's peak memory fell from 530 to about
+# 200 MiB). One thread, train step, medians of interleaved steps:
+#   Zen 5 (L2 1 MiB, L3 32 MiB), SVHN: one block for the batch 256 ms, 2 MiB blocks 214,
+#     4 MiB 218, 8 MiB 239, 16 MiB 266 (QAT W2A2: 277, 238, 240, 260, 289);
+#   Zen 1 (L2 512 KiB, L3 8 MiB shared), ResNet20: 512 KiB 1881 ms, 1 MiB 1940, 2 MiB 2205,
+#     4 MiB 2350; SVHN: 1285, 1224, 1278, 1355.
+# The size depends on the CPU only, never on the thread count: the blocks, hence the order in
+# which the weight gradient sums them, are the same for any number of threads.
+BLOCK_BYTES = 2 * (l2_cache_bytes() or 1 << 20)
 
 
 def _image_blocks(n: int, bytes_per_image: int) -> list[tuple[int, int]]:
