@@ -131,3 +131,56 @@ def test_openblas_threads_wait_briefly_whatever_was_imported_first(first):
     assert timeout == 4
     assert cpu_ms < 100  # a spinning thread would take most of the 200 ms (one core or more)
     assert _import_order_probe(first, "nothing")[0] == 0
+
+
+# Loads an OpenMP runtime before tinypact (as PyTorch does: its libgomp, globally), then runs a
+# parallel Numba kernel and prints the threading layer Numba chose.
+OPENMP_FIRST_PROBE = """
+import ctypes, importlib, sys
+if sys.argv[1] == "libgomp":
+    ctypes.CDLL("libgomp.so.1", mode=ctypes.RTLD_GLOBAL)
+elif sys.argv[1] != "nothing":
+    importlib.import_module(sys.argv[1])
+import numba
+import numpy as np
+from tinypact import _kernels
+x = np.ones(1 << 17, np.float32)
+_kernels.relu_forward.parallel(x, np.empty_like(x))
+print(numba.threading_layer())
+"""
+
+
+def _layer_after(first: str, **env) -> str:
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ("OMP_WAIT_POLICY", "NUMBA_THREADING_LAYER")}
+    done = subprocess.run([sys.executable, "-c", OPENMP_FIRST_PROBE, first], capture_output=True,
+                          text=True, env={**clean, "NUMBA_NUM_THREADS": "2", **env}, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()[-1]
+
+
+def _libgomp_loads() -> bool:
+    import ctypes
+
+    try:
+        ctypes.CDLL("libgomp.so.1")
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="finds OpenMP in /proc")
+@pytest.mark.parametrize("first", ["libgomp", "torch"])
+def test_numba_avoids_an_openmp_runtime_loaded_before_tinypact(first):
+    """An OpenMP runtime loaded before tinypact (PyTorch's, or libgomp itself) read its wait
+    policy before tinypact set it passive; Numba then runs on its own thread pool (workqueue)
+    rather than on that runtime. Without one loaded first Numba keeps its default (OpenMP
+    here), and a user's OMP_WAIT_POLICY or NUMBA_THREADING_LAYER is left as chosen."""
+    if first == "torch" and importlib.util.find_spec("torch") is None:
+        pytest.skip("PyTorch is not installed (the libgomp case covers the same loading order)")
+    if not _libgomp_loads():
+        pytest.skip("no libgomp on this system: Numba has no OpenMP layer to avoid")
+    assert _layer_after(first) == "workqueue"
+    assert _layer_after("nothing") == "omp"
+    assert _layer_after(first, OMP_WAIT_POLICY="PASSIVE") == "omp"
+    assert _layer_after(first, NUMBA_THREADING_LAYER="omp") == "omp"

@@ -38,16 +38,22 @@ def in_worker() -> bool:
     return getattr(_local, "worker", False)
 
 
-def loaded_openblas_libraries() -> list[ctypes.CDLL]:
-    """The OpenBLAS builds this process has loaded (NumPy's first, then e.g. SciPy's), found
-    among its mapped files (Linux); [] elsewhere or before anything loaded one."""
+def mapped_libraries(name_part: str) -> list[str]:
+    """Paths of the files this process has mapped whose file name contains `name_part`
+    (lower case), sorted (Linux: /proc/self/maps); [] elsewhere."""
     maps = Path("/proc/self/maps")
     if not maps.exists():
         return []
-    paths = sorted({line.split()[-1] for line in maps.read_text().splitlines()
-                    if "openblas" in line.lower() and line.split()[-1].startswith("/")})
+    return sorted({line.split()[-1] for line in maps.read_text().splitlines()
+                   if line.split()[-1].startswith("/")
+                   and name_part in Path(line.split()[-1]).name.lower()})
+
+
+def loaded_openblas_libraries() -> list[ctypes.CDLL]:
+    """The OpenBLAS builds this process has loaded (NumPy's first, then e.g. SciPy's); [] on
+    other systems or before anything loaded one."""
     libraries = []
-    for path in paths:
+    for path in mapped_libraries("openblas"):
         try:
             libraries.append(ctypes.CDLL(path))
         except OSError:

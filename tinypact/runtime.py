@@ -11,10 +11,17 @@ measured on the SVHN step (benchmarks/train_step.py, batch 128, 2 threads, AMD E
   before tinypact (NumPy imported first, or PyTorch, which imports NumPy), tinypact makes it
   read its settings again (`openblas_read_env`) and stops its threads (`blas_thread_shutdown_`,
   what OpenBLAS does before a fork); the next threaded call starts them with the short wait
-  (`apply_openblas_thread_timeout`). The same step then takes the same time in either order.
+  (`apply_openblas_thread_timeout`).
 - OMP_WAIT_POLICY=PASSIVE: Numba's OpenMP threads spin between parallel kernels by default, and
   took a core from every BLAS call that followed one: 228 ms per step spinning, 163 ms passive.
-  Read when Numba starts its threads (the first parallel kernel).
+  An OpenMP runtime reads it when it is loaded. PyTorch loads its own libgomp (globally), and
+  Numba's OpenMP layer then runs on that one, loaded before tinypact could set the policy: a
+  process that imported PyTorch first ran the ResNet20 step (batch 64, 2 threads, Zen 1) in
+  1700-2600 ms instead of 1100-1200. When an OpenMP runtime is already loaded on import (and the
+  user chose neither a policy nor a layer), tinypact gives Numba its own thread pool instead
+  (NUMBA_THREADING_LAYER=workqueue, whose threads sleep when idle: 970 ms), `avoid_loaded_openmp`.
+  Its one limit: parallel kernels must not be launched from two threads at once (tinypact's
+  own block threads run the serial kernels).
 - keep_freed_memory(): glibc returns large freed arrays to the kernel (arrays above 32 MiB are
   their own mmap, and the heap's top is trimmed), so every step page-faults its buffers in
   again, zero-filled by the kernel: 12,548 page faults and about 30 ms per step when each conv
@@ -38,6 +45,26 @@ KEEP_LIMIT = 1 << 30  # allocations up to 1 GiB come from the heap; 1 GiB of fre
 def set_thread_waits() -> None:
     os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def avoid_loaded_openmp(user_policy: bool) -> bool:
+    """Run Numba's parallel kernels on its own thread pool (the workqueue layer) when an OpenMP
+    runtime was loaded before tinypact: its wait policy was fixed then, spinning by default.
+    Left alone when the user set OMP_WAIT_POLICY (`user_policy`) or NUMBA_THREADING_LAYER.
+    Returns whether it switched."""
+    import sys
+
+    from tinypact._threads import mapped_libraries
+
+    if user_policy or "NUMBA_THREADING_LAYER" in os.environ:
+        return False
+    if not any(mapped_libraries(name) for name in ("libgomp", "libiomp", "libomp")):
+        return False
+    os.environ["NUMBA_THREADING_LAYER"] = "workqueue"  # read when Numba is imported
+    numba = sys.modules.get("numba")
+    if numba is not None:  # imported already: read when it starts its threads
+        numba.config.THREADING_LAYER = "workqueue"
+    return True
 
 
 def apply_openblas_thread_timeout() -> int:
@@ -83,6 +110,8 @@ def keep_freed_memory() -> bool:
 
 
 def configure() -> None:
+    user_policy = "OMP_WAIT_POLICY" in os.environ
     set_thread_waits()
+    avoid_loaded_openmp(user_policy)
     apply_openblas_thread_timeout()
     keep_freed_memory()
