@@ -73,8 +73,8 @@ if "--torch-first" in sys.argv[1:]:
     except ImportError:
         sys.exit("error: --torch-first needs PyTorch (pip install torch); it is not installed")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-# tinypact first: importing it before NumPy shortens OpenBLAS's idle spin (tinypact/__init__.py),
-# which would otherwise take the cores from the Numba kernel after each BLAS call.
+# tinypact shortens OpenBLAS's idle spin and keeps Numba's threads from spinning, whichever was
+# imported first (tinypact/runtime.py); the spin would take the cores from the next kernel.
 import tinypact  # noqa: E402,I001
 import numpy as np  # noqa: E402
 
