@@ -15,13 +15,14 @@ measured on the SVHN step (benchmarks/train_step.py, batch 128, 2 threads, AMD E
 - OMP_WAIT_POLICY=PASSIVE: Numba's OpenMP threads spin between parallel kernels by default, and
   took a core from every BLAS call that followed one: 228 ms per step spinning, 163 ms passive.
   An OpenMP runtime reads it when it is loaded. PyTorch loads its own libgomp (globally), and
-  Numba's OpenMP layer then runs on that one, loaded before tinypact could set the policy: a
-  process that imported PyTorch first ran the ResNet20 step (batch 64, 2 threads, Zen 1) in
-  1700-2600 ms instead of 1100-1200. When an OpenMP runtime is already loaded on import (and the
-  user chose neither a policy nor a layer), tinypact gives Numba its own thread pool instead
-  (NUMBA_THREADING_LAYER=workqueue, whose threads sleep when idle: 970 ms), `avoid_loaded_openmp`.
-  Its one limit: parallel kernels must not be launched from two threads at once (tinypact's
-  own block threads run the serial kernels).
+  Numba's OpenMP layer then binds to that one, loaded before tinypact could set the policy: in
+  a process that imported PyTorch first the ResNet20 step (batch 64, 2 threads, Zen 1) took
+  about 2100 ms of CPU instead of 970 (1750-2360 ms instead of 950-975 ms of wall time). When
+  an OpenMP runtime is already loaded on import (and the user chose neither a policy nor a
+  layer), tinypact gives Numba its own thread pool instead (NUMBA_THREADING_LAYER=workqueue,
+  whose threads sleep when idle: about 1040 ms of CPU), `avoid_loaded_openmp`. Its one limit:
+  parallel kernels must not be launched from two threads at once (tinypact's own block threads
+  run the serial kernels).
 - keep_freed_memory(): glibc returns large freed arrays to the kernel (arrays above 32 MiB are
   their own mmap, and the heap's top is trimmed), so every step page-faults its buffers in
   again, zero-filled by the kernel: 12,548 page faults and about 30 ms per step when each conv
