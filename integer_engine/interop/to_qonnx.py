@@ -131,30 +131,30 @@ class _QonnxLowering:
         return g.op("MatMul", [x, w])
 
     def window_sum(self, x: str, channels: int, kernel: tuple, stride: int, out_max: int, out: str) -> str:
-        """Window sums as a depthwise Conv with an all-ones kernel annotated BINARY (FINN lowers it
-        to a vector-vector unit), exact on integers below 2**24."""
-        if out_max >= FLOAT32_EXACT:
-            raise EngineError(f"layer {out!r}: window sums up to {out_max} are not exact in float32")
-        ones = self.g.ones((channels, 1, *kernel))
-        self.datatypes[ones] = "BINARY"
-        return self.g.conv(x, ones, kernel, stride, 0, channels, out)
+        """Window sums as a depthwise Conv with an all-ones kernel (FINN lowers it to a
+        vector-vector unit)."""
+        return self.binary_conv(x, np.ones((channels, 1, *kernel), np.float32), stride, channels, out_max, out)
 
     def shortcut(self, layer: Layer) -> None:
         """Option A's shortcut as one Conv, which FINN maps to a matrix-vector unit (it has no
         channel-padding unit): kernel s x s (the average pool's window sums) or 1 x 1 (the
         subsample), stride s, weight 1 from input channel c to output channel c + pad_before and
-        0 elsewhere, so the padded channels are 0. Exact: every sum is a window sum, an integer
-        <= out_max < 2**24."""
+        0 elsewhere, so the padded channels are 0."""
         a = layer.attrs
         channels, out_channels, s = a["in_shape"][0], a["out_shape"][0], a["stride"]
-        if a["out_max"] >= FLOAT32_EXACT:
-            raise EngineError(f"layer {a['name']!r}: window sums up to {a['out_max']} are not exact in float32")
         k = s if a["mode"] == "avgpool" else 1
         embed = np.zeros((out_channels, channels, k, k), np.float32)
         embed[np.arange(channels) + a["pad_before"], np.arange(channels)] = 1.0
-        weight = self.g.const(embed, f"{a['name']}_embed")
+        self.binary_conv(a["inputs"][0], embed, s, 1, a["out_max"], a["name"])
+
+    def binary_conv(self, x: str, kernel: np.ndarray, stride: int, group: int, out_max: int, out: str) -> str:
+        """An unpadded Conv with a 0/1 kernel annotated BINARY: each output is a sum of integer
+        inputs, exact in float32 while it stays below 2**24 (out_max)."""
+        if out_max >= FLOAT32_EXACT:
+            raise EngineError(f"layer {out!r}: window sums up to {out_max} are not exact in float32")
+        weight = self.g.const(kernel, f"{out}_kernel")
         self.datatypes[weight] = "BINARY"
-        self.g.conv(a["inputs"][0], weight, (k, k), s, 0, 1, a["name"])
+        return self.g.conv(x, weight, kernel.shape[2:], stride, 0, group, out)
 
     def multithreshold(self, x: str, table: np.ndarray, out_max: int, out: str) -> str:
         dtype = f"UINT{max(1, int(out_max).bit_length())}"
