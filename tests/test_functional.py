@@ -47,8 +47,8 @@ def test_conv2d_in_image_blocks_equals_one_block(problem, images_per_block, quan
     rng = np.random.default_rng(0)
 
     def run(block_bytes):
-        saved = conv_module.BLOCK_BYTES
-        conv_module.BLOCK_BYTES = block_bytes
+        saved = conv_module.BLOCK_BYTES, conv_module.CORES
+        conv_module.BLOCK_BYTES, conv_module.CORES = block_bytes, 1
         try:
             xt = Tensor(x.astype(np.float32), requires_grad=True)
             wt = Tensor(w.astype(np.float32), requires_grad=True)
@@ -60,7 +60,7 @@ def test_conv2d_in_image_blocks_equals_one_block(problem, images_per_block, quan
             out.backward(grad)
             return out.data, xt.grad, wt.grad, None if bt is None else bt.grad
         finally:
-            conv_module.BLOCK_BYTES = saved
+            conv_module.BLOCK_BYTES, conv_module.CORES = saved
 
     out_shape = F.conv2d(Tensor(x), Tensor(w), None, stride, padding).shape
     grad = rng.standard_normal(out_shape).astype(np.float32)
@@ -97,8 +97,32 @@ def test_block_size_is_twice_the_l2_cache():
     from tinypact.functional import conv
 
     assert conv.BLOCK_BYTES == 2 * (conv.l2_cache_bytes() or 1 << 20)
-    blocks = conv._image_blocks(10, conv.BLOCK_BYTES // 3)
-    assert blocks == [(0, 3), (3, 6), (6, 9), (9, 10)]
+    assert conv._image_blocks(10, conv.BLOCK_BYTES // 3, cores=1) == [(0, 3), (3, 6), (6, 8),
+                                                                       (8, 10)]
+    # 4 cache-sized blocks on 3 cores: 6 blocks, so that each core has two
+    assert conv._image_blocks(10, conv.BLOCK_BYTES // 3, cores=3) == [
+        (0, 2), (2, 4), (4, 6), (6, 8), (8, 9), (9, 10)]
+    assert conv._image_blocks(3, 1, cores=16) == [(0, 1), (1, 2), (2, 3)]
+    assert conv._image_blocks(0, 1) == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 300), st.integers(1, 1 << 22), st.integers(1, 64))
+def test_image_blocks_fit_the_cache_and_share_out_evenly(n, bytes_per_image, cores):
+    """Blocks cover the images in order; each holds at most BLOCK_BYTES of cols (or one image);
+    their sizes differ by at most one; their count is the fewest that fit, rounded up to a
+    multiple of the cores (capped at one image per block)."""
+    from tinypact.functional import conv
+
+    blocks = conv._image_blocks(n, bytes_per_image, cores)
+    assert blocks[0][0] == 0 and blocks[-1][1] == n
+    assert all(stop == start for (_, stop), (start, _) in zip(blocks, blocks[1:]))
+    sizes = [stop - start for start, stop in blocks]
+    assert min(sizes) >= 1 and max(sizes) - min(sizes) <= 1
+    per_block = max(1, conv.BLOCK_BYTES // bytes_per_image)
+    assert max(sizes) <= per_block
+    fewest = -(-n // per_block)
+    assert len(blocks) == min(n, cores * -(-fewest // cores))
 
 
 def test_conv2d_rectangular_stride_and_padding():

@@ -1,6 +1,7 @@
 """2-D convolution as BLAS matmuls (im2col) over blocks of images, forward beside backward."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -32,23 +33,46 @@ def l2_cache_bytes(cache_dir: str = "/sys/devices/system/cpu/cpu0/cache") -> int
     return None
 
 
-# Images per block: their im2col rows take about twice the CPU's L2 cache, so that the matmul
-# reads them from cache right after im2col wrote them (and backward rebuilds them block by block
-# instead of keeping every layer's cols: the SVHN step's peak memory fell from 530 to about
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the system has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+# Images per block: their im2col rows take at most about twice the CPU's L2 cache, so that the
+# matmul reads them from cache right after im2col wrote them (and backward rebuilds them block by
+# block instead of keeping every layer's cols: the SVHN step's peak memory fell from 530 to about
 # 200 MiB). One thread, train step, medians of interleaved steps:
 #   Zen 5 (L2 1 MiB, L3 32 MiB), SVHN: one block for the batch 256 ms, 2 MiB blocks 214,
 #     4 MiB 218, 8 MiB 239, 16 MiB 266 (QAT W2A2: 277, 238, 240, 260, 289);
 #   Zen 1 (L2 512 KiB, L3 8 MiB shared), ResNet20: 512 KiB 1881 ms, 1 MiB 1940, 2 MiB 2205,
 #     4 MiB 2350; SVHN: 1285, 1224, 1278, 1355.
-# The size depends on the CPU only, never on the thread count: the blocks, hence the order in
-# which the weight gradient sums them, are the same for any number of threads.
 BLOCK_BYTES = 2 * (l2_cache_bytes() or 1 << 20)
+# The block count is rounded up to a multiple of the cores (`_image_blocks`), so that every core
+# has the same number of blocks: with 16 cores, ResNet20's 8x8x64 layers at batch 128 would
+# otherwise make 5 cache-sized blocks and leave 11 cores idle.
+CORES = usable_cores()
 
 
-def _image_blocks(n: int, bytes_per_image: int) -> list[tuple[int, int]]:
-    """(start, stop) image ranges of about BLOCK_BYTES of cols each (at least one image)."""
-    step = max(1, BLOCK_BYTES // max(1, bytes_per_image))
-    return [(start, min(n, start + step)) for start in range(0, n, step)]
+def _image_blocks(n: int, bytes_per_image: int, cores: int | None = None) -> list[tuple[int, int]]:
+    """(start, stop) ranges covering n images: the fewest blocks of at most BLOCK_BYTES of cols
+    (at least one image each), their count rounded up to a multiple of `cores` (CORES; at most
+    n blocks), the images shared out evenly (sizes differ by at most one, larger first).
+
+    The blocks depend on the shapes and the machine (its L2 cache and cores), never on the
+    thread count: the weight gradient sums them in the same order with 1 thread or 16."""
+    if n < 1:
+        return []
+    cores = CORES if cores is None else max(1, cores)
+    per_block = max(1, BLOCK_BYTES // max(1, bytes_per_image))
+    count = -(-n // per_block)
+    count = min(n, cores * -(-count // cores))
+    size, larger = divmod(n, count)
+    bounds = [0]
+    for index in range(count):
+        bounds.append(bounds[-1] + size + (index < larger))
+    return list(zip(bounds[:-1], bounds[1:]))
 
 
 def transposed_input_grad(size, out_size, kernel, stride, padding) -> bool:
