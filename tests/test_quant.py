@@ -342,8 +342,13 @@ def test_qconv2d_and_qlinear_use_quantized_weights_and_train_the_float_ones():
     v = Tensor(rng.standard_normal((3, 4)).astype(np.float32))
     wq = sawb_weight(linear.weight.data, 2).data
     np.testing.assert_allclose(linear(v).data, v.data @ wq.T + linear.bias.data, rtol=1e-5)
-    assert set(np.unique(np.abs(linear.quantized_weight_array()))) <= {
-        np.float32(sawb_scale(linear.weight.data, 2)), np.float32(sawb_scale(linear.weight.data, 2) / 3)}
+    for seed in range(30):  # the levels are codes times s_w, whatever the weights
+        linear.weight.data[...] = np.random.default_rng(seed).standard_normal((2, 4))
+        alpha = sawb_scale(linear.weight.data, 2)
+        s_w = np.float32(alpha / 3)  # the step, in the weight's dtype
+        assert set(np.unique(np.abs(linear.quantized_weight_array()))) <= {s_w, np.float32(3) * s_w}
+        # the outer level is alpha up to the float32 rounding of the step (3 s_w, not float32(alpha))
+        assert abs(float(np.float32(3) * s_w) - alpha) <= 2 * np.spacing(np.float32(alpha))
     assert QLinear(4, 2, weight_quant="sawb", wbits=32).wq == {"kind": "float", "bits": 32}
 
 
