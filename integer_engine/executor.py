@@ -18,7 +18,10 @@ Which kernels run depends on the CPU (`cpu.py`, detected once):
   int8 dot product (`int8dot`: VNNI `vpdpbusd`, or AVX2 `vpmaddubsw` + `vpmaddwd` kept exact by
   splitting the codes where int16 pair sums could saturate): u8 codes x s8 weights (c, or j - 128
   for 8-bit weights) -> int32, fused with im2col and the thresholds for convs
-  (`kernels.int8_conv_threshold_codes`). Without either they multiply the codes by the levels c
+  (`kernels.int8_conv_threshold_codes`). Where AVX2's sequence would need its split form (8-bit
+  codes x 8-bit weights, no VNNI) a threshold conv runs the same fused kernel on an exact float32
+  FMA tile instead, codes x levels c (`kernels.select.float32_conv`: method "float32", when every
+  partial sum stays within acc_bound <= 2**24). Without either they multiply the codes by the levels c
   with BLAS in float32 (or float64): every partial sum is an integer bounded by the layer's static
   `acc_bound` (<= 2**24 for float32; always <= 2**31 for float64), so the float GEMM is exact, as
   `kernels.int_gemm` argues.
@@ -48,7 +51,7 @@ from integer_engine.epilogue import activation_code, affine
 from integer_engine.errors import EngineError
 from integer_engine.format import IntegerModel, Layer
 from integer_engine.kernels.int8dot import INT32_SAFE_K
-from integer_engine.kernels.select import BITSERIAL_MAX_PASSES, CALIBRATE_MAX_PASSES, INT8_DOT
+from integer_engine.kernels.select import BITSERIAL_MAX_PASSES, CALIBRATE_MAX_PASSES, INT8_DOT, float32_conv
 from integer_engine.requant import apply_thresholds, block_thresholds, full_accumulator, threshold_codes
 
 
@@ -141,6 +144,7 @@ class _Compute:
         # u8 codes x s8 weights: levels c = 2j - n_w when they fit in int8, else j - 128 with
         # a . c = 2 a.(j - 128) - (n_w - 256) rowsum(a).
         int8 = self.int8_possible and not narrow
+        # "float32": an int8-family conv on the exact float32 tile (`kernels.select.float32_conv`)
         self.method = "bitserial" if narrow else "int8" if int8 else "int"
         # With 512-bit popcounts the weights are transposed once and the activations are the
         # GEMM's rows (result rows_first); threshold layers fuse the GEMM with requantization.
@@ -164,13 +168,19 @@ class _Compute:
             self.wt8 = kernels.int8_weights(signed.reshape(signed.shape[0], -1))
             self.w_abs_max = int(np.abs(signed).max()) if signed.size else 0
             if a["kind"] == "conv":  # the fused conv kernel reduces in (i, j, channel) order
-                self.wt8_conv = kernels.int8_conv_weights(signed)
+                self.conv_wt = kernels.int8_conv_weights(signed)
+                if a["output"] == "threshold" and float32_conv(int(a["in_max"]), self.w_abs_max, int(a["acc_bound"])):
+                    # The float32 tile on the levels themselves: |partial sums| <= acc_bound <= 2**24.
+                    self.method = "float32"
+                    self.int8_scale, self.int8_offset, self.w_abs_max = 1, 0, self.n_w
+                    self.conv_wt = kernels.float_conv_weights(2 * w.astype(np.int32) - self.n_w)
+                # the weights' padded output columns: (K4, Npad, 4) int8, (K4, 4, Npad) float32
+                self.conv_cols = self.conv_wt.shape[2 if self.method == "float32" else 1]
         else:
             self.levels = (2 * self.j.astype(np.int16) - self.n_w).astype(np.int16)
-        # int_gemm's own rule (kernels/int8.py): a float with a p-bit significand is exact when every
-        # partial sum is an integer of magnitude <= 2**p; acc_bound is that bound for any input.
-        # Validation caps acc_bound at 2**31 - 1, so float64 is always exact.
-        self.exact_dtype = np.float32 if int(a["acc_bound"]) <= 2**24 else np.float64
+        # int_gemm's own rule (`kernels.float32_exact`): every partial sum is an integer of magnitude
+        # <= acc_bound for any input. Validation caps acc_bound at 2**31 - 1, so float64 is always exact.
+        self.exact_dtype = np.float32 if kernels.float32_exact(a["acc_bound"]) else np.float64
         self.prepared: dict = {}  # block_thresholds by padded width
         if self.method == "int":
             self.levels_t = np.ascontiguousarray(self.levels.T.astype(self.exact_dtype))
@@ -197,7 +207,7 @@ class _Compute:
     @property
     def fused(self) -> bool:
         """Whether a threshold layer runs as one GEMM + requantization kernel (`threshold_codes`)."""
-        return self.vector or self.method == "int8"
+        return self.vector or self.method in ("int8", "float32")
 
     @property
     def fused_conv(self) -> str | None:
@@ -207,7 +217,7 @@ class _Compute:
         a = self.layer.attrs
         if a["kind"] != "conv" or a["output"] != "threshold":
             return None
-        return "nhwc" if self.method == "int8" else "planes" if self.channel_major else None
+        return "nhwc" if self.method in ("int8", "float32") else "planes" if self.channel_major else None
 
     def _prepared(self, width: int) -> tuple:
         """The thresholds in the layout of a fused kernel `width` (padded) columns wide, made once."""
@@ -223,10 +233,10 @@ class _Compute:
         uint8 NCHW codes or (`laid`) the `LaidOut` its producer wrote."""
         a, arrays = self.layer.attrs, self.layer.arrays
         shape, th, direction = (images, *a["in_shape"]), arrays["thresholds"], arrays["direction"]
-        if self.method == "int8":
-            return kernels.int8_conv_call(shape, *a["kernel"], a["stride"], a["padding"], self.wt8_conv, th,
+        if self.method in ("int8", "float32"):
+            return kernels.int8_conv_call(shape, *a["kernel"], a["stride"], a["padding"], self.conv_wt, th,
                                           direction, self.int8_scale, self.int8_offset,
-                                          self._prepared(self.wt8_conv.shape[1]), pool, to, int(a["in_max"]),
+                                          self._prepared(self.conv_cols), pool, to, int(a["in_max"]),
                                           self.w_abs_max, laid)
         return kernels.bitserial_conv_call(shape, *a["kernel"], a["stride"], a["padding"], self.abits, self.wt, th,
                                            direction, 2, self.n_w, self._prepared(self.wt.shape[2]), pool, to, laid)
@@ -256,16 +266,14 @@ class _Compute:
         conv's input layout (`kernels.conv_output`)."""
         a, arrays = self.layer.attrs, self.layer.arrays
         th, direction = arrays["thresholds"], arrays["direction"]
-        if isinstance(x, kernels.LaidOut):
-            images = x.shape[0]
-        else:
-            images = x.shape[0]
-            # Codes of an int8 layer are <= in_max <= 255 (the int8 path's condition): uint8 is exact.
-            if self.method == "int8" and a["kind"] == "conv" and x.dtype != np.uint8:
-                x = x.astype(np.uint8)
-        conv8 = self.method == "int8" and a["kind"] == "conv"
-        weights = self.wt8_conv if conv8 else self.wt8 if self.method == "int8" else self.wt
-        prepared = self._prepared(weights.shape[1] if self.method == "int8" else weights.shape[2])
+        images = x.shape[0]
+        conv8 = self.method in ("int8", "float32") and a["kind"] == "conv"
+        # Codes of an int8 layer are <= in_max <= 255 (the int8 path's condition): uint8 is exact.
+        if conv8 and not isinstance(x, kernels.LaidOut) and x.dtype != np.uint8:
+            x = x.astype(np.uint8)
+        weights = self.conv_wt if conv8 else self.wt8 if self.method == "int8" else self.wt
+        prepared = self._prepared(self.conv_cols if conv8 else weights.shape[1] if self.method == "int8"
+                                  else weights.shape[2])
         if conv8:
             return kernels.int8_conv_threshold_codes(x, *a["kernel"], a["stride"], a["padding"], weights, th,
                                                      direction, self.int8_scale, self.int8_offset, prepared,

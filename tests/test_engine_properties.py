@@ -221,3 +221,32 @@ def test_engine_plan_reused_across_batch_sizes(seed, bits, batches, collects):
         for name, codes in got.outputs.items():
             assert np.array_equal(codes, want[name]), f"seed={seed} batch {n}: layer {name} differs"
     assert len(engine._plans) <= min(len(set(batches)), 4)
+
+
+@settings(max_examples=15)
+@given(st.integers(0, 2**32 - 1), st.sampled_from([(1, 1), (2, 2), (4, 4), (8, 8)]),
+       st.lists(st.integers(1, 5), min_size=1, max_size=3))
+def test_avx2_rule_runs_8bit_convs_on_the_float32_tile(seed, bits, batches):
+    """With the AVX2 int8 sequence (no VNNI: `kernels.select.float32_conv`), the 8-bit first conv
+    (8-bit pixels x 8-bit weights, where `vpmaddubsw` would need its split form) runs the float32
+    tile, and the engine still equals the reference at every batch size."""
+    import pytest
+
+    from integer_engine.kernels import int8dot
+    from test_engine_models import svhn_like
+    rng = np.random.default_rng(seed)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(int8dot, "LOWERING", "vpmaddubsw")
+        model = lower_graph(*svhn_like(rng, wbits=bits[0], abits=bits[1], size=12, width=4))
+        engine = Engine(model)
+        convs = [layer.name for layer in model.layers if layer.attrs["kind"] == "conv"]
+        assert engine.compute[convs[0]].method == "float32", engine.compute[convs[0]].method
+        for name in convs[1:]:  # codes of at most 8 bits against these weights: float32 only at W8A8
+            assert (engine.compute[name].method == "float32") == (bits == (8, 8)), (name, engine.compute[name].method)
+        for n in batches:
+            images = rng.integers(0, 256, size=(n, *model.input_shape), dtype=np.uint8)
+            got = engine.run(images, collect=True).outputs
+            want = run_reference(model, images)
+            for layer in model.layers:
+                assert np.array_equal(got[layer.name], want[layer.name]), (
+                    f"seed={seed} W{bits[0]}A{bits[1]} batch {n}: layer {layer.name} differs")

@@ -20,7 +20,7 @@ from integer_engine.kernels import (
     odd_weight_gemm,
     plane_row_sums,
 )
-from integer_engine.kernels import bitserial, int8dot
+from integer_engine.kernels import bitserial, floatdot, int8dot, select
 from integer_engine.kernels.common import _NO_THRESHOLDS
 from integer_engine.kernels.popcount import TILE_COLS, TILE_ROWS, _popcount_tile_python, popcount64, popcount_tile
 from integer_engine.requant import apply_thresholds, block_thresholds
@@ -548,6 +548,180 @@ def test_int8_conv_tile_compiled_and_plain_agree_with_numpy(k_row, kh, shape, se
         untouched = np.ones(tile.shape, bool)
         untouched[row0:row0 + rows, n0:n0 + cols] = False
         assert not tile[untouched].any(), f"{name} int8_conv_tile wrote outside its tile"
+
+
+_FLOAT_TILES: dict = {}
+
+
+def _compiled_float_tile(row0, rows, vecs):
+    """A jitted call of `floatdot.float_conv_tile` with row0, rows and vecs compile-time constants."""
+    if (row0, rows, vecs) not in _FLOAT_TILES:
+        _FLOAT_TILES[row0, rows, vecs] = numba.njit(
+            lambda xp, starts, offsets, wt, n0, tile: floatdot.float_conv_tile(xp, starts, offsets, wt, n0, tile, 0,
+                                                                               row0, rows, vecs))
+    return _FLOAT_TILES[row0, rows, vecs]
+
+
+@settings(max_examples=100)
+@given(k_row=st.integers(1, 24), kh=st.integers(1, 3), shape=st.sampled_from(
+    [(0, int8dot.TILE_ROWS, int8dot.TILE_COLS // 16), (0, 1, 1), (0, 1, 3), (0, 4, 3), (4, 4, 3),
+     (0, int8dot.TILE_ROWS, 1)]), seed=SEEDS)
+def test_float_conv_tile_compiled_and_plain_agree_with_numpy(k_row, kh, shape, seed):
+    """`float_conv_tile` in every shape the conv kernel calls, compiled and plain, against NumPy's
+    int64 products of the same codes: 8-bit codes against 8-bit levels (|c| <= 255), the largest
+    product (255 * -255) in the first group; exact because K * 255 * 255 < 2**24 here."""
+    row0, rows, vecs = shape
+    rng = np.random.default_rng(seed)
+    groups = -(-k_row // 4)
+    row_stride = 4 * groups + int(rng.integers(0, 9))
+    xp = rng.integers(0, 256, 8 * kh * row_stride + 64).astype(np.float32)
+    xp[:4] = 255
+    starts = np.sort(rng.integers(0, 8 * kh * row_stride - (kh - 1) * row_stride - 4 * groups + 1,
+                                  max(8, int8dot.TILE_ROWS))).astype(np.int64)
+    starts[0] = 0
+    offsets = kernels.int8_conv_offsets(kh, groups, row_stride)
+    cols = 16 * vecs
+    w = rng.integers(-255, 256, (cols + 16, kh * 4 * groups))
+    w[:, :4] = -255
+    wt = np.ascontiguousarray(w.T.reshape(kh * groups, 4, -1).astype(np.float32))  # (groups, 4, Npad)
+    n0 = 16 if vecs != int8dot.TILE_COLS // 16 else 0
+    patches = np.stack([np.concatenate([xp[s + o:s + o + 4] for o in offsets]) for s in starts]).astype(np.int64)
+    want = patches[row0:row0 + rows] @ w[n0:n0 + cols].T
+    compiled = None if numba.config.DISABLE_JIT else _compiled_float_tile(row0, rows, vecs)
+    for name in ("compiled", "plain"):
+        tile = np.zeros((len(starts), wt.shape[2]), np.int32)
+        if name == "plain":
+            floatdot._float_conv_tile_python(xp, starts, offsets, wt, n0, tile, 0, row0, rows, vecs)
+        elif numba.config.DISABLE_JIT:
+            continue
+        else:
+            compiled(xp, starts, offsets, wt, n0, tile)
+        assert_equal(tile[row0:row0 + rows, n0:n0 + cols], want.astype(np.int32),
+                     f"{name} float_conv_tile rows {row0}..{row0 + rows - 1} x {cols} columns, {kh} kernel rows "
+                     f"of {k_row} codes, seed {seed}")
+        untouched = np.ones(tile.shape, bool)
+        untouched[row0:row0 + rows, n0:n0 + cols] = False
+        assert not tile[untouched].any(), f"{name} float_conv_tile wrote outside its tile"
+
+
+def _conv_reference_codes(x, levels, stride, padding, th, direction, pool):
+    """NumPy int64 conv (im2col @ levels.T) -> thresholds -> optional 2x2 max-pool, (N, O, P)."""
+    o, _, kh, kw = levels.shape
+    patches = im2col_codes(x, kh, kw, stride, padding).astype(np.int64)
+    acc = (patches @ levels.reshape(o, -1).astype(np.int64).T).reshape(x.shape[0], -1, o).transpose(0, 2, 1)
+    codes = apply_thresholds(acc, th, direction, 1)
+    oh = kernels.conv_output_size(x.shape[2], kh, stride, padding)
+    codes = codes.reshape(x.shape[0], o, oh, -1)
+    return (kernels.max_pool_codes(codes, 2) if pool == 2 else codes).reshape(x.shape[0], o, -1), acc
+
+
+def _thresholds_within(acc, o, n, rng):
+    """Thresholds (o, n) drawn from the accumulators themselves (and one step either side), so the
+    codes take every value; random directions."""
+    values = np.concatenate([acc.ravel(), acc.ravel() + 1, acc.ravel() - 1])
+    th = np.sort(rng.choice(values, (o, n)), axis=1).astype(np.int64)
+    direction = rng.choice(np.array([-1, 1], np.int8), o)
+    th[direction < 0] = th[direction < 0, ::-1]
+    return th, direction
+
+
+@settings(max_examples=100)
+@given(case=st.data(), o=st.integers(1, 40), n=st.sampled_from([1, 3, 15, 17]), wmax=st.sampled_from([1, 127, 255]),
+       seed=SEEDS)
+def test_float32_conv_equals_int64_reference(case, o, n, wmax, seed):
+    """The fused conv on the float32 tile (`float_conv_weights`) == NumPy int64 conv + thresholds
+    (+ 2x2 max-pool), for 8-bit codes (255 included) against levels up to 255 in magnitude, any
+    output layout, and read back from its own "nhwc" layout by another float32 conv."""
+    x, kh, kw, stride, padding, _ = case.draw(conv_cases())
+    x[..., :1, :1] = 255  # the largest code, in every image and channel
+    rng = np.random.default_rng(seed)
+    levels = rng.integers(-wmax, wmax + 1, (o, x.shape[1], kh, kw))
+    levels[:, :, 0, 0] = -wmax
+    pool, to = _laid_out_cases(case.draw, x, kh, kw, stride, padding)
+    want, acc = _conv_reference_codes(x, levels, stride, padding, np.zeros((o, 1), np.int64), np.ones(o, np.int8),
+                                      pool)
+    th, direction = _thresholds_within(acc, o, n, rng)
+    want, _ = _conv_reference_codes(x, levels, stride, padding, th, direction, pool)
+    if to is not None and to[0] == "planes" and n >= 2**to[2]:
+        to = None
+    wf = kernels.float_conv_weights(levels)
+    got = kernels.int8_conv_threshold_codes(x, kh, kw, stride, padding, wf, th, direction, pool=pool, to=to,
+                                            w_abs_max=wmax)
+    context = f"float32 conv x {x.shape} {kh}x{kw} s={stride} p={padding} O={o} |w|<={wmax} pool={pool} to={to}"
+    assert_equal(_as_nchw(got, x.shape[0], o), want, context)
+    if isinstance(got, kernels.LaidOut) and got.kind == "nhwc":  # read back by a float32 conv
+        k2 = min(2, *got.shape[2:]) if got.padding == 0 else 2
+        w2 = np.random.default_rng(seed + 1).integers(-255, 256, (3, o, k2, k2))
+        th2, d2 = np.array([[-5000, 0, 5000]] * 3, np.int64), np.ones(3, np.int8)
+        assert_equal(kernels.int8_conv_threshold_codes(got, k2, k2, 1, got.padding, kernels.float_conv_weights(w2),
+                                                       th2, d2),
+                     _conv_reference_codes(got.codes(), w2, 1, got.padding, th2, d2, 1)[0], context + ", read back")
+
+
+@pytest.mark.parametrize("kh, channels, a_max, w_max", [
+    (1, 258, 255, 255),   # 258 * 255 * 255 = 16,776,450: the largest K the rule admits for 8-bit x 8-bit
+    (3, 28, 255, 255),    # 3x3 kernels: 252 * 255 * 255
+    (1, 2, 2**12, 2**11),  # products of 2**23: two of them reach 2**24 exactly
+])
+def test_float32_conv_at_the_largest_bound_the_rule_admits(kh, channels, a_max, w_max):
+    """At K * a_max * w_max <= 2**24 (the rule's edge) with every code at a_max and every weight at
+    +-w_max, the float32 conv is exact: the accumulators (up to 2**24 in magnitude) land exactly
+    on thresholds set at acc and acc + 1; one more channel and the same call is refused."""
+    k = kh * kh * channels
+    assert kernels.float32_exact(k * a_max * w_max) and not kernels.float32_exact((k + kh * kh) * a_max * w_max)
+    xp = np.full((1, channels, kh + 1, kh), a_max, np.int64)  # two output pixels, one of them all-max
+    xp[0, :, -1] = a_max - 1
+    levels = np.full((3, channels, kh, kh), w_max, np.int64)
+    levels[1] = -w_max
+    levels[2, ::2] = -w_max  # mixed signs: partial sums up and down
+    want_acc = (im2col_codes(xp, kh, kh).astype(np.int64) @ levels.reshape(3, -1).T).T  # (O, P)
+    assert abs(want_acc).max() <= 2**24
+    th = np.stack([want_acc[:, 0], want_acc[:, 0] + 1], axis=1)
+    x = xp.astype(np.uint8) if a_max <= 255 else None
+    wf = kernels.float_conv_weights(levels)
+    if x is None:  # codes beyond a byte: the tile itself, on the float32 codes
+        flat = np.zeros(xp.size + 8, np.float32)
+        flat[:xp.size] = xp.transpose(0, 2, 3, 1).ravel()
+        offsets = kernels.int8_conv_offsets(kh, -(-kh * channels // 4), kh * channels)
+        tile = np.zeros((1, wf.shape[2]), np.int32)
+        floatdot.float_conv_tile(flat, np.zeros(1, np.int64), offsets, wf, 0, tile, 0, 0, 1, 1) \
+            if numba.config.DISABLE_JIT else _compiled_float_tile(0, 1, 1)(flat, np.zeros(1, np.int64), offsets, wf,
+                                                                           0, tile)
+        assert_equal(tile[0, :3].astype(np.int64), want_acc[:, 0], f"float32 tile at K={k}, |a|<={a_max}, "
+                                                                   f"|w|<={w_max}")
+        return
+    got = kernels.int8_conv_threshold_codes(x, kh, kh, 1, 0, wf, th, np.ones(3, np.int8), a_max=a_max,
+                                            w_abs_max=w_max)
+    want = apply_thresholds(want_acc[None], th, np.ones(3, np.int8), 1)  # (1, O, P)
+    assert_equal(got, want, f"float32 conv at K={k}, codes {a_max}, weights +-{w_max}")
+    assert got[0, :, 0].tolist() == [1, 1, 1]  # on the first threshold, short of the second
+    wider = np.full((1, channels + 1, kh, kh), a_max, np.uint8)
+    with pytest.raises(EngineError, match="float32 rounds"):
+        kernels.int8_conv_threshold_codes(wider, kh, kh, 1, 0, kernels.float_conv_weights(
+            np.full((3, channels + 1, kh, kh), w_max)), th, np.ones(3, np.int8), a_max=a_max, w_abs_max=w_max)
+
+
+def test_float32_rule_is_the_float32_significand():
+    """FLOAT32_EXACT is where float32 stops holding integers: 2**24 is exact, 2**24 + 1 rounds, and
+    a sum of two exact products that reaches 2**24 + 1 already rounds (so the rule cannot be looser)."""
+    assert kernels.FLOAT32_EXACT == 2**24
+    assert int(np.float32(2**24)) == 2**24 and int(np.float32(2**24 + 1)) != 2**24 + 1
+    assert np.float32(2**24) + np.float32(1) == np.float32(2**24)
+    assert kernels.float32_exact(2**24) and not kernels.float32_exact(2**24 + 1)
+
+
+@pytest.mark.parametrize("lowering, a_max, w_abs_max, bound, expected", [
+    ("vpmaddubsw", 255, 128, 75 * 255 * 255, True),   # 8-bit pixels x 8-bit weights: split -> float32
+    ("vpmaddubsw", 255, 128, 2**24, True),
+    ("vpmaddubsw", 255, 128, 2**24 + 1, False),       # not exact in float32: int8 (split) stays
+    ("vpmaddubsw", 15, 15, 1000, False),              # no split needed: the int8 tile is as fast
+    ("vpmaddubsw", 127, 128, 1000, False),
+    ("vpdpbusd", 255, 128, 1000, False),              # VNNI keeps its kernels
+    ("generic", 255, 128, 1000, False),
+])
+def test_float32_conv_rule_per_cpu_family(monkeypatch, lowering, a_max, w_abs_max, bound, expected):
+    monkeypatch.setattr(int8dot, "LOWERING", lowering)
+    assert select.float32_conv(a_max, w_abs_max, bound) is expected
 
 
 @settings(max_examples=100)

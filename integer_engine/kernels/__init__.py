@@ -1,11 +1,12 @@
 """Integer kernels of the engine, one module per family, each fast kernel beside its plain reading:
 
-- `popcount`, `int8dot`: the tile intrinsics (LLVM vector code chosen by the CPU), each with the
+- `popcount`, `int8dot`, `floatdot`: the tile intrinsics (LLVM vector code chosen by the CPU), each with the
   plain-Python reading it must equal (`_popcount_tile_python`, `_int8_tile_python`, ...);
 - `packing`: operand layouts made once (transposed weight planes, int8 lanes, channel packing);
 - `im2col`: convolution lowering on codes and the indirection tables of the in-place conv tiles;
 - `bitserial`: popcount GEMMs and convs on bit-planes, plain and fused with the thresholds;
-- `int8`: u8 x s8 GEMMs and convs (and the exact float-BLAS `int_gemm`);
+- `int8`: u8 x s8 GEMMs and convs, the same convs on the exact float32 tile (`floatdot`), and
+  the exact float-BLAS `int_gemm`;
 - `pooling`: max-pool on codes; `layout`: the conv kernels' output layouts (`LaidOut`);
 - `select`: which family and compiled variant a layer gets on this CPU;
 - `common`: threading rule, output-pixel order, window checks.
@@ -31,13 +32,14 @@ from integer_engine.kernels.bitserial import (affine_weight_gemm, bitserial_conv
                                               bitserial_gemm_transposed, bitserial_threshold_codes, odd_weight_gemm,
                                               plane_row_sums)
 from integer_engine.kernels.common import conv_output_size
+from integer_engine.kernels.floatdot import FLOAT32_EXACT, float32_exact
 from integer_engine.kernels.im2col import (conv_bit_planes, conv_channel_planes, conv_word_offsets, im2col_codes,
                                            int8_conv_offsets)
 from integer_engine.kernels.int8 import (int8_conv_call, int8_conv_threshold_codes, int8_gemm, int8_gemm_call,
                                          int8_threshold_codes, int_gemm, patch_sums)
 from integer_engine.kernels.layout import LaidOut, as_codes, conv_output
-from integer_engine.kernels.packing import (channel_major_weights, channel_packed_planes, int8_conv_weights,
-                                            int8_weights, transposed_planes)
+from integer_engine.kernels.packing import (channel_major_weights, channel_packed_planes, float_conv_weights,
+                                            int8_conv_weights, int8_weights, transposed_planes)
 from integer_engine.kernels.pooling import max_pool_codes
 from integer_engine.kernels.select import BITSERIAL_KERNEL, SPECIALISED_PAIRS
 
@@ -70,6 +72,9 @@ __all__ = [
     "int8_gemm_call",
     "int8_threshold_codes",
     "int8_weights",
+    "float_conv_weights",
+    "FLOAT32_EXACT",
+    "float32_exact",
     "int_gemm",
     "max_pool_codes",
     "odd_weight_gemm",

@@ -4,8 +4,11 @@
   (`int8_gemm`), fused with the requantization (`int8_threshold_codes`) and with the patch
   gather read in place (`int8_conv_threshold_codes`, which can also max-pool and lay its codes
   out for the next conv: `layout.conv_output`);
+- the same fused conv on the exact float32 tile (`floatdot.float_conv_tile`, weights from
+  `float_conv_weights`), where AVX2's int8 sequence would need its split form
+  (`select.float32_conv`);
 - `int_gemm`: exact BLAS in float32/float64 where no int8 dot product exists.
-The tiles' plain readings are in int8dot.py, beside the vector code.
+The tiles' plain readings are in int8dot.py and floatdot.py, beside the vector code.
 """
 import numpy as np
 from numba import njit, prange
@@ -14,6 +17,7 @@ from integer_engine.errors import EngineError
 from integer_engine.kernels.common import (_NO_THRESHOLDS, BLOCKS_PER_TASK, _check_window, _pooled_size, _store_rows,
                                            _threads_for, conv_output_size)
 from integer_engine.kernels.im2col import _conv_row_starts, int8_conv_offsets
+from integer_engine.kernels.floatdot import FLOAT32_EXACT, float32_exact, float_conv_tile
 from integer_engine.kernels.int8dot import INT32_SAFE_K, LANES, int8_conv_tile, int8_tile
 from integer_engine.kernels.int8dot import TILE_COLS as INT8_COLS
 from integer_engine.kernels.int8dot import TILE_ROWS as INT8_ROWS
@@ -45,7 +49,7 @@ def int_gemm(a: np.ndarray, w: np.ndarray) -> np.ndarray:
     a_abs_row = np.abs(a.astype(np.int64)).sum(axis=1).max()
     w_abs = np.abs(w.astype(np.int64)).max()
     bound = int(a_abs_row) * int(w_abs)  # Python int: cannot overflow
-    if bound <= 2**24:
+    if float32_exact(bound):
         return np.matmul(a.astype(np.float32), w.T.astype(np.float32)).astype(np.int64)
     if bound <= 2**53:
         return np.matmul(a.astype(np.float64), w.T.astype(np.float64)).astype(np.int64)
@@ -100,13 +104,17 @@ _INT8_KERNELS: dict = {}
 
 
 def _int8_kernel(kind: str, split: bool, rows: int = INT8_ROWS):
-    """The compiled int8 kernel: kind "gemm", "fused" (+ thresholds) or "conv" (+ im2col, `rows`
+    """The compiled int8 kernel: kind "gemm", "fused" (+ thresholds), "conv" (+ im2col, `rows`
     GEMM rows per block: INT8_ROWS, or 1 for a conv of fewer rows without pooling, e.g. a
-    single-pixel conv at batch 1, which a full tile would compute INT8_ROWS times over)."""
+    single-pixel conv at batch 1, which a full tile would compute INT8_ROWS times over) or
+    "float_conv" (the same conv on float32 codes and weights, `floatdot.float_conv_tile`)."""
     key = (kind, int(split), rows)
     if key not in _INT8_KERNELS:
-        _INT8_KERNELS[key] = (_make_int8_conv_kernel(key[1], rows) if kind == "conv"
-                              else _make_int8_kernel(kind == "fused", key[1]))
+        if kind in ("conv", "float_conv"):
+            tile, cols_axis = (int8_conv_tile, 1) if kind == "conv" else (float_conv_tile, 2)
+            _INT8_KERNELS[key] = _make_conv_kernel(tile, cols_axis, key[1], rows)
+        else:
+            _INT8_KERNELS[key] = _make_int8_kernel(kind == "fused", key[1])
     return _INT8_KERNELS[key]
 
 
@@ -157,9 +165,10 @@ def int8_threshold_codes(a: np.ndarray, wt: np.ndarray, th: np.ndarray, directio
     return out
 
 
-def _make_int8_conv_kernel(split: int, rows: int):
-    """The fused int8 conv kernel, with `split` (`int8dot`) and the rows per block compile-time
-    constants."""
+def _make_conv_kernel(tile, cols_axis: int, split: int, rows: int):
+    """The fused conv kernel on `tile` (`int8dot.int8_conv_tile`, or `floatdot.float_conv_tile`
+    on float32 codes and weights, whose columns are on axis `cols_axis` of wt), with `split`
+    (`int8dot`) and the rows per block compile-time constants."""
 
     @njit(parallel=True, cache=True)
     def kernel(xp, kh, kw, channels, height, width, stride, oh_count, ow_count, pool, wt, sums, scale, offset,
@@ -176,7 +185,7 @@ def _make_int8_conv_kernel(split: int, rows: int):
         group = 1 if pool == 1 else 4
         m_rows = n_images * (oh_count * ow_count if pool == 1 else 4 * (oh_count // 2) * (ow_count // 2))
         offsets = int8_conv_offsets(kh, wt.shape[0] // kh, width * channels)
-        n_pad = wt.shape[1]  # a multiple of 16
+        n_pad = wt.shape[cols_axis]  # a multiple of 16
         tail = n_pad % INT8_COLS
         if tail and n_pad >= 48:
             tail = 48
@@ -193,15 +202,15 @@ def _make_int8_conv_kernel(split: int, rows: int):
                 _conv_row_starts(m0, m_rows, pool, oh_count, ow_count, stride, height, width, channels, starts,
                                  pixels)
                 for n0 in range(0, n_pad - tail, INT8_COLS):
-                    int8_conv_tile(xp, starts, offsets, wt, n0, total, split, 0, rows, _INT8_VECS)
+                    tile(xp, starts, offsets, wt, n0, total, split, 0, rows, _INT8_VECS)
                 if tail == 48:  # 4 rows at a time (`int8dot.int8_conv_tile`)
                     if rows == 1:
-                        int8_conv_tile(xp, starts, offsets, wt, n_pad - 48, total, split, 0, 1, 3)
+                        tile(xp, starts, offsets, wt, n_pad - 48, total, split, 0, 1, 3)
                     else:
                         for r0 in range(0, rows, 4):
-                            int8_conv_tile(xp, starts, offsets, wt, n_pad - 48, total, split, r0, 4, 3)
+                            tile(xp, starts, offsets, wt, n_pad - 48, total, split, r0, 4, 3)
                 elif tail == 16:
-                    int8_conv_tile(xp, starts, offsets, wt, n_pad - 16, total, split, 0, rows, 1)
+                    tile(xp, starts, offsets, wt, n_pad - 16, total, split, 0, rows, 1)
                 if offset != 0:
                     for r in range(rows):
                         corr[r] = offset * np.int64(sums[pixels[r]])
@@ -284,8 +293,9 @@ def int8_conv_threshold_codes(x, kh: int, kw: int, stride: int, padding: int, wt
                               a_max: int = 255, w_abs_max: int | None = None):
     """Codes (N, O, OH*OW) uint8 of a convolution on uint8 codes x (N, C, H, W) through the int8
     GEMM and thresholds (as `int8_threshold_codes` on its patches), without materialising the
-    patches; wt = `int8_conv_weights(weight)`. `prepared`: `requant.block_thresholds(th,
-    direction, wt.shape[1])`, if already made. x may be a `LaidOut` "nhwc" with this padding;
+    patches; wt = `int8_conv_weights(weight)`, or `float_conv_weights(weight)` for the float32
+    tile (`int8_conv_call`). `prepared`: `requant.block_thresholds(th, direction, Npad)` (wt's
+    padded columns), if already made. x may be a `LaidOut` "nhwc" with this padding;
     pool 2 applies a 2x2 max-pool (stride 2) to the codes (N, O, OH//2 * OW//2); `to` lays the
     result out for the next conv (`conv_output`); a_max, w_abs_max: bounds on the codes and
     |weights| (`int8_gemm`). With offset != 0 each patch's sum comes from `patch_sums`."""
@@ -305,9 +315,10 @@ def int8_conv_threshold_codes(x, kh: int, kw: int, stride: int, padding: int, wt
 def int8_conv_call(shape: tuple, kh: int, kw: int, stride: int, padding: int, wt: np.ndarray, th: np.ndarray,
                    direction: np.ndarray, scale: int = 1, offset: int = 0, prepared: tuple | None = None,
                    pool: int = 1, to=None, a_max: int = 255, w_abs_max: int | None = None, laid: bool = False):
-    """`int8_conv_threshold_codes` prepared once for codes of `shape` (N, C, H, W): checks, the
-    compiled kernel, its scalar arguments and every buffer (padded NHWC input, patch sums, the
-    output) made here, so the returned `call(x)` is the kernels alone: x contiguous uint8 NCHW
+    """`int8_conv_threshold_codes` prepared once for codes of `shape` (N, C, H, W), on the int8 tile
+    (wt from `int8_conv_weights`) or the float32 tile (wt from `float_conv_weights`, refused unless
+    K * a_max * w_abs_max <= FLOAT32_EXACT, K = kh * kw * C): checks, the compiled kernel, its
+    scalar arguments and every buffer (padded NHWC input, patch sums, the output) made here, so the returned `call(x)` is the kernels alone: x contiguous uint8 NCHW
     codes of that shape, or (`laid`) a `LaidOut` "nhwc" padded by `padding`. Each call writes the
     same output buffers and returns the same result object (the engine's plan, `executor`)."""
     n, c, h, w = (int(v) for v in shape)
@@ -315,22 +326,33 @@ def int8_conv_call(shape: tuple, kh: int, kw: int, stride: int, padding: int, wt
     if oh < 1 or ow < 1:
         raise EngineError(f"int8 conv: a {kh}x{kw} window with padding {padding} does not fit a {h}x{w} input")
     channels = th.shape[0]
-    if wt.ndim != 3 or wt.shape[0] != kh * -(-kw * c // 4) or wt.shape[1] < channels or wt.shape[1] % LANES:
-        raise EngineError(f"int8 conv needs uint8 codes and int8_conv_weights for a {kh}x{kw} kernel on {c} "
-                          f"channels and {channels} outputs, got codes {tuple(shape)} and weights {wt.shape}")
-    if 4 * wt.shape[0] > INT32_SAFE_K:
+    exact_float = wt.dtype == np.float32  # `float_conv_weights`: the float32 tile
+    n_pad = wt.shape[2] if exact_float and wt.ndim == 3 else wt.shape[1] if wt.ndim == 3 else 0
+    if wt.ndim != 3 or wt.shape[0] != kh * -(-kw * c // 4) or n_pad < channels or n_pad % LANES \
+            or wt.shape[1 if exact_float else 2] != 4 or (not exact_float and wt.dtype != np.int8):
+        raise EngineError(f"int8 conv needs uint8 codes and int8_conv_weights (or float_conv_weights) for a "
+                          f"{kh}x{kw} kernel on {c} channels and {channels} outputs, got codes {tuple(shape)} "
+                          f"and weights {wt.dtype} {wt.shape}")
+    if exact_float and not float32_exact(kh * kw * c * int(a_max) * (
+            int(w_abs_max) if w_abs_max is not None else int(np.abs(wt).max(initial=0)))):
+        raise EngineError(f"float32 conv: codes <= {a_max} against these weights over K = {kh * kw * c} could "
+                          f"pass {FLOAT32_EXACT}, where float32 rounds; use int8_conv_weights")
+    if not exact_float and 4 * wt.shape[0] > INT32_SAFE_K:
         raise EngineError(f"int8 conv: K = {4 * wt.shape[0]} could overflow int32 (at most {INT32_SAFE_K})")
     ph, pw = _pooled_size(oh, ow, pool)
     dest, layout, result = conv_output(to, n, channels, ph, pw)
     if not n * channels * ph * pw:
         return lambda x: result
     hp, wp = h + 2 * padding, w + 2 * padding
-    flat = None if laid else np.zeros(n * hp * wp * c + 8, np.uint8)  # NHWC, zero-padded, 8 bytes of slack
+    # NHWC, zero-padded, 8 bytes of slack; float32 codes for the float32 tile (converted from a
+    # producer's laid-out bytes, if any: one pass over the input)
+    flat = None if laid and not exact_float else np.zeros(n * hp * wp * c + 8, np.float32 if exact_float else np.uint8)
     sums = np.zeros(n * hp * wp if offset else 1, np.int32)
     one_row = pool == 1 and n * oh * ow < INT8_ROWS  # no repeated rows (`_int8_kernel`)
-    kernel = _int8_kernel("conv", split_for(a_max, wt, w_abs_max), 1 if one_row else INT8_ROWS)
+    kernel = _int8_kernel("float_conv" if exact_float else "conv",
+                          False if exact_float else split_for(a_max, wt, w_abs_max), 1 if one_row else INT8_ROWS)
     args = (kh, kw, c, hp, wp, stride, oh, ow, pool, wt, sums, np.int64(scale), np.int64(offset),
-            *(prepared or block_thresholds(th, direction, wt.shape[1])), dest, dest.view(np.uint8), layout)
+            *(prepared or block_thresholds(th, direction, n_pad)), dest, dest.view(np.uint8), layout)
     work = n * channels * ph * pw * pool * pool * wt.shape[0] * 4 // 16
 
     def call(x):
@@ -338,8 +360,11 @@ def int8_conv_call(shape: tuple, kh: int, kw: int, stride: int, padding: int, wt
             codes = x.data
         else:
             codes = flat
-            with _threads_for(n * c * h * w):
-                _nhwc_kernel(x, padding, flat)
+            if laid:
+                flat[:] = x.data
+            else:
+                with _threads_for(n * c * h * w):
+                    _nhwc_kernel(x, padding, flat)
         if offset:
             with _threads_for(n * hp * ow * kw * c):
                 _patch_sums_kernel(codes, n, kh, kw, c, hp, wp, stride, oh, ow, sums)

@@ -71,15 +71,34 @@ def _nhwc_kernel(x, padding, flat):  # pragma: no cover - compiled
                 flat[base + u(z * channels + c)] = x[img, c, y, z]
 
 
+def _conv_reduction_rows(weight: np.ndarray) -> np.ndarray:
+    """Conv weights (O, C, kh, kw) -> (O, kh * ceil(kw*C / 4) * 4) int32 in the fused convs'
+    reduction order (i, j, channel), each kernel row's kw*C values padded with zeros to whole
+    4-element groups."""
+    o, c, kh, kw = weight.shape
+    run = kw * c
+    flat = np.zeros((o, kh, run + -run % 4), np.int32)
+    flat[:, :, :run] = weight.transpose(0, 2, 3, 1).reshape(o, kh, run)
+    return flat.reshape(o, -1)
+
+
 def int8_conv_weights(weight: np.ndarray) -> np.ndarray:
     """Signed conv weights (O, C, kh, kw) -> `int8_weights` in the reduction order (i, j, channel)
     of `int8_conv_threshold_codes`, each kernel row's kw*C bytes padded with zeros to whole 4-byte
     groups, the outputs to a multiple of 16 (the conv kernel's narrowest tile)."""
-    o, c, kh, kw = weight.shape
-    run = kw * c
-    flat = np.zeros((o, kh, run + -run % 4), np.int16)
-    flat[:, :, :run] = weight.transpose(0, 2, 3, 1).reshape(o, kh, run)
-    return int8_weights(flat.reshape(o, -1), LANES)
+    return int8_weights(_conv_reduction_rows(weight), LANES)
+
+
+def float_conv_weights(weight: np.ndarray) -> np.ndarray:
+    """Integer conv weights (O, C, kh, kw) -> float32 (groups, 4, Npad): the reduction of
+    `int8_conv_weights` (same groups and zero padding), each element's weights a contiguous row of
+    Npad columns (a multiple of 16, zeros past O), the layout of `floatdot.float_conv_tile`. Exact
+    for |weight| <= 2**24 (the tile's inputs are checked against that bound by its callers)."""
+    rows = _conv_reduction_rows(weight)
+    o, k = rows.shape
+    out = np.zeros((k // 4, 4, o + -o % LANES), np.float32)
+    out[:, :, :o] = rows.T.reshape(k // 4, 4, o)
+    return out
 
 
 def channel_major_weights(weight: np.ndarray) -> np.ndarray:
