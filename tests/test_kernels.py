@@ -494,6 +494,26 @@ def _compiled_popcount_conv_tile(abits, wbits):
     return _POPCOUNT_CONV_TILES[abits, wbits]
 
 
+def _conv_tile_case(k_row, kh, vecs, seed, code_dtype, w_min, w_max):
+    """The operands of a conv tile test: codes xp (1-D, code_dtype, the first group at 255),
+    patch-row starts, group offsets, integer weights w (16 * vecs + 16, K) in [w_min, w_max] with
+    w_min in the first group (the largest products), the first column n0, the patches (int64)."""
+    rng = np.random.default_rng(seed)
+    groups = -(-k_row // 4)
+    row_stride = 4 * groups + int(rng.integers(0, 9))
+    xp = rng.integers(0, 256, 8 * kh * row_stride + 64).astype(code_dtype)
+    xp[:4] = 255
+    starts = np.sort(rng.integers(0, 8 * kh * row_stride - (kh - 1) * row_stride - 4 * groups + 1,
+                                  max(8, int8dot.TILE_ROWS))).astype(np.int64)  # rows up to row0 + rows
+    starts[0] = 0
+    offsets = kernels.int8_conv_offsets(kh, groups, row_stride)
+    w = rng.integers(w_min, w_max + 1, (16 * vecs + 16, kh * 4 * groups))
+    w[:, :4] = w_min
+    n0 = 16 if vecs != int8dot.TILE_COLS // 16 else 0
+    patches = np.stack([np.concatenate([xp[s + o:s + o + 4] for o in offsets]) for s in starts]).astype(np.int64)
+    return xp, starts, offsets, w, n0, patches
+
+
 _CONV_TILES: dict = {}
 
 
@@ -517,21 +537,9 @@ def test_int8_conv_tile_compiled_and_plain_agree_with_numpy(k_row, kh, shape, se
     the last column tile possibly 16 or 48 wide), compiled and plain, against NumPy on the same
     bytes; codes 255 and weights -128 in the first group (the largest products)."""
     row0, rows, vecs = shape
-    rng = np.random.default_rng(seed)
-    groups = -(-k_row // 4)
-    row_stride = 4 * groups + int(rng.integers(0, 9))
-    xp = rng.integers(0, 256, 8 * kh * row_stride + 64).astype(np.uint8)
-    xp[:4] = 255
-    starts = np.sort(rng.integers(0, 8 * kh * row_stride - (kh - 1) * row_stride - 4 * groups + 1,
-                                  max(8, int8dot.TILE_ROWS))).astype(np.int64)  # rows up to row0 + rows
-    starts[0] = 0
-    offsets = kernels.int8_conv_offsets(kh, groups, row_stride)
+    xp, starts, offsets, w, n0, patches = _conv_tile_case(k_row, kh, vecs, seed, np.uint8, -128, 127)
     cols = 16 * vecs
-    w = rng.integers(-128, 128, (cols + 16, kh * 4 * groups))
-    w[:, :4] = -128
     wt = kernels.int8_weights(w, 16)
-    n0 = 16 if vecs != int8dot.TILE_COLS // 16 else 0
-    patches = np.stack([np.concatenate([xp[s + o:s + o + 4] for o in offsets]) for s in starts]).astype(np.int64)
     want = patches[row0:row0 + rows] @ w[n0:n0 + cols].T
     compiled = None if numba.config.DISABLE_JIT else _compiled_conv_tile(row0, rows, vecs)
     for name in ("compiled", "plain"):
@@ -571,21 +579,9 @@ def test_float_conv_tile_compiled_and_plain_agree_with_numpy(k_row, kh, shape, s
     int64 products of the same codes: 8-bit codes against 8-bit levels (|c| <= 255), the largest
     product (255 * -255) in the first group; exact because K * 255 * 255 < 2**24 here."""
     row0, rows, vecs = shape
-    rng = np.random.default_rng(seed)
-    groups = -(-k_row // 4)
-    row_stride = 4 * groups + int(rng.integers(0, 9))
-    xp = rng.integers(0, 256, 8 * kh * row_stride + 64).astype(np.float32)
-    xp[:4] = 255
-    starts = np.sort(rng.integers(0, 8 * kh * row_stride - (kh - 1) * row_stride - 4 * groups + 1,
-                                  max(8, int8dot.TILE_ROWS))).astype(np.int64)
-    starts[0] = 0
-    offsets = kernels.int8_conv_offsets(kh, groups, row_stride)
+    xp, starts, offsets, w, n0, patches = _conv_tile_case(k_row, kh, vecs, seed, np.float32, -255, 255)
     cols = 16 * vecs
-    w = rng.integers(-255, 256, (cols + 16, kh * 4 * groups))
-    w[:, :4] = -255
-    wt = np.ascontiguousarray(w.T.reshape(kh * groups, 4, -1).astype(np.float32))  # (groups, 4, Npad)
-    n0 = 16 if vecs != int8dot.TILE_COLS // 16 else 0
-    patches = np.stack([np.concatenate([xp[s + o:s + o + 4] for o in offsets]) for s in starts]).astype(np.int64)
+    wt = np.ascontiguousarray(w.T.reshape(-1, 4, w.shape[0]).astype(np.float32))  # (groups, 4, Npad)
     want = patches[row0:row0 + rows] @ w[n0:n0 + cols].T
     compiled = None if numba.config.DISABLE_JIT else _compiled_float_tile(row0, rows, vecs)
     for name in ("compiled", "plain"):
