@@ -514,6 +514,26 @@ def _conv_tile_case(k_row, kh, vecs, seed, code_dtype, w_min, w_max):
     return xp, starts, offsets, w, n0, patches
 
 
+def _check_conv_tile(kind, plain, compiled, operands, n_pad, shape, want, detail):
+    """A conv tile, compiled (unless NUMBA_DISABLE_JIT) and plain, writes exactly `want` into its
+    rows row0.. and columns n0.. of a zeroed (rows, n_pad) int32 tile and nothing elsewhere."""
+    row0, rows, vecs = shape
+    n0, cols = operands[-1], 16 * vecs
+    for name in ("compiled", "plain"):
+        tile = np.zeros((len(operands[1]), n_pad), np.int32)
+        if name == "plain":
+            plain(*operands, tile, 0, row0, rows, vecs)
+        elif numba.config.DISABLE_JIT:
+            continue
+        else:
+            compiled(*operands, tile)
+        assert_equal(tile[row0:row0 + rows, n0:n0 + cols], want.astype(np.int32),
+                     f"{name} {kind} rows {row0}..{row0 + rows - 1} x {cols} columns, {detail}")
+        untouched = np.ones(tile.shape, bool)
+        untouched[row0:row0 + rows, n0:n0 + cols] = False
+        assert not tile[untouched].any(), f"{name} {kind} wrote outside its tile"
+
+
 _CONV_TILES: dict = {}
 
 
@@ -542,20 +562,8 @@ def test_int8_conv_tile_compiled_and_plain_agree_with_numpy(k_row, kh, shape, se
     wt = kernels.int8_weights(w, 16)
     want = patches[row0:row0 + rows] @ w[n0:n0 + cols].T
     compiled = None if numba.config.DISABLE_JIT else _compiled_conv_tile(row0, rows, vecs)
-    for name in ("compiled", "plain"):
-        tile = np.zeros((len(starts), wt.shape[1]), np.int32)
-        if name == "plain":
-            int8dot._int8_conv_tile_python(xp, starts, offsets, wt, n0, tile, 0, row0, rows, vecs)
-        elif numba.config.DISABLE_JIT:
-            continue
-        else:
-            compiled(xp, starts, offsets, wt, n0, tile)
-        assert_equal(tile[row0:row0 + rows, n0:n0 + cols], want.astype(np.int32),
-                     f"{name} int8_conv_tile rows {row0}..{row0 + rows - 1} x {cols} columns, {kh} kernel rows "
-                     f"of {k_row} bytes, seed {seed}")
-        untouched = np.ones(tile.shape, bool)
-        untouched[row0:row0 + rows, n0:n0 + cols] = False
-        assert not tile[untouched].any(), f"{name} int8_conv_tile wrote outside its tile"
+    _check_conv_tile("int8_conv_tile", int8dot._int8_conv_tile_python, compiled, (xp, starts, offsets, wt, n0),
+                     wt.shape[1], shape, want, f"{kh} kernel rows of {k_row} bytes, seed {seed}")
 
 
 _FLOAT_TILES: dict = {}
@@ -584,20 +592,8 @@ def test_float_conv_tile_compiled_and_plain_agree_with_numpy(k_row, kh, shape, s
     wt = np.ascontiguousarray(w.T.reshape(-1, 4, w.shape[0]).astype(np.float32))  # (groups, 4, Npad)
     want = patches[row0:row0 + rows] @ w[n0:n0 + cols].T
     compiled = None if numba.config.DISABLE_JIT else _compiled_float_tile(row0, rows, vecs)
-    for name in ("compiled", "plain"):
-        tile = np.zeros((len(starts), wt.shape[2]), np.int32)
-        if name == "plain":
-            floatdot._float_conv_tile_python(xp, starts, offsets, wt, n0, tile, 0, row0, rows, vecs)
-        elif numba.config.DISABLE_JIT:
-            continue
-        else:
-            compiled(xp, starts, offsets, wt, n0, tile)
-        assert_equal(tile[row0:row0 + rows, n0:n0 + cols], want.astype(np.int32),
-                     f"{name} float_conv_tile rows {row0}..{row0 + rows - 1} x {cols} columns, {kh} kernel rows "
-                     f"of {k_row} codes, seed {seed}")
-        untouched = np.ones(tile.shape, bool)
-        untouched[row0:row0 + rows, n0:n0 + cols] = False
-        assert not tile[untouched].any(), f"{name} float_conv_tile wrote outside its tile"
+    _check_conv_tile("float_conv_tile", floatdot._float_conv_tile_python, compiled, (xp, starts, offsets, wt, n0),
+                     wt.shape[2], shape, want, f"{kh} kernel rows of {k_row} codes, seed {seed}")
 
 
 def _conv_reference_codes(x, levels, stride, padding, th, direction, pool):
